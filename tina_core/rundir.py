@@ -1,0 +1,257 @@
+"""The workspace and the run directory: the on-disk contract every part of tina shares.
+
+A workspace (``$TINA_HOME``, default ``~/.tina``) holds ``runs/<run_id>/`` and the DuckDB index
+``tina.duckdb``. The JSONL files in a run directory are the source of truth and are only ever
+appended to, one complete line per write, so a reader sees either nothing or a whole record (or a
+partial last line, which it must leave for later).
+
+Kept free of heavy imports: the CLI and the TUI import this at start-up.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import re
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+DEFAULT_HOME = Path("~/.tina")
+RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
+
+
+class TinaError(Exception):
+    """A user-facing error: the message is shown as is, and the command exits non-zero."""
+
+
+def tina_home(home: str | os.PathLike | None = None) -> Path:
+    """The workspace: ``home`` if given, else ``$TINA_HOME``, else ``~/.tina``."""
+    raw = home or os.environ.get("TINA_HOME") or DEFAULT_HOME
+    return Path(raw).expanduser().resolve()
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+
+
+def slug(text: str) -> str:
+    s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
+    return s[:60] or "run"
+
+
+# --- secrets -----------------------------------------------------------------------------------
+# Names that look like credentials. Their values never reach a file or screen that tina writes.
+_SECRET_NAME_RE = re.compile(
+    r"(TOKEN|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH|_KEY$|^KEY$)",
+    re.IGNORECASE,
+)
+
+
+def is_secret_name(name: str) -> bool:
+    return bool(_SECRET_NAME_RE.search(name))
+
+
+def secret_values(environ: dict[str, str] | None = None) -> list[str]:
+    env = os.environ if environ is None else environ
+    return sorted({v for k, v in env.items() if is_secret_name(k) and len(v) >= 6}, key=len, reverse=True)
+
+
+def redact_text(text: str, environ: dict[str, str] | None = None) -> str:
+    """Replace the value of every credential-looking environment variable with ``***``."""
+    for value in secret_values(environ):
+        text = text.replace(value, "***")
+    return text
+
+
+def redact(obj: Any, environ: dict[str, str] | None = None) -> Any:
+    """A copy of ``obj`` (JSON-like) with credential values and credential-named keys masked."""
+    if isinstance(obj, dict):
+        return {
+            k: ("***" if isinstance(k, str) and is_secret_name(k) and isinstance(v, str) else redact(v, environ))
+            for k, v in obj.items()
+        }
+    if isinstance(obj, (list, tuple)):
+        return [redact(v, environ) for v in obj]
+    if isinstance(obj, str):
+        return redact_text(obj, environ)
+    return obj
+
+
+def safe_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment without credential-looking variables (for records, never for launching)."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if not is_secret_name(k)}
+
+
+# --- JSONL -------------------------------------------------------------------------------------
+def append_jsonl(path: Path, record: dict[str, Any], *, fsync: bool = False) -> None:
+    """Append one record as one line with a single write, so readers never see half a record
+    followed by another. Credentials are masked first."""
+    line = json.dumps(redact(record), separators=(",", ":"), default=str, allow_nan=True) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+        if fsync:
+            os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
+    """Complete, well-formed records of a JSONL file; a partial last line and malformed lines are
+    skipped here (the store counts and quarantines them)."""
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return
+    end = data.rfind(b"\n")
+    for raw in data[: end + 1].splitlines():
+        if not raw.strip():
+            continue
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            yield rec
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(redact(obj), indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_json(path: Path, default: Any = None) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, ValueError):
+        return default
+
+
+# --- the run directory -------------------------------------------------------------------------
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# Written by the trainer's callback after a checkpoint is fully saved: a checkpoint without it is
+# half-written (killed mid-save) and is never resumed from or evaluated.
+CHECKPOINT_COMPLETE = "tina-complete.json"
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @property
+    def run_id(self) -> str:
+        return self.path.name
+
+    @property
+    def recipe(self) -> Path:
+        return self.path / "recipe.yaml"
+
+    @property
+    def run_json(self) -> Path:
+        return self.path / "run.json"
+
+    @property
+    def events(self) -> Path:
+        return self.path / "events.jsonl"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.jsonl"
+
+    @property
+    def system(self) -> Path:
+        return self.path / "system.jsonl"
+
+    @property
+    def train_log(self) -> Path:
+        return self.path / "train.log"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def evals(self) -> Path:
+        return self.path / "evals"
+
+    @property
+    def supervisor(self) -> Path:
+        """pid + heartbeat of the live supervisor (absent when none ever ran)."""
+        return self.path / "supervisor.json"
+
+    def info(self) -> dict[str, Any]:
+        return read_json(self.run_json, {}) or {}
+
+    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
+        """Record a lifecycle event (``launched``, ``attempt_started``, ``eval_finished``...)."""
+        rec = {"time": now_iso(), "ts": _dt.datetime.now().timestamp(), "event": kind, **fields}
+        append_jsonl(self.events, rec, fsync=True)
+        return rec
+
+    def read_events(self) -> list[dict[str, Any]]:
+        return list(iter_jsonl(self.events))
+
+    def checkpoint_steps(self, *, complete_only: bool = True) -> list[int]:
+        """Saved checkpoint steps, ascending; only fully saved ones unless asked otherwise."""
+        steps = []
+        if self.checkpoints.is_dir():
+            for p in self.checkpoints.iterdir():
+                m = CHECKPOINT_RE.match(p.name)
+                if m and p.is_dir() and (not complete_only or (p / CHECKPOINT_COMPLETE).exists()):
+                    steps.append(int(m.group(1)))
+        return sorted(steps)
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoints / f"checkpoint-{step}"
+
+
+def runs_root(home: Path) -> Path:
+    return home / "runs"
+
+
+def new_run_id(name: str) -> str:
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{slug(name)}-{stamp}-{secrets.token_hex(2)}"
+
+
+def create_run_dir(home: Path, name: str) -> RunDir:
+    root = runs_root(home)
+    root.mkdir(parents=True, exist_ok=True)
+    while True:
+        path = root / new_run_id(name)
+        try:
+            path.mkdir()
+        except FileExistsError:
+            continue
+        (path / "checkpoints").mkdir()
+        return RunDir(path)
+
+
+def list_run_dirs(home: Path) -> list[RunDir]:
+    root = runs_root(home)
+    if not root.is_dir():
+        return []
+    return sorted((RunDir(p) for p in root.iterdir() if p.is_dir() and (p / "run.json").exists()),
+                  key=lambda r: r.run_id)
+
+
+def find_run(home: Path, ref: str) -> RunDir:
+    """A run by id, unique id prefix, or name (the newest run of that name)."""
+    runs = list_run_dirs(home)
+    exact = [r for r in runs if r.run_id == ref]
+    if exact:
+        return exact[0]
+    prefix = [r for r in runs if r.run_id.startswith(ref)]
+    if len(prefix) == 1:
+        return prefix[0]
+    named = [r for r in runs if r.info().get("name") == ref]
+    if named:
+        return max(named, key=lambda r: r.info().get("created", ""))
+    if len(prefix) > 1:
+        raise TinaError(f"run {ref!r} is ambiguous: " + ", ".join(r.run_id for r in prefix[:5]))
+    raise TinaError(f"no run {ref!r} in {runs_root(home)} (see `tina ls`)")
