@@ -1,0 +1,55 @@
+"""Start-up stays light: the CLI and the cockpit never import the training stack, and the headless
+core never imports Textual (invariant 4)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HEAVY = ["torch", "transformers", "trl", "peft", "datasets", "vllm", "lighteval", "deepspeed", "accelerate"]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _loaded_after(code: str, home: Path) -> set[str]:
+    probe = code + "\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))\n"
+    env = {**os.environ, "TINA_HOME": str(home)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, cwd=REPO, capture_output=True, text=True, check=True)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _heavy(mods: set[str]) -> list[str]:
+    return sorted(m for m in mods if m.split(".")[0] in HEAVY)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["ls"], ["ls", "--json"]])
+def test_cli_start_up_is_light(tmp_path, argv):
+    code = (
+        "import sys\nfrom tina_core import cli\n"
+        f"sys.argv = ['tina', {', '.join(repr(a) for a in argv)}]\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\n"
+    )
+    loaded = _loaded_after(code, tmp_path)
+    assert _heavy(loaded) == []
+    assert "textual" not in loaded
+
+
+def test_tui_start_up_is_light(tmp_path):
+    code = (
+        "import asyncio\nfrom tina_tui.app import TinaApp\n"
+        "async def go():\n"
+        "    app = TinaApp()\n"
+        "    async with app.run_test(size=(80, 24)) as pilot:\n"
+        "        await pilot.pause(0.5)\n"
+        "asyncio.run(go())\n"
+    )
+    assert _heavy(_loaded_after(code, tmp_path)) == []
+
+
+def test_core_never_imports_textual(tmp_path):
+    modules = sorted(p.stem for p in (REPO / "tina_core").glob("*.py") if p.stem != "__init__")
+    code = "import importlib\n" + "".join(f"importlib.import_module('tina_core.{m}')\n" for m in modules)
+    loaded = _loaded_after(code, tmp_path)
+    assert not any(m.split(".")[0] == "textual" for m in loaded)
