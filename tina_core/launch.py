@@ -1,0 +1,88 @@
+"""The trainer's exact command line and environment.
+
+CPU recipes (``launch.gpus: 0``) run ``python -m tina_core.train RUN_DIR``; GPU recipes run the same
+module under ``accelerate launch`` with DeepSpeed ZeRO-2 (Tina's launcher, §1 of the recipe notes).
+Light: no torch here; NVML is asked only by ``check_hardware``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+from tina_core.recipe import ACCELERATE_DIR, Recipe, RecipeError
+from tina_core.rundir import RunDir, TinaError
+
+DEFAULT_ACCELERATE_CONFIG = "zero2.yaml"
+DEFAULT_PORT = 29500
+
+
+def accelerate_config_path(recipe: Recipe) -> Path:
+    """``launch.accelerate_config``: a file name in recipes/accelerate/ or a path."""
+    ref = recipe.get("launch.accelerate_config") or DEFAULT_ACCELERATE_CONFIG
+    path = Path(ref) if os.sep in ref else ACCELERATE_DIR / ref
+    if not path.is_file():
+        raise RecipeError(f"{recipe.source}: launch.accelerate_config: no such file {path} "
+                          f"(expected a name in {ACCELERATE_DIR} or a path)")
+    return path.resolve()
+
+
+def launch_command(run_dir: RunDir, recipe: Recipe) -> list[str]:
+    entry = ["-m", "tina_core.train", str(run_dir.path)]
+    if recipe.gpus == 0:
+        return [sys.executable, *entry]
+    machines = int(recipe.get("launch.num_machines") or 1)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+           "--config_file", str(accelerate_config_path(recipe)),
+           # accelerate counts processes over all machines; launch.gpus is per machine
+           "--num_processes", str(recipe.gpus * machines),
+           "--main_process_port", str(recipe.get("launch.main_process_port") or DEFAULT_PORT)]
+    if machines > 1:
+        cmd += ["--num_machines", str(machines)]
+        # Per-node values: from the recipe (--set launch.machine_rank=1) or this node's environment.
+        rank = recipe.get("launch.machine_rank", os.environ.get("TINA_MACHINE_RANK"))
+        ip = recipe.get("launch.main_process_ip", os.environ.get("TINA_MAIN_PROCESS_IP"))
+        if rank is None or ip is None:
+            raise RecipeError(f"{recipe.source}: launch.machine_rank / launch.main_process_ip: a multi-node "
+                              "launch needs both (--set launch.machine_rank=0 --set launch.main_process_ip=10.0.0.1, "
+                              "or env TINA_MACHINE_RANK / TINA_MAIN_PROCESS_IP)")
+        cmd += ["--machine_rank", str(rank), "--main_process_ip", str(ip)]
+    return cmd + entry
+
+
+def launch_env(recipe: Recipe, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The trainer's environment: ``base`` (default os.environ) plus the recipe's ``launch.env``."""
+    env = dict(os.environ if base is None else base)
+    env.update({str(k): str(v) for k, v in (recipe.get("launch.env") or {}).items()})
+    if recipe.gpus > 0 and "CUDA_VISIBLE_DEVICES" not in (recipe.get("launch.env") or {}):
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(recipe.gpus))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    return env
+
+
+def visible_gpus() -> tuple[int, str]:
+    """(GPU count, why) as NVML sees it; no driver or library means 0."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            n = pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+        return n, "nvidia-ml-py"
+    except ImportError:
+        return 0, "nvidia-ml-py is not installed"
+    except Exception as e:  # pynvml.NVMLError_LibraryNotFound / DriverNotLoaded ...
+        return 0, f"nvidia-ml-py found no driver: {type(e).__name__}"
+
+
+def check_hardware(recipe: Recipe) -> None:
+    if recipe.gpus == 0:
+        return
+    have, why = visible_gpus()
+    if have < recipe.gpus:
+        raise TinaError(f"recipe asks for {recipe.gpus} GPUs; this machine has {have} ({why}). "
+                        f"On CPU use recipes/tiny.yaml or --set launch.gpus=0")
