@@ -69,7 +69,7 @@ SCHEMA: dict[str, Any] = {
               "tiny": dict},
     "lora": dict,
     "grpo": dict,
-    "dataset": {"name": str, "config": (str, type(None)), "split": str, "mapping": dict,
+    "dataset": {"name": str, "config": (str, type(None)), "split": str, "mapping": (str, dict),
                 "system_prompt": (str, type(None)), "max_prompt_tokens": (int, type(None)),
                 "limit": (int, type(None)), "shuffle_seed": (int, type(None))},
     "rewards": dict,
@@ -325,6 +325,12 @@ def _type_ok(value: Any, hint: Any) -> bool:
     return True
 
 
+def _hint_name(hint: Any) -> str:
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).replace("typing.", "")
+
+
 def _check_fields(values: dict, cls: type, section: str, where: str) -> None:
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls) if f.init]
@@ -332,7 +338,7 @@ def _check_fields(values: dict, cls: type, section: str, where: str) -> None:
         if key not in names:
             raise RecipeError(f"{where}: {section}.{key}: unknown {cls.__name__} field{_suggest(key, names)}")
         if not _type_ok(value, hints.get(key, Any)):
-            hint = str(hints.get(key)).replace("typing.", "")
+            hint = _hint_name(hints.get(key))
             raise RecipeError(f"{where}: {section}.{key}: expected {hint}, got {value!r}")
 
 
