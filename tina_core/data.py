@@ -271,6 +271,8 @@ def prepare_dataset(section: dict, tokenizer=None):
         raise ValueError("dataset.max_prompt_tokens needs the tokenizer to count prompt tokens")
     name = s["name"]
     columns, rows = _load(s)
+    if len(rows) == 0:
+        raise TinaError(f"dataset {name} (split {s['split']!r}) is empty")
     row = _row_mapper(s["mapping"], columns, name)
     system = system_prompt_for(name, s["system_prompt"])
     head = [{"role": "system", "content": system}] if system is not None else []
