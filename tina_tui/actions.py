@@ -1,0 +1,70 @@
+"""The one registry of bindable actions: it builds each screen's BINDINGS and the help screen, so
+a key shown in help is always the key that works."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from textual.binding import Binding
+
+
+@dataclass(frozen=True)
+class Action:
+    keys: str            # Textual key list, comma separated ("j,down")
+    action: str          # Textual action string
+    description: str
+    context: str         # "global", "main", "detail"
+    short: str = ""      # footer label; set only for the few keys the footer shows
+
+
+ACTIONS: tuple[Action, ...] = (
+    Action("q", "quit", "Quit (runs keep going)", "global", "quit"),
+    Action("question_mark", "help", "Help: every key", "global", "help"),
+    Action("ctrl+p", "command_palette", "Command palette", "global"),
+    # main screen
+    Action("n", "new_run", "New run from a recipe", "main", "new"),
+    Action("s", "stop_run", "Stop the selected run (asks first)", "main", "stop"),
+    Action("r", "resume_run", "Resume the selected run", "main", "resume"),
+    Action("left_square_bracket", "prev_run", "Previous run", "main"),
+    Action("right_square_bracket", "next_run", "Next run", "main"),
+    Action("1", "tab('charts')", "Charts tab", "main"),
+    Action("2", "tab('checkpoints')", "Checkpoints tab", "main"),
+    Action("3", "tab('log')", "Log tab", "main"),
+    Action("4", "tab('system')", "GPU / system tab", "main"),
+    Action("e", "eval_selected", "Evaluate the selected checkpoint", "main", "eval"),
+    Action("E", "eval('recommended')", "Evaluate the recommended checkpoint", "main"),
+    Action("A", "eval('all')", "Evaluate all checkpoints", "main"),
+    Action("d,enter", "detail", "Full-screen plot of the selected metric", "main", "plot"),
+    Action("j,down", "cursor(1)", "Next row / metric", "main"),
+    Action("k,up", "cursor(-1)", "Previous row / metric", "main"),
+    Action("f", "follow", "Log: follow the end (on/off)", "main"),
+    # detail screen
+    Action("escape,q", "close", "Back", "detail", "back"),
+    Action("left,h", "move(-1)", "Cursor one step left", "detail", "cursor"),
+    Action("right,l", "move(1)", "Cursor one step right", "detail"),
+    Action("shift+left,H", "move(-10)", "Cursor ten columns left", "detail"),
+    Action("shift+right,L", "move(10)", "Cursor ten columns right", "detail"),
+    Action("home", "jump(0)", "Cursor to the first step", "detail"),
+    Action("end", "jump(1)", "Cursor to the last step", "detail"),
+    Action("s", "smooth", "Smoothing on/off (raw is always drawn)", "detail", "smooth"),
+    Action("plus,equals_sign", "weight(0.05)", "More smoothing", "detail"),
+    Action("minus", "weight(-0.05)", "Less smoothing", "detail"),
+    Action("left_square_bracket", "metric(-1)", "Previous metric", "detail"),
+    Action("right_square_bracket", "metric(1)", "Next metric", "detail"),
+)
+
+CONTEXT_TITLES = {"global": "Everywhere", "main": "Runs, charts, checkpoints, log", "detail": "Metric detail"}
+
+
+def bindings(context: str) -> list[Binding]:
+    # Sub-screens pass through to the app's global bindings, so only their own context is needed.
+    return [Binding(a.keys, a.action, a.short or a.description, show=bool(a.short), tooltip=a.description)
+            for a in ACTIONS if a.context == context]
+
+
+_KEY_NAMES = {"question_mark": "?", "left_square_bracket": "[", "right_square_bracket": "]",
+              "plus": "+", "equals_sign": "=", "minus": "-"}
+
+
+def key_label(keys: str) -> str:
+    return " ".join(_KEY_NAMES.get(k, k) for k in keys.split(","))

@@ -1,0 +1,364 @@
+"""`tina-tui`: the cockpit.
+
+One thread worker a second ingests the run directories and queries the store, then posts a single
+``Refreshed`` message; widgets update from that message only. Actions that touch runs (start, stop,
+resume, evaluate) also run in thread workers and report back through notifications. Closing the
+cockpit never affects a run: it only reads run directories and asks the supervisor for things.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from textual import on, work
+from textual.app import App, ComposeResult
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, TabbedContent, TabPane
+
+from tina_core.rundir import TinaError, find_run, tina_home
+from tina_tui.actions import bindings
+from tina_tui.commands import CockpitCommands
+from tina_tui.data import Collector, RunView, Snapshot
+from tina_tui.screens import ConfirmScreen, DetailScreen, HelpScreen, RecipePicker, TaskChooser
+from tina_tui.widgets import ChartsPanel, CheckpointsTable, CostBar, GpuPanel, LogTail, RunsTable
+
+REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+TABS = {"charts": ChartsPanel, "checkpoints": CheckpointsTable, "log": LogTail, "system": GpuPanel}
+
+
+class Refreshed(Message):
+    """A new snapshot of the workspace, gathered off the event loop."""
+
+    def __init__(self, snapshot: Snapshot) -> None:
+        super().__init__()
+        self.snapshot = snapshot
+
+
+class ActionDone(Message):
+    """A run action finished in a worker (``ok`` False: ``text`` is the error to show)."""
+
+    def __init__(self, text: str, ok: bool = True) -> None:
+        super().__init__()
+        self.text, self.ok = text, ok
+
+
+class MainScreen(Screen[None]):
+    BINDINGS = bindings("main")
+
+    def compose(self) -> ComposeResult:
+        yield RunsTable(id="runs")
+        yield CostBar(id="cost")
+        with TabbedContent(id="tabs", initial="charts"):
+            with TabPane("1 charts", id="charts"):
+                yield ChartsPanel(id="charts-panel")
+            with TabPane("2 checkpoints", id="checkpoints"):
+                yield CheckpointsTable(id="ckpts")
+            with TabPane("3 log", id="log"):
+                yield LogTail(id="log-tail", max_lines=2000)
+            with TabPane("4 gpu", id="system"):
+                yield GpuPanel(id="gpu")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one(RunsTable).focus()
+
+    @property
+    def app_(self) -> "TinaApp":
+        return self.app  # type: ignore[return-value]
+
+    def apply(self, snap: Snapshot) -> None:
+        view = snap.view
+        self.query_one(RunsTable).update_runs(snap.runs, view.run_id if view else self.app_.selected)
+        self.query_one(CostBar).show(view.run if view else None, view.recommendation if view else None,
+                                     view.checkpoints if view else [])
+        self.query_one(ChartsPanel).view = view
+        self.query_one(CheckpointsTable).update_rows(view.checkpoints if view else [])
+        self.query_one(GpuPanel).show(view.run if view else None, view.system if view else [])
+        if view is not None:
+            self.query_one(LogTail).add(view.log_lines, view.log_reset)
+        self.sub_title = f"{len(snap.runs)} runs"
+
+    @on(DataTable.RowHighlighted, "#runs")
+    def _run_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        rid = str(event.row_key.value)
+        if rid != self.app_.selected:
+            self.app_.selected = rid
+            self.app_.refresh_data()
+
+    # --- actions (keys come from the registry) ---------------------------------------------
+    def action_tab(self, name: str) -> None:
+        self.query_one(TabbedContent).active = name
+        self.query_one(TABS[name]).focus()
+
+    def action_cursor(self, delta: int) -> None:
+        focused = self.focused
+        if isinstance(focused, (ChartsPanel, LogTail)):
+            focused.cursor(delta)
+        elif isinstance(focused, DataTable):
+            focused.move_cursor(row=focused.cursor_row + delta)
+        else:
+            self.query_one(ChartsPanel).cursor(delta)
+
+    def action_prev_run(self) -> None:
+        self.query_one(RunsTable).action_cursor_up()
+
+    def action_next_run(self) -> None:
+        self.query_one(RunsTable).action_cursor_down()
+
+    def action_detail(self) -> None:
+        self.app_.open_detail(self.query_one(ChartsPanel).selected)
+
+    def action_follow(self) -> None:
+        log = self.query_one(LogTail)
+        log.follow = not log.follow
+
+    def action_new_run(self) -> None:
+        self.app_.pick_recipe()
+
+    def action_stop_run(self) -> None:
+        self.app_.confirm_stop()
+
+    def action_resume_run(self) -> None:
+        self.app_.resume()
+
+    def action_eval_selected(self) -> None:
+        step = self.query_one(CheckpointsTable).selected_step
+        if step is None:
+            self.notify("no checkpoint selected (2: checkpoints tab)", severity="warning")
+            return
+        self.app_.choose_eval(step)
+
+    def action_eval(self, which: str) -> None:
+        self.app_.choose_eval(which)
+
+
+class TinaApp(App[None]):
+    TITLE = "tina"
+    CSS_PATH = "app.tcss"
+    BINDINGS = bindings("global")
+    COMMANDS = App.COMMANDS | {CockpitCommands}
+    ENABLE_COMMAND_PALETTE = True
+
+    def __init__(self, home: Path, *, run: str | None = None, refresh_s: float = 1.0,
+                 clock: Callable[[], float] = time.time, recipes_root: Path | None = None) -> None:
+        super().__init__()
+        self.home = home
+        self.selected: str | None = run
+        self.refresh_s = refresh_s
+        self.recipes_root = recipes_root or (Path.cwd() / "recipes" if (Path.cwd() / "recipes").is_dir()
+                                             else REPO_RECIPES)
+        self.collector = Collector(home, clock=clock)
+        self.snapshot: Snapshot | None = None
+        self.refreshes = 0
+        self.refreshing = False
+        self._again = False
+
+    def get_default_screen(self) -> Screen:
+        return MainScreen()
+
+    @property
+    def main(self) -> MainScreen:
+        return next(s for s in self.screen_stack if isinstance(s, MainScreen))
+
+    @property
+    def view(self) -> RunView | None:
+        return self.snapshot.view if self.snapshot else None
+
+    def on_mount(self) -> None:
+        self.sub_title = str(self.home)
+        self.refresh_data()
+        if self.refresh_s > 0:
+            self.set_interval(self.refresh_s, self.refresh_data)
+
+    def refresh_data(self) -> None:
+        """Gather a new snapshot now, or right after the one in flight (never two at once, and a
+        request made meanwhile, e.g. a new selection, is not lost)."""
+        if self.refreshing:
+            self._again = True
+            return
+        self.refreshing, self._again = True, False
+        self._gather(self.selected)
+
+    @work(thread=True, group="refresh", exit_on_error=False)
+    def _gather(self, selected: str | None) -> None:
+        try:
+            snap = self.collector.collect(selected)
+        except Exception as e:  # shown, and the next tick tries again
+            snap = Snapshot(runs=self.snapshot.runs if self.snapshot else [], view=None, error=f"refresh: {e!r}")
+        self.post_message(Refreshed(snap))
+
+    def on_refreshed(self, message: Refreshed) -> None:
+        self.refreshing = False
+        if self._again:
+            self.refresh_data()
+        snap = message.snapshot
+        if snap.view is None and snap.error and self.snapshot is not None:
+            self.notify(snap.error, severity="error", timeout=5)
+            return
+        self.snapshot = snap
+        self.refreshes += 1
+        if snap.view is not None:
+            self.selected = snap.view.run_id
+        self.main.apply(snap)
+        if isinstance(self.screen, DetailScreen) and snap.view is not None:
+            self.screen.update_view(snap.view)
+        for n in snap.notices:
+            self.notify(n.text, severity=n.severity, timeout=8)
+        if snap.error:
+            self.notify(snap.error, severity="error", timeout=5)
+
+    def on_action_done(self, message: ActionDone) -> None:
+        self.notify(message.text, severity="information" if message.ok else "error",
+                    timeout=6 if message.ok else 12)
+        self.refresh_data()
+
+    # --- run actions ---------------------------------------------------------------------------
+    def _selected_run(self) -> dict[str, Any] | None:
+        view = self.view
+        if view is None:
+            self.notify("no run selected", severity="warning")
+        return view.run if view else None
+
+    def action_help(self) -> None:
+        if not isinstance(self.screen, HelpScreen):
+            self.push_screen(HelpScreen())
+
+    def open_detail(self, metric: int) -> None:
+        if self.view is None:
+            self.notify("no run selected", severity="warning")
+            return
+        self.push_screen(DetailScreen(self.view, metric))
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def pick_recipe(self) -> None:
+        from tina_core.recipe import list_recipes
+
+        try:
+            recipes = list_recipes(self.recipes_root)
+        except (TinaError, OSError) as e:
+            self.post_message(ActionDone(f"recipes: {e}", ok=False))
+            return
+        if not recipes:
+            self.post_message(ActionDone(f"no recipes under {self.recipes_root}", ok=False))
+            return
+        self.call_from_thread(self.push_screen, RecipePicker(recipes), self._recipe_picked)
+
+    def _recipe_picked(self, choice: tuple[Path, str | None] | None) -> None:
+        if choice is not None:
+            self.notify(f"validating {choice[0]} ...", timeout=4)
+            self.start_run(*choice)
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def start_run(self, recipe: Path, name: str | None) -> None:
+        # A child process validates and detaches the supervisor: recipe validation imports TRL and
+        # torch, which must never load into the cockpit itself.
+        cmd = [sys.executable, "-m", "tina_core.cli", "--home", str(self.home), "run", str(recipe), "--detach"]
+        if name:
+            cmd += ["--name", name]
+        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            err = (proc.stderr or proc.stdout).strip().splitlines()
+            self.post_message(ActionDone(err[-1] if err else f"tina run exited {proc.returncode}", ok=False))
+            return
+        lines = [ln for ln in proc.stdout.strip().splitlines() if ln.strip()]
+        self.post_message(ActionDone(f"started {lines[-1] if lines else recipe}"))
+
+    def confirm_stop(self) -> None:
+        run = self._selected_run()
+        if run is None:
+            return
+        if run.get("state") not in ("running", "stopping", "crashed"):
+            self.notify(f"{run.get('name')} is {run.get('state')}: nothing to stop", severity="warning")
+            return
+        rid = run["run_id"]
+        self.push_screen(ConfirmScreen(f"Stop {run.get('name')} at step {run.get('step')}? It saves a "
+                                       "checkpoint at the end of the current step."),
+                         lambda yes: self.stop(rid) if yes else None)
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def stop(self, run_id: str) -> None:
+        from tina_core import supervisor
+
+        try:
+            state = supervisor.stop_run(self.home, run_id)
+            self.post_message(ActionDone(f"{run_id}: {state}"))
+        except TinaError as e:
+            self.post_message(ActionDone(str(e), ok=False))
+
+    def resume(self) -> None:
+        run = self._selected_run()
+        if run is not None:
+            self._resume(run["run_id"])
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def _resume(self, run_id: str) -> None:
+        from tina_core import supervisor
+
+        try:
+            supervisor.resume_run(self.home, run_id)
+            self.post_message(ActionDone(f"{run_id}: resuming"))
+        except TinaError as e:
+            self.post_message(ActionDone(str(e), ok=False))
+
+    def choose_eval(self, checkpoint: int | str) -> None:
+        run = self._selected_run()
+        if run is None:
+            return
+        if not run.get("checkpoints"):
+            self.notify(f"{run.get('name')} has no complete checkpoint yet", severity="warning")
+            return
+        self._eval_tasks(run["run_id"], checkpoint)
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def _eval_tasks(self, run_id: str, checkpoint: int | str) -> None:
+        from tina_core import evaluate
+        from tina_core.rundir import RunDir
+
+        try:
+            defaults = list(evaluate.default_tasks(RunDir(self.home / "runs" / run_id)))
+        except (TinaError, OSError) as e:
+            self.post_message(ActionDone(f"tasks: {e}", ok=False))
+            return
+        what = f"checkpoint {checkpoint}" if isinstance(checkpoint, int) else f"{checkpoint} checkpoint(s)"
+        self.call_from_thread(self.push_screen, TaskChooser(what, dict(evaluate.TASKS), defaults),
+                              lambda tasks: self.queue_eval(run_id, checkpoint, tasks) if tasks else None)
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def queue_eval(self, run_id: str, checkpoint: int | str, tasks: list[str]) -> None:
+        from tina_core import evaluate
+
+        try:
+            ids = evaluate.queue_eval(self.home, run_id, checkpoint, tasks)
+            self.post_message(ActionDone(f"queued {len(ids)} evaluation(s) of {checkpoint}: {', '.join(tasks)}"))
+        except TinaError as e:
+            self.post_message(ActionDone(str(e), ok=False))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="tina-tui", description="The tina cockpit.")
+    parser.add_argument("--home", help="workspace directory (default $TINA_HOME or ~/.tina)")
+    parser.add_argument("--run", help="open on this run (id, id prefix or name)")
+    parser.add_argument("--demo", action="store_true",
+                        help="first write three synthetic runs into the workspace (to look around)")
+    args = parser.parse_args(argv)
+    home = tina_home(args.home)
+    try:
+        if args.demo:
+            from tina_tui.demo import make_workspace
+
+            make_workspace(home)
+        run = find_run(home, args.run).run_id if args.run else None
+    except TinaError as e:
+        print(f"tina-tui: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    TinaApp(home, run=run).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,70 @@
+"""The command palette: only the commands that make sense for the screen and run in view."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, Iterator
+
+from textual.command import DiscoveryHit, Hit, Hits, Provider
+
+from tina_tui.data import CHARTS
+
+
+class CockpitCommands(Provider):
+    def _commands(self) -> Iterator[tuple[str, Callable[[], object], str]]:
+        from tina_tui.app import MainScreen
+        from tina_tui.screens import DetailScreen
+
+        app = self.app
+        screen = self.screen
+        view = app.view
+        if isinstance(screen, DetailScreen):
+            yield "Toggle smoothing", screen.action_smooth, "raw is always drawn"
+            for i, (key, label) in enumerate(CHARTS):
+                if i != screen.metric:
+                    yield f"Show {label}", partial(self._show_metric, screen, i), key
+            yield "Back to the runs", screen.action_close, ""
+            return
+        if not isinstance(screen, MainScreen):
+            return
+        yield "New run from a recipe", app.pick_recipe, "recipe picker"
+        if view is not None:
+            run = view.run
+            name = run.get("name", view.run_id)
+            state = run.get("state")
+            if state in ("running", "stopping", "crashed"):
+                yield f"Stop {name}", app.confirm_stop, "asks first; saves a checkpoint"
+            if state in ("stopped", "failed", "crashed"):
+                yield f"Resume {name}", app.resume, "from its latest complete checkpoint"
+            if view.checkpoints:
+                yield f"Evaluate the recommended checkpoint of {name}", partial(app.choose_eval, "recommended"), ""
+                yield f"Evaluate all checkpoints of {name}", partial(app.choose_eval, "all"), ""
+                for c in view.checkpoints:
+                    yield f"Evaluate checkpoint {c['step']} of {name}", partial(app.choose_eval, c["step"]), ""
+            for i, (key, label) in enumerate(CHARTS):
+                yield f"Plot {label}", partial(app.open_detail, i), key
+        for run in (app.snapshot.runs if app.snapshot else []):
+            if view is None or run["run_id"] != view.run_id:
+                yield f"Go to run {run.get('name')} ({run['run_id']})", partial(self._go, run["run_id"]), \
+                    run.get("state", "")
+        for tab in ("charts", "checkpoints", "log", "system"):
+            yield f"Show the {tab} tab", partial(screen.action_tab, tab), ""
+
+    def _show_metric(self, screen, index: int) -> None:
+        screen.metric = index
+        screen.refresh_plot()
+
+    def _go(self, run_id: str) -> None:
+        self.app.selected = run_id
+        self.app.refresh_data()
+
+    async def discover(self) -> Hits:
+        for text, cb, help_ in self._commands():
+            yield DiscoveryHit(text, cb, help=help_)
+
+    async def search(self, query: str) -> Hits:
+        matcher = self.matcher(query)
+        for text, cb, help_ in self._commands():
+            score = matcher.match(text)
+            if score > 0:
+                yield Hit(score, matcher.highlight(text), cb, help=help_)

@@ -1,0 +1,320 @@
+"""What the cockpit shows, gathered off the event loop.
+
+``Collector.collect`` runs in a thread worker once a second: it ingests, queries the store and the
+run directories, and returns one immutable ``Snapshot`` that the app posts as a single message.
+Widgets never query anything themselves. Everything derives from the run directories (through the
+store), so opening the cockpit after hours away shows all that happened meanwhile.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from tina_core.rundir import RunDir, TinaError, list_run_dirs
+
+FORMAT = "rewards/format_reward/mean"
+LENGTH = "completions/mean_length"
+ACCURACY = "rewards/accuracy_reward/mean"
+
+# (key, short label) of the charted metrics, in display order: the two format signals first.
+CHARTS: tuple[tuple[str, str], ...] = (
+    (FORMAT, "format"),
+    (LENGTH, "length"),
+    (ACCURACY, "accuracy"),
+    ("reward", "reward"),
+    ("kl", "kl"),
+    ("learning_rate", "lr"),
+)
+SERIES_POINTS = 400      # per chart; sparklines bucket these further into columns
+LOG_BACKFILL = 64 * 1024  # bytes of train.log shown when a run is first opened
+LOG_KEEP = 2000           # lines kept in the log widget
+
+# Events worth a notification when they happen while the cockpit is open.
+NOTIFY_EVENTS = {
+    "restarted": ("warning", "{run}: crashed, restarting (attempt {attempt})"),
+    "failed": ("error", "{run}: failed: {reason}"),
+    "finished": ("information", "{run}: finished"),
+    "stopped": ("information", "{run}: stopped"),
+    "eval_finished": ("information", "{run}: evaluation {eval_id} finished"),
+    "eval_failed": ("error", "{run}: evaluation {eval_id} failed: {reason}"),
+}
+
+
+@dataclass(frozen=True)
+class Notice:
+    severity: str
+    text: str
+
+
+@dataclass
+class RunView:
+    """The selected run in full."""
+
+    run: dict[str, Any]
+    series: dict[str, list[tuple[float, float]]]
+    phase: dict[str, Any] | None
+    recommendation: dict[str, Any] | None
+    checkpoints: list[dict[str, Any]]
+    system: list[dict[str, Any]]
+    log_lines: list[str]
+    log_reset: bool            # True: replace the log widget's content, else append
+
+    @property
+    def run_id(self) -> str:
+        return self.run["run_id"]
+
+    @property
+    def step_range(self) -> tuple[float, float]:
+        """Steps spanned by the charts: from 0 to the furthest of trained and stop_at steps, so a
+        live run fills in from the left and the marker column never moves as steps arrive."""
+        hi = max([self.run.get("step") or 0, self.run.get("stop_at_step") or 0]
+                 + [s for pts in self.series.values() for s, _ in pts[-1:]])
+        return 0.0, float(max(hi, 1))
+
+
+@dataclass
+class Snapshot:
+    runs: list[dict[str, Any]]
+    view: RunView | None
+    notices: list[Notice] = field(default_factory=list)
+    error: str | None = None
+    took_s: float = 0.0
+
+
+class LogTail:
+    """Incremental reader of one growing text file (toolong's pattern: remember the offset, read
+    only whole new lines, start over if the file shrank)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset: int | None = None
+
+    def read(self) -> tuple[list[str], bool]:
+        """(new complete lines, reset) where reset means the caller should drop what it had."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return [], False
+        reset = False
+        if self.offset is None or size < self.offset:
+            self.offset, reset = max(0, size - LOG_BACKFILL), True
+        if size == self.offset:
+            return [], reset
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read(size - self.offset)
+        end = data.rfind(b"\n")
+        if end < 0:
+            return [], reset
+        skip_partial = reset and self.offset > 0
+        self.offset += end + 1
+        lines = data[: end + 1].decode(errors="replace").splitlines()
+        if skip_partial:  # backfill started mid-line
+            lines = lines[1:]
+        return lines[-LOG_KEEP:], reset
+
+
+class EventTail:
+    """New lifecycle events per run since the cockpit first saw that run."""
+
+    def __init__(self, rd: RunDir) -> None:
+        self.rd = rd
+        try:
+            self.offset = rd.events.stat().st_size
+        except FileNotFoundError:
+            self.offset = 0
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            size = self.rd.events.stat().st_size
+        except FileNotFoundError:
+            return []
+        if size <= self.offset:
+            return []
+        with self.rd.events.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read(size - self.offset)
+        end = data.rfind(b"\n")
+        if end < 0:
+            return []
+        self.offset += end + 1
+        out = []
+        for raw in data[: end + 1].splitlines():
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out
+
+
+def _nearest_at_or_before(points: list[tuple[float, float]], step: float) -> float | None:
+    best = None
+    for s, v in points:
+        if s <= step:
+            best = v
+        else:
+            break
+    return best if best is not None else (points[0][1] if points else None)
+
+
+def checkpoint_rows(run: dict[str, Any], store_ckpts: list[dict[str, Any]],
+                    series: dict[str, list[tuple[float, float]]], epoch_series: list[tuple[float, float]],
+                    phase: dict[str, Any] | None, recommended: int | None) -> list[dict[str, Any]]:
+    """One row per checkpoint with everything the table shows, joined from the run object (cost at
+    the checkpoint), the store (evals, avg) and the metric series (format/length/epoch there)."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for c in run.get("checkpoints") or []:
+        by_step.setdefault(int(c["step"]), {}).update(cost_usd_at=c.get("cost_usd_at"), evals=c.get("evals") or {})
+    for c in store_ckpts:
+        row = by_step.setdefault(int(c["step"]), {})
+        if c.get("evals"):
+            row["evals"] = c["evals"]
+        if c.get("avg") is not None:
+            row["avg"] = c["avg"]
+    phase_step = phase.get("step") if phase and phase.get("status") in ("tentative", "confirmed") else None
+    epoch_steps = (run.get("dataset_size") or 0) / 8
+    rows = []
+    for step in sorted(by_step):
+        row = by_step[step]
+        evals = row.get("evals") or {}
+        avg = row.get("avg")
+        if avg is None and evals:
+            avg = sum(evals.values()) / len(evals)
+        epoch = _nearest_at_or_before(epoch_series, step) if epoch_series else None
+        if epoch is None and epoch_steps:
+            epoch = step / epoch_steps
+        rows.append({
+            "step": step,
+            "epoch_pct": None if epoch is None else 100.0 * epoch,
+            "format": _nearest_at_or_before(series.get(FORMAT, []), step),
+            "length": _nearest_at_or_before(series.get(LENGTH, []), step),
+            "phase": None if phase_step is None else ("before" if step < phase_step else "after"),
+            "cost_usd_at": row.get("cost_usd_at"),
+            "evals": evals,
+            "avg": avg,
+            "recommended": step == recommended,
+        })
+    return rows
+
+
+class Collector:
+    """Gathers snapshots. Holds the tails' offsets between refreshes; one collect at a time."""
+
+    def __init__(self, home: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.home = home
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._store = None
+        self._store_error: str | None = None
+        self._log: LogTail | None = None
+        self._events: dict[str, EventTail] = {}
+        self._phase_status: dict[str, str] = {}
+
+    def _open_store(self):
+        """The store, or None while it cannot be opened (the run directories still answer)."""
+        if self._store is None:
+            try:
+                from tina_core.store import Store
+
+                self._store = Store(self.home)
+            except Exception as e:
+                self._store_error = f"index unavailable: {e}"
+                return None
+        return self._store
+
+    def _ask(self, method: str, *args: Any, default: Any = None, **kw: Any) -> Any:
+        store = self._open_store()
+        if store is None:
+            return default
+        try:
+            return getattr(store, method)(*args, **kw)
+        except Exception as e:  # a locked or damaged index must not blank the cockpit
+            self._store_error = f"index: {method}: {e}"
+            return default
+
+    def collect(self, selected: str | None) -> Snapshot:
+        with self._lock:  # the tails' offsets are shared state
+            return self._collect(selected)
+
+    def _collect(self, selected: str | None) -> Snapshot:
+        from tina_core import runs as runs_mod
+
+        t0 = time.perf_counter()
+        self._store_error = None
+        notices: list[Notice] = []
+        error = None
+        self._ask("ingest")
+        store = self._open_store()
+        now = self.clock()
+        run_list = []
+        for rd in list_run_dirs(self.home):
+            try:
+                run_list.append(runs_mod.describe(self.home, rd, store=store, now=now))
+            except (TinaError, OSError, ValueError) as e:
+                run_list.append({"run_id": rd.run_id, "name": rd.run_id, "state": "unreadable", "error": str(e)})
+            notices += self._new_events(rd)
+        ids = [r["run_id"] for r in run_list]
+        if selected not in ids:
+            selected = ids[-1] if ids else None
+        view = None
+        if selected is not None:
+            run = run_list[ids.index(selected)]
+            try:
+                view = self._view(run)
+            except (TinaError, OSError, ValueError) as e:
+                error = f"{selected}: {e}"
+            if view is not None:
+                notices += self._phase_notice(view)
+        error = error or self._store_error
+        return Snapshot(runs=run_list, view=view, notices=notices, error=error, took_s=time.perf_counter() - t0)
+
+    def _series(self, rid: str, key: str) -> list[tuple[float, float]]:
+        pts = self._ask("metric_series", rid, key, max_points=SERIES_POINTS, default=[]) or []
+        return [(float(s), float(v)) for s, v in pts if v is not None]
+
+    def _view(self, run: dict[str, Any]) -> RunView:
+        rid = run["run_id"]
+        rd = RunDir(self.home / "runs" / rid)
+        series = {key: self._series(rid, key) for key, _ in CHARTS}
+        phase = self._ask("phase", rid, default=run.get("phase_transition"))
+        rec = self._ask("recommendation", rid)
+        recommended = (rec or {}).get("recommended", run.get("recommended_checkpoint"))
+        ckpts = checkpoint_rows(run, self._ask("checkpoints", rid, default=[]) or [], series,
+                                self._series(rid, "epoch"), phase, recommended)
+        if self._log is None or self._log.path != rd.train_log:
+            self._log = LogTail(rd.train_log)
+        lines, reset = self._log.read()
+        return RunView(run=run, series=series, phase=phase, recommendation=rec, checkpoints=ckpts,
+                       system=self._ask("system_latest", rid, default=[]) or [], log_lines=lines, log_reset=reset)
+
+    def _new_events(self, rd: RunDir) -> list[Notice]:
+        tail = self._events.get(rd.run_id)
+        if tail is None:
+            self._events[rd.run_id] = EventTail(rd)
+            return []
+        out = []
+        name = rd.info().get("name") or rd.run_id
+        for ev in tail.read():
+            spec = NOTIFY_EVENTS.get(ev.get("event", ""))
+            if spec:
+                fields = {"run": name, "attempt": "?", "reason": "", "eval_id": "", **ev}
+                out.append(Notice(spec[0], spec[1].format(**fields)))
+        return out
+
+    def _phase_notice(self, view: RunView) -> list[Notice]:
+        status = (view.phase or {}).get("status") or "none"
+        before = self._phase_status.get(view.run_id)
+        self._phase_status[view.run_id] = status
+        if before is None or before == status or status == "none":
+            return []
+        p = view.phase or {}
+        return [Notice("warning", f"{view.run.get('name', view.run_id)}: phase transition {status} at step "
+                                  f"{p.get('step')} ({p.get('signal')} {p.get('direction', '')})")]
+

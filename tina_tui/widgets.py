@@ -1,0 +1,314 @@
+"""The cockpit's panels. Each one updates from a ``Snapshot``/``RunView`` handed to it by the app;
+none of them reads files or the store."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.text import Text
+from textual.binding import Binding
+from textual.reactive import reactive
+from textual.widget import Widget
+from textual.widgets import DataTable, Log, Static
+
+from tina_tui.data import CHARTS, RunView
+from tina_tui.plot import (MARK_CONFIRMED, MARK_TENTATIVE, bucket_mean, column_of, fmt_value, marker_line,
+                           spark_rows)
+
+STATE_STYLE = {"running": "bold green", "stopping": "yellow", "finished": "cyan", "stopped": "yellow",
+               "failed": "bold red", "crashed": "bold red", "unreadable": "red"}
+
+
+def usd(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"${v:,.2f}" if v < 1000 else f"${v:,.0f}"
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def marker_text(phase: dict[str, Any] | None) -> Text:
+    status = (phase or {}).get("status") or "none"
+    if status == "confirmed":
+        return Text(f"{MARK_CONFIRMED} {phase.get('step')}", style="bold magenta")
+    if status == "tentative":
+        return Text(f"{MARK_TENTATIVE} {phase.get('step')}?", style="magenta")
+    return Text("-", style="dim")
+
+
+class RunsTable(DataTable):
+    """Every run in the workspace; the highlighted row is the selected run."""
+
+    COLUMNS = (("name", "run"), ("state", "state"), ("step", "step/stop"), ("cost", "$"),
+               ("marker", "marker"), ("ckpt", "rec"))
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self.zebra_stripes = False
+        for key, label in self.COLUMNS:
+            self.add_column(label, key=key)
+
+    @staticmethod
+    def cells(run: dict[str, Any]) -> tuple:
+        state = run.get("state", "?")
+        restarts = run.get("restarts") or 0
+        step = f"{run.get('step') or 0}/{run.get('stop_at_step') or run.get('max_steps') or '?'}"
+        rec = run.get("recommended_checkpoint")
+        return (
+            Text(str(run.get("name") or run["run_id"])[:28]),
+            Text(state + (f" r{restarts}" if restarts else ""), style=STATE_STYLE.get(state, "")),
+            Text(step, justify="right"),
+            Text(usd((run.get("cost_usd") or {}).get("total")), justify="right"),
+            marker_text(run.get("phase_transition")),
+            Text("-" if rec is None else str(rec), justify="right"),
+        )
+
+    def update_runs(self, runs: list[dict[str, Any]], selected: str | None) -> None:
+        ids = [r["run_id"] for r in runs]
+        if ids != [str(k.value) for k in self.rows]:
+            self.clear()
+            for r in runs:
+                self.add_row(*self.cells(r), key=r["run_id"])
+        else:
+            for r in runs:
+                for (key, _), cell in zip(self.COLUMNS, self.cells(r)):
+                    self.update_cell(r["run_id"], key, cell)
+        if selected in ids and self.cursor_row != ids.index(selected):
+            self.move_cursor(row=ids.index(selected), animate=False)
+
+    @property
+    def selected_id(self) -> str | None:
+        if not self.row_count:
+            return None
+        return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
+
+class CostBar(Static):
+    """The money line: always visible."""
+
+    def show(self, run: dict[str, Any] | None, recommendation: dict[str, Any] | None,
+             checkpoints: list[dict[str, Any]]) -> None:
+        if not run:
+            self.update(Text("no run selected: press n to start one", style="dim"))
+            return
+        cost = run.get("cost_usd") or {}
+        per_hour = run.get("usd_per_hour_now")
+        if per_hour is None:
+            live = run.get("state") in ("running", "stopping")
+            per_hour = (run.get("gpu_count") or 0) * (run.get("gpu_hour_usd") or 0) if live else 0.0
+        rec = (recommendation or {}).get("recommended", run.get("recommended_checkpoint"))
+        rec_cost = next((c.get("cost_usd_at") for c in checkpoints if c["step"] == rec), None)
+        t = Text(no_wrap=True, overflow="ellipsis")
+        t.append("$ ", style="bold")
+        t.append(f"train {usd(cost.get('train'))}  eval {usd(cost.get('eval'))}  ")
+        t.append(f"total {usd(cost.get('total'))}", style="bold")
+        t.append(f"  {usd(per_hour)}/h")
+        t.append(f"  proj {usd(run.get('projected_cost_usd'))}@{run.get('stop_at_step') or '?'}")
+        t.append(f"  rec {'-' if rec is None else rec}:{usd(rec_cost)}", style="green")
+        t.append(f"  {duration(run.get('elapsed_s'))} {run.get('device') or ''}", style="dim")
+        self.update(t)
+
+
+class ChartsPanel(Widget, can_focus=True):
+    """Sparklines of the run's key metrics over one shared step axis, with the phase marker in the
+    same column under each. Taller panels get taller sparklines."""
+
+    selected: reactive[int] = reactive(0)
+    view: reactive[RunView | None] = reactive(None, always_update=True)
+    LABEL = 16  # label (8) + last value (8)
+
+    def cursor(self, delta: int) -> None:
+        self.selected = (self.selected + delta) % len(CHARTS)
+
+    @property
+    def selected_key(self) -> str:
+        return CHARTS[self.selected][0]
+
+    def render(self) -> Text:
+        view, width, height = self.view, self.size.width, self.size.height
+        out = Text(no_wrap=True, overflow="crop")
+        if view is None:
+            return Text("no data yet", style="dim")
+        sw = max(4, width - self.LABEL - 1)
+        x0, x1 = view.step_range
+        phase = view.phase or {}
+        status = phase.get("status")
+        mcol = column_of(phase["step"], x0, x1, sw) if status in ("tentative", "confirmed") else None
+        rows = max(1, (height - 2) // len(CHARTS) - 1)
+        mstyle = "bold magenta" if status == "confirmed" else "magenta"
+        for i, (key, label) in enumerate(CHARTS):
+            pts = view.series.get(key) or []
+            buckets = bucket_mean(pts, x0, x1, sw)
+            lines = spark_rows(buckets, rows)
+            last = pts[-1][1] if pts else None
+            sel = i == self.selected
+            for r, line in enumerate(lines):
+                head = f"{label:<8}{fmt_value(last):>8} " if r == 0 else " " * (self.LABEL + 1)
+                out.append(head, style="reverse" if sel and r == 0 else "bold" if r == 0 else "")
+                out.append(line, style="cyan" if sel else "green")
+                out.append("\n")
+            out.append(" " * (self.LABEL + 1))
+            out.append(marker_line(sw, mcol, status), style=mstyle)
+            out.append("\n")
+        axis = f"step {int(x0)}"
+        end = f"{int(x1)}"
+        out.append(" " * (self.LABEL + 1) + axis + " " * max(1, sw - len(axis) - len(end)) + end + "\n",
+                   style="dim")
+        if status in ("tentative", "confirmed"):
+            out.append(" " * (self.LABEL + 1))
+            out.append(f"{MARK_TENTATIVE} tentative  {MARK_CONFIRMED} confirmed", style="dim")
+            out.append(f"   transition {status} @ step {phase.get('step')} ({phase.get('signal')}"
+                       f" {phase.get('direction', '')})", style=mstyle)
+        else:
+            out.append(" " * (self.LABEL + 1) + "no phase transition yet", style="dim")
+        return out
+
+
+class CheckpointsTable(DataTable):
+    """Checkpoints of the selected run: where they sit on the curves, what they cost, how they scored."""
+
+    BINDINGS = [Binding("j", "cursor_down", show=False), Binding("k", "cursor_up", show=False)]
+
+    def on_mount(self) -> None:
+        self.cursor_type = "row"
+        self._shape: tuple = ()
+        self._rows_data: tuple = ()
+
+    def update_rows(self, rows: list[dict[str, Any]]) -> None:
+        tasks = sorted({t for r in rows for t in r["evals"]})
+        data = tuple((r["step"], r["epoch_pct"], r["format"], r["length"], r["phase"], r["cost_usd_at"],
+                      tuple(r["evals"].get(t) for t in tasks), r["avg"], r["recommended"]) for r in rows)
+        if data == self._rows_data:
+            return
+        self._rows_data = data
+        shape = tuple(tasks)
+        keep = self.cursor_row
+        if shape != self._shape or not self.columns:
+            self.clear(columns=True)
+            self._shape = shape
+            for label in (" ", "step", "%ep", "format", "length", "phase", "$ at"):
+                self.add_column(label)
+            for t in tasks:
+                self.add_column(t[:8])
+            self.add_column("avg")
+        else:
+            self.clear()
+        for r in rows:
+            style = "bold green" if r["recommended"] else ""
+            ep = "-" if r["epoch_pct"] is None else f"{r['epoch_pct']:.0f}%"
+            cells = [Text("*" if r["recommended"] else " ", style=style), Text(str(r["step"]), style=style),
+                     Text(ep), Text(fmt_value(r["format"])), Text(fmt_value(r["length"])),
+                     Text(r["phase"] or "-", style="magenta" if r["phase"] == "after" else ""),
+                     Text(usd(r["cost_usd_at"]))]
+            cells += [Text("-" if r["evals"].get(t) is None else f"{100 * r['evals'][t]:.1f}", style=style)
+                      for t in tasks]
+            cells.append(Text("-" if r["avg"] is None else f"{100 * r['avg']:.1f}", style=style))
+            self.add_row(*cells, key=str(r["step"]))
+        if self.row_count:
+            self.move_cursor(row=min(keep, self.row_count - 1), animate=False)
+
+    @property
+    def selected_step(self) -> int | None:
+        if not self.row_count:
+            return None
+        return int(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
+
+def meter(frac: float, width: int) -> str:
+    frac = max(0.0, min(1.0, frac))
+    n = int(round(frac * width))
+    return "[" + "|" * n + " " * (width - n) + "]"
+
+
+class GpuPanel(Static):
+    """Utilisation and memory per GPU from the run's latest system sample (nvitop-style bars)."""
+
+    def show(self, run: dict[str, Any] | None, system: list[dict[str, Any]]) -> None:
+        t = Text(no_wrap=True, overflow="ellipsis")
+        if not run:
+            self.update(t)
+            return
+        gpus = run.get("gpu_count") or 0
+        if not system:
+            device = run.get("device") or "cpu"
+            what = "CPU" if not gpus or str(device).lower() == "cpu" else f"{gpus}x {device} (no sample yet)"
+            t.append(f"{what}\n", style="bold")
+            t.append(f"{usd(run.get('gpu_hour_usd'))}/GPU-hour", style="dim")
+            self.update(t)
+            return
+        bar = max(10, min(40, (self.size.width or 80) // 2 - 20))
+        for g in system:
+            util = g.get("util") or 0
+            used, total = g.get("mem_used") or 0, g.get("mem_total") or 0
+            t.append(f"GPU{g.get('index', '?')} ", style="bold")
+            t.append(f"util {meter(util / 100, bar)} {util:3.0f}%  ", style="green" if util >= 50 else "yellow")
+            t.append(f"mem {meter(used / total if total else 0, bar)} {used / 1024:.1f}/{total / 1024:.1f}G")
+            if g.get("power_w") is not None:
+                t.append(f"  {g['power_w']:.0f}W", style="dim")
+            t.append("\n")
+        self.update(t)
+
+
+class LogTail(Log):
+    """train.log, following the end until the user scrolls up (toolong's tail behaviour)."""
+
+    follow: reactive[bool] = reactive(True)
+    pending: reactive[int] = reactive(0)
+
+    def add(self, lines: list[str], reset: bool) -> None:
+        if reset:
+            self.clear()
+        if not lines:
+            return
+        if not self.follow:
+            self.pending += len(lines)
+        self.write_lines(lines, scroll_end=self.follow)
+
+    def cursor(self, delta: int) -> None:
+        if delta < 0:
+            self.action_scroll_up()
+        else:
+            self.action_scroll_down()
+
+    def _stop_following(self) -> None:
+        self.follow = False
+
+    def action_scroll_up(self) -> None:
+        self._stop_following()
+        super().action_scroll_up()
+
+    def action_page_up(self) -> None:
+        self._stop_following()
+        super().action_page_up()
+
+    def action_scroll_home(self) -> None:
+        self._stop_following()
+        super().action_scroll_home()
+
+    def _on_mouse_scroll_up(self, event) -> None:
+        self._stop_following()
+        super()._on_mouse_scroll_up(event)
+
+    def action_scroll_end(self) -> None:
+        self.follow = True
+        super().action_scroll_end()
+
+    def watch_follow(self, follow: bool) -> None:
+        if follow:
+            self.pending = 0
+            self.scroll_end(animate=False, immediate=True, x_axis=False)
+        self._retitle()
+
+    def watch_pending(self) -> None:
+        self._retitle()
+
+    def _retitle(self) -> None:
+        self.border_title = "train.log  follow " + ("on" if self.follow else "off (f / end to follow)")
+        self.border_subtitle = f"{self.pending} new lines" if self.pending else ""
