@@ -145,8 +145,9 @@ def intervals(events: Iterable[dict[str, Any]]) -> list[Interval]:
         elif kind == "attempt_exited" or kind in ("eval_finished", "eval_failed", "eval_cancelled"):
             k = ("train", ev.get("attempt")) if kind == "attempt_exited" else ("eval", ev.get("eval_id"))
             iv = open_.pop(k, None)
-            if iv is not None:
-                iv.end = float(ts)
+            if iv is not None:  # end_ts: when a dead supervisor's attempt really ended
+                end = ev.get("end_ts", ts)
+                iv.end = float(end if isinstance(end, (int, float)) else ts)
     return out
 
 
@@ -185,6 +186,10 @@ class Meter:
             end = self._end(iv) if until is None else min(self._end(iv), until)
             total += max(0.0, end - iv.start) * self.usd_per_hour(iv) / 3600
         return total
+
+    def seconds(self, kind: str) -> float:
+        """Wall seconds the processes of this kind were alive (all attempts)."""
+        return sum(max(0.0, self._end(iv) - iv.start) for iv in self.intervals if iv.kind == kind)
 
     def gpu_hours(self, kind: str) -> float:
         return sum(max(0.0, self._end(iv) - iv.start) * iv.gpus for iv in self.intervals

@@ -23,12 +23,14 @@ import shlex
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from tina_core.rundir import (RunDir, TinaError, create_run_dir, find_run, iter_jsonl, now_iso,
-                              read_json, redact_text, runs_root, write_json_atomic)
+                              read_json, redact_text, runs_root, secret_values,
+                              write_json_atomic)
 
 HEARTBEAT_S = 2.0
 HEARTBEAT_TIMEOUT_S = 15.0
@@ -52,6 +54,12 @@ def _env_float(name: str, default: float) -> float:
         return float(raw)
     except ValueError:
         raise TinaError(f"${name} must be a number of seconds, got {raw!r}") from None
+
+
+def stop_timeout_s(info: dict[str, Any]) -> float:
+    """How long a stop waits for the trainer's checkpoint before killing its group:
+    $TINA_STOP_TIMEOUT_S, else the recipe's launch.stop_timeout_s, else 120 s."""
+    return _env_float("TINA_STOP_TIMEOUT_S", float(info.get("stop_timeout_s") or DEFAULT_STOP_TIMEOUT_S))
 
 
 def home_of(run_dir: RunDir) -> Path:
@@ -122,7 +130,8 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
         "max_steps": getattr(recipe, "max_steps", None),
         "save_steps": getattr(recipe, "save_steps", None),
         "dataset_size": getattr(recipe, "dataset_size", None),
-        "max_restarts": int(_recipe_value(recipe, "max_restarts", DEFAULT_MAX_RESTARTS)),
+        "max_restarts": int(recipe.get("launch.max_restarts", DEFAULT_MAX_RESTARTS)),
+        "stop_timeout_s": float(recipe.get("launch.stop_timeout_s", DEFAULT_STOP_TIMEOUT_S)),
         "imported": False,
     }
     write_json_atomic(run_dir.run_json, info)
@@ -184,7 +193,7 @@ class Supervisor:
         if not self.info:
             raise TinaError(f"{run_dir.run_json}: missing or unreadable; not a run directory")
         self.display = display or Display(run_dir, live=False, quiet=True)
-        self.stop_timeout = _env_float("TINA_STOP_TIMEOUT_S", DEFAULT_STOP_TIMEOUT_S)
+        self.stop_timeout = stop_timeout_s(self.info)
         self.backoff = _env_float("TINA_RESTART_BACKOFF_S", DEFAULT_BACKOFF_S)
         self.max_restarts = int(self.info.get("max_restarts", DEFAULT_MAX_RESTARTS))
         self.started = time.time()
@@ -197,6 +206,8 @@ class Supervisor:
         self._last_beat = 0.0
         self._sampler = None
         self._last_sample = 0.0
+        self._env: dict[str, str] | None = None
+        self._pump: threading.Thread | None = None
 
     # lock ---------------------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -278,16 +289,13 @@ class Supervisor:
                         if e.get("event") == "attempt_started"), default=0)
 
     def _trainer_env(self, attempt: int) -> dict[str, str]:
-        env = dict(os.environ)
-        try:
+        if self._env is None:
             from tina_core.launch import launch_env
             from tina_core.recipe import load_recipe
 
-            env.update(launch_env(load_recipe(self.run_dir.recipe, [])))
-        except ImportError:
-            pass
-        env.update(TINA_ATTEMPT=str(attempt), TINA_HOME=str(home_of(self.run_dir)), PYTHONUNBUFFERED="1")
-        return env
+            self._env = launch_env(load_recipe(self.run_dir.recipe, []))
+        return {**self._env, "TINA_ATTEMPT": str(attempt), "TINA_HOME": str(home_of(self.run_dir)),
+                "PYTHONUNBUFFERED": "1"}
 
     def log(self, text: str) -> None:
         """A line of tina's own in train.log (credential values masked) and on the display."""
@@ -301,10 +309,13 @@ class Supervisor:
         self.attempt = attempt
         self.log(f"attempt {attempt}: {shlex.join(command)}"
                  + (f" (resuming from checkpoint-{resume_from})" if resume_from else ""))
-        with open(self.run_dir.train_log, "ab") as logf:
-            self.proc = subprocess.Popen(command, cwd=self.info.get("cwd") or None, env=self._trainer_env(attempt),
-                                         stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+        # Output goes through us so credential values are masked before they reach train.log.
+        self.proc = subprocess.Popen(command, cwd=self.info.get("cwd") or None, env=self._trainer_env(attempt),
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self._pump = threading.Thread(target=pump_redacted, args=(self.proc.stdout, self.run_dir.train_log),
+                                      daemon=True)
+        self._pump.start()
         self.proc_started = time.time()
         self.run_dir.event("attempt_started", attempt=attempt, pid=self.proc.pid,
                            gpus=int(self.info.get("gpu_count") or 0), resume_from=resume_from)
@@ -370,6 +381,7 @@ class Supervisor:
                 proc = self.start(attempt)
                 code = self.watch(proc)
                 kill_group(proc.pid)  # leftovers (vLLM workers) of a trainer that is gone
+                self._pump.join(timeout=5)
                 sig = signal.Signals(-code).name if code < 0 else None
                 step = self.last_step(attempt)
                 self.run_dir.event("attempt_exited", attempt=attempt, code=code, signal=sig, step=step)
@@ -401,6 +413,31 @@ class Supervisor:
             self.beat(force=True)
             if self._sampler is not None:
                 self._sampler.close()
+
+
+def pump_redacted(stream, log_path: Path) -> None:
+    """Copy the trainer's output to ``log_path`` line by line, credential values masked."""
+    secrets = secret_values()
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        rest = b""
+        while True:
+            chunk = stream.read1(65536)
+            data = rest + chunk
+            cut = data.rfind(b"\n") + 1 if chunk else len(data)
+            if not cut and len(data) > 1 << 20:  # a very long line: flush it anyway
+                cut = len(data)
+            out, rest = data[:cut], data[cut:]
+            if out:
+                text = out.decode(errors="replace")
+                for value in secrets:
+                    text = text.replace(value, "***")
+                os.write(fd, text.encode())
+            if not chunk:
+                return
+    finally:
+        os.close(fd)
+        stream.close()
 
 
 # --- process helpers ------------------------------------------------------------------------------
@@ -699,7 +736,7 @@ def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None
     state = live["state"]
     if state in TERMINAL_EVENTS:
         raise TinaError(f"run {run_dir.run_id} is {state}: nothing to stop")
-    stop_timeout = _env_float("TINA_STOP_TIMEOUT_S", DEFAULT_STOP_TIMEOUT_S)
+    stop_timeout = stop_timeout_s(run_dir.info())
     if state == "crashed":
         # No supervisor to ask: stop what it left behind ourselves, under its lock.
         sup = Supervisor(run_dir)
