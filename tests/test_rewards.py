@@ -225,3 +225,35 @@ def test_import_stays_light():
     code = "import sys, tina_core.rewards; print(sorted(m for m in ('sympy', 'math_verify', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_trl_grpo_logs_every_reward_under_tina_s_name(tmp_path):
+    """One real TRL GRPOTrainer step on a tiny random Qwen2 with prepared data and all seven rewards."""
+    import torch
+    from test_data import DATA, _tokenizer
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tina_core.data import prepare_dataset
+
+    torch.manual_seed(0)
+    tok = _tokenizer()
+    tok.add_special_tokens({"pad_token": "[UNK]", "eos_token": "<｜end▁of▁sentence｜>"})
+    config = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    Qwen2ForCausalLM(config).save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    dataset = prepare_dataset({"name": str(DATA / "default.jsonl"), "max_prompt_tokens": 200}, tokenizer=tok)
+    funcs, weights = build_reward_funcs({k: 1.0 for k in REWARDS}, {})
+    args = GRPOConfig(output_dir=str(tmp_path / "out"), use_vllm=False, bf16=False, gradient_checkpointing=False,
+                      max_steps=1, per_device_train_batch_size=4, num_generations=4, max_completion_length=8,
+                      report_to=[], beta=0.04, use_cpu=True, reward_weights=weights, logging_steps=1, save_strategy="no")
+    trainer = GRPOTrainer(model=str(tmp_path / "model"), processing_class=tok, reward_funcs=funcs, args=args,
+                          train_dataset=dataset)
+    trainer.train()
+    logged = trainer.state.log_history[0]
+    for key in REWARDS:
+        value = logged[f"rewards/{FUNC_NAMES[key]}/mean"]
+        assert math.isfinite(value)
+    assert logged["rewards/format_reward/mean"] == 0.0  # a random model writes no think tags
