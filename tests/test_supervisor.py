@@ -1,0 +1,214 @@
+"""Supervision under failure: restarts, give-up, SIGTERM-deaf trainers, dead supervisors, the lock,
+secrets. Real processes and real signals; the trainer here is a small script that keeps the
+trainer's contract (ARCHITECTURE.md) with sleeps instead of GRPO steps, so each case runs in
+seconds and can misbehave on purpose. The real tiny trainer is exercised in test_cli.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tina_core import cost, runs, supervisor
+from tina_core.rundir import RunDir, TinaError, create_run_dir, iter_jsonl, write_json_atomic
+
+CONTRACT_TRAINER = r'''
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+run = Path(sys.argv[1]); stop_at = int(os.environ.get("FT_STOP", "10")); save = int(os.environ.get("FT_SAVE", "3"))
+attempt = int(os.environ["TINA_ATTEMPT"]); term = []
+if os.environ.get("FT_IGNORE_TERM"):
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+else:
+    signal.signal(signal.SIGTERM, lambda *_: term.append(1))
+if os.environ.get("FT_CHILD"):  # a worker in the trainer's group, like a vLLM engine
+    child = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+    (run / "child.pid").write_text(str(child.pid))
+ck = run / "checkpoints"
+done = sorted(int(p.name.split("-")[1]) for p in ck.glob("checkpoint-*") if (p / "tina-complete.json").exists())
+step = done[-1] if done else 0
+print(f"attempt {attempt} from step {step}; token {os.environ.get('HF_TOKEN')}", flush=True)
+def save_ck(s):
+    d = ck / f"checkpoint-{s}"; d.mkdir(parents=True, exist_ok=True); (d / "tina-complete.json").write_text("{}")
+while step < stop_at:
+    time.sleep(float(os.environ.get("FT_SLEEP", "0.05")))
+    step += 1
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step, "attempt": attempt, "ts": time.time(), "rewards/format_reward/mean": step / stop_at}) + "\n")
+    if step % save == 0 or step == stop_at:
+        save_ck(step)
+    crash_at = int(os.environ.get("FT_CRASH_AT", "0"))
+    if step == crash_at and (attempt == 1 or os.environ.get("FT_CRASH_ALWAYS")):
+        os.kill(os.getpid(), signal.SIGKILL)
+    if term:
+        save_ck(step); sys.exit(75)
+sys.exit(0)
+'''
+
+
+@pytest.fixture
+def make_run(tmp_path, monkeypatch):
+    """A run directory whose command is the contract trainer (or ``command``)."""
+    script = tmp_path / "contract_trainer.py"
+    script.write_text(CONTRACT_TRAINER)
+    home = tmp_path / "home"
+    monkeypatch.setenv("TINA_HOME", str(home))
+    monkeypatch.setenv("TINA_RESTART_BACKOFF_S", "0.2")
+    monkeypatch.setenv("TINA_STOP_TIMEOUT_S", "5")
+
+    def make(command=None, stop_at=10, **info) -> RunDir:
+        rd = create_run_dir(home, "contract")
+        rd.recipe.write_text("name: contract\n")
+        write_json_atomic(rd.run_json, {
+            "run_id": rd.run_id, "name": "contract", "created": "now", "device": "cpu", "gpu_count": 0,
+            "gpu_hour_usd": 0.0, "cpu_hour_usd": 3.6, "stop_at_step": stop_at, "max_restarts": 3,
+            "command": command or [sys.executable, str(script), str(rd.path)], **info})
+        rd.event("launched", recipe="contract", command=command, gpus=0, gpu_hour_usd=0.0, device="cpu")
+        return rd
+    make.home = home
+    return make
+
+
+def _events(rd: RunDir) -> list[str]:
+    return [e["event"] for e in rd.read_events()]
+
+
+def _wait_state(rd: RunDir, states, timeout=30.0) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = supervisor.liveness(rd)["state"]
+        if state in states:
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"run stayed {state}, wanted {states}")
+
+
+def test_crash_is_restarted_and_each_step_counted_once(make_run, monkeypatch):
+    monkeypatch.setenv("FT_CRASH_AT", "5")  # SIGKILL after checkpoint-3: steps 4-5 are redone
+    rd = make_run()
+    assert supervisor.Supervisor(rd).run() == "finished"
+    ev = rd.read_events()
+    exited = [e for e in ev if e["event"] == "attempt_exited"]
+    assert [(e["attempt"], e["code"], e["signal"]) for e in exited] == [(1, -9, "SIGKILL"), (2, 0, None)]
+    started = [e for e in ev if e["event"] == "attempt_started"]
+    assert started[1]["resume_from"] == 3
+    assert [e for e in ev if e["event"] == "restarted"][0]["attempt"] == 2
+    times = cost.step_times(iter_jsonl(rd.metrics))
+    assert list(times) == list(range(1, 11))
+    assert all(a == 2 for s, (_, a) in times.items() if s > 3)
+    run = runs.describe(supervisor.home_of(rd), rd)
+    assert (run["state"], run["restarts"], run["attempts"], run["step"]) == ("finished", 1, 2, 10)
+    # $3.60/h on CPU is $0.001/s: the cost covers both attempts' lifetimes
+    lifetimes = sum(x["ts"] - s["ts"] for s, x in zip(started, exited))
+    assert run["cost_usd"]["train"] == pytest.approx(lifetimes * 0.001, abs=2e-4)
+    assert run["cost_usd"]["train"] > (exited[0]["ts"] - started[0]["ts"]) * 0.001
+
+
+def test_gives_up_after_max_restarts(make_run, monkeypatch):
+    monkeypatch.setenv("FT_CRASH_AT", "2")
+    monkeypatch.setenv("FT_CRASH_ALWAYS", "1")
+    rd = make_run(max_restarts=2)
+    assert supervisor.Supervisor(rd).run() == "failed"
+    ev = rd.read_events()
+    assert sum(e["event"] == "attempt_started" for e in ev) == 3
+    assert [e["delay_s"] for e in ev if e["event"] == "restarted"] == [0.2, 0.4]  # back-off doubles
+    assert "gave up after 2 restarts" in ev[-1]["reason"]
+    assert supervisor.liveness(rd)["state"] == "failed"
+
+
+def test_trainer_failing_before_any_step_is_not_restarted(make_run):
+    rd = make_run([sys.executable, "-c", "import sys; print('bad config'); sys.exit(3)"])
+    assert supervisor.Supervisor(rd).run() == "failed"
+    assert _events(rd).count("attempt_started") == 1
+    assert "exit code 3 before its first step" in rd.read_events()[-1]["reason"]
+    assert "bad config" in rd.train_log.read_text()
+
+
+def test_stop_kills_the_whole_group_of_a_trainer_deaf_to_sigterm(make_run, monkeypatch):
+    monkeypatch.setenv("FT_IGNORE_TERM", "1")
+    monkeypatch.setenv("FT_CHILD", "1")
+    monkeypatch.setenv("FT_STOP", "100000")
+    monkeypatch.setenv("TINA_STOP_TIMEOUT_S", "1")
+    rd = make_run()
+    pid = supervisor.spawn_daemon(rd)
+    _wait_for(lambda: (rd.path / "child.pid").exists())
+    child = int((rd.path / "child.pid").read_text())
+    assert supervisor.stop_run(supervisor.home_of(rd), rd.run_id, wait=True, timeout=20) == "stopped"
+    assert not supervisor._pid_alive(child)
+    _wait_for(lambda: not supervisor._pid_alive(pid), timeout=10)  # the daemon exits after "stopped"
+    kinds = _events(rd)
+    assert kinds[-3:] == ["stop_requested", "attempt_exited", "stopped"]
+    assert rd.read_events()[-2]["signal"] == "SIGKILL"
+
+
+def test_dead_supervisor_shows_crashed_and_resume_finishes(make_run, monkeypatch):
+    monkeypatch.setenv("FT_SLEEP", "0.2")
+    monkeypatch.setenv("FT_STOP", "20")
+    rd = make_run(stop_at=20)
+    pid = supervisor.spawn_daemon(rd)
+    _wait_for(lambda: any(isinstance(r.get("step"), int) and r["step"] >= 4 for r in iter_jsonl(rd.metrics)))
+    assert supervisor.liveness(rd)["state"] == "running"
+    trainer = supervisor.liveness(rd)["trainer_pid"]
+    os.kill(pid, signal.SIGKILL)
+    t0 = time.monotonic()
+    assert _wait_state(rd, ["crashed"], timeout=supervisor.HEARTBEAT_TIMEOUT_S + 2) == "crashed"
+    assert time.monotonic() - t0 < supervisor.HEARTBEAT_TIMEOUT_S
+    home = supervisor.home_of(rd)
+    assert runs.describe(home, rd)["state"] == "crashed"
+    supervisor.resume_run(home, rd.run_id)
+    assert _wait_state(rd, ["finished", "failed", "stopped"], timeout=60) == "finished"
+    assert not supervisor._pid_alive(trainer)  # the orphan was stopped, not left beside the new one
+    exited = [e for e in rd.read_events() if e["event"] == "attempt_exited"]
+    assert exited[0].get("orphan") and exited[-1]["code"] == 0
+    assert list(cost.step_times(iter_jsonl(rd.metrics))) == list(range(1, 21))
+
+
+def test_stale_heartbeat_is_crashed_never_running(make_run):
+    rd = make_run()
+    rd.event("supervisor_started", pid=os.getpid())
+    write_json_atomic(rd.supervisor, {"pid": os.getpid(), "heartbeat": time.time()})
+    assert supervisor.liveness(rd)["state"] == "running"
+    write_json_atomic(rd.supervisor, {"pid": os.getpid(), "heartbeat": time.time() - 20})
+    assert supervisor.liveness(rd)["state"] == "crashed"
+
+
+def test_one_supervisor_per_run(make_run, monkeypatch):
+    monkeypatch.setenv("FT_STOP", "100000")
+    rd = make_run()
+    supervisor.spawn_daemon(rd)
+    before = rd.events.read_bytes()
+    second = subprocess.run([sys.executable, "-m", "tina_core.supervisor", str(rd.path)],
+                            capture_output=True, text=True, timeout=30)
+    assert second.returncode == 2 and "already supervised" in second.stderr
+    with pytest.raises(TinaError, match="is running"):
+        supervisor.resume_run(supervisor.home_of(rd), rd.run_id)
+    assert rd.events.read_bytes().startswith(before)
+    assert _events(rd).count("supervisor_started") == 1
+    supervisor.stop_run(supervisor.home_of(rd), rd.run_id, wait=True, timeout=20)
+
+
+def test_secrets_never_reach_the_run_directory(make_run, monkeypatch):
+    token = "hf_TESTSECRETvalue0123456789"
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("FT_STOP", "3")
+    rd = make_run()
+    assert supervisor.Supervisor(rd).run() == "finished"
+    assert "token ***" in rd.train_log.read_text()
+    for path in rd.path.rglob("*"):
+        if path.is_file():
+            assert token not in path.read_text(errors="replace"), path
+
+
+def _wait_for(cond, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(0.05)
+    raise AssertionError("timed out")
