@@ -1,0 +1,210 @@
+"""The trainer process: ``python -m tina_core.train RUN_DIR`` (or under ``accelerate launch``).
+
+Reads ``RUN_DIR/recipe.yaml`` and trains a LoRA adapter with TRL's own ``GRPOTrainer``. The
+``TinaCallback`` is the run directory's writer: one ``metrics.jsonl`` line per log call (rank 0),
+a ``tina-complete.json`` marker in each fully saved checkpoint, the stop at ``stop_at_step``, and a
+graceful stop on SIGTERM (save at the end of the current step, exit 75). Resumes from the latest
+complete checkpoint; a half-written one is moved aside.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+from pathlib import Path
+
+from tina_core.recipe import Recipe, build_grpo_config, build_lora_config, load_recipe, resolve_base_model
+from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, RunDir, TinaError, append_jsonl, now_iso,
+                              tina_home, write_json_atomic)
+
+EXIT_FINISHED = 0
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving; `tina resume` continues
+EXIT_ERROR = 2
+
+# Keys worth a glance in the one-line-per-step stdout summary.
+_SUMMARY_KEYS = (("reward", "reward"), ("kl", "kl"), ("completions/mean_length", "len"), ("loss", "loss"),
+                 ("learning_rate", "lr"), ("step_time", "s/step"))
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _home_for(run_dir: RunDir) -> Path:
+    """The workspace of a run: $TINA_HOME, else the folder holding runs/<id>/."""
+    if os.environ.get("TINA_HOME"):
+        return tina_home()
+    return run_dir.path.parent.parent
+
+
+def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int):
+    """The ``TrainerCallback`` that writes the run directory (built lazily: transformers is heavy)."""
+    from transformers import TrainerCallback
+
+    class TinaCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.stop_at = recipe.stop_at_step
+            self.stop_requested = False   # set from the SIGTERM handler
+            self.stopped_by_signal = False
+            self.metrics_path = run_dir.metrics
+
+        # SIGTERM: only raise a flag; the step in flight finishes, then on_step_end saves and stops.
+        def request_stop(self, signum=None, frame=None) -> None:
+            self.stop_requested = True
+
+        def _stop_agreed(self, args) -> bool:
+            """Every rank must stop at the same step or the collectives hang: agree on the flag."""
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+                return self.stop_requested
+            import torch
+
+            flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return bool(flag.item())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self._stop_agreed(args):
+                self.stopped_by_signal = True
+                control.should_save = True
+                control.should_training_stop = True
+            if state.global_step >= self.stop_at:
+                # Save here even when stop_at_step is not a multiple of save_steps.
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            now = time.time()
+            record = {"step": state.global_step, "attempt": attempt, "time": now_iso(), "ts": now, **logs}
+            append_jsonl(self.metrics_path, record)
+            if "train_runtime" not in logs:
+                parts = [f"{short} {logs[k]:.4g}" for k, short in _SUMMARY_KEYS if isinstance(logs.get(k), (int, float))]
+                fmt = [f"{k.split('/')[1]} {v:.3f}" for k, v in logs.items()
+                       if k.startswith("rewards/") and k.endswith("/mean") and isinstance(v, (int, float))]
+                print(f"step {state.global_step}/{self.stop_at} " + " ".join(fmt + parts), flush=True)
+
+        def on_save(self, args, state, control, **kwargs):
+            import torch.distributed as dist
+
+            # Every rank has written its part of the checkpoint (optimizer shards under ZeRO) once
+            # all reach here; only then is it marked complete.
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    write_json_atomic(ckpt / CHECKPOINT_COMPLETE, {
+                        "step": state.global_step, "attempt": attempt, "time": now_iso(),
+                        "files": sorted(p.name for p in ckpt.iterdir())})
+                    print(f"saved checkpoint-{state.global_step}", flush=True)
+            return control
+
+    return TinaCallback()
+
+
+def set_aside_partial_checkpoints(run_dir: RunDir) -> list[Path]:
+    """Move checkpoints without the completion marker out of Trainer's sight (its resume and
+    rotation glob ``checkpoint-*``): they were cut off mid-save. Kept under ``.partial/``."""
+    moved = []
+    if not run_dir.checkpoints.is_dir():
+        return moved
+    complete = set(run_dir.checkpoint_steps())
+    for p in sorted(run_dir.checkpoints.iterdir()):
+        m = CHECKPOINT_RE.match(p.name)
+        if m and p.is_dir() and int(m.group(1)) not in complete:
+            dest = run_dir.checkpoints / ".partial" / p.name
+            dest.parent.mkdir(exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(p, dest)
+            moved.append(dest)
+    return moved
+
+
+def _tokenizer(recipe: Recipe, model_path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if not recipe.is_tiny and "qwen" in model_path.lower():
+        from tina_core.prompts import REASON_CHAT_TEMPLATE
+
+        # Tina's choices for the Qwen-based distilled model: a pad token distinct from EOS, and the
+        # open-r1 template without a "<think>" prefill (the format reward must see the tag).
+        tok.pad_token = "<|fim_pad|>"
+        tok.chat_template = REASON_CHAT_TEMPLATE
+    return tok
+
+
+def train(run_dir: RunDir) -> int:
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # denormals in softmax gradients slow CPU steps by ~40x
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import GRPOTrainer
+
+    from tina_core.data import prepare_dataset
+    from tina_core.rewards import build_reward_funcs
+
+    if not run_dir.recipe.is_file():
+        raise TinaError(f"{run_dir.recipe}: no recipe snapshot in the run directory")
+    recipe = load_recipe(run_dir.recipe)
+    attempt = int(os.environ.get("TINA_ATTEMPT", "1"))
+    rank0 = _is_rank0()
+    run_dir.checkpoints.mkdir(exist_ok=True)
+
+    if rank0:
+        for p in set_aside_partial_checkpoints(run_dir):
+            print(f"set aside half-written {p.name} (no {CHECKPOINT_COMPLETE}) -> {p}", flush=True)
+    done = run_dir.checkpoint_steps()
+    resume = run_dir.checkpoint_path(done[-1]) if done else None
+    if done and done[-1] >= recipe.stop_at_step:
+        print(f"already at step {done[-1]} >= stop_at_step {recipe.stop_at_step}: nothing to do", flush=True)
+        return EXIT_FINISHED
+
+    config = build_grpo_config(recipe, run_dir.checkpoints)
+    set_seed(config.seed)
+    model_path = resolve_base_model(recipe, _home_for(run_dir))
+    tokenizer = _tokenizer(recipe, model_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=recipe.get("model.dtype", "auto"),
+        attn_implementation=recipe.get("model.attn_implementation"),
+        use_cache=not config.gradient_checkpointing)
+    funcs, weights = build_reward_funcs(recipe.rewards, dict(recipe.data.get("reward_options") or {}))
+    config.reward_weights = weights
+    dataset = prepare_dataset(recipe.data["dataset"], tokenizer)
+
+    callback = make_callback(run_dir, recipe, attempt)
+    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=dataset,
+                          processing_class=tokenizer, peft_config=build_lora_config(recipe), callbacks=[callback])
+    signal.signal(signal.SIGTERM, callback.request_stop)
+    print(f"training {recipe.name}: attempt {attempt}, "
+          f"{'resuming from ' + resume.name if resume else 'from scratch'}, stop at step {recipe.stop_at_step} "
+          f"of {recipe.max_steps}", flush=True)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if callback.stopped_by_signal:
+        print(f"stopped on request at step {trainer.state.global_step}", flush=True)
+        return EXIT_STOPPED
+    return EXIT_FINISHED
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m tina_core.train RUN_DIR", file=sys.stderr)
+        return EXIT_ERROR
+    try:
+        return train(RunDir(Path(argv[0]).resolve()))
+    except TinaError as e:
+        print(f"tina train: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())
