@@ -1,0 +1,588 @@
+"""The DuckDB index over the run directories (``$TINA_HOME/tina.duckdb``).
+
+The JSONL files in each run directory are the truth; this database is a cache of them that can be
+dropped and rebuilt at any time (`tina ingest --rebuild`). Ingestion tails each file from the byte
+offset it reached last time, takes complete lines only (a partly written last line waits for its
+newline), and commits the new rows together with the new offset, so a crash or ``kill -9`` at any
+point neither loses nor duplicates a line. Lines that cannot be read are kept in ``quarantine``.
+
+DuckDB lets one process at a time open the file for writing, and a reader cannot open it while a
+writer holds it. The TUI and the CLI run side by side, so every operation opens a short-lived
+connection, retries on the lock with jittered back-off, and closes it again; nothing keeps the file
+open across TUI refreshes. The schema is documented in docs/schema.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import duckdb
+
+from tina_core import metric_keys
+from tina_core.rundir import RunDir, TinaError, list_run_dirs
+
+DB_NAME = "tina.duckdb"
+LOCK_TIMEOUT_S = 5.0
+METRICS, EVENTS, SYSTEM = "metrics.jsonl", "events.jsonl", "system.jsonl"
+TAILED = (METRICS, EVENTS, SYSTEM)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS runs (
+    run_id VARCHAR PRIMARY KEY, name VARCHAR, recipe VARCHAR, created VARCHAR,
+    imported BOOLEAN, dataset_size BIGINT, info JSON);
+CREATE TABLE IF NOT EXISTS metrics (
+    run_id VARCHAR NOT NULL, step BIGINT NOT NULL, attempt INTEGER NOT NULL,
+    key VARCHAR NOT NULL, value DOUBLE, ts DOUBLE);
+CREATE TABLE IF NOT EXISTS attempts (
+    run_id VARCHAR, attempt INTEGER, first_step BIGINT, PRIMARY KEY (run_id, attempt));
+CREATE TABLE IF NOT EXISTS checkpoints (
+    run_id VARCHAR, step BIGINT, complete BOOLEAN, PRIMARY KEY (run_id, step));
+CREATE TABLE IF NOT EXISTS evaluations (
+    run_id VARCHAR, eval_id VARCHAR, checkpoint BIGINT, task VARCHAR, score DOUBLE,
+    details VARCHAR, ts DOUBLE);
+CREATE TABLE IF NOT EXISTS events (
+    run_id VARCHAR, "offset" BIGINT, ts DOUBLE, event VARCHAR, data JSON);
+CREATE TABLE IF NOT EXISTS system (
+    run_id VARCHAR, ts DOUBLE, gpu INTEGER, util DOUBLE, mem_used DOUBLE, mem_total DOUBLE,
+    power_w DOUBLE);
+CREATE TABLE IF NOT EXISTS quarantine (
+    run_id VARCHAR, file VARCHAR, "offset" BIGINT, text VARCHAR, reason VARCHAR);
+CREATE TABLE IF NOT EXISTS ingest_state (
+    run_id VARCHAR, file VARCHAR, "offset" BIGINT, PRIMARY KEY (run_id, file));
+-- Each step once: a restarted attempt supersedes what earlier attempts logged from the step it
+-- resumed at, and a key logged twice in one step keeps its last value.
+CREATE OR REPLACE VIEW metrics_latest AS
+SELECT m.run_id, m.step, m.attempt, m.key, m.value, m.ts
+FROM metrics m
+WHERE NOT EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = m.run_id AND a.attempt > m.attempt
+                  AND a.first_step <= m.step)
+QUALIFY row_number() OVER (PARTITION BY m.run_id, m.step, m.key
+                           ORDER BY m.attempt DESC, m.ts DESC NULLS LAST) = 1;
+"""
+TABLES = ("runs", "metrics", "attempts", "checkpoints", "evaluations", "events", "system",
+          "quarantine", "ingest_state")
+# Rows that came from each tailed file, dropped when that file is found rewritten from scratch.
+_FILE_TABLES = {METRICS: ("metrics", "attempts"), EVENTS: ("events", "evaluations"), SYSTEM: ("system",)}
+
+
+@dataclass
+class IngestStats:
+    runs: int = 0          # runs looked at
+    updated: int = 0       # runs with anything new
+    lines: int = 0         # complete lines read
+    rows: int = 0          # metric/event/system rows written
+    quarantined: int = 0   # lines set aside
+    seconds: float = 0.0
+
+    def __iadd__(self, other: "IngestStats") -> "IngestStats":
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+
+def _is_lock_error(e: Exception) -> bool:
+    msg = str(e).lower()
+    return "lock" in msg or "different configuration" in msg
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def _finite(v: Any) -> float | None:
+    f = _num(v)
+    return f if f is not None and math.isfinite(f) else None
+
+
+def _step_of(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
+
+
+def _metrics_line_problem(rec: dict) -> str | None:
+    if _step_of(rec.get("step")) is None:
+        return "no integer 'step'"
+    if _step_of(rec.get("attempt", 1)) is None:
+        return "'attempt' is not an integer"
+    return None
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _ident(s: str) -> str:
+    return '"' + s.replace('"', '""') + '"'
+
+
+class Store:
+    """The index of one workspace. Cheap to create; holds no connection between calls."""
+
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        self.path = self.home / DB_NAME
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._schema_ok = False
+        # What this process last saw ingested, per run: an unchanged run is skipped without
+        # opening the database, which keeps the TUI's per-refresh ingest() cheap.
+        self._seen: dict[str, tuple] = {}
+        self._phase_cache: dict[tuple, Any] = {}
+
+    # --- connections ---------------------------------------------------------------------------
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        self.home.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                con = duckdb.connect(str(self.path))
+                break
+            except duckdb.Error as e:
+                if not _is_lock_error(e):
+                    raise TinaError(f"cannot open {self.path}: {e} (try `tina ingest --rebuild`)") from e
+                if time.monotonic() >= deadline:
+                    raise TinaError(f"{self.path} is busy (another tina process holds it); try again") from e
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.25)
+        if not self._schema_ok:
+            con.execute(SCHEMA)
+            self._schema_ok = True
+        return con
+
+    @contextmanager
+    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One connection for several calls (one TUI refresh); closed when the block ends."""
+        if self._con is not None:
+            yield self._con
+            return
+        self._con = self._open()
+        try:
+            yield self._con
+        finally:
+            con, self._con = self._con, None
+            con.close()
+
+    def _query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        with self.session() as con:
+            return con.execute(sql, params).fetchall()
+
+    # --- ingestion -----------------------------------------------------------------------------
+    def _signature(self, rd: RunDir) -> tuple:
+        sizes = []
+        for name in ("run.json", *TAILED):
+            try:
+                st = os.stat(rd.path / name)
+                sizes.append((st.st_size, st.st_mtime_ns) if name == "run.json" else st.st_size)
+            except FileNotFoundError:
+                sizes.append(None)
+        return (*sizes, tuple(rd.checkpoint_steps(complete_only=False)),
+                tuple(rd.checkpoint_steps()))
+
+    def ingest(self, run_ids: Iterable[str] | None = None) -> IngestStats:
+        """Catch up with the run directories: new lines, run.json, checkpoints, vanished runs."""
+        t0 = time.perf_counter()
+        runs = list_run_dirs(self.home)
+        wanted = None if run_ids is None else set(run_ids)
+        if wanted is not None:
+            runs = [r for r in runs if r.run_id in wanted]
+        stats = IngestStats(runs=len(runs))
+        todo = []
+        for rd in runs:
+            sig = self._signature(rd)
+            if self._seen.get(rd.run_id) != sig:
+                todo.append((rd, sig))
+        present = {r.run_id for r in runs}
+        gone = [] if wanted is not None else [r for r in self._seen if r not in present]
+        if todo or gone or not self._seen and wanted is None:
+            with self.session() as con:
+                if wanted is None:
+                    known = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
+                    for run_id in sorted(known - present):
+                        self._forget(con, run_id)
+                for rd, sig in todo:
+                    s = self._ingest_run(con, rd)
+                    stats += s
+                    stats.updated += 1 if (s.lines or s.quarantined) else 0
+                    self._seen[rd.run_id] = sig
+            for run_id in gone:
+                self._seen.pop(run_id, None)
+        stats.runs = len(runs)
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def rebuild(self) -> IngestStats:
+        """Drop everything and ingest all run directories again from byte 0."""
+        try:
+            with self.session() as con:
+                con.execute("BEGIN")
+                for t in TABLES:
+                    con.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
+                con.execute("DROP VIEW IF EXISTS metrics_latest")
+                con.execute(SCHEMA)
+                con.execute("COMMIT")
+        except TinaError as e:
+            if "busy" in str(e):
+                raise
+            # An unreadable database file (corrupt, another DuckDB version): it is only a cache.
+            for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+                p.unlink(missing_ok=True)
+            self._schema_ok = False
+        self._seen.clear()
+        self._phase_cache.clear()
+        return self.ingest()
+
+    def _forget(self, con, run_id: str) -> None:
+        con.execute("BEGIN")
+        for t in TABLES:
+            con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
+        con.execute("COMMIT")
+
+    def _ingest_run(self, con, rd: RunDir) -> IngestStats:
+        stats = IngestStats()
+        info = rd.info()
+        run_id = rd.run_id
+        all_ck = rd.checkpoint_steps(complete_only=False)
+        done = set(rd.checkpoint_steps())
+        con.execute("BEGIN")
+        con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", [
+            run_id, info.get("name"), info.get("recipe"), info.get("created"),
+            bool(info.get("imported", False)), _step_of(info.get("dataset_size")),
+            json.dumps(info, default=str)])
+        con.execute("DELETE FROM checkpoints WHERE run_id = ?", [run_id])
+        if all_ck:
+            con.execute("INSERT INTO checkpoints SELECT ?, unnest($2::BIGINT[]), unnest($3::BOOLEAN[])",
+                        [run_id, all_ck, [s in done for s in all_ck]])
+        con.execute("COMMIT")
+        for name in TAILED:
+            stats += self._tail(con, rd, name)
+        return stats
+
+    def _tail(self, con, rd: RunDir, name: str) -> IngestStats:
+        path = rd.path / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return IngestStats()
+        row = con.execute('SELECT "offset" FROM ingest_state WHERE run_id = ? AND file = ?',
+                          [rd.run_id, name]).fetchone()
+        offset = row[0] if row else 0
+        if size < offset:
+            # Rewritten from scratch (append-only files never shrink): start that file over.
+            con.execute("BEGIN")
+            for t in _FILE_TABLES[name]:
+                con.execute(f"DELETE FROM {t} WHERE run_id = ?", [rd.run_id])
+            con.execute("DELETE FROM quarantine WHERE run_id = ? AND file = ?", [rd.run_id, name])
+            con.execute("DELETE FROM ingest_state WHERE run_id = ? AND file = ?", [rd.run_id, name])
+            con.execute("COMMIT")
+            offset = 0
+        if size == offset:
+            return IngestStats()
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size - offset)
+        end = data.rfind(b"\n")
+        if end < 0:
+            return IngestStats()  # only a partial line so far: it waits for its newline
+        chunk = data[: end + 1]
+        handler = {METRICS: self._metrics_chunk, EVENTS: self._events_chunk, SYSTEM: self._system_chunk}[name]
+        whole = path if offset == 0 and end + 1 == size else None
+        for fast in (True, False):
+            con.execute("BEGIN")
+            try:
+                stats = handler(con, rd.run_id, chunk, offset, whole, fast)
+                con.execute("INSERT OR REPLACE INTO ingest_state VALUES (?, ?, ?)",
+                            [rd.run_id, name, offset + end + 1])
+                con.execute("COMMIT")
+                return stats
+            except duckdb.Error:
+                con.execute("ROLLBACK")
+                if not fast:
+                    raise
+        raise AssertionError("unreachable")
+
+    # --- per-file handlers (run inside the caller's transaction) -----------------------------
+    def _quarantine(self, con, run_id: str, file: str, bad: list[tuple[int, str, str]]) -> None:
+        if bad:
+            con.execute("INSERT INTO quarantine SELECT ?, ?, unnest($3::BIGINT[]), unnest($4::VARCHAR[]), "
+                        "unnest($5::VARCHAR[])", [run_id, file, [b[0] for b in bad],
+                                                   [b[1] for b in bad], [b[2] for b in bad]])
+
+    def _metrics_chunk(self, con, run_id: str, chunk: bytes, offset: int, whole: Path | None,
+                       fast: bool) -> IngestStats:
+        """Metrics lines, parsed by DuckDB's JSON reader (far faster than Python's on big files).
+
+        The fast path reads the lines as they are; anything it cannot take (a malformed line, a
+        string where a number was expected, a line without an integer step) makes it fail, and the
+        same lines go through Python line by line, which sets bad lines aside and hands the good
+        ones back to DuckDB re-encoded."""
+        n_lines = chunk.count(b"\n")
+        tmp_dir = None
+        try:
+            if fast:
+                if whole is None:
+                    tmp_dir = tempfile.mkdtemp(prefix="tina-ingest-")
+                    whole = Path(tmp_dir) / "chunk.jsonl"
+                    whole.write_bytes(chunk)
+                src = _sql_str(str(whole))
+                keys = [k for (k,) in con.execute(
+                    f"SELECT DISTINCT unnest(json_keys(json)) FROM read_ndjson_objects({src})").fetchall()]
+                if "step" not in keys:
+                    raise duckdb.InvalidInputException("no step")
+                bad_steps = con.execute(
+                    f"SELECT count(*) FROM read_json({src}, format='newline_delimited', "
+                    f"columns={{'step': 'BIGINT'}}) WHERE step IS NULL").fetchone()[0]
+                if bad_steps:
+                    raise duckdb.InvalidInputException("lines without a step")
+                rows = self._insert_metrics_file(con, run_id, src, keys)
+                return IngestStats(lines=n_lines, rows=rows)
+            parsed, bad = self._parse_lines(chunk, offset, _metrics_line_problem)
+            good = []
+            for _, rec in parsed:
+                out = {"step": _step_of(rec["step"]), "attempt": _step_of(rec.get("attempt", 1)),
+                       "ts": _num(rec.get("ts"))}
+                for k, v in metric_keys.normalise_record(rec).items():
+                    if k not in metric_keys.RECORD_FIELDS and _num(v) is not None:
+                        out[k] = v
+                good.append(json.dumps(out, allow_nan=True))
+            self._quarantine(con, run_id, METRICS, bad)
+            rows = 0
+            if good:
+                tmp_dir = tempfile.mkdtemp(prefix="tina-ingest-")
+                clean = Path(tmp_dir) / "clean.jsonl"
+                clean.write_text("\n".join(good) + "\n")
+                keys = sorted({k for line in good for k in json.loads(line)})
+                rows = self._insert_metrics_file(con, run_id, _sql_str(str(clean)), keys)
+            return IngestStats(lines=n_lines, rows=rows, quarantined=len(bad))
+        finally:
+            if tmp_dir:
+                shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    def _insert_metrics_file(self, con, run_id: str, src: str, keys: list[str]) -> int:
+        values = [k for k in keys if k not in metric_keys.RECORD_FIELDS]
+        columns = {"step": "BIGINT", "attempt": "BIGINT", "ts": "DOUBLE", **{k: "DOUBLE" for k in values}}
+        # Legacy names are renamed on the way in; where a line carries both, the canonical wins.
+        canon = {k: metric_keys.normalise_key(k) for k in values}
+        taken = {c for k, c in canon.items() if k == c}
+        pairs = []
+        for k in values:
+            c = canon[k]
+            if c != k and c in taken:
+                continue
+            taken.add(c)
+            pairs.append((_ident(k), _ident(c)))
+        if not pairs:
+            return 0
+        cols = "{" + ", ".join(f"{_sql_str(k)}: {_sql_str(t)}" for k, t in columns.items()) + "}"
+        rows = con.execute(
+            f"INSERT INTO metrics SELECT $1, step, coalesce(attempt, 1), key, value, ts FROM ("
+            f"UNPIVOT (SELECT step, attempt, ts, {', '.join(f'{k} AS {c}' for k, c in pairs)} "
+            f"FROM read_json({src}, format='newline_delimited', columns={cols})) "
+            f"ON {', '.join(c for _, c in pairs)} INTO NAME key VALUE value)",
+            [run_id]).fetchone()[0]
+        con.execute(
+            "INSERT INTO attempts SELECT run_id, attempt, min(step) FROM metrics WHERE run_id = ? "
+            "GROUP BY ALL ON CONFLICT DO UPDATE SET first_step = least(first_step, excluded.first_step)",
+            [run_id])
+        return rows
+
+    @staticmethod
+    def _parse_lines(chunk: bytes, offset: int, check) -> tuple[list, list]:
+        """(offset, record) of good lines and (offset, text, reason) of bad ones."""
+        good, bad = [], []
+        pos = offset
+        for raw in chunk.split(b"\n")[:-1]:
+            here, pos = pos, pos + len(raw) + 1
+            if not raw.strip():
+                continue
+            text = raw.decode("utf-8", "replace")
+            try:
+                rec = json.loads(text)
+            except ValueError as e:
+                bad.append((here, text, f"not JSON: {e}"))
+                continue
+            reason = "not a JSON object" if not isinstance(rec, dict) else check(rec)
+            if reason:
+                bad.append((here, text, reason))
+            else:
+                good.append((here, rec))
+        return good, bad
+
+    def _events_chunk(self, con, run_id, chunk, offset, whole, fast) -> IngestStats:
+        good, bad = self._parse_lines(
+            chunk, offset,
+            lambda r: None if isinstance(r.get("event"), str) else "no 'event' name")
+        self._quarantine(con, run_id, EVENTS, bad)
+        if good:
+            con.execute("INSERT INTO events SELECT ?, unnest($2::BIGINT[]), unnest($3::DOUBLE[]), "
+                        "unnest($4::VARCHAR[]), unnest($5::JSON[])",
+                        [run_id, [o for o, _ in good], [_num(r.get("ts")) for _, r in good],
+                         [r["event"] for _, r in good],
+                         [json.dumps(r, default=str) for _, r in good]])
+        evals = []
+        for _, r in good:
+            if r["event"] != "eval_finished" or not isinstance(r.get("scores"), dict):
+                continue
+            ck = r.get("checkpoint")
+            details = r.get("details") or r.get("details_path")
+            for task, score in r["scores"].items():
+                d = details.get(task) if isinstance(details, dict) else details
+                evals.append((str(r.get("eval_id", "")), _step_of(ck), str(task), _num(score),
+                              None if d is None else str(d), _num(r.get("ts"))))
+        if evals:
+            con.execute("INSERT INTO evaluations SELECT ?, " + ", ".join(
+                f"unnest(${i + 2}::{t}[])" for i, t in enumerate(
+                    ("VARCHAR", "BIGINT", "VARCHAR", "DOUBLE", "VARCHAR", "DOUBLE"))),
+                [run_id, *map(list, zip(*evals))])
+        return IngestStats(lines=chunk.count(b"\n"), rows=len(good) + len(evals), quarantined=len(bad))
+
+    def _system_chunk(self, con, run_id, chunk, offset, whole, fast) -> IngestStats:
+        good, bad = self._parse_lines(
+            chunk, offset,
+            lambda r: None if isinstance(r.get("gpus"), list) else "no 'gpus' list")
+        self._quarantine(con, run_id, SYSTEM, bad)
+        rows = []
+        for _, r in good:
+            for i, g in enumerate(r["gpus"]):
+                if isinstance(g, dict):
+                    idx = _step_of(g.get("index"))
+                    rows.append((_num(r.get("ts")), i if idx is None else idx, _num(g.get("util")),
+                                 _num(g.get("mem_used")), _num(g.get("mem_total")), _num(g.get("power_w"))))
+        if rows:
+            con.execute("INSERT INTO system SELECT ?, " + ", ".join(
+                f"unnest(${i + 2}::{t}[])" for i, t in enumerate(
+                    ("DOUBLE", "INTEGER", "DOUBLE", "DOUBLE", "DOUBLE", "DOUBLE"))),
+                [run_id, *map(list, zip(*rows))])
+        return IngestStats(lines=chunk.count(b"\n"), rows=len(rows), quarantined=len(bad))
+
+    # --- queries -------------------------------------------------------------------------------
+    def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        """Run any SQL against the index (see docs/schema.md)."""
+        return self._query(sql, params)
+
+    def run_ids(self) -> list[str]:
+        return [r for (r,) in self._query("SELECT run_id FROM runs ORDER BY run_id")]
+
+    def metric_keys(self, run_id: str) -> list[str]:
+        return [k for (k,) in self._query(
+            "SELECT DISTINCT key FROM metrics WHERE run_id = ? ORDER BY key", [run_id])]
+
+    def metric_series(self, run_id: str, key: str, *, max_points: int | None = 120) -> list[tuple[int, float]]:
+        """(step, value) ascending, one per step (latest attempt), non-finite values left out;
+        with ``max_points``, consecutive steps are averaged into about that many buckets, each
+        labelled with its last step."""
+        key = metric_keys.normalise_key(key)
+        base = ("SELECT step, value FROM metrics_latest WHERE run_id = $1 AND key = $2 "
+                "AND isfinite(value)")
+        if not max_points:
+            return self._query(base + " ORDER BY step", [run_id, key])
+        return self._query(
+            f"WITH s AS ({base}), n AS (SELECT count(*) AS c FROM s) "
+            "SELECT max(step)::BIGINT, avg(value) FROM ("
+            "  SELECT step, value, (row_number() OVER (ORDER BY step) - 1) * $3 // (SELECT c FROM n) AS b"
+            "  FROM s) GROUP BY b ORDER BY 1", [run_id, key, int(max_points)])
+
+    def last_metrics(self, run_id: str) -> dict[str, float]:
+        """The latest finite value of every key (canonical names)."""
+        return dict(self._query(
+            "SELECT key, arg_max(value, step) FROM metrics_latest WHERE run_id = ? AND isfinite(value) "
+            "GROUP BY key ORDER BY key", [run_id]))
+
+    def last_step(self, run_id: str) -> int | None:
+        return self._query("SELECT max(step) FROM metrics WHERE run_id = ?", [run_id])[0][0]
+
+    def phase(self, run_id: str, params: Any = None) -> dict | None:
+        """The phase-transition object (see tina_core.phase), recomputed only when new metrics
+        arrived since the last call in this process."""
+        from tina_core import phase as phase_mod
+
+        params = params or phase_mod.DEFAULT
+        with self.session():
+            version = self._query('SELECT "offset" FROM ingest_state WHERE run_id = ? AND file = ?',
+                                  [run_id, METRICS])
+            cache_key = (run_id, version[0][0] if version else None, params)
+            if cache_key not in self._phase_cache:
+                series = {s: self.metric_series(run_id, s, max_points=None) for s in params.signals}
+                self._phase_cache = {k: v for k, v in self._phase_cache.items() if k[0] != run_id}
+                self._phase_cache[cache_key] = phase_mod.detect(series, params)
+        result = self._phase_cache[cache_key]
+        return None if result is None else dict(result)
+
+    def checkpoints(self, run_id: str) -> list[dict]:
+        """Complete checkpoints, ascending: [{step, evals: {task: score}, avg}] (latest score of
+        each task; avg is the mean over the tasks evaluated, None when none were)."""
+        with self.session():
+            steps = [s for (s,) in self._query(
+                "SELECT step FROM checkpoints WHERE run_id = ? AND complete ORDER BY step", [run_id])]
+            scores = self._query(
+                "SELECT checkpoint, task, arg_max(score, coalesce(ts, 0)) FROM evaluations "
+                "WHERE run_id = ? AND checkpoint IS NOT NULL AND isfinite(score) GROUP BY ALL", [run_id])
+        evals: dict[int, dict[str, float]] = {}
+        for ck, task, score in scores:
+            evals.setdefault(ck, {})[task] = score
+        out = []
+        for s in sorted(set(steps) | set(evals)):
+            e = dict(sorted(evals.get(s, {}).items()))
+            out.append({"step": s, "evals": e, "avg": sum(e.values()) / len(e) if e else None})
+        return out
+
+    def evals(self, run_id: str) -> list[dict]:
+        rows = self._query(
+            "SELECT eval_id, checkpoint, task, score, details, ts FROM evaluations WHERE run_id = ? "
+            "ORDER BY ts NULLS FIRST, checkpoint, task", [run_id])
+        return [{"eval_id": e, "checkpoint": "base" if c is None else c, "task": t, "score": s,
+                 "details": d, "ts": ts} for e, c, t, s, d, ts in rows]
+
+    def recommendation(self, run_id: str) -> dict:
+        from tina_core import phase as phase_mod
+
+        with self.session():
+            ph = self.phase(run_id)
+            cks = self.checkpoints(run_id)
+        return phase_mod.recommend(ph, cks)
+
+    def system_latest(self, run_id: str) -> list[dict]:
+        rows = self._query(
+            "SELECT gpu, util, mem_used, mem_total, power_w, ts FROM system WHERE run_id = $1 "
+            "AND ts = (SELECT max(ts) FROM system WHERE run_id = $1) ORDER BY gpu", [run_id])
+        return [dict(zip(("index", "util", "mem_used", "mem_total", "power_w", "ts"), r)) for r in rows]
+
+    def events(self, run_id: str, kinds: Iterable[str] | None = None) -> list[dict]:
+        rows = self._query('SELECT data FROM events WHERE run_id = ? ORDER BY "offset"', [run_id])
+        out = [json.loads(d) for (d,) in rows]
+        return out if kinds is None else [e for e in out if e.get("event") in set(kinds)]
+
+    def quarantine(self, run_id: str | None = None) -> list[dict]:
+        sql = 'SELECT run_id, file, "offset", text, reason FROM quarantine'
+        rows = self._query(sql + (" WHERE run_id = ?" if run_id else "") + ' ORDER BY run_id, file, "offset"',
+                           [run_id] if run_id else [])
+        return [dict(zip(("run_id", "file", "offset", "text", "reason"), r)) for r in rows]
+
+
+def cli_ingest(home: Path, rebuild: bool) -> int:
+    store = Store(home)
+    stats = store.rebuild() if rebuild else store.ingest()
+    total_q = store.query("SELECT count(*) FROM quarantine")[0][0]
+    print(f"{'rebuilt' if rebuild else 'ingested'} {stats.runs} runs ({stats.updated} with new data): "
+          f"{stats.lines} lines, {stats.rows} rows, {stats.quarantined} lines quarantined "
+          f"in {stats.seconds:.2f}s -> {store.path}")
+    if total_q:
+        print(f"{total_q} malformed lines are set aside in the quarantine table "
+              f"(SELECT * FROM quarantine)", flush=True)
+    return 0
