@@ -317,12 +317,15 @@ class TinaApp(App[None]):
 
     @work(thread=True, group="actions", exit_on_error=False)
     def _eval_tasks(self, run_id: str, checkpoint: int | str) -> None:
+        import yaml
+
         from tina_core import evaluate
         from tina_core.rundir import RunDir
 
-        try:
-            defaults = list(evaluate.default_tasks(RunDir(self.home / "runs" / run_id)))
-        except (TinaError, OSError) as e:
+        try:  # the run's resolved recipe snapshot says whether it trains on GPUs
+            recipe = yaml.safe_load(RunDir(self.home / "runs" / run_id).recipe.read_text()) or {}
+            defaults = evaluate.default_tasks(recipe)
+        except (TinaError, OSError, yaml.YAMLError) as e:
             self.post_message(ActionDone(f"tasks: {e}", ok=False))
             return
         what = f"checkpoint {checkpoint}" if isinstance(checkpoint, int) else f"{checkpoint} checkpoint(s)"

@@ -8,7 +8,9 @@ store), so opening the cockpit after hours away shows all that happened meanwhil
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -34,15 +36,22 @@ SERIES_POINTS = 400      # per chart; sparklines bucket these further into colum
 LOG_BACKFILL = 64 * 1024  # bytes of train.log shown when a run is first opened
 LOG_KEEP = 2000           # lines kept in the log widget
 
-# Events worth a notification when they happen while the cockpit is open.
-NOTIFY_EVENTS = {
-    "restarted": ("warning", "{run}: crashed, restarting (attempt {attempt})"),
-    "failed": ("error", "{run}: failed: {reason}"),
-    "finished": ("information", "{run}: finished"),
-    "stopped": ("information", "{run}: stopped"),
-    "eval_finished": ("information", "{run}: evaluation {eval_id} finished"),
-    "eval_failed": ("error", "{run}: evaluation {eval_id} failed: {reason}"),
+# Events worth a notification when they happen while the cockpit is open: kind -> (severity, text).
+NOTIFY_EVENTS: dict[str, tuple[str, Callable[[str, dict[str, Any]], str]]] = {
+    "restarted": ("warning", lambda run, e: f"{run}: crashed, restarting (attempt {e.get('attempt', '?')})"),
+    "failed": ("error", lambda run, e: f"{run}: failed: {e.get('reason', '')}"),
+    "finished": ("information", lambda run, e: f"{run}: finished"),
+    "stopped": ("information", lambda run, e: f"{run}: stopped"),
+    "eval_finished": ("information", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of checkpoint "
+                                                    f"{e.get('checkpoint')} = {_score(e.get('score'))}"),
+    "eval_failed": ("error", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of checkpoint "
+                                            f"{e.get('checkpoint')} failed: "
+                                            f"{str(e.get('reason', '')).splitlines()[0] if e.get('reason') else ''}"),
 }
+
+
+def _score(v: Any) -> str:
+    return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
 
 
 @dataclass(frozen=True)
@@ -204,6 +213,24 @@ def checkpoint_rows(run: dict[str, Any], store_ckpts: list[dict[str, Any]],
     return rows
 
 
+LIVE = ("running", "stopping")
+
+
+def run_signature(rd: RunDir, *, with_heartbeat: bool) -> tuple:
+    """Changes whenever anything the cockpit shows about a run could have changed."""
+    sig: list[Any] = []
+    names = ("run.json", "events.jsonl", "metrics.jsonl", "system.jsonl") + (
+        ("supervisor.json",) if with_heartbeat else ())
+    for name in names:
+        try:
+            st = os.stat(rd.path / name)
+            sig.append((st.st_size, st.st_mtime_ns))
+        except FileNotFoundError:
+            sig.append(None)
+    sig.append(tuple(rd.checkpoint_steps()))
+    return tuple(sig)
+
+
 class Collector:
     """Gathers snapshots. Holds the tails' offsets between refreshes; one collect at a time."""
 
@@ -213,6 +240,11 @@ class Collector:
         self._lock = threading.Lock()
         self._store = None
         self._store_error: str | None = None
+        self._cycle_store = None
+        self._session: contextlib.ExitStack | None = None
+        self._in_session = False
+        self._described: dict[str, tuple[tuple, dict[str, Any]]] = {}
+        self._view_cache: tuple[tuple, tuple] | None = None
         self._log: LogTail | None = None
         self._events: dict[str, EventTail] = {}
         self._phase_status: dict[str, str] = {}
@@ -230,9 +262,14 @@ class Collector:
         return self._store
 
     def _ask(self, method: str, *args: Any, default: Any = None, **kw: Any) -> Any:
-        store = self._open_store()
+        store = self._cycle_store
         if store is None:
             return default
+        if self._session is not None and not self._in_session:
+            # One connection for the rest of this refresh, opened only once something needs it:
+            # a refresh with nothing new never touches the database.
+            self._session.enter_context(store.session())
+            self._in_session = True
         try:
             return getattr(store, method)(*args, **kw)
         except Exception as e:  # a locked or damaged index must not blank the cockpit
@@ -240,26 +277,53 @@ class Collector:
             return default
 
     def collect(self, selected: str | None) -> Snapshot:
-        with self._lock:  # the tails' offsets are shared state
-            return self._collect(selected)
+        with self._lock:  # the tails' offsets and caches are shared state
+            t0 = time.perf_counter()
+            self._store_error = None
+            self._cycle_store = store = self._open_store()
+            if store is not None:
+                self._ask("ingest")  # skips unchanged runs without opening the database
+            try:
+                with contextlib.ExitStack() as self._session:
+                    self._in_session = False
+                    snap = self._collect(selected)
+            except TinaError as e:  # the database is busy: show the run directories alone
+                self._store_error = str(e)
+                self._cycle_store = None
+                snap = self._collect(selected)
+            finally:
+                self._session = None
+            snap.error = snap.error or self._store_error
+            snap.took_s = time.perf_counter() - t0
+            return snap
 
-    def _collect(self, selected: str | None) -> Snapshot:
+    def _describe(self, rd: RunDir, now: float) -> dict[str, Any]:
+        """The run object, reused while the run is not live and its files have not changed (the
+        clock only moves the figures of a live run)."""
         from tina_core import runs as runs_mod
 
-        t0 = time.perf_counter()
-        self._store_error = None
+        sig = run_signature(rd, with_heartbeat=True)
+        hit = self._described.get(rd.run_id)
+        if hit is not None and hit[0] == sig and hit[1].get("state") not in LIVE:
+            return hit[1]
+        try:
+            run = runs_mod.describe(self.home, rd, store=self._cycle_store, now=now)
+        except (TinaError, OSError, ValueError) as e:
+            run = {"run_id": rd.run_id, "name": rd.run_id, "state": "unreadable", "error": str(e)}
+        self._described[rd.run_id] = (sig, run)
+        return run
+
+    def _collect(self, selected: str | None) -> Snapshot:
         notices: list[Notice] = []
         error = None
-        self._ask("ingest")
-        store = self._open_store()
         now = self.clock()
         run_list = []
-        for rd in list_run_dirs(self.home):
-            try:
-                run_list.append(runs_mod.describe(self.home, rd, store=store, now=now))
-            except (TinaError, OSError, ValueError) as e:
-                run_list.append({"run_id": rd.run_id, "name": rd.run_id, "state": "unreadable", "error": str(e)})
+        dirs = list_run_dirs(self.home)
+        for rd in dirs:
+            run_list.append(self._describe(rd, now))
             notices += self._new_events(rd)
+        present = {rd.run_id for rd in dirs}
+        self._described = {k: v for k, v in self._described.items() if k in present}
         ids = [r["run_id"] for r in run_list]
         if selected not in ids:
             selected = ids[-1] if ids else None
@@ -272,8 +336,7 @@ class Collector:
                 error = f"{selected}: {e}"
             if view is not None:
                 notices += self._phase_notice(view)
-        error = error or self._store_error
-        return Snapshot(runs=run_list, view=view, notices=notices, error=error, took_s=time.perf_counter() - t0)
+        return Snapshot(runs=run_list, view=view, notices=notices, error=error)
 
     def _series(self, rid: str, key: str) -> list[tuple[float, float]]:
         pts = self._ask("metric_series", rid, key, max_points=SERIES_POINTS, default=[]) or []
@@ -282,17 +345,26 @@ class Collector:
     def _view(self, run: dict[str, Any]) -> RunView:
         rid = run["run_id"]
         rd = RunDir(self.home / "runs" / rid)
-        series = {key: self._series(rid, key) for key, _ in CHARTS}
-        phase = self._ask("phase", rid, default=run.get("phase_transition"))
-        rec = self._ask("recommendation", rid)
+        key = (rid, run_signature(rd, with_heartbeat=False), self._cycle_store is not None)
+        if self._view_cache is None or self._view_cache[0] != key:
+            series = {k: self._series(rid, k) for k, _ in CHARTS}
+            phase = self._ask("phase", rid, default=run.get("phase_transition"))
+            rec = self._ask("recommendation", rid)
+            queried = (series, self._series(rid, "epoch"), phase, rec,
+                       self._ask("checkpoints", rid, default=[]) or [],
+                       self._ask("system_latest", rid, default=[]) or [])
+            if not self._store_error:  # never cache a failed query
+                self._view_cache = (key, queried)
+        else:
+            queried = self._view_cache[1]
+        series, epoch, phase, rec, store_ckpts, system = queried
         recommended = (rec or {}).get("recommended", run.get("recommended_checkpoint"))
-        ckpts = checkpoint_rows(run, self._ask("checkpoints", rid, default=[]) or [], series,
-                                self._series(rid, "epoch"), phase, recommended)
+        ckpts = checkpoint_rows(run, store_ckpts, series, epoch, phase, recommended)
         if self._log is None or self._log.path != rd.train_log:
             self._log = LogTail(rd.train_log)
         lines, reset = self._log.read()
         return RunView(run=run, series=series, phase=phase, recommendation=rec, checkpoints=ckpts,
-                       system=self._ask("system_latest", rid, default=[]) or [], log_lines=lines, log_reset=reset)
+                       system=system, log_lines=lines, log_reset=reset)
 
     def _new_events(self, rd: RunDir) -> list[Notice]:
         tail = self._events.get(rd.run_id)
@@ -304,8 +376,7 @@ class Collector:
         for ev in tail.read():
             spec = NOTIFY_EVENTS.get(ev.get("event", ""))
             if spec:
-                fields = {"run": name, "attempt": "?", "reason": "", "eval_id": "", **ev}
-                out.append(Notice(spec[0], spec[1].format(**fields)))
+                out.append(Notice(spec[0], spec[1](name, ev)))
         return out
 
     def _phase_notice(self, view: RunView) -> list[Notice]:

@@ -96,13 +96,13 @@ class SyntheticRun:
             "run_id": self.run_id, "name": self.name, "recipe": self.recipe,
             "created": _iso(self.start_ts), "hardware": f"{self.gpu_count}x {self.device}",
             "device": self.device, "gpu_count": self.gpu_count, "gpu_hour_usd": self.gpu_hour_usd,
-            "command": ["python", "-m", "tina_core.train", str(rd.path)],
+            "command": ["python", "-m", "tina_core.train", f"runs/{self.run_id}"],
             "stop_at_step": self.stop_at_step, "max_steps": self.max_steps,
             "save_steps": self.save_steps, "dataset_size": self.dataset_size, "imported": False,
         }
         rd.run_json.write_text(json.dumps(info, indent=2) + "\n")
         rd.recipe.write_text(f"# synthetic\nmax_steps: {self.max_steps}\nsave_steps: {self.save_steps}\n"
-                             f"tina:\n  stop_at_step: {self.stop_at_step}\n")
+                             f"launch:\n  gpus: {self.gpu_count}\ntina:\n  stop_at_step: {self.stop_at_step}\n")
         ev, met, sysl, log = [], [], [], []
         ts = self.start_ts
 
@@ -154,16 +154,15 @@ class SyntheticRun:
         elif self.state == "failed":
             event("attempt_exited", attempt=attempt, code=1, signal=None, step=self.steps)
             event("failed", reason="exit code 1 after 3 restarts")
-        for i, (ck_step, scores) in enumerate(sorted(self.evals.items())):
-            ts += 120
-            eid = f"e{self.seed}-{i}"
-            event("eval_queued", eval_id=eid, checkpoint=ck_step, tasks=sorted(scores))
-            event("eval_started", eval_id=eid, gpus=min(1, self.gpu_count), pid=2000 + i)
-            ts += 600
-            event("eval_finished", eval_id=eid, checkpoint=ck_step, scores=scores)
-            edir = rd.evals / f"checkpoint-{ck_step}"
-            edir.mkdir(parents=True, exist_ok=True)
-            (edir / "scores.json").write_text(json.dumps(scores) + "\n")
+        for ck_step, scores in sorted(self.evals.items()):
+            for task, score in sorted(scores.items()):  # one evaluation per checkpoint x task
+                ts += 120
+                eid = f"ckpt{ck_step}-{task}-{self.seed:06x}"
+                common = {"eval_id": eid, "checkpoint": ck_step, "task": task}
+                event("eval_queued", **common, tasks=[task], gpus=[0] if self.gpu_count else [])
+                event("eval_started", **common, gpus=min(1, self.gpu_count), pid=2000 + ck_step)
+                ts += 600
+                event("eval_finished", **common, score=score, metric="pass@1", scores={task: score})
         rd.events.write_text("".join(ev))
         rd.metrics.write_text("".join(met))
         rd.system.write_text("".join(sysl))

@@ -1,0 +1,515 @@
+"""The cockpit driven through Textual's Pilot on a synthetic workspace: every binding and flow."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from textual.widgets import OptionList, SelectionList, TabbedContent
+
+from tina_core.rundir import RunDir, find_run
+from tina_tui.actions import ACTIONS, key_label
+from tina_tui.app import MainScreen, Refreshed, main
+from tina_tui.data import CHARTS
+from tina_tui.demo import SyntheticRun
+from tina_tui.screens import ConfirmScreen, DetailScreen, HelpScreen, PlotView, RecipePicker, TaskChooser
+from tina_tui.widgets import ChartsPanel, CheckpointsTable, CostBar, LogTail, RunsTable
+
+from test_tui_support import FROZEN, make_app, refreshed, screen_text, settle, workspace
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.fixture
+def home(tmp_path):
+    return workspace(tmp_path / "home")
+
+
+def notes(app) -> list[str]:
+    return [n.message for n in app._notifications]
+
+
+async def test_opens_on_the_workspace_and_shows_what_happened_while_closed(home):
+    messages = []
+    app = make_app(home, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24), message_hook=messages.append) as pilot:
+        await settle(app, pilot)
+        snaps = [m.snapshot for m in messages if isinstance(m, Refreshed)]
+        assert snaps and snaps[-1].error is None
+        runs = app.query_one(RunsTable)
+        assert runs.row_count == 3
+        text = screen_text(app)
+        # states, restarts and costs derive from the run directories alone
+        assert "finished r1" in text and "stopped" in text and "failed" in text
+        rs2 = next(r for r in snaps[-1].runs if r["name"] == "open-rs2")
+        assert rs2["restarts"] == 1 and rs2["cost_usd"]["total"] > 0
+        # the newest run is selected; its charts have data and the cost line shows its money
+        view = app.view
+        assert view.run["name"] == "tiny"
+        assert view.series[CHARTS[0][0]], "format reward series is empty"
+        assert "total $" in str(app.query_one(CostBar).render())
+
+
+async def test_run_selection_by_keys(home):
+    app = make_app(home, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        order = [r["run_id"] for r in app.snapshot.runs]
+        assert app.selected == order[-1]
+        await pilot.press("left_square_bracket")
+        await settle(app, pilot)
+        assert app.selected == order[-2] and app.view.run_id == order[-2]
+        await pilot.press("k")                      # runs table focused: k moves up
+        await settle(app, pilot)
+        assert app.view.run_id == order[0]
+        await pilot.press("j", "right_square_bracket")
+        await settle(app, pilot)
+        assert app.view.run_id == order[2]
+        await pilot.press("up")
+        await settle(app, pilot)
+        assert app.view.run_id == order[1]
+
+
+async def test_open_on_a_given_run(home):
+    rid = find_run(home, "open-rs2").run_id
+    app = make_app(home, run=rid, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        assert app.view.run_id == rid
+        assert app.query_one(RunsTable).selected_id == rid
+
+
+def test_main_rejects_an_unknown_run(home, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--home", str(home), "--run", "no-such-run"])
+    assert e.value.code == 2
+    assert "no run 'no-such-run'" in capsys.readouterr().err
+
+
+async def test_tab_keys_switch_and_focus(home):
+    app = make_app(home, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        tabs = app.query_one(TabbedContent)
+        for key, name, widget in (("2", "checkpoints", CheckpointsTable), ("3", "log", LogTail),
+                                  ("4", "system", None), ("1", "charts", ChartsPanel)):
+            await pilot.press(key)
+            await pilot.pause()
+            assert tabs.active == name
+            if widget is not None:
+                assert isinstance(app.focused, widget)
+        assert "GPU0" not in screen_text(app)
+        await pilot.press("4")
+        await pilot.pause()
+        assert "CPU" in screen_text(app)           # the tiny run trains on the CPU
+
+
+async def test_gpu_panel_shows_each_gpu(home):
+    rid = find_run(home, "open-rs2").run_id
+    app = make_app(home, run=rid, clock=lambda: FROZEN)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("4")
+        await pilot.pause()
+        text = screen_text(app)
+        assert "GPU0" in text and "GPU1" in text and "util" in text and "mem" in text
+
+
+async def test_charts_cursor_detail_view_and_its_keys(home):
+    rid = find_run(home, "open-rs2").run_id
+    app = make_app(home, run=rid, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        charts = app.query_one(ChartsPanel)
+        await pilot.press("1", "j", "j", "k")
+        assert charts.selected == 1
+        await pilot.press("d")
+        await pilot.pause()
+        detail = app.screen
+        assert isinstance(detail, DetailScreen) and detail.key == CHARTS[1][0]
+        plot = detail.query_one(PlotView)
+        n = len(plot.points)
+        assert n > 10 and plot.cursor == n - 1      # cursor starts on the newest step
+        await pilot.press("left", "left")
+        assert plot.cursor == n - 3
+        status = str(detail.query_one("#detail-status").render())
+        assert f"step {int(plot.points[n - 3][0])}" in status and "raw" in status and "smoothed" in status
+        await pilot.press("shift+left")
+        assert plot.cursor == n - 13
+        await pilot.press("right", "shift+right")
+        assert plot.cursor == n - 2
+        await pilot.press("home")
+        assert plot.cursor == 0
+        await pilot.press("end")
+        assert plot.cursor == n - 1
+        # smoothing: on by default, toggled, weight keys re-enable and change it
+        assert plot.smoothed is not None
+        await pilot.press("s")
+        assert plot.smoothed is None and "raw" in str(detail.query_one("#detail-title").render())
+        w = detail.weight
+        await pilot.press("plus")
+        assert detail.smoothing and detail.weight == pytest.approx(w + 0.05)
+        await pilot.press("minus", "minus")
+        assert detail.weight == pytest.approx(w - 0.05)
+        # raw values are the store's; smoothing never changes them
+        raw_before = list(plot.points)
+        await pilot.press("s", "s")
+        assert plot.points == raw_before
+        await pilot.press("right_square_bracket")
+        assert detail.key == CHARTS[2][0]
+        await pilot.press("left_square_bracket", "left_square_bracket")
+        assert detail.key == CHARTS[0][0]
+        # it stays live: a refresh while open updates it
+        await refreshed(app, pilot)
+        assert app.screen is detail
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        await pilot.press("enter")                  # enter on the charts opens the detail too
+        await pilot.pause()
+        assert isinstance(app.screen, DetailScreen)
+        await pilot.press("q")                      # q closes the detail, not the app
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+
+
+async def test_phase_marker_lines_up_under_every_sparkline(home):
+    rid = find_run(home, "open-rs2").run_id
+    app = make_app(home, run=rid, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        phase = app.view.phase
+        assert phase and phase["status"] in ("tentative", "confirmed")
+        mark = "│" if phase["status"] == "confirmed" else "┆"
+        lines = screen_text(app).splitlines()
+        cols = {ln.index(mark) for ln in lines if ln.strip() == mark}
+        rows = [ln for ln in lines if ln.strip() == mark]
+        assert len(rows) == len(CHARTS) and len(cols) == 1
+        assert "tentative" in screen_text(app) and "confirmed" in screen_text(app)  # the legend
+
+
+async def test_checkpoints_table_and_evaluation_keys(home):
+    rd = find_run(home, "open-rs2")
+    app = make_app(home, run=rd.run_id, clock=lambda: FROZEN)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("2")
+        await pilot.pause()
+        table = app.query_one(CheckpointsTable)
+        assert table.row_count == len(rd.checkpoint_steps())
+        text = screen_text(app)
+        assert "aime24" in text and "avg" in text and "$ at" in text
+        rec = app.view.recommendation["recommended"] if app.view.recommendation else None
+        if rec is not None:
+            assert "*" in text
+        await pilot.press("j", "j", "k")
+        assert table.selected_step == rd.checkpoint_steps()[1]
+        # e: the selected checkpoint, through the task chooser
+        await pilot.press("e")
+        await settle(app, pilot)
+        chooser = app.screen
+        assert isinstance(chooser, TaskChooser)
+        sel = chooser.query_one(SelectionList)
+        assert set(sel.selected) == {"aime24", "aime25", "amc23", "math_500", "minerva", "gpqa:diamond"}
+        await pilot.press("escape")                 # cancel queues nothing
+        await pilot.pause()
+        n_events = len(rd.read_events())
+        await pilot.press("e")
+        await settle(app, pilot)
+        sel = app.screen.query_one(SelectionList)
+        sel.deselect_all()
+        sel.select("aime24")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        queued = [e for e in rd.read_events()[n_events:] if e["event"] == "eval_queued"]
+        assert [(e["checkpoint"], e["task"]) for e in queued] == [(rd.checkpoint_steps()[1], "aime24")]
+        assert any("queued 1 evaluation" in m for m in notes(app))
+        # E: the recommended checkpoint; A: all of them
+        await pilot.press("E")
+        await settle(app, pilot)
+        assert isinstance(app.screen, TaskChooser) and "recommended" in str(app.screen.what)
+        app.screen.query_one(SelectionList).deselect_all()
+        app.screen.query_one(SelectionList).select("amc23")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        await pilot.press("A")
+        await settle(app, pilot)
+        assert "all" in app.screen.what
+        app.screen.query_one(SelectionList).deselect_all()
+        await pilot.press("enter")                  # nothing chosen: it says so and stays open
+        await pilot.pause()
+        assert isinstance(app.screen, TaskChooser)
+        app.screen.query_one(SelectionList).select("minerva")
+        await pilot.press("enter")
+        await settle(app, pilot)
+        queued = [e for e in rd.read_events()[n_events:] if e["event"] == "eval_queued"]
+        assert {e["task"] for e in queued} == {"aime24", "amc23", "minerva"}
+        assert {e["checkpoint"] for e in queued if e["task"] == "minerva"} == set(rd.checkpoint_steps())
+    from tina_core import evaluate
+
+    evaluate.cancel_eval(home, rd.run_id)
+
+
+async def test_eval_of_a_run_without_checkpoints_says_so(tmp_path):
+    home = tmp_path / "h"
+    SyntheticRun("young-run", steps=10, save_steps=50, state="stopped").write(home)
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("E")
+        await settle(app, pilot)
+        assert isinstance(app.screen, MainScreen)
+        assert any("no complete checkpoint" in m for m in notes(app))
+        await pilot.press("2", "e")
+        await pilot.pause()
+        assert any("no checkpoint selected" in m for m in notes(app))
+
+
+async def test_stop_asks_first_then_signals_the_supervisor(tmp_path):
+    home = tmp_path / "h"
+    # A real process stands in for the supervisor: it records the SIGTERM the cockpit sends.
+    flag = tmp_path / "got-term"
+    child = subprocess.Popen([sys.executable, "-c", (
+        "import signal, sys, time, pathlib\n"
+        f"signal.signal(signal.SIGTERM, lambda *a: (pathlib.Path({str(flag)!r}).write_text('x'), sys.exit(0)))\n"
+        "print('ready', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        run = SyntheticRun("live-run", name="live", steps=40, state="running", start_ts=time.time() - 100,
+                           step_s=1.0)
+        rd = run.write(home)
+        SyntheticRun.heartbeat(rd, pid=child.pid)
+        app = make_app(home)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            assert app.view.run["state"] == "running"
+            await pilot.press("s")
+            await pilot.pause()
+            assert isinstance(app.screen, ConfirmScreen)
+            await pilot.press("n")
+            await pilot.pause()
+            assert isinstance(app.screen, MainScreen) and child.poll() is None
+            await pilot.press("s")
+            await pilot.pause()
+            await pilot.press("y")
+            await settle(app, pilot)
+            assert child.wait(timeout=10) == 0 and flag.exists()
+            assert any("live-run" in m for m in notes(app))
+    finally:
+        if child.poll() is None:
+            child.kill()
+
+
+async def test_stop_and_resume_refuse_clearly(home):
+    rid = find_run(home, "open-rs2").run_id
+    app = make_app(home, run=rid, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("s")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        assert any("finished: nothing to stop" in m for m in notes(app))
+        await pilot.press("r")
+        await settle(app, pilot)
+        assert any("is finished" in m for m in notes(app))
+
+
+async def test_recipe_picker_lists_recipes_and_reports_a_bad_one(tmp_path, home):
+    recipes = tmp_path / "recipes"
+    recipes.mkdir()
+    (recipes / "broken.yaml").write_text("description: a recipe with a typo\nlearning_rat: 1.0e-6\n")
+    app = make_app(home, recipes_root=recipes)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("n")
+        await settle(app, pilot)
+        assert isinstance(app.screen, RecipePicker)
+        assert app.screen.query_one(OptionList).option_count == 1
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        await pilot.press("n")
+        await settle(app, pilot)
+        await pilot.press("tab")
+        await pilot.press(*"bad")
+        await pilot.press("enter")                  # enter in the name field starts it
+        await settle(app, pilot)
+        errors = [n for n in app._notifications if n.severity == "error"]
+        assert errors and "learning_rat" in errors[-1].message
+        assert len(app.snapshot.runs) == 3          # nothing was created
+
+
+async def test_repo_recipes_are_offered_with_descriptions(home):
+    app = make_app(home)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("n")
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "tiny.yaml" in text and "open_rs2.yaml" in text
+
+
+async def test_help_lists_every_binding_from_the_registry(home):
+    app = make_app(home)
+    async with app.run_test(size=(100, 60)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        assert isinstance(app.screen, HelpScreen)
+        text = str(app.screen.query_one("#help-text").render())
+        for a in ACTIONS:
+            assert a.description in text and key_label(a.keys) in text
+        await pilot.press("escape")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+
+
+async def test_command_palette_offers_what_fits_here(home):
+    rid = find_run(home, "open-rs2").run_id
+    app = make_app(home, run=rid, clock=lambda: FROZEN)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        from tina_tui.commands import CockpitCommands
+
+        provider = CockpitCommands(app.screen)
+        titles = [t for t, _, _ in provider._commands()]
+        assert "Plot length" in titles and any(t.startswith("Evaluate checkpoint") for t in titles)
+        assert not any(t.startswith("Stop") for t in titles)        # finished: nothing to stop
+        assert not any(t.startswith("Resume") for t in titles)
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        await pilot.press(*"plot length")
+        await pilot.pause(0.3)
+        await pilot.press("enter")
+        await pilot.pause()
+        assert isinstance(app.screen, DetailScreen) and app.screen.key == CHARTS[1][0]
+        titles = [t for t, _, _ in CockpitCommands(app.screen)._commands()]
+        assert "Toggle smoothing" in titles and not any(t.startswith("Evaluate") for t in titles)
+
+
+async def test_notifications_for_events_while_watching(home):
+    rd = find_run(home, "open-rs3")
+    app = make_app(home, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        assert notes(app) == []                     # history is shown, not re-announced
+        rd.event("restarted", attempt=2, delay_s=10, reason="exit code -9")
+        rd.event("eval_finished", eval_id="x", checkpoint=100, task="aime24", score=0.4)
+        await refreshed(app, pilot)
+        got = notes(app)
+        assert any("crashed, restarting (attempt 2)" in m for m in got)
+        assert any("aime24 of checkpoint 100 = 40.0" in m for m in got)
+
+
+async def test_phase_notification_when_the_transition_appears(tmp_path):
+    home = tmp_path / "h"
+    run = SyntheticRun("growing", name="growing", steps=60, stop_at_step=400, max_steps=800, transition=150,
+                       state="stopped", seed=5)
+    rd = run.write(home)
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        assert (app.view.phase or {}).get("status", "none") == "none"
+        # more steps arrive, through the transition
+        full = SyntheticRun("growing-full", steps=300, stop_at_step=400, max_steps=800, transition=150,
+                            state="stopped", seed=5).write(tmp_path / "other")
+        lines = full.metrics.read_text().splitlines(keepends=True)[60:]
+        with rd.metrics.open("a") as f:
+            f.writelines(lines)
+        await refreshed(app, pilot)
+        status = app.view.phase["status"]
+        assert status in ("tentative", "confirmed")
+        assert any("phase transition" in m for m in notes(app))
+
+
+async def test_log_follow_switches_off_on_scroll_up(home):
+    rd = find_run(home, "open-rs2")
+    app = make_app(home, run=rd.run_id, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("3")
+        await pilot.pause()
+        log = app.query_one(LogTail)
+        assert log.follow and log.line_count > 20
+        last = rd.train_log.read_text().splitlines()[-1]
+        assert log.lines[-1] == last and log.is_vertical_scroll_end
+        with rd.train_log.open("a") as f:
+            f.write("fresh line 1\n")
+        await refreshed(app, pilot)
+        assert log.lines[-1] == "fresh line 1" and log.is_vertical_scroll_end
+        await pilot.press("k")                      # scrolling up stops following
+        await pilot.pause()
+        assert not log.follow
+        y = log.scroll_y
+        with rd.train_log.open("a") as f:
+            f.write("fresh line 2\nfresh line 3\n")
+        await refreshed(app, pilot)
+        assert log.scroll_y == y and log.pending == 2
+        assert "2 new lines" in screen_text(app)
+        await pilot.press("f")                      # follow again: jumps to the end
+        await pilot.pause()
+        assert log.follow and log.pending == 0 and log.is_vertical_scroll_end
+        await pilot.press("up", "end")
+        await pilot.pause()
+        assert log.follow
+        await pilot.press("f")
+        assert not log.follow
+
+
+async def test_switching_runs_replaces_the_log(home):
+    a, b = find_run(home, "open-rs2"), find_run(home, "tiny")
+    app = make_app(home, run=a.run_id, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        log = app.query_one(LogTail)
+        assert log.lines[-1] == a.train_log.read_text().splitlines()[-1]
+        app.selected = b.run_id
+        await refreshed(app, pilot)
+        assert log.lines[-1] == b.train_log.read_text().splitlines()[-1]
+        assert not any(ln in log.lines for ln in a.train_log.read_text().splitlines()[-3:]
+                       if ln not in b.train_log.read_text())
+
+
+async def test_resizing_keeps_it_usable(home):
+    app = make_app(home, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        for size in ((60, 20), (160, 48), (80, 24)):
+            await pilot.resize_terminal(*size)
+            await pilot.pause()
+            text = screen_text(app).splitlines()
+            assert len(text) == size[1] and all(len(ln) == size[0] for ln in text)
+            assert "format" in "\n".join(text)
+
+
+async def test_quit_leaves_runs_alone(home):
+    before = {rd.name: (rd / "events.jsonl").read_bytes() for rd in (home / "runs").iterdir()}
+    app = make_app(home, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("q")
+        await pilot.pause()
+    assert app.return_code == 0
+    after = {rd.name: (rd / "events.jsonl").read_bytes() for rd in (home / "runs").iterdir()}
+    assert before == after
+
+
+def test_every_registry_action_has_a_handler():
+    from tina_tui.app import TinaApp
+    from tina_tui.screens import DetailScreen
+
+    owners = {"global": [TinaApp], "main": [MainScreen], "detail": [DetailScreen]}
+    for a in ACTIONS:
+        name = a.action.split("(")[0]
+        assert any(hasattr(cls, f"action_{name}") for cls in owners[a.context]), a
