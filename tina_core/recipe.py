@@ -146,6 +146,7 @@ def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict:
         data = {}
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    _absolutise(data, path.parent)
     parent = data.pop("extends", None)
     if parent is None:
         return data
@@ -179,8 +180,9 @@ def _looks_local(ref: str) -> bool:
 
 
 def _absolutise(data: dict, base: Path) -> None:
-    """Local paths in a recipe are relative to its file; make them absolute so the snapshot in a
-    run directory still points at the same files."""
+    """Local paths in a recipe are relative to the file that names them (to the working directory
+    for --set values); make them absolute so the snapshot in a run directory still points at the
+    same files."""
     for section, key in (("dataset", "name"), ("model", "name_or_path"), ("launch", "accelerate_config")):
         sec = data.get(section)
         if isinstance(sec, dict) and isinstance(sec.get(key), str) and _looks_local(sec[key]):
@@ -273,7 +275,7 @@ def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recip
     _check_section(data, SCHEMA, where)
     if "output_dir" in (data.get("grpo") or {}):
         raise RecipeError(f"{where}: grpo.output_dir: not allowed; tina saves checkpoints to RUN_DIR/checkpoints")
-    _absolutise(data, src.resolve().parent)
+    _absolutise(data, Path.cwd())
     return Recipe(source=src.resolve(), data=data)
 
 
@@ -297,8 +299,10 @@ def list_recipes(root: str | os.PathLike = RECIPES_DIR) -> list[tuple[Path, str]
 # --- validation against the real libraries (heavy) ---------------------------------------------
 def _type_ok(value: Any, hint: Any) -> bool:
     """Whether a YAML value fits a dataclass field's annotation (lenient with unknown types)."""
-    if hint is Any or value is None and hint is type(None):
+    if hint is Any:
         return True
+    if hint is type(None):
+        return value is None
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):

@@ -1,0 +1,229 @@
+"""Recipes: loading, extends, --set, tina-section checks, validation against the real GRPOConfig /
+LoraConfig, and the launch command."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tina_core import launch
+from tina_core.recipe import RECIPES_DIR, RecipeError, list_recipes, load_recipe, validate_recipe
+from tina_core.rundir import RunDir, TinaError
+
+ALL_RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml") if p.relative_to(RECIPES_DIR).parts[0] not in ("base", "accelerate"))
+TINA = RECIPES_DIR / "tina"
+
+
+def write(path: Path, data: dict | str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(data if isinstance(data, str) else yaml.safe_dump(data))
+    return path
+
+
+def tiny_variant(tmp_path: Path, **sections) -> Path:
+    """A recipe extending recipes/tiny.yaml with some sections changed."""
+    return write(tmp_path / "variant.yaml", {"extends": str(RECIPES_DIR / "tiny.yaml"), **sections})
+
+
+def test_every_tina_experiment_has_a_recipe():
+    names = {p.stem for p in TINA.glob("*.yaml")}
+    assert names == {"still", "deepscaler", "open_rs1", "open_rs2", "open_rs3", "open_r1", "thoughts", "ii_thought",
+                     "limr", "limr_large_lr", "limr_small_lr", "limr_large_rank", "limr_medium_rank",
+                     "limr_small_rank", "limr_tiny_rank", "open_rs3_drgrpo", "open_rs3_format_only",
+                     "open_rs3_long_completion"}
+
+
+@pytest.mark.parametrize("path", ALL_RECIPES, ids=lambda p: p.stem)
+def test_every_recipe_validates_against_the_real_configs(path):
+    recipe = load_recipe(path)
+    validate_recipe(recipe)
+    assert recipe.description
+    assert 0 < recipe.stop_at_step <= recipe.max_steps
+
+
+def test_tina_semantics_on_trl_1x():
+    from tina_core.recipe import build_grpo_config, build_lora_config
+
+    rs2 = load_recipe(TINA / "open_rs2.yaml")
+    cfg = build_grpo_config(rs2, "/nonexistent", neutralise_device=True)
+    assert (cfg.beta, cfg.loss_type, cfg.temperature, cfg.scale_rewards) == (0.04, "grpo", 0.7, "group")
+    assert (cfg.learning_rate, cfg.lr_scheduler_type.value, cfg.lr_scheduler_kwargs) == (
+        1e-6, "cosine_with_min_lr", {"min_lr_rate": 0.1})
+    assert (cfg.max_steps, rs2.stop_at_step, cfg.save_steps, cfg.num_generations) == (1500, 850, 50, 6)
+    assert cfg.get_warmup_steps(cfg.max_steps) == 150  # Tina's warmup ratio 0.1
+    assert cfg.use_vllm and cfg.vllm_mode == "colocate" and cfg.vllm_gpu_memory_utilization == 0.4
+    assert rs2.gpus == 2 and rs2.gpu_hour_usd == 1.0 and rs2.rewards == {"format": 1.0, "accuracy": 2.0}
+    lora = build_lora_config(rs2)
+    assert (lora.r, lora.lora_alpha, lora.lora_dropout) == (32, 128, 0.05)
+    assert set(lora.target_modules) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
+
+    dr = build_grpo_config(load_recipe(TINA / "open_rs3_drgrpo.yaml"), "/nonexistent", neutralise_device=True)
+    assert dr.scale_rewards == "none" and dr.loss_type == "dr_grpo"
+    long = load_recipe(TINA / "open_rs3_long_completion.yaml")
+    assert long.grpo["vllm_max_model_length"] >= 512 + long.grpo["max_completion_length"] == 512 + 8960
+    assert load_recipe(TINA / "limr_large_rank.yaml").data["lora"]["r"] == 128
+    assert load_recipe(TINA / "open_rs3.yaml").data["reward_options"] == {"cosine_max_len": 3584}
+    assert load_recipe(TINA / "open_rs3_format_only.yaml").rewards.keys() == {
+        "format", "tag_count", "length", "reasoning_steps", "repetition_penalty"}
+    assert load_recipe(TINA / "limr_small_lr.yaml").grpo["learning_rate"] == 5e-7
+
+
+def test_misspelt_grpo_key_names_file_key_and_suggestion(tmp_path):
+    path = tiny_variant(tmp_path, grpo={"learnig_rate": 1e-3})
+    with pytest.raises(RecipeError) as e:
+        validate_recipe(load_recipe(path))
+    assert str(e.value) == f"{path}: grpo.learnig_rate: unknown GRPOConfig field (did you mean learning_rate?)"
+
+
+def test_misspelt_lora_and_tina_keys(tmp_path):
+    with pytest.raises(RecipeError, match=r"variant.yaml: lora.lora_alfa: unknown LoraConfig field \(did you mean lora_alpha\?\)"):
+        validate_recipe(load_recipe(tiny_variant(tmp_path, lora={"lora_alfa": 8})))
+    with pytest.raises(RecipeError, match=r"variant.yaml: stop_at_stpe: unknown key \(did you mean stop_at_step\?\)"):
+        load_recipe(tiny_variant(tmp_path, stop_at_stpe=3))
+    with pytest.raises(RecipeError, match=r"variant.yaml: launch.gpu: unknown key \(did you mean gpus\?\)"):
+        load_recipe(tiny_variant(tmp_path, launch={"gpu": 1}))
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"grpo": {"learning_rate": "fast"}}, r"grpo.learning_rate: expected float, got 'fast'"),
+    ({"grpo": {"num_generations": 2.5}}, r"grpo.num_generations: expected int \| None, got 2.5"),
+    ({"grpo": {"use_vllm": "yes"}}, r"grpo.use_vllm: expected bool, got 'yes'"),
+    ({"lora": {"r": "eight"}}, r"lora.r: expected int, got 'eight'"),
+    ({"stop_at_step": "ten"}, r"stop_at_step: expected an integer, got 'ten'"),
+    ({"launch": {"gpus": True}}, r"launch.gpus: expected an integer, got True"),
+    ({"rewards": {"format": "high"}}, r"rewards.format: expected a number"),
+    ({"model": "tiny"}, r"model: expected a mapping"),
+])
+def test_wrong_types_are_named(tmp_path, sections, message):
+    with pytest.raises(RecipeError, match=r"variant.yaml: " + message):
+        validate_recipe(load_recipe(tiny_variant(tmp_path, **sections)))
+
+
+@pytest.mark.parametrize("sections, message", [
+    ({"grpo": {"output_dir": "/tmp/x"}}, r"grpo.output_dir: not allowed"),
+    ({"stop_at_step": 500}, r"stop_at_step: 500 is beyond grpo.max_steps \(200\)"),
+    ({"rewards": {"formatt": 1.0}}, r"rewards: .*formatt"),
+    ({"dataset": {"name": "./no/such/data.jsonl"}}, r"dataset.name: no such local dataset .*no/such/data.jsonl"),
+    ({"grpo": {"num_generations": 5}}, r"grpo.num_generations: generation_batch_size \(16\) must be divisible"),
+    ({"grpo": {"save_strategy": "no"}}, r"grpo.save_strategy: expected 'steps'"),
+    ({"model": {"tiny": {"layers": 3}}}, r"model.tiny: .*layers.*expected fields of .*num_layers"),
+])
+def test_semantic_errors(tmp_path, sections, message):
+    with pytest.raises(RecipeError, match=message):
+        validate_recipe(load_recipe(tiny_variant(tmp_path, **sections)))
+
+
+def test_set_overrides_are_yaml_parsed():
+    r = load_recipe(RECIPES_DIR / "tiny.yaml", ["grpo.learning_rate=1e-3", "stop_at_step=40", "grpo.use_vllm=false",
+                                                 "lora.target_modules=[q_proj, v_proj]", "launch.env.FOO=bar",
+                                                 "description=a b=c"])
+    assert r.grpo["learning_rate"] == 1e-3 and isinstance(r.grpo["learning_rate"], float)
+    assert r.stop_at_step == 40 and r.grpo["use_vllm"] is False
+    assert r.data["lora"]["target_modules"] == ["q_proj", "v_proj"]
+    assert r.data["launch"]["env"] == {"OMP_NUM_THREADS": "1", "FOO": "bar"}
+    assert r.description == "a b=c"
+    validate_recipe(r)
+    for bad in ["grpo.learning_rate", "=3", "grpo..x=1", "stop_at_step=[1"]:
+        with pytest.raises(RecipeError, match="--set"):
+            load_recipe(RECIPES_DIR / "tiny.yaml", [bad])
+    with pytest.raises(RecipeError, match=r"--set 'grpo.seed.x=1': grpo.seed is not a section"):
+        load_recipe(RECIPES_DIR / "tiny.yaml", ["grpo.seed.x=1"])
+
+
+def test_extends_chain_merge_and_loop(tmp_path):
+    write(tmp_path / "a.yaml", {"description": "a", "grpo": {"seed": 1, "beta": 0.1}, "rewards": {"format": 1}})
+    write(tmp_path / "sub/b.yaml", {"extends": "../a.yaml", "grpo": {"beta": 0.2}})
+    c = load_recipe(write(tmp_path / "sub/c.yaml", {"extends": "b.yaml", "description": "c"}))
+    assert c.data == {"description": "c", "grpo": {"seed": 1, "beta": 0.2}, "rewards": {"format": 1}}
+    assert c.name == "c"
+    write(tmp_path / "x.yaml", {"extends": "y.yaml"})
+    write(tmp_path / "y.yaml", {"extends": "x.yaml"})
+    with pytest.raises(RecipeError, match="extends loops back"):
+        load_recipe(tmp_path / "x.yaml")
+    with pytest.raises(RecipeError, match=r"z.yaml: extends: no such file .*missing.yaml"):
+        load_recipe(write(tmp_path / "z.yaml", {"extends": "missing.yaml"}))
+    with pytest.raises(RecipeError, match="not valid YAML"):
+        load_recipe(write(tmp_path / "bad.yaml", "grpo: [unclosed"))
+    with pytest.raises(RecipeError, match="no such recipe file"):
+        load_recipe(tmp_path / "nope.yaml")
+
+
+def test_snapshot_round_trip(tmp_path):
+    r = load_recipe(RECIPES_DIR / "tiny.yaml", ["stop_at_step=10"])
+    snap = write(tmp_path / "run" / "recipe.yaml", r.to_yaml())
+    again = load_recipe(snap)
+    assert again.name == "tiny" and again.data == {**r.data, "name": "tiny"}
+    assert Path(again.get("dataset.name")).is_dir()  # local paths were made absolute
+    assert "extends" not in yaml.safe_load(load_recipe(TINA / "limr.yaml").to_yaml())
+
+
+def test_list_recipes_for_the_picker():
+    listed = dict(list_recipes(RECIPES_DIR))
+    assert RECIPES_DIR / "tiny.yaml" in listed and TINA / "open_rs2.yaml" in listed
+    assert not any(p.parent.name in ("base", "accelerate") for p in listed)
+    assert all(desc and not desc.startswith("(invalid") for desc in listed.values())
+
+
+def test_properties():
+    tiny = load_recipe(RECIPES_DIR / "tiny.yaml")
+    assert (tiny.gpus, tiny.gpu_hour_usd, tiny.cpu_hour_usd, tiny.max_steps, tiny.save_steps) == (0, None, 0.0, 200, 25)
+    assert tiny.format_reward_keys == ["format"]
+    assert load_recipe(TINA / "open_r1.yaml").format_reward_keys == ["format", "tag_count"]
+
+
+def test_cpu_launch_command(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    r = load_recipe(RECIPES_DIR / "tiny.yaml")
+    assert launch.launch_command(rd, r) == [sys.executable, "-m", "tina_core.train", str(rd.path)]
+    env = launch.launch_env(r, {"PATH": "/bin"})
+    assert env == {"PATH": "/bin", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
+    launch.check_hardware(r)  # a CPU recipe runs anywhere
+
+
+def test_gpu_launch_command_is_accelerate_with_deepspeed(tmp_path):
+    rd = RunDir(tmp_path / "run")
+    r = load_recipe(TINA / "open_rs2.yaml")
+    cmd = launch.launch_command(rd, r)
+    assert cmd == [sys.executable, "-m", "accelerate.commands.launch",
+                   "--config_file", str(RECIPES_DIR / "accelerate" / "zero2.yaml"),
+                   "--num_processes", "2", "--main_process_port", "29500",
+                   "-m", "tina_core.train", str(rd.path)]
+    ds = yaml.safe_load((RECIPES_DIR / "accelerate" / "zero2.yaml").read_text())
+    assert ds["distributed_type"] == "DEEPSPEED" and ds["deepspeed_config"]["zero_stage"] == 2
+    assert ds["deepspeed_config"]["offload_optimizer_device"] == "none" and ds["mixed_precision"] == "bf16"
+    env = launch.launch_env(r, {})
+    assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["PYTHONUNBUFFERED"] == "1"
+
+
+def test_accelerate_parses_the_generated_command(tmp_path):
+    """accelerate's own argument parser accepts the command line tina builds."""
+    from accelerate.commands.launch import launch_command_parser
+
+    cmd = launch.launch_command(RunDir(tmp_path / "run"), load_recipe(TINA / "limr.yaml"))
+    args = launch_command_parser().parse_args(cmd[3:])
+    assert args.module and args.training_script == "tina_core.train" and args.training_script_args == [str(tmp_path / "run")]
+    assert args.num_processes == 2 and args.config_file.endswith("zero2.yaml")
+
+
+def test_multinode_launch_needs_rank_and_ip(tmp_path, monkeypatch):
+    monkeypatch.delenv("TINA_MACHINE_RANK", raising=False)
+    monkeypatch.delenv("TINA_MAIN_PROCESS_IP", raising=False)
+    sets = ["launch.num_machines=2", "launch.accelerate_config=zero2_multinode.yaml"]
+    with pytest.raises(RecipeError, match="machine_rank"):
+        launch.launch_command(RunDir(tmp_path), load_recipe(TINA / "limr.yaml", sets))
+    r = load_recipe(TINA / "limr.yaml", sets + ["launch.machine_rank=1", "launch.main_process_ip=10.0.0.1"])
+    cmd = launch.launch_command(RunDir(tmp_path), r)
+    assert cmd[cmd.index("--num_processes") + 1] == "4" and cmd[cmd.index("--machine_rank") + 1] == "1"
+    assert cmd[cmd.index("--main_process_ip") + 1] == "10.0.0.1" and cmd[cmd.index("--num_machines") + 1] == "2"
+    with pytest.raises(RecipeError, match="launch.accelerate_config: no such file"):
+        launch.launch_command(RunDir(tmp_path), load_recipe(TINA / "limr.yaml", ["launch.accelerate_config=nope.yaml"]))
+
+
+def test_gpu_recipe_on_a_machine_without_gpus():
+    if launch.visible_gpus()[0] >= 2:
+        pytest.skip("this machine has the GPUs")
+    with pytest.raises(TinaError, match=r"recipe asks for 2 GPUs; this machine has \d \(nvidia-ml-py"):
+        launch.check_hardware(load_recipe(TINA / "open_rs2.yaml"))
