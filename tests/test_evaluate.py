@@ -87,7 +87,7 @@ def test_custom_task_module_is_light_and_defines_the_missing_tasks():
     assert [t.name for t in eval_tasks.TASKS_TABLE] == ["tina_amc23", "tina_minerva", "tina_arith"]
     assert eval_tasks.TASKS_TABLE[2].hf_repo == str(eval_tasks.TINY_EVAL_DIR)
     rows = [json.loads(line) for line in (evaluate.EVAL_TASKS_FILE.parent / "data/tiny_eval/test.jsonl").open()]
-    assert 30 <= len(rows) <= 50 and len({r["problem"] for r in rows}) == len(rows)
+    assert len(rows) == 40 and len({r["problem"] for r in rows}) == len(rows)
     import math_verify
 
     for r in rows:  # every gold parses, and the problem's own sum verifies against it
@@ -211,3 +211,99 @@ def test_gpu_evaluation_waits_for_the_runs_training_then_cancel(tmp_path):
     finally:
         sup.kill()
         sup.wait()
+
+
+def test_missing_base_model_and_incomplete_checkpoint_fail_with_the_reason(home):
+    rd = _make_run(home)
+    _fake_checkpoint(rd, 2, "/nowhere/base")
+    _fake_checkpoint(rd, 4, "/nowhere/base", complete=False)
+    ids = evaluate.queue_eval(home, rd.run_id, 2, ["arith"]) + evaluate.queue_eval(home, rd.run_id, 4, ["arith"])
+    evs = _wait_states(rd, ids, ("failed",), 60)
+    assert evs[ids[0]]["reason"].startswith("base model not found: /nowhere/base (named by ")
+    assert evs[ids[1]]["reason"].startswith("checkpoint-4 is incomplete: no tina-complete.json")
+    assert "--- last lines of" in evs[ids[1]]["reason"]
+
+
+def test_timeout_fails_the_evaluation_with_its_log(home, monkeypatch, tmp_path):
+    rd = _make_run(home)
+    _fake_checkpoint(rd, 2, str(tmp_path))  # an existing base: the job goes on to load torch
+    monkeypatch.setenv("TINA_EVAL_TIMEOUT_S", "0.5")
+    [eid] = evaluate.queue_eval(home, rd.run_id, 2, ["arith"])
+    evs = _wait_states(rd, [eid], ("failed",), 60)
+    assert evs[eid]["reason"].startswith("timed out after 0.5s")
+    started, failed = _events(rd, "eval_started")[0], _events(rd, "eval_failed")[0]
+    assert started["gpus"] == [] and isinstance(started["pid"], int) and failed["gpus"] == []
+    assert evaluate.log_path(rd, eid).exists()
+
+
+# --- for real: the shared tiny run on CPU -------------------------------------------------------------
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_tiny_run_checkpoint_and_base_for_real(home, tiny_run, capsys):
+    """The tiny run's recommended (else latest) checkpoint and its base model are evaluated on CPU
+    by the real worker and lighteval; a cancelled evaluation and a corrupt adapter fail cleanly
+    without disturbing the others; queueing again retries; the store ingests the scores."""
+    from tina_core.store import Store
+
+    shutil.copytree(tiny_run.path, home / "runs" / tiny_run.run_id)
+    rd = RunDir(home / "runs" / tiny_run.run_id)
+    rec = Store(home).recommendation(rd.run_id)["recommended"]
+    if rec is None:  # too short a run for a phase transition: the request says so
+        with pytest.raises(TinaError, match="no recommended checkpoint yet"):
+            evaluate.queue_eval(home, rd.run_id, "recommended", ["arith"], start_worker=False)
+    target = rec if rec is not None else rd.checkpoint_steps()[-1]
+    # A corrupt copy of a checkpoint, complete in every other way.
+    broken = rd.checkpoint_path(target + 1)
+    shutil.copytree(rd.checkpoint_path(target), broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"\x00not a safetensors file")
+    before = {p: _sha(p) for p in rd.checkpoints.rglob("adapter_model.safetensors")}
+
+    # Cancel a running evaluation: its process group dies, the event says cancelled.
+    [first] = evaluate.queue_eval(home, rd.run_id, "base", ["arith"])
+    pid = _wait_states(rd, [first], ("running",), 60)[first]["pid"]
+    assert evaluate.cancel_eval(home, rd.run_id, first) == [first]
+    deadline = time.time() + 10
+    while time.time() < deadline and evaluate._pid_alive(pid):
+        time.sleep(0.1)
+    assert not evaluate._pid_alive(pid)
+
+    ids = evaluate.queue_eval(home, rd.run_id, target, ["arith"])
+    ids += evaluate.queue_eval(home, rd.run_id, target + 1, ["arith"])
+    ids += evaluate.queue_eval(home, rd.run_id, "base", ["arith"])  # the retry of the cancelled one
+    good, bad, base = ids
+    # --wait on one of them: the foreground waits for the worker and prints the score table.
+    assert evaluate.cli_eval(home, rd.run_id, checkpoint=str(target), tasks="arith", wait=True) == 0
+    assert f"checkpoint-{target}" in capsys.readouterr().out
+    evs = _wait_states(rd, ids, ("finished", "failed", "cancelled"), 400)
+
+    assert evs[first]["state"] == "cancelled"
+    assert not [e for e in _events(rd, "eval_failed") if e["eval_id"] == first]
+    assert evs[bad]["state"] == "failed"
+    assert f"merging checkpoint-{target + 1} failed" in evs[bad]["reason"]
+    assert "last lines of" in evs[bad]["reason"] and evaluate.log_path(rd, bad).exists()
+    for eid in (good, base):
+        e = evs[eid]
+        assert e["state"] == "finished", e
+        assert e["metric"] == "extractive_match" and 0.0 <= e["score"] <= 1.0
+        fin = [x for x in _events(rd, "eval_finished") if x["eval_id"] == eid][0]
+        assert fin["scores"] == {"arith": e["score"]} and fin["gpus"] == [] and isinstance(fin["pid"], int)
+        assert Path(fin["results_path"]).is_file()
+        import pyarrow.parquet as pq
+
+        assert pq.read_table(fin["details_path"]).num_rows == 40  # one row per problem
+    assert (rd.evals / "merged" / f"checkpoint-{target}" / evaluate.MERGED_MARK).exists()
+    # Nothing else disturbed: the checkpoints, and the run's own lifecycle.
+    assert {p: _sha(p) for p in rd.checkpoints.rglob("adapter_model.safetensors")} == before
+    assert [e["event"] for e in rd.read_events() if not e["event"].startswith("eval_")] == \
+        [e["event"] for e in tiny_run.read_events() if not e["event"].startswith("eval_")]
+    assert evaluate.eval_queue(home) == []
+
+    store = Store(home)
+    store.ingest()
+    scores = {(e["checkpoint"], e["task"]): e["score"] for e in store.evals(rd.run_id)}
+    assert scores == {(target, "arith"): evs[good]["score"], ("base", "arith"): evs[base]["score"]}

@@ -7,7 +7,8 @@ built-ins, so the ones defined here are prefixed ``tina_``:
 - ``tina_amc23``   knoveleng/AMC-23, gold an expression (Tina's ``expr_gold_metric``);
 - ``tina_minerva`` knoveleng/Minerva-Math, gold a LaTeX solution (Tina's ``latex_gold_metric``);
 - ``tina_arith``   a small arithmetic set shipped in ``data/tiny_eval/test.jsonl`` (a local folder,
-  so it evaluates fully offline), the benchmark of the tiny CPU model.
+  so it evaluates fully offline), the benchmark of the tiny CPU model; its metric is Tina's
+  extractive match applied to the ``<answer>`` tag's content when there is one.
 
 The prompts are the simple-evals ``\\boxed{ANSWER}`` template Tina evaluated with; the score is
 lighteval's extractive match (math-verify), one sample per problem: Pass@1.
@@ -34,6 +35,9 @@ MATH_QUERY_TEMPLATE = (
 
 
 def _build_tasks_table() -> list:
+    import dataclasses
+    import re
+
     import numpy as np
     from lighteval.metrics.dynamic_metrics import (
         ExprExtractionConfig,
@@ -55,6 +59,34 @@ def _build_tasks_table() -> list:
             fallback_mode="first_match",
             precision=5,
             gold_extraction_target=(LatexExtractionConfig(),),
+            pred_extraction_target=(ExprExtractionConfig(), LatexExtractionConfig(boxed_match_priority=0)),
+            aggregation_function=max,
+        ),
+        category=SamplingMethod.GENERATIVE,
+        corpus_level_fn=np.mean,
+        higher_is_better=True,
+    )
+
+    class AnswerTagMatch(MultilingualExtractiveMatchMetric):
+        """Extractive match on the last ``<answer>...</answer>`` when there is one (math-verify finds
+        nothing in ``<answer>7</answer>``: no anchor before the 7), else on the whole text, so a
+        boxed answer still counts."""
+
+        def compute(self, doc: Doc, model_response):
+            def inner(text: str) -> str:
+                tags = re.findall(r"<answer>(.*?)</answer>", text, flags=re.S)
+                return f"${tags[-1].strip()}$" if tags and tags[-1].strip() else text
+
+            resp = dataclasses.replace(model_response, text_post_processed=[inner(t) for t in model_response.final_text])
+            return super().compute(doc=doc, model_response=resp)
+
+    arith_metric = SampleLevelMetric(
+        metric_name="extractive_match",
+        sample_level_fn=AnswerTagMatch(
+            language=Language.ENGLISH,
+            fallback_mode="first_match",
+            precision=5,
+            gold_extraction_target=(ExprExtractionConfig(),),
             pred_extraction_target=(ExprExtractionConfig(), LatexExtractionConfig(boxed_match_priority=0)),
             aggregation_function=max,
         ),
@@ -85,7 +117,7 @@ def _build_tasks_table() -> list:
                             generation_size=32768, metrics=[latex_gold_metric], **common),
         LightevalTaskConfig(name="tina_arith", prompt_function=arith_prompt, hf_repo=str(TINY_EVAL_DIR),
                             hf_avail_splits=["test"], evaluation_splits=["test"], generation_size=64,
-                            metrics=[Metrics.expr_gold_metric], **common),
+                            metrics=[arith_metric], **common),
     ]
 
 

@@ -264,13 +264,16 @@ def cancel_eval(home: str | os.PathLike | None, run_ref: str, eval_id: str | Non
     return [e["eval_id"] for e in targets]
 
 
-def _kill_group(pgid: int, grace: float = 5.0) -> None:
+def _kill_group(pgid: int, grace: float = 5.0, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM a process group, SIGKILL whatever is left after ``grace`` seconds."""
     try:
         os.killpg(pgid, signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return
     deadline = time.time() + grace
     while time.time() < deadline:
+        if proc is not None:
+            proc.poll()  # reap our child: a zombie leader keeps the group "alive"
         try:
             os.killpg(pgid, 0)
         except (ProcessLookupError, PermissionError):
@@ -322,6 +325,13 @@ def cpu_command(model: str, task: str, out: Path, recipe: Path | None = None) ->
     extra = ["--recipe", str(recipe)] if recipe is not None and recipe.exists() else []
     return [_python(), "-m", "tina_core.evaluate", "lighteval-cpu", "--model", model, "--task", lighteval_task(task),
             "--output-dir", str(out), *extra]
+
+
+def _child_env(**extra: str) -> dict[str, str]:
+    """Our environment for a worker or job, with this checkout importable from any cwd."""
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root, **extra}
 
 
 def _gpu_env(gpus: list[int]) -> dict[str, str]:
@@ -669,7 +679,7 @@ def ensure_worker(home: str | os.PathLike | None = None) -> bool:
     with open(h / WORKER_LOG, "ab") as log:
         subprocess.Popen([_python(), "-m", "tina_core.evaluate", "worker", str(h)], stdin=subprocess.DEVNULL,
                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                         cwd=str(h))
+                         cwd=str(h), env=_child_env())
     return True
 
 
@@ -681,7 +691,7 @@ def _run_one(home: Path, rd: RunDir, ev: dict[str, Any]) -> None:
     eid = ev["eval_id"]
     log = log_path(rd, eid)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **_gpu_env(ev["gpus"]), "PYTHONUNBUFFERED": "1"}
+    env = _child_env(**_gpu_env(ev["gpus"]), PYTHONUNBUFFERED="1")
     with open(log, "ab") as f:
         proc = subprocess.Popen([_python(), "-m", "tina_core.evaluate", "job", str(home), rd.run_id, eid],
                                 stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
@@ -693,7 +703,7 @@ def _run_one(home: Path, rd: RunDir, ev: dict[str, Any]) -> None:
     try:
         rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        _kill_group(proc.pid)
+        _kill_group(proc.pid, proc=proc)
         proc.wait()
         if evals_of(rd)[eid]["state"] == "running":
             rd.event("eval_failed", **common, reason=f"timed out after {timeout:g}s\n--- last lines of {log.name} ---\n"
