@@ -69,6 +69,9 @@ WHERE NOT EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = m.run_id AND a.attem
 QUALIFY row_number() OVER (PARTITION BY m.run_id, m.step, m.key
                            ORDER BY m.attempt DESC, m.ts DESC NULLS LAST) = 1;
 """
+# A metrics row not superseded by a later attempt that resumed at or before its step.
+_CURRENT = ("NOT EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = m.run_id AND a.attempt > m.attempt "
+            "AND a.first_step <= m.step)")
 TABLES = ("runs", "metrics", "attempts", "checkpoints", "evaluations", "events", "system",
           "quarantine", "ingest_state")
 # Rows that came from each tailed file, dropped when that file is found rewritten from scratch.
@@ -302,11 +305,10 @@ class Store:
             return IngestStats()  # only a partial line so far: it waits for its newline
         chunk = data[: end + 1]
         handler = {METRICS: self._metrics_chunk, EVENTS: self._events_chunk, SYSTEM: self._system_chunk}[name]
-        whole = path if offset == 0 and end + 1 == size else None
         for fast in (True, False):
             con.execute("BEGIN")
             try:
-                stats = handler(con, rd.run_id, chunk, offset, whole, fast)
+                stats = handler(con, rd.run_id, chunk, offset, fast)
                 con.execute("INSERT OR REPLACE INTO ingest_state VALUES (?, ?, ?)",
                             [rd.run_id, name, offset + end + 1])
                 con.execute("COMMIT")
@@ -324,8 +326,7 @@ class Store:
                         "unnest($5::VARCHAR[])", [run_id, file, [b[0] for b in bad],
                                                    [b[1] for b in bad], [b[2] for b in bad]])
 
-    def _metrics_chunk(self, con, run_id: str, chunk: bytes, offset: int, whole: Path | None,
-                       fast: bool) -> IngestStats:
+    def _metrics_chunk(self, con, run_id: str, chunk: bytes, offset: int, fast: bool) -> IngestStats:
         """Metrics lines, parsed by DuckDB's JSON reader (far faster than Python's on big files).
 
         The fast path reads the lines as they are; anything it cannot take (a malformed line, a
@@ -336,11 +337,11 @@ class Store:
         tmp_dir = None
         try:
             if fast:
-                if whole is None:
-                    tmp_dir = tempfile.mkdtemp(prefix="tina-ingest-")
-                    whole = Path(tmp_dir) / "chunk.jsonl"
-                    whole.write_bytes(chunk)
-                src = _sql_str(str(whole))
+                # DuckDB reads a copy of exactly these bytes: the file itself may have grown since.
+                tmp_dir = tempfile.mkdtemp(prefix="tina-ingest-")
+                copy = Path(tmp_dir) / "chunk.jsonl"
+                copy.write_bytes(chunk)
+                src = _sql_str(str(copy))
                 keys = [k for (k,) in con.execute(
                     f"SELECT DISTINCT unnest(json_keys(json)) FROM read_ndjson_objects({src})").fetchall()]
                 if "step" not in keys:
@@ -424,7 +425,7 @@ class Store:
                 good.append((here, rec))
         return good, bad
 
-    def _events_chunk(self, con, run_id, chunk, offset, whole, fast) -> IngestStats:
+    def _events_chunk(self, con, run_id, chunk, offset, fast) -> IngestStats:
         good, bad = self._parse_lines(
             chunk, offset,
             lambda r: None if isinstance(r.get("event"), str) else "no 'event' name")
@@ -452,7 +453,7 @@ class Store:
                 [run_id, *map(list, zip(*evals))])
         return IngestStats(lines=chunk.count(b"\n"), rows=len(good) + len(evals), quarantined=len(bad))
 
-    def _system_chunk(self, con, run_id, chunk, offset, whole, fast) -> IngestStats:
+    def _system_chunk(self, con, run_id, chunk, offset, fast) -> IngestStats:
         good, bad = self._parse_lines(
             chunk, offset,
             lambda r: None if isinstance(r.get("gpus"), list) else "no 'gpus' list")
@@ -488,8 +489,9 @@ class Store:
         with ``max_points``, consecutive steps are averaged into about that many buckets, each
         labelled with its last step."""
         key = metric_keys.normalise_key(key)
-        base = ("SELECT step, value FROM metrics_latest WHERE run_id = $1 AND key = $2 "
-                "AND isfinite(value)")
+        # The same rows as metrics_latest, written out so DuckDB filters before it groups.
+        base = ("SELECT step, arg_max(value, attempt * 1e12 + coalesce(ts, 0)) AS value FROM metrics m "
+                f"WHERE run_id = $1 AND key = $2 AND {_CURRENT} GROUP BY step HAVING isfinite(value)")
         if not max_points:
             return self._query(base + " ORDER BY step", [run_id, key])
         return self._query(
@@ -501,8 +503,8 @@ class Store:
     def last_metrics(self, run_id: str) -> dict[str, float]:
         """The latest finite value of every key (canonical names)."""
         return dict(self._query(
-            "SELECT key, arg_max(value, step) FROM metrics_latest WHERE run_id = ? AND isfinite(value) "
-            "GROUP BY key ORDER BY key", [run_id]))
+            "SELECT key, arg_max(value, step * 1e6 + attempt) FROM metrics m WHERE run_id = ? "
+            f"AND isfinite(value) AND {_CURRENT} GROUP BY key ORDER BY key", [run_id]))
 
     def last_step(self, run_id: str) -> int | None:
         return self._query("SELECT max(step) FROM metrics WHERE run_id = ?", [run_id])[0][0]

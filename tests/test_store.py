@@ -1,0 +1,323 @@
+"""The DuckDB index: exactly-once tail ingestion, quarantine, rebuild, concurrency, queries."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, append_jsonl, write_json_atomic
+from tina_core.store import Store
+
+KEYS = ("loss", "reward", "rewards/format_reward/mean", "completions/mean_length", "kl")
+
+
+def make_run(home: Path, run_id: str, **info) -> RunDir:
+    rd = RunDir(home / "runs" / run_id)
+    (rd.path / "checkpoints").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(rd.run_json, {"run_id": run_id, "name": run_id, "recipe": "recipes/tiny.yaml",
+                                    "created": "2026-01-01T00:00:00+00:00", **info})
+    return rd
+
+
+def metric_line(step: int, attempt: int = 1, **extra) -> dict:
+    rec = {"step": step, "attempt": attempt, "time": "2026-01-01T00:00:00+00:00", "ts": 1e9 + step}
+    rec.update({k: round(step * 0.01 + i + attempt * 100, 6) for i, k in enumerate(KEYS)})
+    rec.update(extra)
+    return rec
+
+
+def write_metrics(rd: RunDir, steps, attempt: int = 1) -> None:
+    with open(rd.metrics, "a") as f:
+        for s in steps:
+            f.write(json.dumps(metric_line(s, attempt)) + "\n")
+
+
+def snapshot(store: Store) -> dict:
+    """Everything a user's SQL could see, in a canonical order."""
+    q = store.query
+    return {
+        "latest": q("SELECT run_id, step, attempt, key, value FROM metrics_latest ORDER BY ALL"),
+        "metrics": q("SELECT run_id, step, attempt, key, value, ts FROM metrics ORDER BY ALL"),
+        "quarantine": q('SELECT run_id, file, "offset", text, reason FROM quarantine ORDER BY ALL'),
+        "events": q('SELECT run_id, "offset", event FROM events ORDER BY ALL'),
+        "evaluations": q("SELECT run_id, eval_id, checkpoint, task, score FROM evaluations ORDER BY ALL"),
+        "checkpoints": q("SELECT * FROM checkpoints ORDER BY ALL"),
+        "system": q("SELECT * FROM system ORDER BY ALL"),
+        "runs": q("SELECT run_id, name, imported FROM runs ORDER BY ALL"),
+    }
+
+
+def test_series_restart_dedup_legacy_keys_and_downsampling(tmp_path):
+    rd = make_run(tmp_path, "r1")
+    write_metrics(rd, range(1, 31), attempt=1)
+    write_metrics(rd, range(21, 41), attempt=2)   # resumed from checkpoint-20
+    append_jsonl(rd.metrics, {"step": 41, "attempt": 2, "ts": 2e9, "completion_length": 7.5,
+                              "rewards/format_reward": 0.25, "note": "text is ignored"})
+    store = Store(tmp_path)
+    stats = store.ingest()
+    assert (stats.runs, stats.lines, stats.quarantined) == (1, 51, 0)
+
+    series = store.metric_series("r1", "loss", max_points=None)
+    assert [s for s, _ in series] == list(range(1, 41))
+    assert dict(series)[25] == metric_line(25, 2)["loss"]    # the resumed attempt wins
+    assert dict(series)[10] == metric_line(10, 1)["loss"]
+    # legacy names land under the canonical ones
+    assert store.metric_series("r1", "completions/mean_length", max_points=None)[-1] == (41, 7.5)
+    assert store.metric_series("r1", "rewards/format_reward", max_points=None)[-1] == (41, 0.25)
+    assert "note" not in store.metric_keys("r1")
+    assert store.last_metrics("r1")["completions/mean_length"] == 7.5
+    assert store.last_metrics("r1")["loss"] == metric_line(40, 2)["loss"]
+
+    # downsampling: 40 points into 8 buckets of 5, each the mean, labelled with its last step
+    full = dict(series)
+    down = store.metric_series("r1", "loss", max_points=8)
+    assert [s for s, _ in down] == list(range(5, 41, 5))
+    for s, v in down:
+        assert v == pytest.approx(sum(full[x] for x in range(s - 4, s + 1)) / 5)
+    assert store.metric_series("r1", "loss", max_points=100) == series
+
+
+def test_partial_last_line_waits_for_its_newline(tmp_path):
+    rd = make_run(tmp_path, "r1")
+    write_metrics(rd, [1, 2])
+    line = json.dumps(metric_line(3))
+    with open(rd.metrics, "a") as f:
+        f.write(line[:17])
+    store = Store(tmp_path)
+    store.ingest()
+    assert [s for s, _ in store.metric_series("r1", "loss", max_points=None)] == [1, 2]
+    assert store.quarantine() == []
+    with open(rd.metrics, "a") as f:
+        f.write(line[17:] + "\n")
+    assert store.ingest().lines == 1
+    assert [s for s, _ in store.metric_series("r1", "loss", max_points=None)] == [1, 2, 3]
+    assert store.query("SELECT count(*) FROM metrics")[0][0] == 3 * len(KEYS)
+
+
+def test_malformed_lines_are_quarantined_counted_and_never_fatal(tmp_path):
+    rd = make_run(tmp_path, "r1")
+    bad = ["{not json", "[1, 2]", '{"loss": 1.0}', '{"step": "seven", "loss": 1}', '{"step": 3.5}']
+    with open(rd.metrics, "w") as f:
+        f.write(json.dumps(metric_line(1)) + "\n")
+        for b in bad:
+            f.write(b + "\n")
+        f.write("\n")
+        f.write(json.dumps(metric_line(2, loss=float("nan"))) + "\n")
+    with open(rd.events, "w") as f:
+        f.write('{"event": "launched", "ts": 1}\n{"ts": 2}\ngarbage\n')
+    store = Store(tmp_path)
+    stats = store.ingest()
+    assert stats.quarantined == len(bad) + 2
+    q = store.quarantine("r1")
+    assert [r["text"] for r in q if r["file"] == "metrics.jsonl"] == bad
+    data = rd.metrics.read_bytes()
+    for r in q:
+        src = (rd.path / r["file"]).read_bytes()
+        assert src[r["offset"]:].split(b"\n", 1)[0].decode() == r["text"]
+        assert r["reason"]
+    assert any("step" in r["reason"] for r in q)
+    # good lines on both sides of the bad ones got in; NaN is kept in the table, not in series
+    assert [s for s, _ in store.metric_series("r1", "reward", max_points=None)] == [1, 2]
+    assert [s for s, _ in store.metric_series("r1", "loss", max_points=None)] == [1]
+    assert store.query("SELECT count(*) FROM metrics WHERE isnan(value)")[0][0] == 1
+    assert store.events("r1")[0]["event"] == "launched"
+    # nothing is read twice
+    assert store.ingest().lines == 0
+    assert len(store.quarantine()) == len(bad) + 2
+    assert len(data) == store.query("SELECT \"offset\" FROM ingest_state WHERE file='metrics.jsonl'")[0][0]
+
+
+def test_rebuild_gives_identical_results(tmp_path):
+    rd = make_run(tmp_path, "a", dataset_size=64)
+    rd2 = make_run(tmp_path, "b", imported=True)
+    store = Store(tmp_path)
+    for lo in range(1, 60, 7):   # many small incremental batches
+        write_metrics(rd, range(lo, lo + 7))
+        write_metrics(rd2, range(lo, lo + 3), attempt=1 + lo // 30)
+        with open(rd.metrics, "a") as f:
+            f.write(f"broken line {lo}\n")
+        rd.event("attempt_started", attempt=1)
+        append_jsonl(rd.system, {"ts": 100 + lo, "gpus": [{"index": 0, "util": lo, "mem_used": 1,
+                                                          "mem_total": 2, "power_w": 3.0}]})
+        store.ingest()
+    for s in (10, 20):
+        (rd.checkpoint_path(s)).mkdir()
+        (rd.checkpoint_path(s) / CHECKPOINT_COMPLETE).write_text("{}")
+    rd.checkpoint_path(30).mkdir()   # half-written: no marker
+    rd.event("eval_finished", eval_id="e1", checkpoint=10, scores={"arith": 0.5, "gsm": 0.25})
+    store.ingest()
+    before = snapshot(store)
+    assert before["quarantine"] and before["system"] and before["evaluations"]
+    stats = Store(tmp_path).rebuild()
+    assert stats.runs == 2
+    assert snapshot(Store(tmp_path)) == before
+
+
+def test_events_checkpoints_evals_system_and_recommendation(tmp_path):
+    rd = make_run(tmp_path, "r1", dataset_size=800)
+    with open(rd.metrics, "w") as f:
+        for s in range(1, 121):
+            fmt = 0.02 * (s % 3 == 0) if s < 61 else 0.9 + 0.02 * (s % 2)
+            f.write(json.dumps({"step": s, "rewards/format_reward/mean": fmt,
+                                "completions/mean_length": 50 + (s % 5)}) + "\n")
+    for s in (20, 40, 60, 80, 100):
+        rd.checkpoint_path(s).mkdir()
+        (rd.checkpoint_path(s) / CHECKPOINT_COMPLETE).write_text("{}")
+    rd.checkpoint_path(120).mkdir()
+    rd.event("eval_finished", eval_id="e1", checkpoint=40, scores={"a": 0.2, "b": 0.4}, details={"a": "x.parquet"})
+    rd.event("eval_finished", eval_id="e2", checkpoint=80, scores={"a": 0.5, "b": 0.5})
+    rd.event("eval_finished", eval_id="e3", checkpoint=40, scores={"a": 0.3})  # a re-run: latest wins
+    rd.event("eval_finished", eval_id="e0", checkpoint="base", scores={"a": 0.1})
+    append_jsonl(rd.system, {"ts": 1, "gpus": [{"index": 0, "util": 10}]})
+    append_jsonl(rd.system, {"ts": 2, "gpus": [{"index": 0, "util": 90, "mem_used": 5, "mem_total": 8,
+                                                "power_w": 200}, {"index": 1, "util": 80}]})
+    store = Store(tmp_path)
+    store.ingest()
+    cks = store.checkpoints("r1")
+    assert [c["step"] for c in cks] == [20, 40, 60, 80, 100]
+    assert cks[1]["evals"] == {"a": 0.3, "b": 0.4} and cks[1]["avg"] == pytest.approx(0.35)
+    assert cks[3]["avg"] == 0.5 and cks[0]["avg"] is None
+    assert [e["checkpoint"] for e in store.evals("r1")] == [40, 40, 80, 80, 40, "base"]
+    assert store.evals("r1")[0]["details"] == "x.parquet"
+    sys_now = store.system_latest("r1")
+    assert [(g["index"], g["util"]) for g in sys_now] == [(0, 90.0), (1, 80.0)]
+
+    ph = store.phase("r1")
+    assert ph["status"] == "confirmed" and ph["signal"] == "rewards/format_reward/mean"
+    assert ph["step"] == 61 and ph["direction"] == "up" and ph["size"] > 0.8
+    rec = store.recommendation("r1")
+    assert rec["recommended"] == 60 and rec["best_evaluated"] == 80 and rec["disagree"] is True
+    assert "61" in rec["reason"]
+
+
+def test_unchanged_runs_are_skipped_without_opening_the_database(tmp_path):
+    rd = make_run(tmp_path, "r1")
+    write_metrics(rd, range(1, 11))
+    store = Store(tmp_path)
+    store.ingest()
+    holder = duckdb.connect(str(store.path))  # another "process" holds the file
+    try:
+        t0 = time.perf_counter()
+        for _ in range(20):
+            assert store.ingest().lines == 0
+        assert (time.perf_counter() - t0) / 20 < 0.05
+    finally:
+        holder.close()
+    write_metrics(rd, [11])
+    assert store.ingest().lines == 1
+
+
+def test_vanished_and_rewritten_files(tmp_path):
+    rd = make_run(tmp_path, "r1")
+    make_run(tmp_path, "gone")
+    write_metrics(rd, range(1, 6))
+    write_metrics(RunDir(tmp_path / "runs" / "gone"), [1])
+    store = Store(tmp_path)
+    store.ingest()
+    import shutil
+
+    shutil.rmtree(tmp_path / "runs" / "gone")
+    rd.metrics.write_text(json.dumps(metric_line(1, loss=42.0)) + "\n")   # rewritten, shorter
+    store.ingest()
+    assert store.run_ids() == ["r1"]
+    assert store.metric_series("r1", "loss", max_points=None) == [(1, 42.0)]
+    assert Store(tmp_path).ingest().lines == 0   # a fresh process sees it all done
+
+
+INGEST_LOOP = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from tina_core.store import Store
+    store = Store(Path(sys.argv[1]))
+    mode = sys.argv[2]
+    end = time.time() + float(sys.argv[3])
+    n = 0
+    while mode == "once" or time.time() < end:
+        store.ingest()
+        if mode == "once":
+            break
+        with store.session():
+            store.metric_series("r0", "loss")
+            store.last_metrics("r0")
+            store.phase("r0")
+        store.checkpoints("r0")
+        n += 1
+    print(n)
+""")
+
+
+def test_kill_9_mid_batch_then_reingest_is_exactly_once(tmp_path):
+    rds = [make_run(tmp_path, f"r{i}") for i in range(3)]
+    rng = random.Random(7)
+    written = {rd.run_id: 0 for rd in rds}
+    killed_mid = 0
+    for round_ in range(6):
+        for rd in rds:
+            n = rng.randint(1500, 3000)
+            write_metrics(rd, range(written[rd.run_id] + 1, written[rd.run_id] + n + 1))
+            written[rd.run_id] += n
+            with open(rd.metrics, "a") as f:
+                f.write('{"step": 1, "loss": ')   # a torn line that later completes
+            with open(rd.metrics, "a") as f:
+                f.write("oops}\n")
+        p = subprocess.Popen([sys.executable, "-c", INGEST_LOOP, str(tmp_path), "once", "0"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(0.3, 1.5))
+        if p.poll() is None:
+            killed_mid += 1
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    assert killed_mid >= 2, "the kills should land during ingestion"
+    store = Store(tmp_path)
+    store.ingest()
+    for rd in rds:
+        n = written[rd.run_id]
+        assert store.query("SELECT count(*), count(DISTINCT (step, key)) FROM metrics WHERE run_id = ?",
+                           [rd.run_id])[0] == (n * len(KEYS), n * len(KEYS))
+        assert [s for s, _ in store.metric_series(rd.run_id, "kl", max_points=None)] == list(range(1, n + 1))
+        assert len(store.quarantine(rd.run_id)) == 6
+    assert Store(tmp_path).rebuild().quarantined == 18
+
+
+def test_two_processes_hammering_side_by_side(tmp_path):
+    rd = make_run(tmp_path, "r0")
+    write_metrics(rd, range(1, 200))
+    procs = [subprocess.Popen([sys.executable, "-c", INGEST_LOOP, str(tmp_path), "loop", "6"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    step = 200
+    end = time.time() + 6
+    while time.time() < end:
+        write_metrics(rd, range(step, step + 5))
+        step += 5
+        time.sleep(0.02)
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert p.returncode == 0, err
+        assert int(out) >= 2
+    store = Store(tmp_path)
+    store.ingest()
+    assert store.query("SELECT count(*) FROM metrics")[0][0] == (step - 1) * len(KEYS)
+
+
+def test_cli_ingest(tmp_path, capsys):
+    from tina_core.store import cli_ingest
+
+    rd = make_run(tmp_path, "r1")
+    write_metrics(rd, range(1, 4))
+    with open(rd.metrics, "a") as f:
+        f.write("bad\n")
+    assert cli_ingest(tmp_path, rebuild=False) == 0
+    out = capsys.readouterr().out
+    assert "4 lines" in out and "1 lines quarantined" in out and "quarantine" in out
+    assert cli_ingest(tmp_path, rebuild=True) == 0
+    assert "rebuilt 1 runs" in capsys.readouterr().out
