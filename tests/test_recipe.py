@@ -104,7 +104,7 @@ def test_wrong_types_are_named(tmp_path, sections, message):
 
 @pytest.mark.parametrize("sections, message", [
     ({"grpo": {"output_dir": "/tmp/x"}}, r"grpo.output_dir: not allowed"),
-    ({"stop_at_step": 500}, r"stop_at_step: 500 is beyond grpo.max_steps \(200\)"),
+    ({"stop_at_step": 500}, r"stop_at_step: 500 is beyond grpo.max_steps \(150\)"),
     ({"rewards": {"formatt": 1.0}}, r"rewards: .*formatt"),
     ({"dataset": {"name": "./no/such/data.jsonl"}}, r"dataset.name: no such local dataset .*no/such/data.jsonl"),
     ({"grpo": {"num_generations": 5}}, r"grpo.num_generations: generation_batch_size \(16\) must be divisible"),
@@ -169,7 +169,7 @@ def test_list_recipes_for_the_picker():
 
 def test_properties():
     tiny = load_recipe(RECIPES_DIR / "tiny.yaml")
-    assert (tiny.gpus, tiny.gpu_hour_usd, tiny.cpu_hour_usd, tiny.max_steps, tiny.save_steps) == (0, None, 0.0, 200, 25)
+    assert (tiny.gpus, tiny.gpu_hour_usd, tiny.cpu_hour_usd, tiny.max_steps, tiny.save_steps) == (0, None, 0.0, 150, 25)
     assert tiny.format_reward_keys == ["format"]
     assert load_recipe(TINA / "open_r1.yaml").format_reward_keys == ["format", "tag_count"]
 

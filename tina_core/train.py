@@ -40,30 +40,41 @@ def _home_for(run_dir: RunDir) -> Path:
     return run_dir.path.parent.parent
 
 
-def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int):
+class StopRequest:
+    """The SIGTERM handler: it only raises a flag, so the step in flight finishes; the callback then
+    saves and stops at the end of it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum=None, frame=None) -> None:
+        self.requested = True
+
+    def install(self) -> "StopRequest":
+        signal.signal(signal.SIGTERM, self)
+        return self
+
+
+def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopRequest | None = None):
     """The ``TrainerCallback`` that writes the run directory (built lazily: transformers is heavy)."""
     from transformers import TrainerCallback
 
     class TinaCallback(TrainerCallback):
         def __init__(self) -> None:
             self.stop_at = recipe.stop_at_step
-            self.stop_requested = False   # set from the SIGTERM handler
+            self.stop = stop or StopRequest()
             self.stopped_by_signal = False
             self.metrics_path = run_dir.metrics
-
-        # SIGTERM: only raise a flag; the step in flight finishes, then on_step_end saves and stops.
-        def request_stop(self, signum=None, frame=None) -> None:
-            self.stop_requested = True
 
         def _stop_agreed(self, args) -> bool:
             """Every rank must stop at the same step or the collectives hang: agree on the flag."""
             import torch.distributed as dist
 
             if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-                return self.stop_requested
+                return self.stop.requested
             import torch
 
-            flag = torch.tensor([1.0 if self.stop_requested else 0.0], device=args.device)
+            flag = torch.tensor([1.0 if self.stop.requested else 0.0], device=args.device)
             dist.all_reduce(flag, op=dist.ReduceOp.MAX)
             return bool(flag.item())
 
@@ -142,18 +153,9 @@ def _tokenizer(recipe: Recipe, model_path: str):
 
 
 def train(run_dir: RunDir) -> int:
-    import torch
-
-    if not torch.cuda.is_available():
-        torch.set_flush_denormal(True)  # denormals in softmax gradients slow CPU steps by ~40x
-    from transformers import AutoModelForCausalLM, set_seed
-    from trl import GRPOTrainer
-
-    from tina_core.data import prepare_dataset
-    from tina_core.rewards import build_reward_funcs
-
     if not run_dir.recipe.is_file():
         raise TinaError(f"{run_dir.recipe}: no recipe snapshot in the run directory")
+    stop = StopRequest().install()  # from the start: a stop during set-up is not a crash
     recipe = load_recipe(run_dir.recipe)
     attempt = int(os.environ.get("TINA_ATTEMPT", "1"))
     rank0 = _is_rank0()
@@ -168,6 +170,16 @@ def train(run_dir: RunDir) -> int:
         print(f"already at step {done[-1]} >= stop_at_step {recipe.stop_at_step}: nothing to do", flush=True)
         return EXIT_FINISHED
 
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # denormals in softmax gradients slow CPU steps by ~40x
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import GRPOTrainer
+
+    from tina_core.data import prepare_dataset
+    from tina_core.rewards import build_reward_funcs
+
     config = build_grpo_config(recipe, run_dir.checkpoints)
     set_seed(config.seed)
     model_path = resolve_base_model(recipe, _home_for(run_dir))
@@ -180,10 +192,12 @@ def train(run_dir: RunDir) -> int:
     config.reward_weights = weights
     dataset = prepare_dataset(recipe.data["dataset"], tokenizer)
 
-    callback = make_callback(run_dir, recipe, attempt)
+    callback = make_callback(run_dir, recipe, attempt, stop)
     trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=dataset,
                           processing_class=tokenizer, peft_config=build_lora_config(recipe), callbacks=[callback])
-    signal.signal(signal.SIGTERM, callback.request_stop)
+    if stop.requested:
+        print("stopped on request before the first step", flush=True)
+        return EXIT_STOPPED
     print(f"training {recipe.name}: attempt {attempt}, "
           f"{'resuming from ' + resume.name if resume else 'from scratch'}, stop at step {recipe.stop_at_step} "
           f"of {recipe.max_steps}", flush=True)
