@@ -253,7 +253,7 @@ async def test_checkpoints_table_and_evaluation_keys(home):
         await pilot.press("enter")
         await settle(app, pilot)
         queued = [e for e in rd.read_events()[n_events:] if e["event"] == "eval_queued"]
-        assert {e["task"] for e in queued} == {"aime24", "amc23", "minerva"}
+        assert {e["task"] for e in queued} == {"aime24", "amc23", "minerva"}, "\n".join(notes(app))
         assert {e["checkpoint"] for e in queued if e["task"] == "minerva"} == set(rd.checkpoint_steps())
     from tina_core import evaluate
 
@@ -356,8 +356,11 @@ async def test_repo_recipes_are_offered_with_descriptions(home):
         await settle(app, pilot)
         await pilot.press("n")
         await settle(app, pilot)
-        text = screen_text(app)
-        assert "tiny.yaml" in text and "open_rs2.yaml" in text
+        assert isinstance(app.screen, RecipePicker)
+        ol = app.screen.query_one(OptionList)
+        prompts = [str(ol.get_option_at_index(i).prompt) for i in range(ol.option_count)]
+        assert prompts[0].startswith("recipes/tiny.yaml  Tiny")       # runs anywhere: listed first
+        assert any(p.startswith("recipes/tina/open_rs2.yaml  ") for p in prompts)
 
 
 async def test_help_lists_every_binding_from_the_registry(home):

@@ -11,7 +11,7 @@ from tina_tui.demo import EPOCH_START, demo_runs, make_workspace
 FROZEN = EPOCH_START + 10 * 86400  # a fixed "now" for anything time-dependent on screen
 
 
-def workspace(home: Path, steps: int = 300) -> Path:
+def workspace(home: Path, steps: int = 150) -> Path:
     make_workspace(home, demo_runs(steps))
     return home
 

@@ -247,7 +247,10 @@ class TinaApp(App[None]):
         if not recipes:
             self.post_message(ActionDone(f"no recipes under {self.recipes_root}", ok=False))
             return
-        self.call_from_thread(self.push_screen, RecipePicker(recipes), self._recipe_picked)
+        # Top-level recipes (tiny.yaml) first: they are the ones that run anywhere.
+        recipes.sort(key=lambda r: (len(r[0].relative_to(self.recipes_root).parts), str(r[0])))
+        self.call_from_thread(self.push_screen, RecipePicker(recipes, self.recipes_root.parent),
+                              self._recipe_picked)
 
     def _recipe_picked(self, choice: tuple[Path, str | None] | None) -> None:
         if choice is not None:

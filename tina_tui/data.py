@@ -261,15 +261,20 @@ class Collector:
                 return None
         return self._store
 
-    def _ask(self, method: str, *args: Any, default: Any = None, **kw: Any) -> Any:
+    def _store_in_session(self):
+        """The store with this refresh's connection open. One connection for the rest of the
+        refresh, opened only once something needs it: a refresh with nothing new never touches
+        the database."""
         store = self._cycle_store
-        if store is None:
-            return default
-        if self._session is not None and not self._in_session:
-            # One connection for the rest of this refresh, opened only once something needs it:
-            # a refresh with nothing new never touches the database.
+        if store is not None and self._session is not None and not self._in_session:
             self._session.enter_context(store.session())
             self._in_session = True
+        return store
+
+    def _ask(self, method: str, *args: Any, default: Any = None, **kw: Any) -> Any:
+        store = self._store_in_session()
+        if store is None:
+            return default
         try:
             return getattr(store, method)(*args, **kw)
         except Exception as e:  # a locked or damaged index must not blank the cockpit
@@ -307,9 +312,10 @@ class Collector:
         if hit is not None and hit[0] == sig and hit[1].get("state") not in LIVE:
             return hit[1]
         try:
-            run = runs_mod.describe(self.home, rd, store=self._cycle_store, now=now)
-        except (TinaError, OSError, ValueError) as e:
-            run = {"run_id": rd.run_id, "name": rd.run_id, "state": "unreadable", "error": str(e)}
+            run = runs_mod.describe(self.home, rd, store=self._store_in_session(), now=now)
+        except Exception as e:  # one unreadable run must not hide the others
+            run = {"run_id": rd.run_id, "name": rd.info().get("name") or rd.run_id, "state": "unreadable",
+                   "error": f"{type(e).__name__}: {e}"}
         self._described[rd.run_id] = (sig, run)
         return run
 

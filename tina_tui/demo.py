@@ -185,16 +185,18 @@ class SyntheticRun:
 
 
 def demo_runs(steps: int = 300) -> list[SyntheticRun]:
-    """Three finished-state runs covering what the cockpit shows: confirmed transition with evals,
-    a restart, no transition yet."""
+    """Three runs covering what the cockpit shows: a confirmed transition with evaluations and a
+    restart, a stopped run, a failed CPU run without a transition."""
+    save = max(10, steps // 6)
     return [
         SyntheticRun("open-rs2-20260101-000000-a1b2", name="open-rs2", steps=steps, stop_at_step=steps,
-                     max_steps=2 * steps, transition=int(steps * 0.4), seed=1, restarts=[int(steps * 0.7)],
-                     evals={int(steps * 0.4) // 50 * 50: {"aime24": 0.433, "math500": 0.812, "amc23": 0.675},
-                            steps // 50 * 50: {"aime24": 0.367, "math500": 0.798, "amc23": 0.650}}),
+                     max_steps=2 * steps, save_steps=save, transition=int(steps * 0.4), seed=1,
+                     restarts=[int(steps * 0.7)],
+                     evals={int(steps * 0.4) // save * save: {"aime24": 0.433, "math_500": 0.812, "amc23": 0.675},
+                            steps // save * save: {"aime24": 0.367, "math_500": 0.798, "amc23": 0.650}}),
         SyntheticRun("open-rs3-20260102-000000-c3d4", name="open-rs3", recipe="recipes/tina/open_rs3.yaml",
-                     steps=int(steps * 0.6), stop_at_step=steps, max_steps=2 * steps, state="stopped",
-                     transition=int(steps * 0.5), seed=2, start_ts=EPOCH_START + 86400),
+                     steps=int(steps * 0.6), stop_at_step=steps, max_steps=2 * steps, save_steps=save,
+                     state="stopped", transition=int(steps * 0.5), seed=2, start_ts=EPOCH_START + 86400),
         SyntheticRun("tiny-20260103-000000-e5f6", name="tiny", recipe="recipes/tiny.yaml", steps=60,
                      stop_at_step=100, max_steps=200, save_steps=20, dataset_size=800, transition=None,
                      state="failed", seed=3, start_ts=EPOCH_START + 2 * 86400, step_s=0.2, gpu_count=0,

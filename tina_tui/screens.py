@@ -58,14 +58,21 @@ class RecipePicker(ModalScreen["tuple[Path, str | None] | None"]):
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
-    def __init__(self, recipes: list[tuple[Path, str]]) -> None:
+    def __init__(self, recipes: list[tuple[Path, str]], relative_to: Path | None = None) -> None:
         super().__init__()
         self.recipes = recipes
+        self.relative_to = relative_to
+
+    def _label(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.relative_to)) if self.relative_to else str(path)
+        except ValueError:
+            return str(path)
 
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="recipe-box"):
             yield Label("Start a run: choose a recipe (enter), tab to name it", classes="dialog-title")
-            yield OptionList(*[Option(Text.assemble((str(p), "bold"), "  ", (d or "", "dim")), id=str(i))
+            yield OptionList(*[Option(Text.assemble((self._label(p), "bold"), "  ", (d or "", "dim")), id=str(i))
                                for i, (p, d) in enumerate(self.recipes)], id="recipes")
             yield Input(placeholder="run name (optional)", id="run-name")
 

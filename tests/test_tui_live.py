@@ -1,0 +1,120 @@
+"""The cockpit on real runs: following a real tiny training run live through Pilot, and the real
+`tina-tui` driven in tmux as a person would (recipe picker -> run -> marker -> evaluation)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tina_core.rundir import list_run_dirs
+
+from test_tui_support import make_app, screen_text, settle
+
+ROOT = Path(__file__).resolve().parent.parent
+pytestmark = [pytest.mark.slow, pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+async def test_follows_a_real_tiny_run_live(home, tiny_model):
+    from tina_core import supervisor
+
+    rd = supervisor.start_run(home, ROOT / "recipes" / "tiny.yaml", name="live",
+                              overrides=("grpo.max_steps=12", "grpo.save_steps=4", "stop_at_step=12"))
+    try:
+        app = make_app(home, refresh_s=0.5)
+        seen_states, seen_steps = set(), []
+        async with app.run_test(size=(80, 24)) as pilot:
+            deadline = time.monotonic() + 300
+            while time.monotonic() < deadline:
+                await pilot.pause(0.5)
+                view = app.view
+                if view is None:
+                    continue
+                seen_states.add(view.run["state"])
+                if view.run.get("step"):
+                    seen_steps.append(view.run["step"])
+                if view.run["state"] in ("finished", "failed", "crashed"):
+                    break
+            await settle(app, pilot)
+            view = app.view
+            assert view.run["state"] == "finished", rd.train_log.read_text()[-2000:]
+            assert "running" in seen_states
+            assert len(set(seen_steps)) >= 2 and seen_steps == sorted(seen_steps)  # it moved while we watched
+            assert [s for s, _ in view.series["rewards/format_reward/mean"]][-1] == 12
+            assert [c["step"] for c in view.checkpoints] == [4, 8, 12]
+            assert any("live: finished" in n.message for n in app._notifications)
+            text = screen_text(app)
+            assert "finished" in text and "12/12" in text
+            await pilot.press("3")
+            await pilot.pause()
+            assert app.query_one("#log-tail").line_count > 0
+    finally:
+        if supervisor.liveness(rd)["state"] in ("running", "stopping"):
+            supervisor.stop_run(home, rd.run_id, wait=True)
+
+
+def _tmux(sock: str, *args: str) -> str:
+    return subprocess.run(["tmux", "-L", sock, *args], capture_output=True, text=True, check=True).stdout
+
+
+def _wait_pane(sock: str, pred, timeout: float, what: str) -> str:
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = _tmux(sock, "capture-pane", "-p", "-t", "tui")
+        if pred(text):
+            return text
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}; screen:\n{text}")
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_real_app_in_tmux_from_recipe_to_marker_to_evaluation(home, tiny_model, tiny_cache):
+    from tina_core import evaluate, supervisor
+
+    sock = f"tina-test-{os.getpid()}"
+    exe = Path(sys.executable).with_name("tina-tui")
+    cmd = (f"env TINA_HOME={home} TINA_CACHE={tiny_cache} HF_HUB_OFFLINE=1 TERM=xterm-256color "
+           f"{exe} --home {home}")
+    _tmux(sock, "new-session", "-d", "-s", "tui", "-x", "100", "-y", "30", "-c", str(ROOT), cmd)
+    try:
+        _wait_pane(sock, lambda t: "n new" in t, 30, "the cockpit")
+        _tmux(sock, "send-keys", "-t", "tui", "n")
+        _wait_pane(sock, lambda t: "recipes/tiny.yaml" in t, 30, "the recipe picker")
+        _tmux(sock, "send-keys", "-t", "tui", "Tab")
+        _tmux(sock, "send-keys", "-t", "tui", "-l", "tmux-run")
+        _tmux(sock, "send-keys", "-t", "tui", "Enter")
+        _wait_pane(sock, lambda t: "tmux-run" in t and "running" in t, 120, "the run to start")
+        runs = list_run_dirs(home)
+        assert len(runs) == 1
+        # the tiny model learns the format within its 100 steps: the marker shows in the runs list
+        text = _wait_pane(sock, lambda t: any(m in ln for ln in t.splitlines() if "tmux-run" in ln
+                                              for m in ("│ ", "┆ ")), 400, "the phase marker")
+        assert "transition" in text
+        _tmux(sock, "send-keys", "-t", "tui", "2")
+        _wait_pane(sock, lambda t: "$ at" in t, 20, "the checkpoints tab")
+        _tmux(sock, "send-keys", "-t", "tui", "E")
+        _wait_pane(sock, lambda t: "arith" in t and "enter queues" in t, 30, "the task chooser")
+        _tmux(sock, "send-keys", "-t", "tui", "Enter")
+        _wait_pane(sock, lambda t: "queued" in t, 30, "the queued notice")
+        queued = [e for e in runs[0].read_events() if e["event"] == "eval_queued"]
+        assert queued and queued[0]["task"] == "arith"
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+        for rd in list_run_dirs(home):
+            try:
+                evaluate.cancel_eval(home, rd.run_id)
+            except Exception:
+                pass
+            if supervisor.liveness(rd)["state"] in ("running", "stopping"):
+                supervisor.stop_run(home, rd.run_id, wait=True)
