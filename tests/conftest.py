@@ -19,6 +19,11 @@ TINY_RECIPE = ROOT / "recipes" / "tiny.yaml"
 TINY_RUN_OVERRIDES = ("grpo.max_steps=6", "grpo.save_steps=3", "stop_at_step=6")
 
 
+def pytest_configure(config):
+    # numpy notices flushed denormals (torch.set_flush_denormal in the tiny build): expected.
+    config.addinivalue_line("filterwarnings", "ignore:The value of the smallest subnormal:UserWarning")
+
+
 @pytest.fixture(scope="session")
 def tiny_cache(request) -> Path:
     """A session-wide ``TINA_CACHE`` holding the built tiny model."""

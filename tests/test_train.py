@@ -4,7 +4,6 @@ supervisor launches it (launch_command + launch_env), with real checkpoints, res
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -31,13 +30,14 @@ def make_run(home: Path, *overrides: str) -> RunDir:
     return rd
 
 
-def _cmd_env(rd: RunDir, attempt: int):
+def _cmd_env(rd: RunDir, attempt: int, cache: Path):
     recipe = load_recipe(rd.recipe)
-    return launch_command(rd, recipe), {**launch_env(recipe), "TINA_ATTEMPT": str(attempt)}
+    env = {**launch_env(recipe), "TINA_ATTEMPT": str(attempt), "TINA_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    return launch_command(rd, recipe), env
 
 
-def run_trainer(rd: RunDir, attempt: int = 1) -> subprocess.CompletedProcess:
-    cmd, env = _cmd_env(rd, attempt)
+def run_trainer(rd: RunDir, cache: Path, attempt: int = 1) -> subprocess.CompletedProcess:
+    cmd, env = _cmd_env(rd, attempt, cache)
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
     with open(rd.train_log, "a") as f:
         f.write(proc.stdout + proc.stderr)
@@ -52,9 +52,8 @@ def metrics(rd: RunDir) -> list[dict]:
 def stopped_run(tmp_path_factory, tiny_model, tiny_cache):
     """A run whose schedule is 8 steps but which stops at step 3 (save_steps 2)."""
     home = tmp_path_factory.mktemp("home")
-    os.environ["TINA_CACHE"] = str(tiny_cache)
     rd = make_run(home, "grpo.max_steps=8", "grpo.save_steps=2", "stop_at_step=3")
-    proc = run_trainer(rd)
+    proc = run_trainer(rd, tiny_cache)
     return rd, proc
 
 
@@ -84,7 +83,7 @@ def test_real_grpo_run_logs_trl_keys_and_saves_complete_adapter_checkpoints(stop
     assert not (rd.checkpoints / "runs").exists()  # report_to none
 
 
-def test_resume_from_latest_complete_checkpoint_ignoring_a_half_written_one(stopped_run, tmp_path):
+def test_resume_from_latest_complete_checkpoint_ignoring_a_half_written_one(stopped_run, tmp_path, tiny_cache):
     src, proc = stopped_run
     assert proc.returncode == EXIT_FINISHED
     rd = RunDir(tmp_path / src.run_id)
@@ -97,7 +96,7 @@ def test_resume_from_latest_complete_checkpoint_ignoring_a_half_written_one(stop
     # The same run continues to a later stop (its schedule unchanged).
     rd.recipe.write_text(rd.recipe.read_text().replace("stop_at_step: 3", "stop_at_step: 5"))
 
-    again = run_trainer(rd, attempt=2)
+    again = run_trainer(rd, tiny_cache, attempt=2)
     assert again.returncode == EXIT_FINISHED, again.stderr[-3000:]
     assert "resuming from checkpoint-3" in again.stdout
     assert "set aside half-written checkpoint-4" in again.stdout
@@ -108,13 +107,13 @@ def test_resume_from_latest_complete_checkpoint_ignoring_a_half_written_one(stop
     assert json.loads((rd.checkpoint_path(5) / "trainer_state.json").read_text())["global_step"] == 5
 
     # Nothing left to do at the stop step: exits at once, finished.
-    done = run_trainer(rd, attempt=3)
+    done = run_trainer(rd, tiny_cache, attempt=3)
     assert done.returncode == EXIT_FINISHED and "nothing to do" in done.stdout
 
 
-def test_sigterm_saves_at_the_current_step_and_exits_75(home):
+def test_sigterm_saves_at_the_current_step_and_exits_75(home, tiny_cache):
     rd = make_run(home, "grpo.max_steps=500", "grpo.save_steps=100", "stop_at_step=500")
-    cmd, env = _cmd_env(rd, 1)
+    cmd, env = _cmd_env(rd, 1, tiny_cache)
     with open(rd.train_log, "w") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         try:

@@ -1,0 +1,111 @@
+"""The tiny offline model: built without the hub, cached by its parameters, safe to build from two
+processes at once, and a "distilled base" that adds but rarely formats its answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tina_core import tiny
+from tina_core.tiny import MANIFEST, TinyParams, ensure_tiny_model
+
+QUICK = {"sft_steps": 3, "sft_batch_size": 4}  # a build in seconds, for cache and lock behaviour
+
+
+def test_built_offline_into_the_cache(tiny_model, tiny_cache, monkeypatch):
+    assert tiny_model == tiny_cache / "tiny" / f"tiny-{TinyParams().key()}"
+    manifest = json.loads((tiny_model / MANIFEST).read_text())
+    assert manifest["params"] == TinyParams().__dict__ and manifest["build_version"] == tiny.BUILD_VERSION
+    assert manifest["parameters"] < 1_000_000 and manifest["sft_targets"] == 600 * 32
+    # about 2% of the warm-start targets were well formatted
+    assert 0.01 < manifest["sft_formatted_targets"] / manifest["sft_targets"] < 0.03
+    t0 = time.time()
+    monkeypatch.setenv("TINA_CACHE", str(tiny_cache))
+    assert ensure_tiny_model({}) == tiny_model and time.time() - t0 < 1  # cached: no rebuild
+
+
+def test_tokenizer_keeps_the_tags_visible(tiny_model):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    assert type(tok).__name__ == "Qwen2Tokenizer" and tok.padding_side == "left"
+    assert len(tok) <= 512 and tok.eos_token == "<|im_end|>" and tok.pad_token == "<|endoftext|>"
+    text = "<think>\n3+4=7\n</think>\n<answer>7</answer>"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert all(t in tok.convert_ids_to_tokens(ids) for t in tiny.TAG_TOKENS)  # one token each
+    # TRL decodes completions skipping special tokens: the tags must survive, EOS must not
+    assert tok.decode(ids + [tok.eos_token_id], skip_special_tokens=True) == text
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}], tokenize=False,
+                                     add_generation_prompt=True)
+    assert prompt == "<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_distilled_base_adds_but_rarely_formats(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tina_core.rewards import accuracy_reward, format_reward
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    rows = tiny.arith_rows()[:48]
+    prompts = [tok.apply_chat_template([{"role": "user", "content": r["problem"]}], tokenize=False,
+                                       add_generation_prompt=True) for r in rows]
+    batch = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    out = model.generate(**batch, do_sample=True, temperature=1.0, max_new_tokens=32)
+    texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    fmt = sum(format_reward(texts)) / len(texts)
+    acc = sum(accuracy_reward(texts, solution=[f"${r['answer']}$" for r in rows])) / len(texts)
+    assert fmt < 0.15, texts[:4]
+    assert acc > 0.5, texts[:4]
+
+
+def test_concurrent_builders_wait_for_one_build(tmp_path):
+    code = "from tina_core.tiny import ensure_tiny_model; print(ensure_tiny_model(%r))" % QUICK
+    env = {**os.environ, "TINA_CACHE": str(tmp_path), "HF_HUB_OFFLINE": "1"}
+    procs = [subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    paths = {o[0].strip().splitlines()[-1] for o in outs}
+    assert paths == {str(tmp_path / "tiny" / f"tiny-{TinyParams(**QUICK).key()}")}
+    assert sum("tiny: built" in o[0] for o in outs) == 1  # the other found it built
+    assert [p.name for p in (tmp_path / "tiny").iterdir() if not p.name.endswith(".lock")] == [f"tiny-{TinyParams(**QUICK).key()}"]
+
+
+def test_build_is_deterministic(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    tiny.build_tiny_model(QUICK, a, log=lambda *_: None)
+    tiny.build_tiny_model(QUICK, b, log=lambda *_: None)
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert (a / "tokenizer.json").read_text() == (b / "tokenizer.json").read_text()
+
+
+def test_cache_key_follows_parameters_and_build_version(monkeypatch, tmp_path):
+    assert TinyParams().key() != TinyParams(hidden_size=128).key()
+    key = TinyParams().key()
+    monkeypatch.setattr(tiny, "BUILD_VERSION", tiny.BUILD_VERSION + 1)
+    assert TinyParams().key() != key
+    monkeypatch.setenv("TINA_CACHE", str(tmp_path / "c"))
+    assert tiny.cache_root() == tmp_path / "c"
+    monkeypatch.delenv("TINA_CACHE")
+    assert tiny.cache_root(tmp_path / "h") == tmp_path / "h" / "cache"
+
+
+def test_bad_build_parameters_are_named():
+    from tina_core.rundir import TinaError
+
+    with pytest.raises(TinaError, match=r"model.tiny: .*'layers'.*expected some of: vocab_size"):
+        ensure_tiny_model({"layers": 3})
+
+
+def test_shipped_data_is_the_generated_data():
+    shipped = [json.loads(line) for line in (tiny.DATA_DIR / "train.jsonl").read_text().splitlines()]
+    assert shipped == tiny.arith_rows() and len(shipped) == 100
+    assert all(int(r["answer"]) == sum(map(int, r["problem"][8:-1].split(" + "))) for r in shipped)
