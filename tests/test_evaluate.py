@@ -219,7 +219,7 @@ def test_missing_base_model_and_incomplete_checkpoint_fail_with_the_reason(home)
     _fake_checkpoint(rd, 4, "/nowhere/base", complete=False)
     ids = evaluate.queue_eval(home, rd.run_id, 2, ["arith"]) + evaluate.queue_eval(home, rd.run_id, 4, ["arith"])
     evs = _wait_states(rd, ids, ("failed",), 60)
-    assert evs[ids[0]]["reason"].startswith("base model not found: /nowhere/base (named by ")
+    assert evs[ids[0]]["reason"].startswith("merging checkpoint-2 failed: base model not found: /nowhere/base (named by ")
     assert evs[ids[1]]["reason"].startswith("checkpoint-4 is incomplete: no tina-complete.json")
     assert "--- last lines of" in evs[ids[1]]["reason"]
 
@@ -284,7 +284,8 @@ def test_tiny_run_checkpoint_and_base_for_real(home, tiny_run, capsys):
     assert evs[first]["state"] == "cancelled"
     assert not [e for e in _events(rd, "eval_failed") if e["eval_id"] == first]
     assert evs[bad]["state"] == "failed"
-    assert f"merging checkpoint-{target + 1} failed" in evs[bad]["reason"]
+    assert evs[bad]["reason"].startswith(f"merging checkpoint-{target + 1} failed: ")
+    assert "adapter_model.safetensors is corrupt" in evs[bad]["reason"]
     assert "last lines of" in evs[bad]["reason"] and evaluate.log_path(rd, bad).exists()
     for eid in (good, base):
         e = evs[eid]
@@ -303,7 +304,23 @@ def test_tiny_run_checkpoint_and_base_for_real(home, tiny_run, capsys):
         [e["event"] for e in tiny_run.read_events() if not e["event"].startswith("eval_")]
     assert evaluate.eval_queue(home) == []
 
+    from tina_core.runs import describe
+
+    shown = {e["eval_id"]: e for e in describe(home, rd)["evaluations"]}  # what `tina status` prints
+    assert shown[bad]["state"] == "failed" and "is corrupt" in shown[bad]["reason"]
+    assert shown[good]["score"] == evs[good]["score"]
+
     store = Store(home)
     store.ingest()
     scores = {(e["checkpoint"], e["task"]): e["score"] for e in store.evals(rd.run_id)}
     assert scores == {(target, "arith"): evs[good]["score"], ("base", "arith"): evs[base]["score"]}
+
+
+def test_evaluation_gpu_time_counts_as_eval_cost(tmp_path):
+    from tina_core.cost import intervals
+
+    rd = _make_run(tmp_path, gpu_count=2)
+    rd.event("eval_started", eval_id="e1", gpus=[0, 1], pid=1)
+    rd.event("eval_failed", eval_id="e1", gpus=[0, 1], pid=1, reason="x")
+    [iv] = intervals(rd.read_events())
+    assert iv.kind == "eval" and iv.gpus == 2 and iv.end is not None

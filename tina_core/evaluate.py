@@ -389,6 +389,21 @@ def _adapter_stamp(adapter: Path) -> dict[str, Any]:
             "mtime": st.st_mtime if st else None}
 
 
+def check_safetensors(path: Path) -> None:
+    """A cheap look at a safetensors file's header (8-byte length + JSON), so a truncated or
+    corrupt adapter is named before torch is even imported."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(8)
+            n = int.from_bytes(raw, "little") if len(raw) == 8 else -1
+            size = path.stat().st_size
+            if not 0 < n <= size - 8:
+                raise EvalError(f"{path} is corrupt: header length {n} does not fit a {size}-byte file")
+            json.loads(f.read(n))
+    except ValueError:
+        raise EvalError(f"{path} is corrupt: its header is not JSON") from None
+
+
 def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, base: str | None = None,
                   dtype: str = "bfloat16") -> Path:
     """Merge a LoRA checkpoint into its base model and save it with the base tokenizer (Tina's
@@ -406,6 +421,8 @@ def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, base: s
         raise EvalError(f"{adapter / 'adapter_config.json'}: no base_model_name_or_path")
     if _looks_local(base) and not Path(base).expanduser().exists():
         raise EvalError(f"base model not found: {base} (named by {adapter / 'adapter_config.json'})")
+    if stamp["file"].endswith(".safetensors") and stamp["size"] is not None:
+        check_safetensors(adapter / stamp["file"])
 
     import torch
     from peft import PeftModel
@@ -550,10 +567,9 @@ def _model_for(home: Path, rd: RunDir, ev: dict[str, Any]) -> str:
     dtype = GPU_SETTINGS["dtype"] if ev["gpus"] else CPU_SETTINGS["dtype"]
     try:
         return str(merge_adapter(ckpt, merged_dir(rd, step), dtype=dtype))
-    except EvalError:
-        raise
     except Exception as e:
-        raise EvalError(f"merging checkpoint-{step} failed: {type(e).__name__}: {e}") from e
+        what = str(e) if isinstance(e, EvalError) else f"{type(e).__name__}: {e}"
+        raise EvalError(f"merging checkpoint-{step} failed: {what}") from e
 
 
 def run_job(home: Path, rd: RunDir, eval_id: str) -> int:
@@ -870,7 +886,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return worker_main(a.home)
         if a.cmd == "job":
             h = tina_home(a.home)
-            return run_job(h, RunDir(h / "runs" / a.run), a.eval_id)
+            rc = run_job(h, RunDir(h / "runs" / a.run), a.eval_id)
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(rc)  # the result is recorded: skip seconds of torch/lighteval teardown
         if a.cmd == "merge":
             merge_adapter(a.adapter, a.out, base=a.base, dtype=a.dtype)
             return 0
