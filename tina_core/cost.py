@@ -139,7 +139,8 @@ def intervals(events: Iterable[dict[str, Any]]) -> list[Interval]:
         if kind in ("attempt_started", "eval_started"):
             iv = Interval("train" if kind == "attempt_started" else "eval",
                           ev.get("attempt") if kind == "attempt_started" else ev.get("eval_id"),
-                          float(ts), None, int(ev.get("gpus") or 0))
+                          float(ts), None,  # gpus: a count (trainer) or a list of ids (evaluations)
+                          len(g) if isinstance(g := ev.get("gpus"), list) else int(g or 0))
             open_[(iv.kind, iv.key)] = iv
             out.append(iv)
         elif kind == "attempt_exited" or kind in ("eval_finished", "eval_failed", "eval_cancelled"):

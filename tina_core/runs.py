@@ -46,6 +46,14 @@ def _evals_from_events(events: list[dict[str, Any]]) -> tuple[dict[Any, dict[str
     return scores, len(set(target) - done)
 
 
+def _evaluations(run_dir: RunDir, events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every evaluation with its state, score or failure reason (tina_core.evaluate, light)."""
+    from tina_core.evaluate import evals_of
+
+    keep = ("eval_id", "checkpoint", "task", "state", "score", "metric", "reason", "gpus")
+    return [{k: e.get(k) for k in keep} for e in evals_of(run_dir, events).values()]
+
+
 def _store_call(store: Any, method: str, run_id: str) -> Any:
     if store is None:
         return None
@@ -115,6 +123,7 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
         "recommendation_disagrees": bool(rec.get("disagree", False)),
         "checkpoints": checkpoints,
         "evals_pending": pending,
+        "evaluations": _evaluations(run_dir, events),
         "last_metrics": last_metrics,
         "supervisor_pid": live["supervisor_pid"] if state in LIVE else None,
         "imported": bool(info.get("imported", False)),
@@ -229,6 +238,10 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
                           "  ".join(f"{t} {s:.3f}" if isinstance(s, (int, float)) else f"{t} {s}"
                                     for t, s in ck["evals"].items()) or "-")
         console.print(table)
+    for ev in run["evaluations"]:
+        if ev["state"] in ("queued", "running", "failed"):
+            why = f": {(ev['reason'] or '').splitlines()[0]}" if ev["state"] == "failed" else ""
+            console.print(f"eval {ev['eval_id']} {ev['task']} {ev['state']}{why}", markup=False)
     if run["last_metrics"]:
         keys = [k for k in ("rewards/format_reward/mean", "rewards/accuracy_reward/mean",
                             "completions/mean_length", "reward", "kl", "loss") if k in run["last_metrics"]]
