@@ -161,13 +161,14 @@ class ChartsPanel(Widget, can_focus=True):
         end = f"{int(x1)}"
         out.append(" " * (self.LABEL + 1) + axis + " " * max(1, sw - len(axis) - len(end)) + end + "\n",
                    style="dim")
+        out.append(" " * (self.LABEL + 1))
         if status in ("tentative", "confirmed"):
-            out.append(" " * (self.LABEL + 1))
-            out.append(f"{MARK_TENTATIVE} tentative  {MARK_CONFIRMED} confirmed", style="dim")
-            out.append(f"   transition {status} @ step {phase.get('step')} ({phase.get('signal')}"
-                       f" {phase.get('direction', '')})", style=mstyle)
+            label = dict(CHARTS).get(phase.get("signal"), phase.get("signal") or "")
+            out.append(f"{MARK_TENTATIVE} tentative {MARK_CONFIRMED} confirmed  "[:sw], style="dim")
+            out.append(f"{status} @ {phase.get('step')}: {label} {phase.get('direction') or ''}"[
+                       :max(0, sw - 33)], style=mstyle)
         else:
-            out.append(" " * (self.LABEL + 1) + "no phase transition yet", style="dim")
+            out.append("no phase transition yet"[:sw], style="dim")
         return out
 
 
