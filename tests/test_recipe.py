@@ -172,6 +172,10 @@ def test_properties():
     assert (tiny.gpus, tiny.gpu_hour_usd, tiny.cpu_hour_usd, tiny.max_steps, tiny.save_steps) == (0, None, 0.0, 150, 25)
     assert tiny.format_reward_keys == ["format"]
     assert load_recipe(TINA / "open_r1.yaml").format_reward_keys == ["format", "tag_count"]
+    # one epoch = rows / 8 prompts per step on 2 GPUs (Tina's "% of 1 epoch")
+    assert (tiny.dataset_size, tiny.steps_per_epoch) == (100, 25.0)
+    assert load_recipe(TINA / "open_rs2.yaml").steps_per_epoch == 875.0
+    assert round(load_recipe(TINA / "limr.yaml").steps_per_epoch) == 174
 
 
 def test_cpu_launch_command(tmp_path):

@@ -140,3 +140,12 @@ def test_missing_recipe_is_a_clear_error(tmp_path):
     cmd, env = launch_command(rd, load_recipe(RECIPES_DIR / "tiny.yaml")), launch_env(load_recipe(RECIPES_DIR / "tiny.yaml"))
     proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "recipe.yaml: no recipe snapshot in the run directory" in proc.stderr
+
+
+def test_shared_tiny_run_fixture(tiny_run):
+    """The session's shared run, made by `tina run`: what other tests build on."""
+    info = tiny_run.info()
+    assert info["stop_at_step"] == 6 and info["dataset_size"] == 100
+    rows = [r for r in metrics(tiny_run) if "reward" in r]
+    assert [r["step"] for r in rows] == list(range(1, 7))
+    assert {"launched", "finished"} <= {e["event"] for e in tiny_run.read_events()}

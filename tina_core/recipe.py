@@ -254,6 +254,26 @@ class Recipe:
         return [k for k in self.rewards if k in FORMAT_REWARD_KEYS]
 
     @property
+    def dataset_size(self) -> int | None:
+        """Rows in the training data (counted locally, Tina's figure for hub datasets), or None."""
+        from tina_core.data import dataset_size
+
+        section = self.data.get("dataset")
+        try:
+            return dataset_size(section) if section else None
+        except TinaError:
+            return None
+
+    @property
+    def steps_per_epoch(self) -> float | None:
+        """Optimizer steps in one pass over the data (Tina's "% of 1 epoch"): rows / prompts per step."""
+        rows = self.dataset_size
+        g = self.grpo
+        per_step = (int(g.get("per_device_train_batch_size", 8)) * int(g.get("gradient_accumulation_steps", 1))
+                    * max(1, self.gpus) * int(self.get("launch.num_machines") or 1)) / int(g.get("num_generations", 8))
+        return rows / per_step if rows and per_step else None
+
+    @property
     def is_tiny(self) -> bool:
         return self.get("model.name_or_path") == TINY_MODEL
 
