@@ -421,7 +421,7 @@ class Store:
             f"INSERT INTO metrics SELECT $1, step, attempt, key, value, ts FROM ("
             f"UNPIVOT (SELECT step::BIGINT AS step, coalesce(attempt, 1)::INTEGER AS attempt, {ts} AS ts, "
             f"{', '.join(f'{k} AS {c}' for k, c in pairs)} FROM _chunk) "
-            f"ON {', '.join(c for _, c in pairs)} INTO NAME key VALUE value)", [run_id]).fetchone()[0]
+            f"ON {', '.join(c for _, c in pairs)} INTO NAME key VALUE value) ORDER BY key, step", [run_id]).fetchone()[0]
 
     @staticmethod
     def _parse_lines(chunk: bytes, offset: int, check) -> tuple[list, list]:

@@ -1,0 +1,122 @@
+"""`tina import`: trainer_state.json (TRL 0.15 keys), W&B-style CSV, metrics.jsonl, and errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from tina_core.cli import app
+from tina_core.importer import import_run
+from tina_core.rundir import TinaError, list_run_dirs
+from tina_core.store import Store
+
+
+def tina_like_history(n: int = 400, turn: int = 230) -> list[dict]:
+    """A Tina-style TRL 0.15 log: format reward high then destabilising at `turn`, length jumping."""
+    hist = []
+    for s in range(1, n + 1):
+        wobble = ((s * 37) % 11) / 11 - 0.5
+        fmt = 0.92 + 0.04 * wobble if s < turn else 0.55 + 0.06 * wobble
+        length = 3100 + 120 * wobble if s < turn else 1900 + 120 * wobble
+        hist.append({"step": s, "epoch": s / 875, "loss": 0.01 * wobble, "learning_rate": 1e-6,
+                     "rewards/format_reward": fmt, "rewards/accuracy_reward": 0.4 + 0.0005 * s,
+                     "reward": fmt + 0.8, "reward_std": 0.3, "completion_length": length, "kl": 0.001 * s})
+        if s % 100 == 0:
+            hist.append({"step": s, "eval_loss": 0.5, "eval_rewards/format_reward": fmt})
+    hist.append({"step": n, "train_runtime": 1234.5, "train_loss": 0.01, "total_flos": 0.0})
+    return hist
+
+
+def test_trainer_state_with_trl_015_keys(tmp_path):
+    src = tmp_path / "checkpoint-400" / "trainer_state.json"
+    src.parent.mkdir()
+    src.write_text(json.dumps({"global_step": 400, "max_steps": 1500, "save_steps": 50,
+                               "log_history": tina_like_history()}))
+    home = tmp_path / "home"
+    rd = import_run(home, src, name="open-rs2")
+    info = rd.info()
+    assert info["imported"] is True and info["name"] == "open-rs2" and info["format"] == "trainer_state"
+    assert info["max_steps"] == 1500 and info["save_steps"] == 50 and info["source"] == str(src.resolve())
+    assert [e["event"] for e in rd.read_events()] == ["imported", "finished"]
+    first = json.loads(rd.metrics.read_text().splitlines()[0])
+    assert "rewards/format_reward/mean" in first and "completions/mean_length" in first
+    assert "completion_length" not in first and "rewards/format_reward" not in first
+
+    store = Store(home)
+    store.ingest()
+    assert len(store.metric_series(rd.run_id, "rewards/format_reward/mean", max_points=None)) == 400
+    keys = store.metric_keys(rd.run_id)
+    assert {"eval_rewards/format_reward/mean", "eval_loss", "train_runtime", "kl"} <= set(keys)
+    ph = store.phase(rd.run_id)
+    assert ph["status"] == "confirmed" and ph["direction"] == "down"
+    assert abs(ph["step"] - 230) <= 2
+    assert set(ph["signals"]) == {"rewards/format_reward/mean", "completions/mean_length"}
+
+
+def test_wandb_csv_export(tmp_path):
+    src = tmp_path / "wandb_export.csv"
+    rows = ["_step,run - train/global_step,run - train/rewards/format_reward,"
+            "run - train/rewards/format_reward__MIN,run - train/completion_length,train/loss,note"]
+    for i in range(1, 61):
+        rows.append(f"{i * 3},{i},{0.1 if i < 30 else 0.9},0,{300 + i},{'' if i % 7 == 0 else 0.5},x")
+    rows.append("999,,0.5,0,1,1,eval row without a global step")
+    src.write_text("\n".join(rows) + "\n")
+    home = tmp_path / "home"
+    rd = import_run(home, src)
+    assert rd.info()["name"] == "wandb_export" and rd.info()["format"] == "csv"
+    assert rd.read_events()[0]["skipped_rows"] == 1
+    store = Store(home)
+    store.ingest()
+    assert set(store.metric_keys(rd.run_id)) == {"rewards/format_reward/mean", "completions/mean_length", "loss"}
+    fmt = store.metric_series(rd.run_id, "rewards/format_reward/mean", max_points=None)
+    assert [s for s, _ in fmt] == list(range(1, 61))           # train/global_step, not _step
+    assert len(store.metric_series(rd.run_id, "loss", max_points=None)) == 60 - 8   # blanks skipped
+
+
+def test_plain_csv_and_metrics_jsonl(tmp_path):
+    csv_src = tmp_path / "m.csv"
+    csv_src.write_text("step,reward\n1,0.1\n2,0.2\n")
+    home = tmp_path / "home"
+    assert import_run(home, csv_src).info()["stop_at_step"] == 2
+    jl = tmp_path / "run7" / "metrics.jsonl"
+    jl.parent.mkdir()
+    jl.write_text('{"step": 1, "attempt": 1, "reward": 0.5, "time": "t"}\nnot json\n'
+                  '{"step": 2, "completion_length": 12}\n')
+    rd = import_run(home, jl)
+    assert rd.info()["name"] == "run7"
+    assert rd.read_events()[0]["skipped_rows"] == 1
+    lines = [json.loads(x) for x in rd.metrics.read_text().splitlines()]
+    assert lines == [{"step": 1, "attempt": 1, "reward": 0.5},
+                     {"step": 2, "attempt": 1, "completions/mean_length": 12.0}]
+
+
+@pytest.mark.parametrize("name, content, expect", [
+    ("missing.csv", None, "no such file"),
+    ("nostep.csv", "epoch,reward\n1,2\n", "no step column"),
+    ("state.json", '{"global_step": 3}', "log_history"),
+    ("broken.json", "{nope", "not valid JSON"),
+    ("empty.jsonl", "garbage\n", "no metric rows"),
+    ("notes.txt", "hello world\n", "unknown format"),
+])
+def test_clear_errors_and_nothing_half_made(tmp_path, name, content, expect):
+    src = tmp_path / name
+    if content is not None:
+        src.write_text(content)
+    home = tmp_path / "home"
+    with pytest.raises(TinaError, match=expect) as e:
+        import_run(home, src)
+    assert str(src.name) in str(e.value)
+    assert list_run_dirs(home) == []
+
+
+def test_cli_import(tmp_path):
+    src = tmp_path / "trainer_state.json"
+    src.write_text(json.dumps({"log_history": tina_like_history(300, 150)}))
+    home = tmp_path / "home"
+    res = CliRunner().invoke(app, ["--home", str(home), "import", str(src), "--name", "rs2"])
+    assert res.exit_code == 0, res.output
+    assert "imported" in res.output and "phase transition: confirmed" in res.output
+    [rd] = list_run_dirs(home)
+    assert rd.info()["name"] == "rs2"
