@@ -152,24 +152,8 @@ def _tokenizer(recipe: Recipe, model_path: str):
     return tok
 
 
-def train(run_dir: RunDir) -> int:
-    if not run_dir.recipe.is_file():
-        raise TinaError(f"{run_dir.recipe}: no recipe snapshot in the run directory")
-    stop = StopRequest().install()  # from the start: a stop during set-up is not a crash
-    recipe = load_recipe(run_dir.recipe)
-    attempt = int(os.environ.get("TINA_ATTEMPT", "1"))
-    rank0 = _is_rank0()
-    run_dir.checkpoints.mkdir(exist_ok=True)
-
-    if rank0:
-        for p in set_aside_partial_checkpoints(run_dir):
-            print(f"set aside half-written {p.name} (no {CHECKPOINT_COMPLETE}) -> {p}", flush=True)
-    done = run_dir.checkpoint_steps()
-    resume = run_dir.checkpoint_path(done[-1]) if done else None
-    if done and done[-1] >= recipe.stop_at_step:
-        print(f"already at step {done[-1]} >= stop_at_step {recipe.stop_at_step}: nothing to do", flush=True)
-        return EXIT_FINISHED
-
+def build_trainer(run_dir: RunDir, recipe: Recipe, callbacks: list = ()):
+    """TRL's GRPOTrainer for a recipe, saving into ``run_dir/checkpoints`` (heavy imports here)."""
     import torch
 
     if not torch.cuda.is_available():
@@ -191,10 +175,30 @@ def train(run_dir: RunDir) -> int:
     funcs, weights = build_reward_funcs(recipe.rewards, dict(recipe.data.get("reward_options") or {}))
     config.reward_weights = weights
     dataset = prepare_dataset(recipe.data["dataset"], tokenizer)
+    return GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=dataset,
+                       processing_class=tokenizer, peft_config=build_lora_config(recipe), callbacks=list(callbacks))
+
+
+def train(run_dir: RunDir) -> int:
+    if not run_dir.recipe.is_file():
+        raise TinaError(f"{run_dir.recipe}: no recipe snapshot in the run directory")
+    stop = StopRequest().install()  # from the start: a stop during set-up is not a crash
+    recipe = load_recipe(run_dir.recipe)
+    attempt = int(os.environ.get("TINA_ATTEMPT", "1"))
+    rank0 = _is_rank0()
+    run_dir.checkpoints.mkdir(exist_ok=True)
+
+    if rank0:
+        for p in set_aside_partial_checkpoints(run_dir):
+            print(f"set aside half-written {p.name} (no {CHECKPOINT_COMPLETE}) -> {p}", flush=True)
+    done = run_dir.checkpoint_steps()
+    resume = run_dir.checkpoint_path(done[-1]) if done else None
+    if done and done[-1] >= recipe.stop_at_step:
+        print(f"already at step {done[-1]} >= stop_at_step {recipe.stop_at_step}: nothing to do", flush=True)
+        return EXIT_FINISHED
 
     callback = make_callback(run_dir, recipe, attempt, stop)
-    trainer = GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=dataset,
-                          processing_class=tokenizer, peft_config=build_lora_config(recipe), callbacks=[callback])
+    trainer = build_trainer(run_dir, recipe, callbacks=[callback])
     if stop.requested:
         print("stopped on request before the first step", flush=True)
         return EXIT_STOPPED
