@@ -265,12 +265,17 @@ class Recipe:
             return None
 
     @property
+    def prompts_per_step(self) -> float:
+        """Unique prompts per optimizer step (TRL counts completions per device)."""
+        g = self.grpo
+        return (int(g.get("per_device_train_batch_size", 8)) * int(g.get("gradient_accumulation_steps", 1))
+                * max(1, self.gpus) * int(self.get("launch.num_machines") or 1)) / int(g.get("num_generations", 8))
+
+    @property
     def steps_per_epoch(self) -> float | None:
         """Optimizer steps in one pass over the data (Tina's "% of 1 epoch"): rows / prompts per step."""
         rows = self.dataset_size
-        g = self.grpo
-        per_step = (int(g.get("per_device_train_batch_size", 8)) * int(g.get("gradient_accumulation_steps", 1))
-                    * max(1, self.gpus) * int(self.get("launch.num_machines") or 1)) / int(g.get("num_generations", 8))
+        per_step = self.prompts_per_step
         return rows / per_step if rows and per_step else None
 
     @property

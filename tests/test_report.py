@@ -1,0 +1,100 @@
+"""`tina report`: per-run rows (transition, recommended and best checkpoints as % of an epoch,
+scores, dollars) beside the paper's rows, in JSON, CSV, Markdown, and plots."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+
+from tina_core import paper
+from tina_core.recipe import load_recipe
+from tina_core.report import build_report, cli_report
+from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, append_jsonl, write_json_atomic
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+
+
+def make_tina_like_run(home: Path) -> RunDir:
+    """An Open-RS2-shaped run (7000 rows, 8 prompts/step on 2 GPUs = 875 steps per epoch) whose
+    format reward turns at step 460, with checkpoints every 50 steps and two evaluated."""
+    rd = RunDir(home / "runs" / "rs2-test")
+    (rd.path / "checkpoints").mkdir(parents=True)
+    rd.recipe.write_text(load_recipe(RECIPES / "tina" / "open_rs2.yaml").to_yaml())
+    write_json_atomic(rd.run_json, {"run_id": rd.run_id, "name": "rs2", "recipe": "recipes/tina/open_rs2.yaml",
+                                    "created": "2026-01-01", "gpu_count": 2, "gpu_hour_usd": 1.0,
+                                    "dataset_size": 7000, "stop_at_step": 600})
+    t0 = 1_000_000.0
+    with open(rd.metrics, "w") as f:
+        for s in range(1, 601):
+            wob = ((s * 37) % 11) / 11 - 0.5
+            f.write(json.dumps({"step": s, "attempt": 1, "ts": t0 + 60 * s,
+                                "rewards/format_reward/mean": (0.9 if s < 460 else 0.5) + 0.05 * wob,
+                                "completions/mean_length": (3000 if s < 460 else 2000) + 100 * wob}) + "\n")
+    # cost intervals: 600 steps x 60 s on 2 GPUs at $1/GPU-hour = $20 of training
+    events = [{"event": "attempt_started", "ts": t0, "attempt": 1, "gpus": 2},
+              {"event": "attempt_exited", "ts": t0 + 36000, "attempt": 1, "code": 0},
+              {"event": "eval_started", "ts": t0 + 36100, "eval_id": "e1", "gpus": [0, 1]},
+              {"event": "eval_finished", "ts": t0 + 37900, "eval_id": "e1", "checkpoint": 450,
+               "scores": {"aime24": 0.4333, "math_500": 0.83}},
+              {"event": "eval_started", "ts": t0 + 38000, "eval_id": "e2", "gpus": [0, 1]},
+              {"event": "eval_finished", "ts": t0 + 39800, "eval_id": "e2", "checkpoint": 550,
+               "scores": {"aime24": 0.3, "math_500": 0.8}}]
+    rd.events.write_text("".join(json.dumps(e) + "\n" for e in events))
+    for s in range(50, 601, 50):
+        rd.checkpoint_path(s).mkdir()
+        (rd.checkpoint_path(s) / CHECKPOINT_COMPLETE).write_text("{}")
+    return rd
+
+
+def test_report_json_beside_the_paper(tmp_path, capsys):
+    make_tina_like_run(tmp_path)
+    report = build_report(tmp_path)
+    [r] = report["runs"]
+    assert r["recipe_stem"] == "open_rs2" and r["steps_per_epoch"] == pytest.approx(875)
+    ph = r["phase_transition"]
+    assert ph["status"] == "confirmed" and ph["direction"] == "down" and abs(ph["step"] - 460) <= 2
+    assert r["recommended"]["step"] == 450
+    assert r["recommended"]["pct_epoch"] == pytest.approx(51.4, abs=0.1)   # the paper's RS2: 51%
+    assert r["recommended"]["scores"] == {"aime24": 0.4333, "math_500": 0.83}
+    assert r["best_evaluated"]["step"] == 450 and r["disagree"] is False
+    assert r["cost_usd"]["train"] == pytest.approx(20.0) and r["cost_usd"]["eval"] == pytest.approx(2.0)
+    assert r["train_usd_to_recommended"] == pytest.approx(450 / 600 * 20, abs=0.05)
+    assert r["paper"]["main"]["avg"] == 50.60 and r["paper"]["cost"]["total"] == 32
+    assert report["paper"]["costs"][-1] == {"experiment": "Best checkpoint, best task", "train": 8,
+                                            "eval": 1, "total": 9}
+    assert cli_report(tmp_path, fmt="json") == 0
+    assert json.loads(capsys.readouterr().out)["runs"][0]["recommended"]["step"] == 450
+
+
+def test_report_csv_md_table_and_plots(tmp_path, capsys):
+    make_tina_like_run(tmp_path)
+    assert cli_report(tmp_path, fmt="csv", plots=tmp_path / "plots") == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    ours = [r for r in rows if r["source"] == "ours"]
+    assert len(ours) == 1 and ours[0]["recommended_step"] == "450" and ours[0]["aime24"] == "0.4333"
+    assert len([r for r in rows if r["source"] == "paper"]) == len(paper.MAIN_RESULTS)
+    png = tmp_path / "plots" / "rs2-test.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    assert cli_report(tmp_path, fmt="md") == 0
+    md = capsys.readouterr().out
+    assert "| rs2 | open_rs2 |" in md and "450 (51%)" in md and "Tina-Open-RS2" in md
+    assert cli_report(tmp_path, fmt="table") == 0
+    assert "Best checkpoint, best task" in capsys.readouterr().out
+
+
+def test_report_on_an_empty_workspace_and_an_undetected_run(tmp_path, capsys):
+    assert build_report(tmp_path)["runs"] == []
+    rd = RunDir(tmp_path / "runs" / "flat")
+    rd.path.mkdir(parents=True)
+    write_json_atomic(rd.run_json, {"run_id": "flat", "name": "flat", "imported": True})
+    for s in range(1, 80):
+        append_jsonl(rd.metrics, {"step": s, "rewards/format_reward/mean": 0.5 + 0.01 * (s % 3)})
+    [r] = build_report(tmp_path)["runs"]
+    assert r["recommended"] is None and "no phase transition" in r["reason"]
+    assert r["steps_per_epoch"] is None and r["cost_usd"]["total"] == 0
+    assert cli_report(tmp_path, fmt="md") == 0
+    assert "no phase transition" in capsys.readouterr().out
