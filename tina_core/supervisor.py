@@ -72,14 +72,18 @@ def _recipe_value(recipe: Any, attr: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def _load_validated(recipe_path: Path, overrides: Sequence[str]):
-    """The resolved recipe, checked completely (heavy: imports TRL) before anything is created."""
+def _load_validated(recipe_path: Path, overrides: Sequence[str], *, hardware: bool = True):
+    """The resolved recipe, checked completely (heavy: imports TRL) before anything is created.
+    Missing GPUs are reported first: that check is instant, validation is not."""
+    from tina_core.launch import check_hardware
     from tina_core.recipe import load_recipe, validate_recipe
 
     path = Path(recipe_path)
     if not path.is_file():
         raise TinaError(f"recipe {path}: no such file (try recipes/tiny.yaml)")
     recipe = load_recipe(path, list(overrides))
+    if hardware:
+        check_hardware(recipe)
     validate_recipe(recipe)
     return recipe
 
@@ -89,7 +93,7 @@ def plan_run(home: Path, recipe_path: Path, *, overrides: Sequence[str] = ()):
     placeholder run directory. Creates nothing."""
     from tina_core.launch import launch_command
 
-    recipe = _load_validated(recipe_path, overrides)
+    recipe = _load_validated(recipe_path, overrides, hardware=False)
     return recipe, launch_command(RunDir(runs_root(home) / "<run_id>"), recipe)
 
 
@@ -98,10 +102,9 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
     """Validate the recipe and the hardware, then create the run directory with its recipe
     snapshot, ``run.json`` and the ``launched`` event. Nothing is created if any check fails."""
     from tina_core import cost, gpu
-    from tina_core.launch import check_hardware, launch_command
+    from tina_core.launch import launch_command
 
     recipe = _load_validated(recipe_path, overrides)
-    check_hardware(recipe)
     gpus = int(_recipe_value(recipe, "gpus", 0))
     found = gpu.gpus() if gpus else []
     device = found[0]["name"] if found else "cpu"
