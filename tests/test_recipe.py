@@ -191,7 +191,7 @@ def test_gpu_launch_command_is_accelerate_with_deepspeed(tmp_path):
     rd = RunDir(tmp_path / "run")
     r = load_recipe(TINA / "open_rs2.yaml")
     cmd = launch.launch_command(rd, r)
-    assert cmd == [sys.executable, "-m", "accelerate.commands.launch",
+    assert cmd == [sys.executable, "-m", "tina_core.launch", "accelerate", "launch",
                    "--config_file", str(RECIPES_DIR / "accelerate" / "zero2.yaml"),
                    "--num_processes", "2", "--main_process_port", "29500",
                    "-m", "tina_core.train", str(rd.path)]
@@ -200,6 +200,8 @@ def test_gpu_launch_command_is_accelerate_with_deepspeed(tmp_path):
     assert ds["deepspeed_config"]["offload_optimizer_device"] == "none" and ds["mixed_precision"] == "bf16"
     env = launch.launch_env(r, {})
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["PYTHONUNBUFFERED"] == "1"
+    assert "SIGTERM" not in env["TORCHELASTIC_SIGNALS_TO_HANDLE"]  # the ranks handle it, not the agent
+    assert launch.launch_env(r, {"CUDA_VISIBLE_DEVICES": "2,3"})["CUDA_VISIBLE_DEVICES"] == "2,3"
 
 
 def test_accelerate_parses_the_generated_command(tmp_path):
@@ -207,7 +209,8 @@ def test_accelerate_parses_the_generated_command(tmp_path):
     from accelerate.commands.launch import launch_command_parser
 
     cmd = launch.launch_command(RunDir(tmp_path / "run"), load_recipe(TINA / "limr.yaml"))
-    args = launch_command_parser().parse_args(cmd[3:])
+    assert cmd[1:5] == ["-m", "tina_core.launch", "accelerate", "launch"]
+    args = launch_command_parser().parse_args(cmd[5:])
     assert args.module and args.training_script == "tina_core.train" and args.training_script_args == [str(tmp_path / "run")]
     assert args.num_processes == 2 and args.config_file.endswith("zero2.yaml")
 

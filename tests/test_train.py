@@ -4,6 +4,7 @@ supervisor launches it (launch_command + launch_env), with real checkpoints, res
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
@@ -132,6 +133,42 @@ def test_sigterm_saves_at_the_current_step_and_exits_75(home, tiny_cache):
     assert 2 <= last < 100 and rd.checkpoint_steps() == [last]
     assert (rd.checkpoint_path(last) / "adapter_model.safetensors").exists()
     assert f"stopped on request at step {last}" in out
+
+
+CPU_ACCELERATE = """compute_environment: LOCAL_MACHINE
+distributed_type: 'NO'
+mixed_precision: 'no'
+num_machines: 1
+num_processes: 1
+use_cpu: true
+"""
+
+
+def test_sigterm_through_the_accelerate_launcher(home, tiny_cache, tmp_path):
+    """The GPU launch path (accelerate launch under tina's wrapper), here with a one-process CPU
+    accelerate config: SIGTERM to the whole process group still ends in a saved step and exit 75."""
+    cfg = tmp_path / "cpu.yaml"
+    cfg.write_text(CPU_ACCELERATE)
+    rd = make_run(home, "grpo.max_steps=500", "grpo.save_steps=100", "stop_at_step=500", "launch.gpus=1",
+                  f"launch.accelerate_config={cfg}", "launch.main_process_port=29533")
+    cmd, env = _cmd_env(rd, 1, tiny_cache)
+    assert cmd[1:5] == ["-m", "tina_core.launch", "accelerate", "launch"]
+    with open(rd.train_log, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            deadline = time.time() + 240
+            while not any(r.get("step", 0) >= 2 for r in metrics(rd)):
+                assert proc.poll() is None and time.time() < deadline, rd.train_log.read_text()[-3000:]
+                time.sleep(0.2)
+            os.killpg(proc.pid, signal.SIGTERM)  # as the supervisor stops a run: the whole group
+            code = proc.wait(timeout=120)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    out = rd.train_log.read_text()
+    assert code == EXIT_STOPPED, out[-3000:]
+    last = max(r["step"] for r in metrics(rd))
+    assert rd.checkpoint_steps() == [last] and f"stopped on request at step {last}" in out
 
 
 def test_missing_recipe_is_a_clear_error(tmp_path):

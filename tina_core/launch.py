@@ -1,7 +1,10 @@
 """The trainer's exact command line and environment.
 
 CPU recipes (``launch.gpus: 0``) run ``python -m tina_core.train RUN_DIR``; GPU recipes run the same
-module under ``accelerate launch`` with DeepSpeed ZeRO-2 (Tina's launcher, §1 of the recipe notes).
+module under ``accelerate launch`` with DeepSpeed ZeRO-2 (Tina's launcher, §1 of the recipe notes),
+through this module's ``__main__`` so that a stop request reaches the trainer ranks intact:
+torch's elastic agent would answer SIGTERM by killing the ranks 30 s later, mid-step or mid-save.
+The launcher ignores SIGTERM instead, and the ranks (which handle it) save and exit.
 Light: no torch here; NVML is asked only by ``check_hardware``.
 """
 
@@ -33,7 +36,7 @@ def launch_command(run_dir: RunDir, recipe: Recipe) -> list[str]:
     if recipe.gpus == 0:
         return [sys.executable, *entry]
     machines = int(recipe.get("launch.num_machines") or 1)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch",
+    cmd = [sys.executable, "-m", "tina_core.launch", "accelerate", "launch",
            "--config_file", str(accelerate_config_path(recipe)),
            # accelerate counts processes over all machines; launch.gpus is per machine
            "--num_processes", str(recipe.gpus * machines),
@@ -55,10 +58,12 @@ def launch_env(recipe: Recipe, base: dict[str, str] | None = None) -> dict[str, 
     """The trainer's environment: ``base`` (default os.environ) plus the recipe's ``launch.env``."""
     env = dict(os.environ if base is None else base)
     env.update({str(k): str(v) for k, v in (recipe.get("launch.env") or {}).items()})
-    if recipe.gpus > 0 and "CUDA_VISIBLE_DEVICES" not in (recipe.get("launch.env") or {}):
+    if recipe.gpus > 0 and "CUDA_VISIBLE_DEVICES" not in env:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(recipe.gpus))
     env["PYTHONUNBUFFERED"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
+    if recipe.gpus > 0:
+        env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"  # SIGTERM is the ranks' (see top)
     return env
 
 
@@ -86,3 +91,32 @@ def check_hardware(recipe: Recipe) -> None:
     if have < recipe.gpus:
         raise TinaError(f"recipe asks for {recipe.gpus} GPUs; this machine has {have} ({why}). "
                         f"On CPU use recipes/tiny.yaml or --set launch.gpus=0")
+
+
+def _accelerate_launch(argv: list[str]) -> None:
+    """``python -m tina_core.launch accelerate launch ARGS``: accelerate's launcher, deaf to SIGTERM.
+    The ranks inherit the ignored disposition until the trainer installs its own handler."""
+    import signal
+
+    if argv[:2] != ["accelerate", "launch"]:
+        raise SystemExit("usage: python -m tina_core.launch accelerate launch [accelerate launch arguments]")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import subprocess
+
+    from accelerate.commands.launch import main
+
+    sys.argv = ["accelerate launch", *argv[2:]]
+    try:
+        main()
+    except subprocess.CalledProcessError as e:  # one process: accelerate's simple launcher
+        sys.exit(e.returncode)
+    except Exception as e:  # torch elastic's ChildFailedError: pass the ranks' exit code on
+        codes = {f.exitcode for f in getattr(e, "failures", {}).values()}
+        if len(codes) == 1:
+            code = codes.pop()
+            sys.exit(code if code >= 0 else 128 - code)  # killed by a signal: the shell's convention
+        raise
+
+
+if __name__ == "__main__":
+    _accelerate_launch(sys.argv[1:])
