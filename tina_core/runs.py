@@ -6,6 +6,7 @@ phase transition, the recommendation and evaluation scores. Light: no heavy impo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -111,6 +112,7 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
         "device": info.get("device", "cpu"),
         "gpu_count": info.get("gpu_count", 0),
         "gpu_hour_usd": info.get("gpu_hour_usd"),
+        "cpu_hour_usd": info.get("cpu_hour_usd", 0.0),
         "price_source": info.get("price_source"),
         "cost_usd": meter.cost_usd(),
         "usd_per_hour_now": round(meter.usd_per_hour_now(), 4) if state in LIVE else 0.0,
@@ -152,7 +154,18 @@ def list_runs(home: Path, store: Any = None) -> list[dict[str, Any]]:
     if store is None and run_dirs:
         store = open_store(home)
     now = time.time()
-    return [describe(home, rd, store, now=now) for rd in run_dirs]
+    with _session(store):
+        return [describe(home, rd, store, now=now) for rd in run_dirs]
+
+
+def _session(store: Any):
+    """One database connection for all the queries of one listing (opening one costs ~0.2 s)."""
+    if store is not None and hasattr(store, "session"):
+        try:
+            return store.session()
+        except Exception:
+            pass
+    return contextlib.nullcontext()
 
 
 # --- output ---------------------------------------------------------------------------------------
@@ -173,6 +186,13 @@ def _duration(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
+def _console():
+    from rich.console import Console
+
+    # Piped output (scripts, CI logs) is not cut to 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 220)
+
+
 STATE_STYLE = {"running": "green", "stopping": "yellow", "finished": "blue", "stopped": "yellow",
                "failed": "red", "crashed": "bold red"}
 
@@ -185,7 +205,7 @@ def cli_ls(home: Path, *, as_json: bool = False) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     if not runs:
         console.print(f"no runs in {home} yet: tina run recipes/tiny.yaml")
         return 0
@@ -207,14 +227,16 @@ def cli_ls(home: Path, *, as_json: bool = False) -> int:
 
 def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
     run_dir = find_run(home, run_ref)
-    run = describe(home, run_dir, open_store(home))
+    store = open_store(home)
+    with _session(store):
+        run = describe(home, run_dir, store)
     if as_json:
         print(json.dumps(run, indent=2, default=str))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = _console()
     c = run["cost_usd"]
     style = STATE_STYLE.get(run["state"], "")
     console.print(f"[bold]{run['run_id']}[/bold]  [{style}]{run['state']}[/{style}]  ({run['recipe']})")
@@ -223,7 +245,8 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
                   + (f"  {run['seconds_per_step']:.2f} s/step" if run["seconds_per_step"] else "")
                   + (f"  ETA {_duration(run['eta_s'])}" if run["eta_s"] is not None else ""))
     device = f"{run['gpu_count']}x {run['device']}" if run["gpu_count"] else run["device"]
-    console.print(f"{device} at {_money(run['gpu_hour_usd'])}/GPU-hour ({run['price_source'] or 'no price'})")
+    rate = f"{_money(run['gpu_hour_usd'])}/GPU-hour" if run["gpu_count"] else f"{_money(run.get('cpu_hour_usd'))}/hour"
+    console.print(f"{device} at {rate} ({run['price_source'] or 'no price'})")
     console.print(f"cost {_money(c['total'])} (train {_money(c['train'])}, eval {_money(c['eval'])})"
                   f"  projected {_money(run['projected_cost_usd'])}")
     console.print(f"phase transition {_phase(run['phase_transition'])}  recommended checkpoint "

@@ -109,8 +109,8 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
     found = gpu.gpus() if gpus else []
     device = found[0]["name"] if found else "cpu"
     price = cost.resolve_price(home, device, cli_gpu_hour_usd=gpu_hour_usd,
-                               recipe_gpu_hour_usd=getattr(recipe, "gpu_hour_usd", None),
-                               recipe_cpu_hour_usd=getattr(recipe, "cpu_hour_usd", None))
+                               recipe_gpu_hour_usd=recipe.get("price.gpu_hour_usd"),
+                               recipe_cpu_hour_usd=recipe.get("price.cpu_hour_usd"))
 
     run_dir = create_run_dir(home, name or _recipe_value(recipe, "name", Path(recipe_path).stem))
     run_dir.recipe.write_text(recipe.to_yaml())
