@@ -79,12 +79,11 @@ def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopReque
             return bool(flag.item())
 
         def on_step_end(self, args, state, control, **kwargs):
-            if self._stop_agreed(args):
-                self.stopped_by_signal = True
-                control.should_save = True
-                control.should_training_stop = True
-            if state.global_step >= self.stop_at:
-                # Save here even when stop_at_step is not a multiple of save_steps.
+            asked = self._stop_agreed(args)  # a collective: every rank, every step
+            at_stop = state.global_step >= self.stop_at
+            self.stopped_by_signal = asked and not at_stop  # a stop asked at the last step is a finish
+            if asked or at_stop:
+                # Save here even when the step is not a multiple of save_steps.
                 control.should_save = True
                 control.should_training_stop = True
             return control
