@@ -73,6 +73,31 @@ def _ref_stats(c1: list[float], c2: list[float], a: int, b: int, p: PhaseParams)
     return mean, max(math.sqrt(var), p.abs_floor, p.rel_floor * abs(mean))
 
 
+def _l2_cost():
+    """ruptures' l2 cost (sum of squared deviations from the segment mean) from prefix sums: the
+    same segmentation as ``model="l2"``, without a numpy var() per candidate segment."""
+    from ruptures.base import BaseCost
+
+    class CostL2Prefix(BaseCost):
+        model = "l2"
+        min_size = 1
+
+        def fit(self, signal):
+            self.signal = signal
+            v = [float(a) for a in signal.reshape(-1)]
+            self.c1, self.c2 = [0.0], [0.0]
+            for a in v:
+                self.c1.append(self.c1[-1] + a)
+                self.c2.append(self.c2[-1] + a * a)
+            return self
+
+        def error(self, start, end):
+            s1 = self.c1[end] - self.c1[start]
+            return self.c2[end] - self.c2[start] - s1 * s1 / (end - start)
+
+    return CostL2Prefix()
+
+
 def _confirm(x: list[float], onset: int, ref: tuple[float, float], p: PhaseParams, direction: str
              ) -> tuple[str, int, float]:
     """('confirmed'|'rejected'|'tentative', index of the new regime's first point, size)."""
@@ -83,6 +108,8 @@ def _confirm(x: list[float], onset: int, ref: tuple[float, float], p: PhaseParam
     size = sum(tail) / len(tail) - mean0
     if n - onset < p.confirm_points:
         return "tentative", onset, size
+    if abs(size) < p.min_shift * sigma or (size > 0) != (direction == "up"):
+        return "rejected", onset, size  # too small to pass below: spare the segmentation
     import numpy as np
     import ruptures
 
@@ -90,7 +117,8 @@ def _confirm(x: list[float], onset: int, ref: tuple[float, float], p: PhaseParam
     hi = min(n, onset + p.confirm_span)
     seg = np.asarray(x[lo:hi], dtype=float).reshape(-1, 1)
     pen = p.penalty * sigma * sigma * math.log(len(seg))
-    bkps = ruptures.Pelt(model="l2", min_size=p.min_size, jump=1).fit(seg).predict(pen=pen)[:-1]
+    pelt = ruptures.Pelt(custom_cost=_l2_cost(), min_size=p.min_size, jump=1)
+    bkps = pelt.fit(seg).predict(pen=pen)[:-1]
     near = [b for b in bkps if onset - lo - p.window <= b <= onset - lo + p.confirm_points]
     if not near:
         return "rejected", onset, size
