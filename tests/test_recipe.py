@@ -109,6 +109,7 @@ def test_wrong_types_are_named(tmp_path, sections, message):
     ({"dataset": {"name": "./no/such/data.jsonl"}}, r"dataset.name: no such local dataset .*no/such/data.jsonl"),
     ({"grpo": {"num_generations": 5}}, r"grpo.num_generations: generation_batch_size \(16\) must be divisible"),
     ({"grpo": {"save_strategy": "no"}}, r"grpo.save_strategy: expected 'steps'"),
+    ({"dataset": {"mapping": "deepscalr"}}, r"variant.yaml: dataset.mapping: .*deepscalr"),
     ({"model": {"tiny": {"layers": 3}}}, r"model.tiny: .*layers.*expected fields of .*num_layers"),
 ])
 def test_semantic_errors(tmp_path, sections, message):

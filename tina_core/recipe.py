@@ -438,6 +438,12 @@ def validate_recipe(recipe: Recipe) -> None:
         raise RecipeError(f"{where}: dataset.name: missing (a hub id or a local path)")
     if _looks_local(ds) and not Path(ds).exists():
         raise RecipeError(f"{where}: dataset.name: no such local dataset {ds}")
+    from tina_core.data import check_section
+
+    try:
+        check_section(recipe.data["dataset"])  # mapping presets and values, as data.py reads them
+    except TinaError as e:
+        raise RecipeError(f"{where}: {e}") from None
 
     from tina_core.rewards import build_reward_funcs
 
