@@ -212,3 +212,13 @@ def _wait_for(cond, timeout=30.0):
             return
         time.sleep(0.05)
     raise AssertionError("timed out")
+
+
+def test_logs_follow_ends_with_the_run(make_run, monkeypatch):
+    monkeypatch.setenv("FT_SLEEP", "0.1")
+    rd = make_run()
+    supervisor.spawn_daemon(rd)
+    out = subprocess.run([sys.executable, "-m", "tina_core.cli", "--home", str(make_run.home), "logs", "-f",
+                          rd.run_id], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0
+    assert "attempt 1 from step 0" in out.stdout and out.stdout.rstrip().endswith("finished")

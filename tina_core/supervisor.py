@@ -556,7 +556,8 @@ class Display:
                 rec = json.loads(raw)
             except ValueError:
                 continue
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int):
+            # the trainer's final summary log (train_runtime...) carries no step metrics
+            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and "train_runtime" not in rec:
                 self._last = rec
 
     def _pick(self, name: str) -> float | None:
@@ -565,23 +566,48 @@ class Display:
                 return self._last[key]
         return None
 
-    def line(self) -> str:
+    def figures(self) -> dict[str, Any]:
         from tina_core.cost import Meter
 
         info = self.run_dir.info()
         meter = Meter.for_run(self.run_dir)
         step = self._last["step"] if self._last else None
-        target = info.get("stop_at_step") or info.get("max_steps") or "?"
-        usd = meter.cost_usd()["total"]
-        proj = meter.projected_usd(step)
-        sps, eta = meter.seconds_per_step(), meter.eta_s(step)
+        return {"step": step, "target": info.get("stop_at_step") or info.get("max_steps"),
+                "format": self._pick("format"), "accuracy": self._pick("accuracy"), "length": self._pick("length"),
+                "s_per_step": meter.seconds_per_step(), "eta": meter.eta_s(step),
+                "usd": meter.cost_usd()["total"], "usd_per_hour": meter.usd_per_hour_now(),
+                "projected": meter.projected_usd(step)}
 
-        def num(v, fmt):
-            return "-" if v is None else format(v, fmt)
-        return (f"step {num(step, 'd')}/{target}  format {num(self._pick('format'), '.3f')}  "
-                f"accuracy {num(self._pick('accuracy'), '.3f')}  length {num(self._pick('length'), '.1f')}  "
-                f"{num(sps, '.2f')} s/step  ETA {_hms(eta)}  ${usd:.4f}"
-                + (f" (projected ${proj:.4f})" if proj is not None else ""))
+    @staticmethod
+    def _num(v: Any, fmt: str) -> str:
+        return "-" if v is None else format(v, fmt)
+
+    def line(self, f: dict[str, Any] | None = None) -> str:
+        f = f or self.figures()
+        n = self._num
+        return (f"step {n(f['step'], 'd')}/{f['target'] or '?'}  format {n(f['format'], '.3f')}  "
+                f"accuracy {n(f['accuracy'], '.3f')}  length {n(f['length'], '.1f')}  "
+                f"{n(f['s_per_step'], '.2f')} s/step  ETA {_hms(f['eta'])}  ${f['usd']:.4f}"
+                + (f" (projected ${f['projected']:.4f})" if f["projected"] is not None else ""))
+
+    def panel(self, f: dict[str, Any]):
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
+
+        n = self._num
+        grid = Table.grid(padding=(0, 2))
+        grid.add_row(f"[bold]{self.run_dir.run_id}[/bold]")
+        bar = Table.grid(padding=(0, 1))
+        bar.add_row(ProgressBar(total=float(f["target"] or 1), completed=float(f["step"] or 0), width=40),
+                    f"step {n(f['step'], 'd')}/{f['target'] or '?'}",
+                    f"{n(f['s_per_step'], '.2f')} s/step", f"ETA {_hms(f['eta'])}")
+        grid.add_row(bar)
+        grid.add_row(f"format [bold]{n(f['format'], '.3f')}[/bold]   accuracy [bold]{n(f['accuracy'], '.3f')}"
+                     f"[/bold]   completion length [bold]{n(f['length'], '.1f')}[/bold]")
+        grid.add_row(f"cost [bold]${f['usd']:.4f}[/bold] at ${f['usd_per_hour']:.2f}/h   projected "
+                     + (f"[bold]${f['projected']:.4f}[/bold]" if f["projected"] is not None else "-")
+                     + "   [dim]Ctrl-C: save and stop[/dim]")
+        return grid
 
     def update(self, force: bool = False) -> None:
         if self.quiet:
@@ -599,13 +625,12 @@ class Display:
     def _draw_live(self) -> None:
         from rich.console import Console
         from rich.live import Live
-        from rich.text import Text
 
-        text = Text(f"{self.run_dir.run_id}\n", style="bold") + Text(self.line())
+        view = self.panel(self.figures())
         if self._live is None:
-            self._live = Live(text, console=Console(file=self.stream), auto_refresh=False, transient=False)
+            self._live = Live(view, console=Console(file=self.stream), auto_refresh=False, transient=False)
             self._live.start()
-        self._live.update(text, refresh=True)
+        self._live.update(view, refresh=True)
 
     def note(self, text: str) -> None:
         if self.quiet:
