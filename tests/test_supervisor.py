@@ -157,6 +157,7 @@ def test_dead_supervisor_shows_crashed_and_resume_finishes(make_run, monkeypatch
     trainer = supervisor.liveness(rd)["trainer_pid"]
     os.kill(pid, signal.SIGKILL)
     t0 = time.monotonic()
+    assert supervisor._pid_alive(trainer)  # an orphan now, still training
     assert _wait_state(rd, ["crashed"], timeout=supervisor.HEARTBEAT_TIMEOUT_S + 2) == "crashed"
     assert time.monotonic() - t0 < supervisor.HEARTBEAT_TIMEOUT_S
     home = supervisor.home_of(rd)
@@ -166,6 +167,10 @@ def test_dead_supervisor_shows_crashed_and_resume_finishes(make_run, monkeypatch
     assert not supervisor._pid_alive(trainer)  # the orphan was stopped, not left beside the new one
     exited = [e for e in rd.read_events() if e["event"] == "attempt_exited"]
     assert exited[0].get("orphan") and exited[-1]["code"] == 0
+    assert "end_ts" not in exited[0]  # it was alive until the resume stopped it: all of it is paid for
+    # stopped with SIGTERM, the orphan saved at its last step, and the new attempt went on from there
+    orphan_last = max(r["step"] for r in iter_jsonl(rd.metrics) if r["attempt"] == 1)
+    assert [e for e in rd.read_events() if e["event"] == "attempt_started"][1]["resume_from"] == orphan_last
     assert list(cost.step_times(iter_jsonl(rd.metrics))) == list(range(1, 21))
 
 

@@ -372,9 +372,10 @@ class Supervisor:
 
     def run(self, *, resume: bool = False) -> str:
         """Supervise until the run is finished, stopped or failed; returns that state."""
+        previous = read_json(self.run_dir.supervisor, {}) or {}  # read before our heartbeat replaces it
         self.beat(force=True)
         self.run_dir.event("supervisor_started", pid=os.getpid(), resume=resume)
-        recover_orphan(self.run_dir, self.stop_timeout, exclude_pid=os.getpid())
+        recover_orphan(self.run_dir, self.stop_timeout, previous)
         restarts, delay = 0, self.backoff
         try:
             while True:
@@ -475,10 +476,10 @@ def stop_process_group(pid: int, timeout: float) -> None:
     kill_group(pid)
 
 
-def recover_orphan(run_dir: RunDir, stop_timeout: float, exclude_pid: int | None = None) -> None:
+def recover_orphan(run_dir: RunDir, stop_timeout: float, hb: dict[str, Any]) -> None:
     """After a supervisor died: stop a trainer it left running, and close the attempt it left open
-    (ended at the last heartbeat if the trainer was already gone, so the cost meter stays honest)."""
-    hb = read_json(run_dir.supervisor, {}) or {}
+    (ended at the dead supervisor's last heartbeat ``hb`` if the trainer was already gone, so the
+    cost meter stays honest)."""
     events = run_dir.read_events()
     started = {e.get("attempt"): e for e in events if e.get("event") == "attempt_started"}
     exited = {e.get("attempt") for e in events if e.get("event") == "attempt_exited"}
@@ -487,7 +488,7 @@ def recover_orphan(run_dir: RunDir, stop_timeout: float, exclude_pid: int | None
         return
     pid = hb.get("trainer_pid")
     end_ts = hb.get("heartbeat")
-    if isinstance(pid, int) and pid != exclude_pid and _is_trainer(pid, hb.get("trainer_started")):
+    if isinstance(pid, int) and _is_trainer(pid, hb.get("trainer_started")):
         stop_process_group(pid, stop_timeout)
         end_ts = None  # it really ran until now
     elif isinstance(pid, int):
@@ -770,7 +771,7 @@ def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None
         sup = Supervisor(run_dir)
         sup.acquire()
         try:
-            recover_orphan(run_dir, stop_timeout)
+            recover_orphan(run_dir, stop_timeout, read_json(run_dir.supervisor, {}) or {})
             run_dir.event("stop_requested", by="tina stop (no supervisor)")
             run_dir.event("stopped", step=None)
         finally:
