@@ -78,9 +78,10 @@ def verdict(path: Path, params: phase.PhaseParams) -> None:
     clean = {s: sorted((st, v) for st, (_, v) in d.items()) for s, d in series.items()}
     result = phase.detect(clean, params)
     print(f"\n{path}: {json.dumps(result)}")
+    mid = result["step"] if result and result.get("step") is not None else None
     for s, pts in clean.items():
-        head = ", ".join(f"{st}:{v:.2f}" for st, v in pts[:40])
-        print(f"  {s} ({len(pts)} steps): {head}{' ...' if len(pts) > 40 else ''}")
+        near = [(st, v) for st, v in pts if mid is None or abs(st - mid) <= 12][:40]
+        print(f"  {s} ({len(pts)} steps), around the marker: " + ", ".join(f"{st}:{v:.3g}" for st, v in near))
 
 
 def main() -> None:

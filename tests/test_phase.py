@@ -128,3 +128,24 @@ def test_detection_on_a_real_tiny_run(request):
         assert "not enough" in store.recommendation(run.run_id)["reason"]
     else:
         assert ph is not None and ph["status"] in ("none", "tentative", "confirmed")
+
+
+def test_real_tiny_recipe_curve_replayed_online():
+    """metrics.jsonl of a real `tina run recipes/tiny.yaml` (100 steps, checkpoints every 25):
+    format reward flat near 0, flickering from step ~47, rising from 57 to ~0.8 by 75. Replayed one
+    logged step at a time, as the TUI sees it."""
+    lines = (Path(__file__).parent / "data" / "tiny_run_metrics.jsonl").read_text().splitlines()
+    recs = [json.loads(x) for x in lines]
+    series = [(r["step"], r[FORMAT_REWARD]) for r in recs if FORMAT_REWARD in r]
+    length = [(r["step"], r[COMPLETION_LENGTH]) for r in recs if COMPLETION_LENGTH in r]
+    seen = {}
+    for n in range(10, len(series) + 1):
+        r = phase.detect({FORMAT_REWARD: series[:n], COMPLETION_LENGTH: length[:n]})
+        seen[series[n - 1][0]] = r and (r["status"], r["step"])
+    assert all(v in (None, ("none", None)) for s, v in seen.items() if s < 45), "nothing before the rise"
+    first = min(s for s, v in seen.items() if v and v[0] != "none")
+    assert seen[first][0] == "tentative" and first <= 57 + 10
+    final = phase.detect({FORMAT_REWARD: series, COMPLETION_LENGTH: length})
+    assert final["status"] == "confirmed" and final["direction"] == "up" and 47 <= final["step"] <= 62
+    assert final["signals"] == [FORMAT_REWARD] and final["size"] > 0.6
+    assert phase.recommend(final, [{"step": s, "avg": None} for s in (25, 50, 75, 100)])["recommended"] == 50

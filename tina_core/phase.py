@@ -41,6 +41,7 @@ class PhaseParams:
     min_size: int = 3         # ruptures: shortest segment
     penalty: float = 4.0      # ruptures: breakpoint penalty, x sigma^2 x log(points)
     min_shift: float = 1.5    # confirmed only if the level moved by this many reference sigmas
+    min_part: float = 0.15    # ...and the marker's own breakpoint carries this much of the move
     join_within: int = 50     # other signals turning within this many steps are listed too
 
 
@@ -122,13 +123,21 @@ def _confirm(x: list[float], onset: int, ref: tuple[float, float], p: PhaseParam
     near = [b for b in bkps if onset - lo - p.window <= b <= onset - lo + p.confirm_points]
     if not near:
         return "rejected", onset, size
-    b = min(near, key=lambda b: abs(b - (onset - lo)))
-    before = seg[:b, 0]
-    after = seg[b:, 0][-p.confirm_points:]
-    shift = float(after.mean() - before.mean())
-    if abs(shift) < p.min_shift * sigma or (shift > 0) != (direction == "up"):
+    # The new regime starts at the first breakpoint that carries a real part of the move: a ramp
+    # is cut into several steps, and a low reward may flicker a little before it turns.
+    edges = [0, *bkps, len(seg)]
+    sign = 1.0 if direction == "up" else -1.0
+    total = float(seg[-p.confirm_points:, 0].mean() - seg[: max(near[0], 1), 0].mean())
+    best = None
+    for b in near:
+        i = edges.index(b)
+        step_shift = sign * float(seg[b:edges[i + 1], 0].mean() - seg[edges[i - 1]:b, 0].mean())
+        if step_shift >= max(p.min_shift * sigma, p.min_part * abs(total)):
+            best = b
+            break
+    if best is None or sign * total < p.min_shift * sigma:
         return "rejected", onset, size
-    return "confirmed", lo + b, float(after.mean() - mean0)
+    return "confirmed", lo + best, float(seg[best:, 0][-p.confirm_points:].mean() - mean0)
 
 
 def alarms(signal: str, series: Iterable[tuple[int, float]], params: PhaseParams = DEFAULT
