@@ -26,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tina_core.launch import launch_env  # noqa: E402
+from tina_core.recipe import load_recipe  # noqa: E402
 from tina_core.rundir import RunDir, create_run_dir, read_json, write_json_atomic  # noqa: E402
 
 
@@ -48,7 +50,9 @@ def direct(home: Path, template: RunDir) -> float:
     shutil.copy(template.recipe, run_dir.recipe)
     info = read_json(template.run_json, {})
     write_json_atomic(run_dir.run_json, {**info, "run_id": run_dir.run_id})
-    env = {**os.environ, "TINA_ATTEMPT": "1", "TINA_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    # the environment the supervisor gives its trainer (the recipe's launch.env: OMP_NUM_THREADS...)
+    env = {**launch_env(load_recipe(run_dir.recipe)), "TINA_ATTEMPT": "1", "TINA_HOME": str(home),
+           "PYTHONUNBUFFERED": "1"}
     t0 = time.perf_counter()
     with open(run_dir.train_log, "wb") as log:
         code = subprocess.run([sys.executable, "-m", "tina_core.train", str(run_dir.path)], cwd=ROOT, env=env,

@@ -18,6 +18,7 @@ from tina_core.rundir import RunDir, TinaError, iter_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "recipes" / "tiny.yaml"
+SECRET = "hf_cliSECRETtoken0123456789"
 RUN_FIELDS = {"run_id", "name", "recipe", "state", "step", "stop_at_step", "max_steps", "restarts",
               "started_at", "elapsed_s", "device", "gpu_count", "gpu_hour_usd", "cost_usd",
               "projected_cost_usd", "phase_transition", "recommended_checkpoint", "checkpoints",
@@ -118,7 +119,7 @@ def test_ctrl_c_resume_and_a_killed_trainer(tiny_home):
             "--set", f"grpo.save_steps={save}", "--set", "price.cpu_hour_usd=3.6"]
     proc = subprocess.Popen([sys.executable, "-m", "tina_core.cli", "--home", str(tiny_home), "run", *args,
                              "--name", "interrupted"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, env={**os.environ, "HF_TOKEN": SECRET, "WANDB_API_KEY": SECRET + "w"})
     run_id = proc.stdout.readline().strip()
     rd = RunDir(tiny_home / "runs" / run_id)
     _wait(lambda: any(r.get("step", 0) >= 3 for r in iter_jsonl(rd.metrics)), 240, "step 3")
@@ -160,3 +161,7 @@ def test_ctrl_c_resume_and_a_killed_trainer(tiny_home):
     ls = json.loads(tina(tiny_home, "ls", "--json").stdout)
     assert [r["run_id"] for r in ls] == [run_id] and RUN_FIELDS <= set(ls[0])
     assert "attempt 3" in tina(tiny_home, "logs", run_id, "-n", "400").stdout
+    assert json.loads(rd.run_json.read_text())["tina_command"].startswith(f"tina run {TINY} --name interrupted")
+    for path in rd.path.rglob("*"):  # no credential value anywhere tina writes
+        if path.is_file():
+            assert SECRET not in path.read_bytes().decode(errors="replace"), path

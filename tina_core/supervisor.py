@@ -120,6 +120,10 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
         "name": name or _recipe_value(recipe, "name", run_dir.run_id),
         "recipe": str(recipe_path),
         "overrides": list(overrides),
+        # how to make this run again (credential values are masked on write)
+        "tina_command": shlex.join(["tina", "run", str(recipe_path), *(["--name", name] if name else []),
+                                    *[a for o in overrides for a in ("--set", o)],
+                                    *(["--gpu-hour-usd", str(gpu_hour_usd)] if gpu_hour_usd is not None else [])]),
         "created": now_iso(),
         "hardware": {"gpus": found, "cpu_count": os.cpu_count(), "host": os.uname().nodename},
         "device": device,
