@@ -69,15 +69,18 @@ def first_frame(home: Path) -> dict[str, float]:
         "from pathlib import Path\n"
         "from tina_tui.app import TinaApp\n"
         "class B(TinaApp):\n"
+        # Textual runs each class's handler in the MRO: these add to TinaApp's, not replace them.
         "    def on_mount(self):\n"
-        "        super().on_mount(); self.call_after_refresh(lambda: setattr(self, 'painted', time.perf_counter() - t0))\n"
+        "        self.call_after_refresh(lambda: setattr(self, 'painted', time.perf_counter() - t0))\n"
         "    def on_refreshed(self, m):\n"
-        "        super().on_refreshed(m); self.data = time.perf_counter() - t0; self.exit()\n"
+        "        self.data = time.perf_counter() - t0; self.call_after_refresh(self.exit)\n"
         "app = B(Path(sys.argv[1]), refresh_s=0)\n"
         "app.run(headless=True, size=(160, 48))\n"
         "print(app.painted, app.data)\n")
     t = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code, str(home)], capture_output=True, text=True)
+    if out.returncode:
+        raise SystemExit(f"first-frame probe failed:\n{out.stderr[-3000:]}")
     wall = time.perf_counter() - t
     painted, data = map(float, out.stdout.split()[-2:])
     return {"paint": painted, "data": data, "process": wall}

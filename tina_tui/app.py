@@ -140,7 +140,7 @@ class MainScreen(Screen[None]):
 
 class TinaApp(App[None]):
     TITLE = "tina"
-    CSS_PATH = "app.tcss"
+    CSS_PATH = Path(__file__).with_name("app.tcss")
     BINDINGS = bindings("global")
     COMMANDS = App.COMMANDS | {CockpitCommands}
     ENABLE_COMMAND_PALETTE = True
@@ -195,7 +195,7 @@ class TinaApp(App[None]):
 
     def on_refreshed(self, message: Refreshed) -> None:
         self.refreshing = False
-        if self._again:
+        if self._again or self.collector.pending:
             self.refresh_data()
         snap = message.snapshot
         if snap.view is None and snap.error and self.snapshot is not None:

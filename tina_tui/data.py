@@ -32,6 +32,7 @@ CHARTS: tuple[tuple[str, str], ...] = (
     ("kl", "kl"),
     ("learning_rate", "lr"),
 )
+REFRESH_BUDGET_S = 0.3    # run objects computed per refresh beyond the selected one
 SERIES_POINTS = 400      # per chart; sparklines bucket these further into columns
 LOG_BACKFILL = 64 * 1024  # bytes of train.log shown when a run is first opened
 LOG_KEEP = 2000           # lines kept in the log widget
@@ -227,7 +228,14 @@ def run_signature(rd: RunDir, *, with_heartbeat: bool) -> tuple:
             sig.append((st.st_size, st.st_mtime_ns))
         except FileNotFoundError:
             sig.append(None)
-    sig.append(tuple(rd.checkpoint_steps()))
+    # A new checkpoint directory changes checkpoints/; its completion marker changes the newest one.
+    try:
+        names = os.listdir(rd.checkpoints)
+        newest = max(names, key=lambda n: int(n.rpartition("-")[2]) if n.rpartition("-")[2].isdigit() else -1,
+                     default=None)
+        sig.append((len(names), newest, newest and os.stat(rd.checkpoints / newest).st_mtime_ns))
+    except (FileNotFoundError, ValueError):
+        sig.append(None)
     return tuple(sig)
 
 
@@ -245,6 +253,8 @@ class Collector:
         self._in_session = False
         self._described: dict[str, tuple[tuple, dict[str, Any]]] = {}
         self._view_cache: tuple[tuple, tuple] | None = None
+        self._ingested: dict[str, tuple] = {}
+        self.pending = False
         self._log: LogTail | None = None
         self._events: dict[str, EventTail] = {}
         self._phase_status: dict[str, str] = {}
@@ -286,23 +296,28 @@ class Collector:
             t0 = time.perf_counter()
             self._store_error = None
             self._cycle_store = store = self._open_store()
-            if store is not None:
-                self._ask("ingest")  # skips unchanged runs without opening the database
+            dirs = list_run_dirs(self.home)
+            sigs = {rd.run_id: run_signature(rd, with_heartbeat=False) for rd in dirs}
+            changed = [rid for rid, sig in sigs.items() if self._ingested.get(rid) != sig]
             try:
                 with contextlib.ExitStack() as self._session:
                     self._in_session = False
-                    snap = self._collect(selected)
+                    if store is not None and changed:
+                        # only the runs whose files moved; same connection as the queries after it
+                        self._ask("ingest", changed)
+                        self._ingested.update((rid, sigs[rid]) for rid in changed)
+                    snap = self._collect(selected, dirs, sigs)
             except TinaError as e:  # the database is busy: show the run directories alone
                 self._store_error = str(e)
                 self._cycle_store = None
-                snap = self._collect(selected)
+                snap = self._collect(selected, dirs, sigs)
             finally:
                 self._session = None
             snap.error = snap.error or self._store_error
             snap.took_s = time.perf_counter() - t0
             return snap
 
-    def _describe(self, rd: RunDir, now: float) -> dict[str, Any]:
+    def _describe(self, rd: RunDir, now: float, *, cached_only: bool = False) -> dict[str, Any]:
         """The run object, reused while the run is not live and its files have not changed (the
         clock only moves the figures of a live run)."""
         from tina_core import runs as runs_mod
@@ -311,6 +326,9 @@ class Collector:
         hit = self._described.get(rd.run_id)
         if hit is not None and hit[0] == sig and hit[1].get("state") not in LIVE:
             return hit[1]
+        if cached_only:  # over this refresh's budget: the last known row, or the name for now
+            return hit[1] if hit else {"run_id": rd.run_id, "name": rd.info().get("name") or rd.run_id,
+                                       "state": "...", "pending": True}
         try:
             run = runs_mod.describe(self.home, rd, store=self._store_in_session(), now=now)
         except Exception as e:  # one unreadable run must not hide the others
@@ -319,20 +337,26 @@ class Collector:
         self._described[rd.run_id] = (sig, run)
         return run
 
-    def _collect(self, selected: str | None) -> Snapshot:
+    def _collect(self, selected: str | None, dirs: list[RunDir], sigs: dict[str, tuple]) -> Snapshot:
         notices: list[Notice] = []
         error = None
         now = self.clock()
-        run_list = []
-        dirs = list_run_dirs(self.home)
-        for rd in dirs:
-            run_list.append(self._describe(rd, now))
-            notices += self._new_events(rd)
-        present = {rd.run_id for rd in dirs}
-        self._described = {k: v for k, v in self._described.items() if k in present}
-        ids = [r["run_id"] for r in run_list]
+        ids = [rd.run_id for rd in dirs]
         if selected not in ids:
             selected = ids[-1] if ids else None
+        # The selected run first, then the others while the refresh budget lasts; rows not
+        # described yet are filled in by the refreshes that follow (a big workspace's first frame
+        # shows at once instead of after every run is read).
+        start = time.perf_counter()
+        order = sorted(range(len(dirs)), key=lambda i: dirs[i].run_id != selected)
+        rows: dict[int, dict[str, Any]] = {}
+        for i in order:
+            over = time.perf_counter() - start > REFRESH_BUDGET_S and dirs[i].run_id != selected
+            rows[i] = self._describe(dirs[i], now, cached_only=over)
+            notices += self._new_events(dirs[i])
+        run_list = [rows[i] for i in range(len(dirs))]
+        self.pending = any(r.get("pending") for r in run_list)
+        self._described = {k: v for k, v in self._described.items() if k in sigs}
         view = None
         if selected is not None:
             run = run_list[ids.index(selected)]

@@ -79,7 +79,7 @@ class RunsTable(DataTable):
         else:
             for r in runs:
                 for (key, _), cell in zip(self.COLUMNS, self.cells(r)):
-                    self.update_cell(r["run_id"], key, cell)
+                    self.update_cell(r["run_id"], key, cell, update_width=True)
         if selected in ids and self.cursor_row != ids.index(selected):
             self.move_cursor(row=ids.index(selected), animate=False)
 
