@@ -84,36 +84,8 @@ def test_real_grpo_run_logs_trl_keys_and_saves_complete_adapter_checkpoints(stop
     assert not (rd.checkpoints / "runs").exists()  # report_to none
 
 
-def test_resume_from_latest_complete_checkpoint_ignoring_a_half_written_one(stopped_run, tmp_path, tiny_cache):
-    src, proc = stopped_run
-    assert proc.returncode == EXIT_FINISHED
-    rd = RunDir(tmp_path / src.run_id)
-    shutil.copytree(src.path, rd.path)
-    # A save cut off midway: files there, no completion marker, a truncated adapter.
-    half = rd.checkpoint_path(4)
-    shutil.copytree(rd.checkpoint_path(3), half)
-    (half / CHECKPOINT_COMPLETE).unlink()
-    (half / "adapter_model.safetensors").write_bytes(b"\0" * 10)
-    # The same run continues to a later stop (its schedule unchanged).
-    rd.recipe.write_text(rd.recipe.read_text().replace("stop_at_step: 3", "stop_at_step: 5"))
-
-    again = run_trainer(rd, tiny_cache, attempt=2)
-    assert again.returncode == EXIT_FINISHED, again.stderr[-3000:]
-    assert "resuming from checkpoint-3" in again.stdout
-    assert "set aside half-written checkpoint-4" in again.stdout
-    assert (rd.checkpoints / ".partial" / "checkpoint-4").is_dir()
-    assert rd.checkpoint_steps() == [2, 3, 4, 5]
-    second = [r for r in metrics(rd) if r["attempt"] == 2 and "reward" in r]
-    assert [r["step"] for r in second] == [4, 5]
-    assert json.loads((rd.checkpoint_path(5) / "trainer_state.json").read_text())["global_step"] == 5
-
-    # Nothing left to do at the stop step: exits at once, finished.
-    done = run_trainer(rd, tiny_cache, attempt=3)
-    assert done.returncode == EXIT_FINISHED and "nothing to do" in done.stdout
-
-
-def test_sigterm_saves_at_the_current_step_and_exits_75(home, tiny_cache):
-    rd = make_run(home, "grpo.max_steps=500", "grpo.save_steps=100", "stop_at_step=500")
+def test_sigterm_saves_the_current_step_then_resume_skips_a_half_written_checkpoint(home, tiny_cache):
+    rd = make_run(home, "grpo.max_steps=8", "grpo.save_steps=100", "stop_at_step=8")
     cmd, env = _cmd_env(rd, 1, tiny_cache)
     with open(rd.train_log, "w") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
@@ -121,7 +93,7 @@ def test_sigterm_saves_at_the_current_step_and_exits_75(home, tiny_cache):
             deadline = time.time() + 240
             while not any(r.get("step", 0) >= 2 for r in metrics(rd)):
                 assert proc.poll() is None and time.time() < deadline, rd.train_log.read_text()[-3000:]
-                time.sleep(0.2)
+                time.sleep(0.1)
             proc.send_signal(signal.SIGTERM)
             code = proc.wait(timeout=120)
         finally:
@@ -130,9 +102,29 @@ def test_sigterm_saves_at_the_current_step_and_exits_75(home, tiny_cache):
     out = rd.train_log.read_text()
     assert code == EXIT_STOPPED, out[-3000:]
     last = max(r["step"] for r in metrics(rd))
-    assert 2 <= last < 100 and rd.checkpoint_steps() == [last]
+    assert 2 <= last < 8 and rd.checkpoint_steps() == [last]  # saved where it stopped, off the save grid
     assert (rd.checkpoint_path(last) / "adapter_model.safetensors").exists()
     assert f"stopped on request at step {last}" in out
+
+    # A later save cut off midway: files there, no completion marker, a truncated adapter.
+    half = rd.checkpoint_path(last + 1)
+    shutil.copytree(rd.checkpoint_path(last), half)
+    (half / CHECKPOINT_COMPLETE).unlink()
+    (half / "adapter_model.safetensors").write_bytes(b"\0" * 10)
+
+    again = run_trainer(rd, tiny_cache, attempt=2)
+    assert again.returncode == EXIT_FINISHED, again.stderr[-3000:]
+    assert f"resuming from checkpoint-{last}" in again.stdout
+    assert f"set aside half-written checkpoint-{last + 1}" in again.stdout
+    assert (rd.checkpoints / ".partial" / f"checkpoint-{last + 1}").is_dir()
+    assert rd.checkpoint_steps() == [last, 8]
+    second = [r["step"] for r in metrics(rd) if r["attempt"] == 2 and "reward" in r]
+    assert second == list(range(last + 1, 9))
+    assert json.loads((rd.checkpoint_path(8) / "trainer_state.json").read_text())["global_step"] == 8
+
+    # Nothing left to do at the stop step: exits at once, finished.
+    done = run_trainer(rd, tiny_cache, attempt=3)
+    assert done.returncode == EXIT_FINISHED and "nothing to do" in done.stdout
 
 
 CPU_ACCELERATE = """compute_environment: LOCAL_MACHINE
