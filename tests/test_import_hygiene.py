@@ -38,9 +38,9 @@ def test_cli_start_up_is_light(tmp_path, argv):
 
 def test_tui_start_up_is_light(tmp_path):
     code = (
-        "import asyncio\nfrom tina_tui.app import TinaApp\n"
+        "import asyncio\nfrom tina_core.rundir import tina_home\nfrom tina_tui.app import TinaApp\n"
         "async def go():\n"
-        "    app = TinaApp()\n"
+        "    app = TinaApp(tina_home())\n"
         "    async with app.run_test(size=(80, 24)) as pilot:\n"
         "        await pilot.pause(0.5)\n"
         "asyncio.run(go())\n"
