@@ -321,3 +321,23 @@ def test_cli_ingest(tmp_path, capsys):
     assert "4 lines" in out and "1 lines quarantined" in out and "quarantine" in out
     assert cli_ingest(tmp_path, rebuild=True) == 0
     assert "rebuilt 1 runs" in capsys.readouterr().out
+
+
+def test_series_kept_between_calls_matches_a_fresh_read(tmp_path):
+    rd = make_run(tmp_path, "r1")
+    write_metrics(rd, range(1, 301))
+    store = Store(tmp_path)
+    store.ingest()
+    fresh = lambda: Store(tmp_path).metric_series("r1", "loss", max_points=None)  # noqa: E731
+    assert store.metric_series("r1", "loss", max_points=50) == Store(tmp_path).metric_series("r1", "loss", max_points=50)
+    write_metrics(rd, range(301, 321))
+    store.ingest()
+    assert store.metric_series("r1", "loss", max_points=None) == fresh()
+    write_metrics(rd, range(290, 331), attempt=2)   # a resume rewrites steps from 290 on
+    store.ingest()
+    assert store.metric_series("r1", "loss", max_points=None) == fresh()
+    assert dict(store.metric_series("r1", "loss", max_points=None))[300] == metric_line(300, 2)["loss"]
+    other = Store(tmp_path)                          # another process ingests meanwhile
+    write_metrics(rd, [331], attempt=2)
+    other.ingest()
+    assert store.metric_series("r1", "loss", max_points=None)[-1][0] == 331

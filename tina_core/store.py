@@ -170,6 +170,7 @@ class Store:
         # opening the database, which keeps the TUI's per-refresh ingest() cheap.
         self._seen: dict[str, tuple] = {}
         self._phase_cache: dict[tuple, Any] = {}
+        self._series: dict[tuple, tuple[Any, list]] = {}
 
     # --- connections ---------------------------------------------------------------------------
     def _open(self) -> duckdb.DuckDBPyConnection:
@@ -272,6 +273,7 @@ class Store:
             self._schema_ok = False
         self._seen.clear()
         self._phase_cache.clear()
+        self._series.clear()
         return self.ingest()
 
     def _forget(self, con, run_id: str) -> None:
@@ -320,6 +322,7 @@ class Store:
             con.execute("DELETE FROM quarantine WHERE run_id = ? AND file = ?", [rd.run_id, name])
             con.execute("DELETE FROM ingest_state WHERE run_id = ? AND file = ?", [rd.run_id, name])
             con.execute("COMMIT")
+            self._series = {k: v for k, v in self._series.items() if k[0] != rd.run_id}
             offset = 0
         if size == offset:
             return IngestStats()
@@ -403,25 +406,25 @@ class Store:
 
     @staticmethod
     def _insert_staged(con, run_id: str, keys: list[str]) -> int:
-        """Unpivot the staging table into metrics rows under canonical names."""
+        """The staging table's values as long metrics rows, under canonical names."""
         values = [k for k in keys if k not in metric_keys.RECORD_FIELDS]
         # Legacy names go in under canonical ones; a line carrying both keeps the canonical value.
         sources: dict[str, list[str]] = {}
         for k in sorted(values, key=lambda k: metric_keys.normalise_key(k) != k):
             sources.setdefault(metric_keys.normalise_key(k), []).append(_ident(k))
-        pairs = [(f"coalesce({', '.join(src)})" if len(src) > 1 else src[0], _ident(c))
-                 for c, src in sources.items()]
+        pairs = [(f"coalesce({', '.join(src)})" if len(src) > 1 else src[0], c) for c, src in sources.items()]
         con.execute(
             "INSERT INTO attempts SELECT $1, coalesce(attempt, 1), min(step) FROM _chunk GROUP BY ALL "
             "ON CONFLICT DO UPDATE SET first_step = least(first_step, excluded.first_step)", [run_id])
         if not pairs:
             return 0
         ts = "TRY_CAST(ts AS DOUBLE)" if "ts" in keys else "NULL::DOUBLE"
-        return con.execute(
-            f"INSERT INTO metrics SELECT $1, step, attempt, key, value, ts FROM ("
-            f"UNPIVOT (SELECT step::BIGINT AS step, coalesce(attempt, 1)::INTEGER AS attempt, {ts} AS ts, "
-            f"{', '.join(f'{k} AS {c}' for k, c in pairs)} FROM _chunk) "
-            f"ON {', '.join(c for _, c in pairs)} INTO NAME key VALUE value) ORDER BY key, step", [run_id]).fetchone()[0]
+        # One SELECT per key, so the rows of a key land together: a series query then reads a
+        # few row groups instead of every one of the run's (and this is cheaper than sorting).
+        parts = [f"SELECT step::BIGINT, coalesce(attempt, 1)::INTEGER, {_sql_str(c)}, {expr}, {ts} "
+                 f"FROM _chunk WHERE {expr} IS NOT NULL" for expr, c in pairs]
+        return con.execute(f"INSERT INTO metrics SELECT $1, * FROM ({' UNION ALL '.join(parts)})",
+                           [run_id]).fetchone()[0]
 
     @staticmethod
     def _parse_lines(chunk: bytes, offset: int, check) -> tuple[list, list]:
@@ -507,18 +510,29 @@ class Store:
     def metric_series(self, run_id: str, key: str, *, max_points: int | None = 120) -> list[tuple[int, float]]:
         """(step, value) ascending, one per step (latest attempt), non-finite values left out;
         with ``max_points``, consecutive steps are averaged into about that many buckets, each
-        labelled with its last step."""
+        labelled with its last step. Kept per process until the run's metrics change: the TUI
+        asks for the same series every second."""
         key = metric_keys.normalise_key(key)
         # The same rows as metrics_latest, written out so DuckDB filters before it groups.
         base = ("SELECT step, arg_max(value, attempt * 1e12 + coalesce(ts, 0)) AS value FROM metrics m "
                 f"WHERE run_id = $1 AND key = $2 AND {_CURRENT} GROUP BY step HAVING isfinite(value)")
-        if not max_points:
-            return self._query(base + " ORDER BY step", [run_id, key])
-        return self._query(
-            f"WITH s AS ({base}), n AS (SELECT count(*) AS c FROM s) "
-            "SELECT max(step)::BIGINT, avg(value) FROM ("
-            "  SELECT step, value, (row_number() OVER (ORDER BY step) - 1) * $3 // (SELECT c FROM n) AS b"
-            "  FROM s) GROUP BY b ORDER BY 1", [run_id, key, int(max_points)])
+        with self.session():
+            version = self._query(
+                "SELECT (SELECT list((attempt, first_step) ORDER BY attempt) FROM attempts WHERE run_id = $1), "
+                "(SELECT \"offset\" FROM ingest_state WHERE run_id = $1 AND file = $2)", [run_id, METRICS])[0]
+            hit = self._series.get((run_id, key, max_points))
+            if hit and hit[0] == version:
+                return list(hit[1])
+            if not max_points:
+                series = self._query(base + " ORDER BY step", [run_id, key])
+            else:
+                series = self._query(
+                    f"WITH s AS ({base}), n AS (SELECT count(*) AS c FROM s) "
+                    "SELECT max(step)::BIGINT, avg(value) FROM ("
+                    "  SELECT step, value, (row_number() OVER (ORDER BY step) - 1) * $3 // (SELECT c FROM n) AS b"
+                    "  FROM s) GROUP BY b ORDER BY 1", [run_id, key, int(max_points)])
+        self._series[(run_id, key, max_points)] = (version, series)
+        return list(series)
 
     def last_metrics(self, run_id: str) -> dict[str, float]:
         """The latest finite value of every key (canonical names)."""
