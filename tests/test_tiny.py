@@ -41,6 +41,7 @@ def test_tokenizer_keeps_the_tags_visible(tiny_model):
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}], tokenize=False,
                                      add_generation_prompt=True)
     assert prompt == "<|im_start|>user\nWhat is 3 + 4?<|im_end|>\n<|im_start|>assistant\n"
+    assert prompt == tiny.CHAT_TEMPLATE_RENDER.format(user="What is 3 + 4?")  # the corpus saw the same text
 
 
 def test_distilled_base_adds_but_rarely_formats(tiny_model):

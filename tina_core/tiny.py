@@ -42,13 +42,16 @@ CHAT_TEMPLATE = (
     "{%- endfor -%}"
     "{%- if add_generation_prompt -%}{{- '<|im_start|>assistant\n' -}}{%- endif -%}"
 )
+# A user turn as CHAT_TEMPLATE renders it, for the tokenizer's training corpus (the tokenizer does
+# not exist yet then; everywhere else the template itself is applied).
+CHAT_TEMPLATE_RENDER = "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
 @dataclass(frozen=True)
 class TinyParams:
     """Build parameters (a recipe's ``model.tiny`` mapping)."""
 
-    vocab_size: int = 512
+    vocab_size: int = 512  # at most: the arithmetic corpus yields about 300 tokens
     hidden_size: int = 64
     intermediate_size: int = 256
     num_layers: int = 2
@@ -247,13 +250,8 @@ def _build(p: TinyParams, out: Path, log) -> dict[str, Any]:
                 "sft_formatted_targets": n_formatted, "sft_targets": p.sft_steps * p.sft_batch_size,
                 "build_seconds": round(time.time() - t0, 1)}
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    log(f"tiny: built {out.name} ({manifest['parameters']} parameters) in {manifest['build_seconds']} s")
+    log(f"tiny: built tiny-{p.key()} ({manifest['parameters']} parameters) in {manifest['build_seconds']} s")
     return manifest
-
-
-# The rendered chat prompt, for the tokenizer's training corpus (the template itself is applied by
-# the tokenizer everywhere else).
-CHAT_TEMPLATE_RENDER = "<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
 
 
 if __name__ == "__main__":
