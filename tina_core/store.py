@@ -15,14 +15,13 @@ open across TUI refreshes. The schema is documented in docs/schema.md.
 from __future__ import annotations
 
 import json
-import math
 import os
 import random
 import shutil
 import tempfile
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -102,11 +101,6 @@ def _num(v: Any) -> float | None:
     if isinstance(v, bool) or not isinstance(v, (int, float)):
         return None
     return float(v)
-
-
-def _finite(v: Any) -> float | None:
-    f = _num(v)
-    return f if f is not None and math.isfinite(f) else None
 
 
 def _step_of(v: Any) -> int | None:
@@ -237,19 +231,21 @@ class Store:
                 todo.append((rd, sig))
         present = {r.run_id for r in runs}
         gone = [] if wanted is not None else [r for r in self._seen if r not in present]
-        if todo or gone or not self._seen and wanted is None:
+        if wanted is None and (todo or gone or not self._seen):
             with self.session() as con:
-                if wanted is None:
-                    known = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
-                    for run_id in sorted(known - present):
-                        self._forget(con, run_id)
-                for rd, sig in todo:
-                    s = self._ingest_run(con, rd, self._seen.get(rd.run_id), sig)
-                    stats += s
-                    stats.updated += 1 if (s.lines or s.quarantined) else 0
-                    self._seen[rd.run_id] = sig
+                known = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
+                for run_id in sorted(known - present):
+                    self._forget(con, run_id)
             for run_id in gone:
                 self._seen.pop(run_id, None)
+        for rd, sig in todo:
+            # A connection per run (unless the caller holds a session): a long catch-up lets
+            # other tina processes in between runs instead of locking them out throughout.
+            with self.session() as con:
+                s = self._ingest_run(con, rd, self._seen.get(rd.run_id), sig)
+            stats += s
+            stats.updated += 1 if (s.lines or s.quarantined) else 0
+            self._seen[rd.run_id] = sig
         stats.runs = len(runs)
         stats.seconds = time.perf_counter() - t0
         return stats
