@@ -32,7 +32,7 @@ class PhaseParams:
     window: int = 50          # reference window, in logged points
     lag: int = 5              # gap between the reference window and the point being tested
     min_ref: int = 6          # points the reference needs before watching starts
-    k: float = 1.0            # CUSUM slack (reference sigmas): shifts smaller than 2k are ignored
+    k: float = 1.0            # CUSUM slack (reference sigmas): a smaller shift never accumulates
     h: float = 8.0            # CUSUM alarm threshold (reference sigmas)
     abs_floor: float = 0.02   # sigma floor: a reward flat at exactly 0 still has a scale
     rel_floor: float = 0.02   # sigma floor relative to |reference mean| (lengths in tokens)
@@ -53,7 +53,7 @@ class Change:
     signal: str
     step: int            # first step of the new regime (the marker)
     detected_at: int     # step at which the live alarm fired
-    status: str          # tentative | confirmed
+    status: str          # tentative | confirmed | rejected
     size: float          # the move, in the signal's units
     direction: str       # up | down
 
