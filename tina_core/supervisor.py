@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import fcntl
 import os
+import resource
 import select
 import shlex
 import signal
@@ -204,6 +205,7 @@ class Supervisor:
         self.backoff = _env_float("TINA_RESTART_BACKOFF_S", DEFAULT_BACKOFF_S)
         self.max_restarts = int(self.info.get("max_restarts", DEFAULT_MAX_RESTARTS))
         self.started = time.time()
+        self.cpu0 = _cpu_s(resource.RUSAGE_SELF)
         self.stop_requested: str | None = None
         self.kill_now = False
         self.proc: subprocess.Popen | None = None
@@ -370,7 +372,8 @@ class Supervisor:
         return any(isinstance(r.get("step"), int) for r in iter_jsonl(self.run_dir.metrics))
 
     def finish(self, state: str, **fields: Any) -> str:
-        self.run_dir.event(state, **fields)
+        # what supervising cost this process, for bench/supervision_overhead.py
+        self.run_dir.event(state, **fields, supervisor_cpu_s=round(_cpu_s(resource.RUSAGE_SELF) - self.cpu0, 2))
         self.log(state + (f": {fields['reason']}" if fields.get("reason") else ""))
         return state
 
@@ -386,13 +389,15 @@ class Supervisor:
                 if self.stop_requested:
                     return self.finish("stopped", step=None)
                 attempt = self._next_attempt()
+                children_cpu = _cpu_s(resource.RUSAGE_CHILDREN)
                 proc = self.start(attempt)
                 code = self.watch(proc)
                 kill_group(proc.pid)  # leftovers (vLLM workers) of a trainer that is gone
                 self._pump.join(timeout=5)
                 sig = signal.Signals(-code).name if code < 0 else None
                 step = self.last_step(attempt)
-                self.run_dir.event("attempt_exited", attempt=attempt, code=code, signal=sig, step=step)
+                self.run_dir.event("attempt_exited", attempt=attempt, code=code, signal=sig, step=step,
+                                   cpu_s=round(_cpu_s(resource.RUSAGE_CHILDREN) - children_cpu, 2))
                 self.proc = None
                 self.beat(force=True)
                 why = f"killed by {sig}" if sig else f"exit code {code}"
@@ -446,6 +451,11 @@ def pump_redacted(stream, log_path: Path) -> None:
     finally:
         os.close(fd)
         stream.close()
+
+
+def _cpu_s(who: int) -> float:
+    ru = resource.getrusage(who)
+    return ru.ru_utime + ru.ru_stime
 
 
 # --- process helpers ------------------------------------------------------------------------------
