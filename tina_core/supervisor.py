@@ -747,7 +747,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 # --- commands -------------------------------------------------------------------------------------
 def start_run(home: Path, recipe_path: Path, *, name: str | None = None, overrides: Sequence[str] = (),
               gpu_hour_usd: float | None = None) -> RunDir:
-    """Validate, create and start a run under a detached supervisor (for the TUI and --detach)."""
+    """Validate, create and start a run under a detached supervisor (``tina run --detach``).
+    Validation imports TRL into the calling process: a cockpit should run ``tina run --detach``
+    as a child process instead."""
     run_dir = create_run(home, recipe_path, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
     spawn_daemon(run_dir)
     return run_dir
