@@ -57,7 +57,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 pts = cold.metric_series(run, key, max_points=120)
                 timings["cold (first call, SQL)"].append(time.perf_counter() - t0)
-                assert 100 <= len(pts) <= 120
+                assert 100 <= len(pts) <= 120, (run, key, len(pts), cold.last_step(run))
             base = Store(home)
             with base.session():
                 t0 = time.perf_counter()
