@@ -5,13 +5,11 @@ seconds and can misbehave on purpose. The real tiny trainer is exercised in test
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 

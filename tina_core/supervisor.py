@@ -473,14 +473,6 @@ def kill_group(pgid: int) -> None:
         pass
 
 
-def _group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-        return True
-    except (ProcessLookupError, PermissionError):
-        return False
-
-
 def stop_process_group(pid: int, timeout: float) -> None:
     """SIGTERM to the trainer (it saves and exits), then SIGKILL to its whole group after ``timeout``."""
     _signal(pid, signal.SIGTERM)
