@@ -225,3 +225,19 @@ def test_logs_follow_ends_with_the_run(make_run, monkeypatch):
                           rd.run_id], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
     assert "attempt 1 from step 0" in out.stdout and out.stdout.rstrip().endswith("finished")
+
+
+def test_stop_without_a_supervisor_stops_the_orphan(make_run, monkeypatch):
+    monkeypatch.setenv("FT_STOP", "100000")
+    rd = make_run()
+    pid = supervisor.spawn_daemon(rd)
+    _wait_for(lambda: supervisor.liveness(rd)["trainer_pid"])
+    trainer = supervisor.liveness(rd)["trainer_pid"]
+    os.kill(pid, signal.SIGKILL)
+    _wait_state(rd, ["crashed"])
+    assert supervisor.stop_run(supervisor.home_of(rd), rd.run_id) == "stopped"
+    assert not supervisor._pid_alive(trainer)
+    assert supervisor.liveness(rd)["state"] == "stopped"
+    assert _events(rd)[-3:] == ["attempt_exited", "stop_requested", "stopped"]
+    with pytest.raises(TinaError, match="nothing to stop"):
+        supervisor.stop_run(supervisor.home_of(rd), rd.run_id)
