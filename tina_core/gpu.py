@@ -49,7 +49,8 @@ def gpu_model() -> str | None:
 
 
 def sample() -> list[dict[str, Any]]:
-    """One reading per GPU: utilisation %, memory used/total (MiB), power (W). ``[]`` without a GPU."""
+    """One reading per GPU: ``index``, ``util`` (%), ``mem_used``/``mem_total`` (MiB), ``power_w``.
+    ``[]`` without a GPU."""
     sampler = Sampler()
     try:
         return sampler.read()
@@ -80,9 +81,9 @@ class Sampler:
                     power = round(nv.nvmlDeviceGetPowerUsage(h) / 1000, 1)
                 except Exception:
                     power = None
-                out.append({"gpu": i, "util_pct": nv.nvmlDeviceGetUtilizationRates(h).gpu,
-                            "mem_used_mib": round(mem.used / 2**20),
-                            "mem_total_mib": round(mem.total / 2**20), "power_w": power})
+                out.append({"index": i, "util": nv.nvmlDeviceGetUtilizationRates(h).gpu,
+                            "mem_used": round(mem.used / 2**20),
+                            "mem_total": round(mem.total / 2**20), "power_w": power})
         except Exception:
             return []
         return out

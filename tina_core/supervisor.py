@@ -277,8 +277,9 @@ class Supervisor:
             self._sampler = Sampler()
         from tina_core.rundir import append_jsonl
 
-        for rec in self._sampler.read():
-            append_jsonl(self.run_dir.system, {"time": now_iso(), "ts": now, **rec})
+        gpus = self._sampler.read()
+        if gpus:  # one line per sample, every GPU in it (the store's system table reads this shape)
+            append_jsonl(self.run_dir.system, {"time": now_iso(), "ts": now, "gpus": gpus})
 
     def tick(self) -> None:
         self.beat()

@@ -123,10 +123,11 @@ class SyntheticRun:
             for i in range(self.log_lines_per_step):
                 log.append(f"{{'loss': {m['loss']}, 'reward': {m['reward']}, 'epoch': {m['epoch']}}}"
                            f" step {step}/{self.max_steps}" + (f" [{i}]" if i else "") + "\n")
-            if step % 10 == 0:  # one line per GPU, as the supervisor samples
-                sysl += [_line({"time": _iso(ts), "ts": ts, "gpu": g, "util_pct": round(80 + 15 * rng.random()),
-                                "mem_used_mib": 38000 + g * 1500, "mem_total_mib": 46068,
-                                "power_w": round(250 + 40 * rng.random(), 1)}) for g in range(self.gpu_count)]
+            if step % 10 == 0 and self.gpu_count:  # one line per sample, as the supervisor writes
+                sysl.append(_line({"time": _iso(ts), "ts": ts, "gpus": [
+                    {"index": g, "util": round(80 + 15 * rng.random()), "mem_used": 38000 + g * 1500,
+                     "mem_total": 46068, "power_w": round(250 + 40 * rng.random(), 1)}
+                    for g in range(self.gpu_count)]}))
             if step % self.save_steps == 0:
                 ck = rd.checkpoint_path(step)
                 ck.mkdir(exist_ok=True)
