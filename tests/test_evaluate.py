@@ -86,7 +86,7 @@ def test_custom_task_module_is_light_and_defines_the_missing_tasks():
 
     assert [t.name for t in eval_tasks.TASKS_TABLE] == ["tina_amc23", "tina_minerva", "tina_arith"]
     assert eval_tasks.TASKS_TABLE[2].hf_repo == str(eval_tasks.TINY_EVAL_DIR)
-    rows = [json.loads(line) for line in (evaluate.EVAL_TASKS_FILE.parent / "data/tiny_eval/test.jsonl").open()]
+    rows = [json.loads(line) for line in (evaluate.EVAL_TASKS_FILE.parent / "tiny_data/tiny_eval/test.jsonl").open()]
     assert len(rows) == 40 and len({r["problem"] for r in rows}) == len(rows)
     import math_verify
 

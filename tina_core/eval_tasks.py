@@ -6,7 +6,7 @@ built-ins, so the ones defined here are prefixed ``tina_``:
 
 - ``tina_amc23``   knoveleng/AMC-23, gold an expression (Tina's ``expr_gold_metric``);
 - ``tina_minerva`` knoveleng/Minerva-Math, gold a LaTeX solution (Tina's ``latex_gold_metric``);
-- ``tina_arith``   a small arithmetic set shipped in ``data/tiny_eval/test.jsonl`` (a local folder,
+- ``tina_arith``   a small arithmetic set shipped in ``tiny_data/tiny_eval/test.jsonl`` (a local folder,
   so it evaluates fully offline), the benchmark of the tiny CPU model; its metric is Tina's
   extractive match applied to the ``<answer>`` tag's content when there is one.
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-TINY_EVAL_DIR = Path(__file__).resolve().parent / "data" / "tiny_eval"
+TINY_EVAL_DIR = Path(__file__).resolve().parent / "tiny_data" / "tiny_eval"
 
 # simple-evals' math template as Tina's run_eval_custom_tasks.py has it: math-verify needs the box.
 MATH_QUERY_TEMPLATE = (

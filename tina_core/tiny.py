@@ -30,7 +30,7 @@ from tina_core.rundir import TinaError, tina_home
 # Bump when the build below changes what it produces: cached models are then rebuilt.
 BUILD_VERSION = 1
 MANIFEST = "tina-tiny.json"
-DATA_DIR = Path(__file__).resolve().parent / "data" / "tiny_arith"
+DATA_DIR = Path(__file__).resolve().parent / "tiny_data" / "tiny_arith"
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 # Plain (not special) added tokens: TRL decodes completions with skip_special_tokens=True, and the
