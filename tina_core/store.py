@@ -14,11 +14,13 @@ open across TUI refreshes. The schema is documented in docs/schema.md.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
 import shutil
 import tempfile
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
@@ -32,6 +34,7 @@ from tina_core.rundir import RunDir, TinaError, list_run_dirs
 
 DB_NAME = "tina.duckdb"
 LOCK_TIMEOUT_S = 5.0
+WAIT_NOTICE_S, WAIT_YIELD_S = 0.3, 0.03  # a waiter's notice counts this long; a holder yields this
 METRICS, EVENTS, SYSTEM = "metrics.jsonl", "events.jsonl", "system.jsonl"
 TAILED = (METRICS, EVENTS, SYSTEM)
 
@@ -94,7 +97,8 @@ class IngestStats:
 
 def _is_lock_error(e: Exception) -> bool:
     msg = str(e).lower()
-    return "lock" in msg or "different configuration" in msg
+    # "unique file handle conflict": this process already has the file open another way
+    return "lock" in msg or "different configuration" in msg or "file handle conflict" in msg
 
 
 def _num(v: Any) -> float | None:
@@ -152,12 +156,53 @@ def _ident(s: str) -> str:
     return '"' + s.replace('"', '""') + '"'
 
 
+class _Attachments:
+    """The process's one in-memory DuckDB instance and the database files attached to it, counted
+    so that overlapping sessions (threads, several Store objects) share one attachment and the
+    file is detached, its lock released, when the last session ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._instance: duckdb.DuckDBPyConnection | None = None
+        self._users: dict[Path, int] = {}
+
+    @staticmethod
+    def alias(path: Path) -> str:
+        return "ws_" + hashlib.sha1(str(path).encode()).hexdigest()[:16]
+
+    def acquire(self, path: Path) -> duckdb.DuckDBPyConnection:
+        path = path.resolve()
+        alias = self.alias(path)
+        with self._lock:
+            if self._instance is None:
+                self._instance = duckdb.connect(":memory:")
+            if not self._users.get(path):
+                self._instance.execute(f"ATTACH {_sql_str(str(path))} AS {alias}")
+            self._users[path] = self._users.get(path, 0) + 1
+            con = self._instance.cursor()
+        con.execute(f"USE {alias}")
+        return con
+
+    def release(self, path: Path, con: duckdb.DuckDBPyConnection) -> None:
+        path = path.resolve()
+        con.close()
+        with self._lock:
+            self._users[path] -= 1
+            if not self._users[path]:
+                del self._users[path]
+                self._instance.execute(f"DETACH {self.alias(path)}")
+
+
+_ATTACHED = _Attachments()
+
+
 class Store:
     """The index of one workspace. Cheap to create; holds no connection between calls."""
 
     def __init__(self, home: Path):
         self.home = Path(home)
         self.path = self.home / DB_NAME
+        self._waiting = self.home / (DB_NAME + ".waiting")  # pid of a process waiting for the lock
         self._con: duckdb.DuckDBPyConnection | None = None
         self._schema_ok = False
         # What this process last saw ingested, per run: an unchanged run is skipped without
@@ -168,28 +213,48 @@ class Store:
 
     # --- connections ---------------------------------------------------------------------------
     def _open(self) -> duckdb.DuckDBPyConnection:
+        """A connection with the workspace file attached and in use. Starting a DuckDB instance
+        costs tens of milliseconds; attaching a file to a running one costs about one, so the
+        process keeps one in-memory instance and attaches the file per session. Detaching releases
+        the file lock just as closing a connection did."""
         self.home.mkdir(parents=True, exist_ok=True)
+        self._let_waiter_in()
         deadline = time.monotonic() + LOCK_TIMEOUT_S
         delay = 0.005
         while True:
             try:
-                con = duckdb.connect(str(self.path))
+                con = _ATTACHED.acquire(self.path)
                 break
             except duckdb.Error as e:
                 if not _is_lock_error(e):
                     raise TinaError(f"cannot open {self.path}: {e} (try `tina ingest --rebuild`)") from e
                 if time.monotonic() >= deadline:
                     raise TinaError(f"{self.path} is busy (another tina process holds it); try again") from e
+                self._waiting.write_text(str(os.getpid()))
                 time.sleep(delay * (0.5 + random.random()))
-                delay = min(delay * 2, 0.25)
+                delay = min(delay * 2, 0.05)
         if not self._schema_ok:
-            con.execute(SCHEMA)
+            try:
+                con.execute(SCHEMA)
+            except BaseException:
+                _ATTACHED.release(self.path, con)
+                raise
             self._schema_ok = True
         return con
 
+    def _let_waiter_in(self) -> None:
+        """A process that just let the file go would take it straight back before a waiting one
+        polls again: when another process said it is waiting, give it a moment first."""
+        try:
+            if time.time() - os.stat(self._waiting).st_mtime < WAIT_NOTICE_S \
+                    and self._waiting.read_text() != str(os.getpid()):
+                time.sleep(WAIT_YIELD_S)
+        except (FileNotFoundError, ValueError):
+            pass
+
     @contextmanager
     def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One connection for several calls (one TUI refresh); closed when the block ends."""
+        """One connection for several calls (one TUI refresh); the file is let go when it ends."""
         if self._con is not None:
             yield self._con
             return
@@ -198,7 +263,7 @@ class Store:
             yield self._con
         finally:
             con, self._con = self._con, None
-            con.close()
+            _ATTACHED.release(self.path, con)
 
     def _query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         with self.session() as con:
