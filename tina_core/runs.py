@@ -75,15 +75,18 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
     last_ts = max((e.get("ts", 0) for e in events), default=0) or None
     # A dead supervisor's open attempt counts up to its last heartbeat, not up to now.
     open_until = now if state in LIVE else (live["heartbeat"] or last_ts or now)
-    records = list(iter_jsonl(run_dir.metrics))
-    times = cost.step_times(records)
-    meter = cost.Meter(info, events, times, open_until=open_until)
-    steps = [r for r in records if isinstance(r.get("step"), int)]
-    step = steps[-1]["step"] if steps else None
-    per_step = [r for r in steps if not any(k in r for k in _SUMMARY_KEYS)]
-
+    # The step clock from the index when there is one: re-reading metrics.jsonl costs seconds.
+    clock = _store_call(store, "step_clock", run_dir.run_id)
     last_metrics = _store_call(store, "last_metrics", run_dir.run_id)
+    records = [] if clock is not None and last_metrics is not None else list(iter_jsonl(run_dir.metrics))
+    steps = [r for r in records if isinstance(r.get("step"), int)]
+    if clock is not None:
+        times, step = clock
+    else:
+        times, step = cost.step_times(records), (steps[-1]["step"] if steps else None)
+    meter = cost.Meter(info, events, times, open_until=open_until)
     if last_metrics is None:
+        per_step = [r for r in steps if not any(k in r for k in _SUMMARY_KEYS)]
         last_metrics = _normalise({k: v for k, v in (per_step[-1] if per_step else {}).items()
                                    if k not in ("time", "ts", "attempt")})
     phase = _store_call(store, "phase", run_dir.run_id)

@@ -61,6 +61,11 @@ CREATE TABLE IF NOT EXISTS quarantine (
     run_id VARCHAR, file VARCHAR, "offset" BIGINT, text VARCHAR, reason VARCHAR);
 CREATE TABLE IF NOT EXISTS ingest_state (
     run_id VARCHAR, file VARCHAR, "offset" BIGINT, PRIMARY KEY (run_id, file));
+CREATE TABLE IF NOT EXISTS steps (
+    run_id VARCHAR NOT NULL, step BIGINT NOT NULL, attempt INTEGER NOT NULL, ts DOUBLE);
+CREATE TABLE IF NOT EXISTS phase_cache (
+    run_id VARCHAR, params VARCHAR, version BIGINT, result JSON, PRIMARY KEY (run_id, params));
+CREATE TABLE IF NOT EXISTS meta (schema_version INTEGER);
 -- Each step once: a restarted attempt supersedes what earlier attempts logged from the step it
 -- resumed at, and a key logged twice in one step keeps its last value.
 CREATE OR REPLACE VIEW metrics_latest AS
@@ -75,9 +80,10 @@ QUALIFY row_number() OVER (PARTITION BY m.run_id, m.step, m.key
 _CURRENT = ("NOT EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = m.run_id AND a.attempt > m.attempt "
             "AND a.first_step <= m.step)")
 TABLES = ("runs", "metrics", "attempts", "checkpoints", "evaluations", "events", "system",
-          "quarantine", "ingest_state")
+          "quarantine", "ingest_state", "steps", "phase_cache")
+SCHEMA_VERSION = 2  # a file written with another version is dropped and read again
 # Rows that came from each tailed file, dropped when that file is found rewritten from scratch.
-_FILE_TABLES = {METRICS: ("metrics", "attempts"), EVENTS: ("events", "evaluations"), SYSTEM: ("system",)}
+_FILE_TABLES = {METRICS: ("metrics", "attempts", "steps", "phase_cache"), EVENTS: ("events", "evaluations"), SYSTEM: ("system",)}
 
 
 @dataclass
@@ -235,12 +241,23 @@ class Store:
                 delay = min(delay * 2, 0.05)
         if not self._schema_ok:
             try:
-                con.execute(SCHEMA)
+                self._create(con)
             except BaseException:
                 _ATTACHED.release(self.path, con)
                 raise
             self._schema_ok = True
         return con
+
+    def _create(self, con) -> None:
+        con.execute(SCHEMA)
+        if con.execute("SELECT max(schema_version) FROM meta").fetchone()[0] != SCHEMA_VERSION:
+            con.execute("BEGIN")
+            for t in (*TABLES, "meta"):
+                con.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
+            con.execute(SCHEMA)
+            con.execute("INSERT INTO meta VALUES (?)", [SCHEMA_VERSION])
+            con.execute("COMMIT")
+            self._seen.clear()
 
     def _let_waiter_in(self) -> None:
         """A process that just let the file go would take it straight back before a waiting one
@@ -477,9 +494,11 @@ class Store:
         con.execute(
             "INSERT INTO attempts SELECT $1, coalesce(attempt, 1), min(step) FROM _chunk GROUP BY ALL "
             "ON CONFLICT DO UPDATE SET first_step = least(first_step, excluded.first_step)", [run_id])
+        ts = "TRY_CAST(ts AS DOUBLE)" if "ts" in keys else "NULL::DOUBLE"
+        con.execute(f"INSERT INTO steps SELECT $1, step::BIGINT, coalesce(attempt, 1)::INTEGER, {ts} FROM _chunk",
+                    [run_id])
         if not pairs:
             return 0
-        ts = "TRY_CAST(ts AS DOUBLE)" if "ts" in keys else "NULL::DOUBLE"
         # One SELECT per key, so the rows of a key land together: a series query then reads a
         # few row groups instead of every one of the run's (and this is cheaper than sorting).
         parts = [f"SELECT step::BIGINT, coalesce(attempt, 1)::INTEGER, {_sql_str(c)}, {expr}, {ts} "
@@ -574,9 +593,6 @@ class Store:
         labelled with its last step. Kept per process until the run's metrics change: the TUI
         asks for the same series every second."""
         key = metric_keys.normalise_key(key)
-        # The same rows as metrics_latest, written out so DuckDB filters before it groups.
-        base = ("SELECT step, arg_max(value, attempt * 1e12 + coalesce(ts, 0)) AS value FROM metrics m "
-                f"WHERE run_id = $1 AND key = $2 AND {_CURRENT} GROUP BY step HAVING isfinite(value)")
         with self.session():
             version = self._query(
                 "SELECT (SELECT list((attempt, first_step) ORDER BY attempt) FROM attempts WHERE run_id = $1), "
@@ -584,6 +600,13 @@ class Store:
             hit = self._series.get((run_id, key, max_points))
             if hit and hit[0] == version:
                 return list(hit[1])
+            # The same rows as metrics_latest, written out so DuckDB filters before it groups; the
+            # run's few attempts go in as constants (a correlated NOT EXISTS costs more than the scan).
+            current = "".join(f" AND (attempt >= {int(a['attempt'] if isinstance(a, dict) else a[0])} OR step < "
+                              f"{int(a['first_step'] if isinstance(a, dict) else a[1])})"
+                              for a in (version[0] or [])[1:])
+            base = ("SELECT step, arg_max(value, attempt * 1e12 + coalesce(ts, 0)) AS value FROM metrics m "
+                    f"WHERE run_id = $1 AND key = $2{current} GROUP BY step HAVING isfinite(value)")
             if not max_points:
                 series = self._query(base + " ORDER BY step", [run_id, key])
             else:
@@ -601,23 +624,46 @@ class Store:
             "SELECT key, arg_max(value, step * 1e6 + attempt) FROM metrics m WHERE run_id = ? "
             f"AND isfinite(value) AND {_CURRENT} GROUP BY key ORDER BY key", [run_id]))
 
+    def step_clock(self, run_id: str) -> tuple[dict[int, tuple[float, int]], int | None]:
+        """``({step: (ts, attempt)}, last step)``: cost.step_times of the run's metrics lines, and
+        the step of the last one (the latest attempt's furthest), without reading the file."""
+        with self.session():
+            rows = self._query(
+                "SELECT step, max(ts), attempt FROM steps m WHERE run_id = $1 AND ts IS NOT NULL "
+                f"AND {_CURRENT} GROUP BY step, attempt "
+                "QUALIFY row_number() OVER (PARTITION BY step ORDER BY attempt DESC) = 1 ORDER BY step",
+                [run_id])
+            last = self._query("SELECT arg_max(step, attempt * 1e12 + step) FROM steps WHERE run_id = $1",
+                               [run_id])[0][0]
+        return {s: (ts, a) for s, ts, a in rows}, last
+
     def last_step(self, run_id: str) -> int | None:
         return self._query("SELECT max(step) FROM metrics WHERE run_id = ?", [run_id])[0][0]
 
     def phase(self, run_id: str, params: Any = None) -> dict | None:
         """The phase-transition object (see tina_core.phase), recomputed only when new metrics
-        arrived since the last call in this process."""
+        arrived: kept in the database (for every process) and in this one, keyed by the metrics
+        file's ingested offset."""
         from tina_core import phase as phase_mod
 
         params = params or phase_mod.DEFAULT
-        with self.session():
+        with self.session() as con:
             version = self._query('SELECT "offset" FROM ingest_state WHERE run_id = ? AND file = ?',
                                   [run_id, METRICS])
-            cache_key = (run_id, version[0][0] if version else None, params)
+            version = version[0][0] if version else -1
+            cache_key = (run_id, version, params)
             if cache_key not in self._phase_cache:
-                series = {s: self.metric_series(run_id, s, max_points=None) for s in params.signals}
+                stored = self._query("SELECT result FROM phase_cache WHERE run_id = ? AND params = ? "
+                                     "AND version = ?", [run_id, repr(params), version])
+                if stored:
+                    result = json.loads(stored[0][0])
+                else:
+                    series = {s: self.metric_series(run_id, s, max_points=None) for s in params.signals}
+                    result = phase_mod.detect(series, params)
+                    con.execute("INSERT OR REPLACE INTO phase_cache VALUES (?, ?, ?, ?)",
+                                [run_id, repr(params), version, json.dumps(result)])
                 self._phase_cache = {k: v for k, v in self._phase_cache.items() if k[0] != run_id}
-                self._phase_cache[cache_key] = phase_mod.detect(series, params)
+                self._phase_cache[cache_key] = result
         result = self._phase_cache[cache_key]
         return None if result is None else dict(result)
 
