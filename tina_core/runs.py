@@ -18,6 +18,7 @@ from tina_core.rundir import RunDir, find_run, iter_jsonl, list_run_dirs
 from tina_core.supervisor import liveness
 
 LIVE = ("running", "stopping")
+LIVE_PHASE_MAX_AGE_S = 5.0  # a live run gains a step a second; detection reads all of them
 _SUMMARY_KEYS = ("train_runtime", "train_loss")  # the trainer's final summary log, not a step
 
 
@@ -55,11 +56,11 @@ def _evaluations(run_dir: RunDir, events: list[dict[str, Any]]) -> list[dict[str
     return [{k: e.get(k) for k in keep} for e in evals_of(run_dir, events).values()]
 
 
-def _store_call(store: Any, method: str, run_id: str) -> Any:
+def _store_call(store: Any, method: str, run_id: str, **kw: Any) -> Any:
     if store is None:
         return None
     try:
-        return getattr(store, method)(run_id)
+        return getattr(store, method)(run_id, **kw)
     except Exception as e:  # the index is an optimisation; the run directory still answers
         print(f"tina: warning: store.{method}({run_id}): {e}", file=sys.stderr)
         return None
@@ -89,8 +90,10 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
         per_step = [r for r in steps if not any(k in r for k in _SUMMARY_KEYS)]
         last_metrics = _normalise({k: v for k, v in (per_step[-1] if per_step else {}).items()
                                    if k not in ("time", "ts", "attempt")})
-    phase = _store_call(store, "phase", run_dir.run_id)
-    rec = _store_call(store, "recommendation", run_dir.run_id) or {}
+    # A live run's phase may lag its newest steps by a few seconds (see Store.phase).
+    age = {"max_age_s": LIVE_PHASE_MAX_AGE_S} if state in LIVE else {}
+    phase = _store_call(store, "phase", run_dir.run_id, **age)
+    rec = _store_call(store, "recommendation", run_dir.run_id, **age) or {}
     event_scores, pending = _evals_from_events(events)
     listed = _store_call(store, "checkpoints", run_dir.run_id)
     if listed is None:

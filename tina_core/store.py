@@ -215,6 +215,7 @@ class Store:
         # opening the database, which keeps the TUI's per-refresh ingest() cheap.
         self._seen: dict[str, tuple] = {}
         self._phase_cache: dict[tuple, Any] = {}
+        self._phase_recent: dict[tuple, tuple[float, Any]] = {}  # (run, params) -> (when computed, result)
         self._series: dict[tuple, tuple[Any, list]] = {}
 
     # --- connections ---------------------------------------------------------------------------
@@ -592,31 +593,49 @@ class Store:
         with ``max_points``, consecutive steps are averaged into about that many buckets, each
         labelled with its last step. Kept per process until the run's metrics change: the TUI
         asks for the same series every second."""
-        key = metric_keys.normalise_key(key)
+        return self.metric_series_many(run_id, [key], max_points=max_points)[key]
+
+    def metric_series_many(self, run_id: str, keys: Iterable[str], *,
+                           max_points: int | None = 120) -> dict[str, list[tuple[int, float]]]:
+        """``metric_series`` of several keys in one query, by the keys as given: a refresh charts
+        several series of one run, and each query scans the run's rows again."""
+        given = list(keys)
+        keys = list(dict.fromkeys(map(metric_keys.normalise_key, given)))
         with self.session():
             version = self._query(
                 "SELECT (SELECT list((attempt, first_step) ORDER BY attempt) FROM attempts WHERE run_id = $1), "
                 "(SELECT \"offset\" FROM ingest_state WHERE run_id = $1 AND file = $2)", [run_id, METRICS])[0]
-            hit = self._series.get((run_id, key, max_points))
-            if hit and hit[0] == version:
-                return list(hit[1])
-            # The same rows as metrics_latest, written out so DuckDB filters before it groups; the
-            # run's few attempts go in as constants (a correlated NOT EXISTS costs more than the scan).
-            current = "".join(f" AND (attempt >= {int(a['attempt'] if isinstance(a, dict) else a[0])} OR step < "
-                              f"{int(a['first_step'] if isinstance(a, dict) else a[1])})"
-                              for a in (version[0] or [])[1:])
-            base = ("SELECT step, arg_max(value, attempt * 1e12 + coalesce(ts, 0)) AS value FROM metrics m "
-                    f"WHERE run_id = $1 AND key = $2{current} GROUP BY step HAVING isfinite(value)")
-            if not max_points:
-                series = self._query(base + " ORDER BY step", [run_id, key])
-            else:
-                series = self._query(
-                    f"WITH s AS ({base}), n AS (SELECT count(*) AS c FROM s) "
-                    "SELECT max(step)::BIGINT, avg(value) FROM ("
-                    "  SELECT step, value, (row_number() OVER (ORDER BY step) - 1) * $3 // (SELECT c FROM n) AS b"
-                    "  FROM s) GROUP BY b ORDER BY 1", [run_id, key, int(max_points)])
-        self._series[(run_id, key, max_points)] = (version, series)
-        return list(series)
+            out: dict[str, list] = {}
+            for k in keys:
+                hit = self._series.get((run_id, k, max_points))
+                if hit and hit[0] == version:
+                    out[k] = hit[1]
+            todo = [k for k in keys if k not in out]
+            if todo:
+                # The same rows as metrics_latest, written out so DuckDB filters before it groups;
+                # the run's few attempts go in as constants (a correlated NOT EXISTS costs more
+                # than the scan).
+                current = "".join(f" AND (attempt >= {int(a['attempt'] if isinstance(a, dict) else a[0])} OR step < "
+                                  f"{int(a['first_step'] if isinstance(a, dict) else a[1])})"
+                                  for a in (version[0] or [])[1:])
+                base = ("SELECT key, step, arg_max(value, attempt * 1e12 + coalesce(ts, 0)) AS value FROM metrics m "
+                        f"WHERE run_id = $1 AND key IN ({', '.join(map(_sql_str, todo))}){current} "
+                        "GROUP BY key, step HAVING isfinite(value)")
+                if not max_points:
+                    rows = self._query(base + " ORDER BY key, step", [run_id])
+                else:
+                    rows = self._query(
+                        f"SELECT key, max(step)::BIGINT, avg(value) FROM ("
+                        "  SELECT key, step, value, (row_number() OVER (PARTITION BY key ORDER BY step) - 1) * $2"
+                        f"   // count(*) OVER (PARTITION BY key) AS b FROM ({base})"
+                        ") GROUP BY key, b ORDER BY key, 2", [run_id, int(max_points)])
+                for k in todo:
+                    out[k] = []
+                for k, step, value in rows:
+                    out[k].append((step, value))
+                for k in todo:
+                    self._series[(run_id, k, max_points)] = (version, out[k])
+        return {k: list(out[metric_keys.normalise_key(k)]) for k in given}
 
     def last_metrics(self, run_id: str) -> dict[str, float]:
         """The latest finite value of every key (canonical names)."""
@@ -640,13 +659,19 @@ class Store:
     def last_step(self, run_id: str) -> int | None:
         return self._query("SELECT max(step) FROM metrics WHERE run_id = ?", [run_id])[0][0]
 
-    def phase(self, run_id: str, params: Any = None) -> dict | None:
+    def phase(self, run_id: str, params: Any = None, *, max_age_s: float = 0.0) -> dict | None:
         """The phase-transition object (see tina_core.phase), recomputed only when new metrics
         arrived: kept in the database (for every process) and in this one, keyed by the metrics
-        file's ingested offset."""
+        file's ingested offset. With ``max_age_s``, this process's last result for the run stands
+        for that long even though metrics arrived since: a live run gains a step a second and
+        detection reads its whole history."""
         from tina_core import phase as phase_mod
 
         params = params or phase_mod.DEFAULT
+        recent = self._phase_recent.get((run_id, params))
+        if max_age_s > 0 and recent and time.monotonic() - recent[0] < max_age_s:
+            result = recent[1]
+            return None if result is None else dict(result)
         with self.session() as con:
             version = self._query('SELECT "offset" FROM ingest_state WHERE run_id = ? AND file = ?',
                                   [run_id, METRICS])
@@ -658,12 +683,13 @@ class Store:
                 if stored:
                     result = json.loads(stored[0][0])
                 else:
-                    series = {s: self.metric_series(run_id, s, max_points=None) for s in params.signals}
+                    series = self.metric_series_many(run_id, params.signals, max_points=None)
                     result = phase_mod.detect(series, params)
                     con.execute("INSERT OR REPLACE INTO phase_cache VALUES (?, ?, ?, ?)",
                                 [run_id, repr(params), version, json.dumps(result)])
                 self._phase_cache = {k: v for k, v in self._phase_cache.items() if k[0] != run_id}
                 self._phase_cache[cache_key] = result
+                self._phase_recent[(run_id, params)] = (time.monotonic(), result)
         result = self._phase_cache[cache_key]
         return None if result is None else dict(result)
 
@@ -692,11 +718,11 @@ class Store:
         return [{"eval_id": e, "checkpoint": "base" if c is None else c, "task": t, "score": s,
                  "details": d, "ts": ts} for e, c, t, s, d, ts in rows]
 
-    def recommendation(self, run_id: str) -> dict:
+    def recommendation(self, run_id: str, *, max_age_s: float = 0.0) -> dict:
         from tina_core import phase as phase_mod
 
         with self.session():
-            ph = self.phase(run_id)
+            ph = self.phase(run_id, max_age_s=max_age_s)
             cks = self.checkpoints(run_id)
         return phase_mod.recommend(ph, cks)
 

@@ -368,19 +368,23 @@ class Collector:
                 notices += self._phase_notice(view)
         return Snapshot(runs=run_list, view=view, notices=notices, error=error)
 
-    def _series(self, rid: str, key: str) -> list[tuple[float, float]]:
-        pts = self._ask("metric_series", rid, key, max_points=SERIES_POINTS, default=[]) or []
-        return [(float(s), float(v)) for s, v in pts if v is not None]
+    def _series(self, rid: str, keys: list[str]) -> dict[str, list[tuple[float, float]]]:
+        many = self._ask("metric_series_many", rid, keys, max_points=SERIES_POINTS, default=None) or {}
+        return {k: [(float(s), float(v)) for s, v in many.get(k) or [] if v is not None] for k in keys}
 
     def _view(self, run: dict[str, Any]) -> RunView:
         rid = run["run_id"]
         rd = RunDir(self.home / "runs" / rid)
         key = (rid, run_signature(rd, with_heartbeat=False), self._cycle_store is not None)
         if self._view_cache is None or self._view_cache[0] != key:
-            series = {k: self._series(rid, k) for k, _ in CHARTS}
-            phase = self._ask("phase", rid, default=run.get("phase_transition"))
-            rec = self._ask("recommendation", rid)
-            queried = (series, self._series(rid, "epoch"), phase, rec,
+            from tina_core.runs import LIVE_PHASE_MAX_AGE_S
+
+            series = self._series(rid, [k for k, _ in CHARTS] + ["epoch"])
+            epoch = series.pop("epoch")
+            age = LIVE_PHASE_MAX_AGE_S if run.get("state") in LIVE else 0.0
+            phase = self._ask("phase", rid, max_age_s=age, default=run.get("phase_transition"))
+            rec = self._ask("recommendation", rid, max_age_s=age)
+            queried = (series, epoch, phase, rec,
                        self._ask("checkpoints", rid, default=[]) or [],
                        self._ask("system_latest", rid, default=[]) or [])
             if not self._store_error:  # never cache a failed query
