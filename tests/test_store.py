@@ -341,3 +341,56 @@ def test_series_kept_between_calls_matches_a_fresh_read(tmp_path):
     write_metrics(rd, [331], attempt=2)
     other.ingest()
     assert store.metric_series("r1", "loss", max_points=None)[-1][0] == 331
+
+
+def test_series_many_matches_one_key_at_a_time(tmp_path):
+    rd = make_run(tmp_path, "r1")
+    write_metrics(rd, range(1, 61), attempt=1)
+    write_metrics(rd, range(41, 81), attempt=2)   # resumed from checkpoint-40
+    append_jsonl(rd.metrics, {"step": 81, "attempt": 2, "ts": 3e9, "completion_length": 9.0})
+    Store(tmp_path).ingest()
+    keys = ["loss", "completion_length", "kl", "absent"]  # a legacy name and a key never logged
+    for points in (None, 7, 1000):
+        many = Store(tmp_path).metric_series_many("r1", keys, max_points=points)
+        assert list(many) == keys
+        assert many == {k: Store(tmp_path).metric_series("r1", k, max_points=points) for k in keys}
+    assert many["absent"] == [] and many["completion_length"][-1] == (81, 9.0)
+    assert len(Store(tmp_path).metric_series_many("r1", ["loss"], max_points=7)["loss"]) == 7
+
+
+def test_phase_max_age_keeps_a_recent_result_until_it_expires(tmp_path):
+    rd = make_run(tmp_path, "r1")
+    flat = lambda s: {"step": s, "attempt": 1, "ts": 1e9 + s,  # noqa: E731
+                      "rewards/format_reward/mean": 0.1, "completions/mean_length": 500.0}
+    for s in range(1, 200):
+        append_jsonl(rd.metrics, flat(s))
+    store = Store(tmp_path)
+    store.ingest()
+    before = store.phase("r1", max_age_s=60)
+    assert before["status"] == "none"
+    for s in range(200, 400):                     # the format reward jumps: a transition
+        append_jsonl(rd.metrics, {**flat(s), "rewards/format_reward/mean": 0.9})
+    store.ingest()
+    assert store.phase("r1", max_age_s=60) == before
+    from tina_core.phase import recommend
+    assert store.recommendation("r1", max_age_s=60) == recommend(before, store.checkpoints("r1"))
+    after = store.phase("r1")                     # no leeway: the new steps count
+    assert after == Store(tmp_path).phase("r1") and after["status"] != "none"
+    assert store.phase("r1", max_age_s=60) == after
+
+
+def test_checkpoints_within_one_session_see_what_it_ingests(tmp_path):
+    rd = make_run(tmp_path, "r1")
+    write_metrics(rd, range(1, 21))
+    rd.checkpoint_path(10).mkdir()
+    (rd.checkpoint_path(10) / CHECKPOINT_COMPLETE).write_text("{}")
+    store = Store(tmp_path)
+    with store.session():
+        store.ingest()
+        first = store.checkpoints("r1")
+        first[0]["evals"]["x"] = 1.0                 # a caller's copy: changing it changes nothing
+        assert store.checkpoints("r1") == [{"step": 10, "evals": {}, "avg": None}]
+        rd.event("eval_finished", eval_id="e1", checkpoint=10, scores={"a": 0.5})
+        store.ingest()
+        assert store.checkpoints("r1") == [{"step": 10, "evals": {"a": 0.5}, "avg": 0.5}]
+    assert store.checkpoints("r1") == Store(tmp_path).checkpoints("r1")

@@ -217,6 +217,9 @@ class Store:
         self._phase_cache: dict[tuple, Any] = {}
         self._phase_recent: dict[tuple, tuple[float, Any]] = {}  # (run, params) -> (when computed, result)
         self._series: dict[tuple, tuple[Any, list]] = {}
+        # Answers that stand for the rest of one session unless it writes: a refresh asks for the
+        # same run's checkpoints from the run object, the recommendation and the view.
+        self._in_session: dict[tuple, Any] = {}
 
     # --- connections ---------------------------------------------------------------------------
     def _open(self) -> duckdb.DuckDBPyConnection:
@@ -277,6 +280,7 @@ class Store:
             yield self._con
             return
         self._con = self._open()
+        self._in_session.clear()
         try:
             yield self._con
         finally:
@@ -352,10 +356,13 @@ class Store:
             self._schema_ok = False
         self._seen.clear()
         self._phase_cache.clear()
+        self._phase_recent.clear()
         self._series.clear()
+        self._in_session.clear()
         return self.ingest()
 
     def _forget(self, con, run_id: str) -> None:
+        self._in_session.clear()
         con.execute("BEGIN")
         for t in TABLES:
             con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
@@ -364,6 +371,7 @@ class Store:
     def _ingest_run(self, con, rd: RunDir, prev: tuple | None, sig: tuple) -> IngestStats:
         """Bring one run up to date; ``prev`` is what this process saw last time (parts that have
         not changed since are skipped)."""
+        self._in_session.clear()
         stats = IngestStats()
         run_id = rd.run_id
         if prev is None or prev[0] != sig[0] or prev[4:] != sig[4:]:
@@ -696,6 +704,9 @@ class Store:
     def checkpoints(self, run_id: str) -> list[dict]:
         """Complete checkpoints, ascending: [{step, evals: {task: score}, avg}] (latest score of
         each task; avg is the mean over the tasks evaluated, None when none were)."""
+        hit = self._in_session.get(("checkpoints", run_id))
+        if hit is not None and self._con is not None:
+            return [dict(c, evals=dict(c["evals"])) for c in hit]
         with self.session():
             steps = [s for (s,) in self._query(
                 "SELECT step FROM checkpoints WHERE run_id = ? AND complete ORDER BY step", [run_id])]
@@ -709,6 +720,8 @@ class Store:
         for s in sorted(set(steps) | set(evals)):
             e = dict(sorted(evals.get(s, {}).items()))
             out.append({"step": s, "evals": e, "avg": sum(e.values()) / len(e) if e else None})
+        if self._con is not None:
+            self._in_session[("checkpoints", run_id)] = [dict(c, evals=dict(c["evals"])) for c in out]
         return out
 
     def evals(self, run_id: str) -> list[dict]:
