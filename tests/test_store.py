@@ -394,3 +394,26 @@ def test_checkpoints_within_one_session_see_what_it_ingests(tmp_path):
         store.ingest()
         assert store.checkpoints("r1") == [{"step": 10, "evals": {"a": 0.5}, "avg": 0.5}]
     assert store.checkpoints("r1") == Store(tmp_path).checkpoints("r1")
+
+
+def test_small_and_large_chunks_give_the_same_rows(tmp_path):
+    from tina_core.store import SMALL_CHUNK_LINES
+
+    lines = [metric_line(s, extra_metric=s / 2) for s in range(1, 3 * SMALL_CHUNK_LINES)]
+    lines[5] = {"step": 6, "attempt": 1, "ts": 5.0, "completion_length": 3.0,          # a legacy name
+                "completions/mean_length": 4.0, "kl": None}                            # canonical wins
+    lines[9] = {"step": 10, "loss": 1.5}                                                # no attempt, no ts
+    small, large = make_run(tmp_path / "a", "r1"), make_run(tmp_path / "b", "r1")
+    store = Store(tmp_path / "a")
+    for i, rec in enumerate(lines):                   # a live run: a line or two per ingest
+        append_jsonl(small.metrics, rec)
+        if i % 2:
+            store.ingest()
+    store.ingest()
+    for rec in lines:
+        append_jsonl(large.metrics, rec)
+    other = Store(tmp_path / "b")
+    other.ingest()
+    assert snapshot(store)["metrics"] == snapshot(other)["metrics"]
+    assert dict(store.metric_series("r1", "completions/mean_length", max_points=None))[6] == 4.0
+    assert store.metric_series("r1", "kl", max_points=None)[:6] == other.metric_series("r1", "kl", max_points=None)[:6]
