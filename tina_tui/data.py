@@ -217,17 +217,19 @@ def checkpoint_rows(run: dict[str, Any], store_ckpts: list[dict[str, Any]],
 LIVE = ("running", "stopping")
 
 
+def _file_sig(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+        return st.st_size, st.st_mtime_ns
+    except FileNotFoundError:
+        return None
+
+
 def run_signature(rd: RunDir, *, with_heartbeat: bool) -> tuple:
     """Changes whenever anything the cockpit shows about a run could have changed."""
-    sig: list[Any] = []
     names = ("run.json", "events.jsonl", "metrics.jsonl", "system.jsonl") + (
         ("supervisor.json",) if with_heartbeat else ())
-    for name in names:
-        try:
-            st = os.stat(rd.path / name)
-            sig.append((st.st_size, st.st_mtime_ns))
-        except FileNotFoundError:
-            sig.append(None)
+    sig: list[Any] = [_file_sig(rd.path / name) for name in names]
     # A new checkpoint directory changes checkpoints/; its completion marker changes the newest one.
     try:
         names = os.listdir(rd.checkpoints)
@@ -317,12 +319,12 @@ class Collector:
             snap.took_s = time.perf_counter() - t0
             return snap
 
-    def _describe(self, rd: RunDir, now: float, *, cached_only: bool = False) -> dict[str, Any]:
+    def _describe(self, rd: RunDir, now: float, files_sig: tuple, *, cached_only: bool = False) -> dict[str, Any]:
         """The run object, reused while the run is not live and its files have not changed (the
         clock only moves the figures of a live run)."""
         from tina_core import runs as runs_mod
 
-        sig = run_signature(rd, with_heartbeat=True)
+        sig = (files_sig, _file_sig(rd.path / "supervisor.json"))  # files_sig: run_signature without it
         hit = self._described.get(rd.run_id)
         if hit is not None and hit[0] == sig and hit[1].get("state") not in LIVE:
             return hit[1]
@@ -352,7 +354,7 @@ class Collector:
         rows: dict[int, dict[str, Any]] = {}
         for i in order:
             over = time.perf_counter() - start > REFRESH_BUDGET_S and dirs[i].run_id != selected
-            rows[i] = self._describe(dirs[i], now, cached_only=over)
+            rows[i] = self._describe(dirs[i], now, sigs[dirs[i].run_id], cached_only=over)
             notices += self._new_events(dirs[i])
         run_list = [rows[i] for i in range(len(dirs))]
         self.pending = any(r.get("pending") for r in run_list)
@@ -361,7 +363,7 @@ class Collector:
         if selected is not None:
             run = run_list[ids.index(selected)]
             try:
-                view = self._view(run)
+                view = self._view(run, sigs[selected])
             except (TinaError, OSError, ValueError) as e:
                 error = f"{selected}: {e}"
             if view is not None:
@@ -372,10 +374,10 @@ class Collector:
         many = self._ask("metric_series_many", rid, keys, max_points=SERIES_POINTS, default=None) or {}
         return {k: [(float(s), float(v)) for s, v in many.get(k) or [] if v is not None] for k in keys}
 
-    def _view(self, run: dict[str, Any]) -> RunView:
+    def _view(self, run: dict[str, Any], files_sig: tuple) -> RunView:
         rid = run["run_id"]
         rd = RunDir(self.home / "runs" / rid)
-        key = (rid, run_signature(rd, with_heartbeat=False), self._cycle_store is not None)
+        key = (rid, files_sig, self._cycle_store is not None)
         if self._view_cache is None or self._view_cache[0] != key:
             from tina_core.runs import LIVE_PHASE_MAX_AGE_S
 
