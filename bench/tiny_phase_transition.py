@@ -11,7 +11,6 @@ leaves ~0 and where it first holds >= 0.8, and whether the runs' curves are iden
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys

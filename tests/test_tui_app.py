@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -12,7 +9,7 @@ import time
 import pytest
 from textual.widgets import OptionList, SelectionList, TabbedContent
 
-from tina_core.rundir import RunDir, find_run
+from tina_core.rundir import find_run
 from tina_tui.actions import ACTIONS, key_label
 from tina_tui.app import MainScreen, Refreshed, main
 from tina_tui.data import CHARTS

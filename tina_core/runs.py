@@ -208,7 +208,6 @@ def cli_ls(home: Path, *, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(runs, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     console = _console()
@@ -239,7 +238,6 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
     if as_json:
         print(json.dumps(run, indent=2, default=str))
         return 0
-    from rich.console import Console
     from rich.table import Table
 
     console = _console()
