@@ -6,11 +6,20 @@ from __future__ import annotations
 
 import pytest
 
+import tina_tui.data
+
 from tina_core.rundir import find_run
 
 from test_tui_support import FROZEN, make_app, settle, workspace
 
 SIZES = [(80, 24), (160, 48)]
+
+
+@pytest.fixture(autouse=True)
+def _whole_frames(monkeypatch):
+    # On a slow machine a refresh describes only the runs its time budget allows and fills in the rest
+    # later; a snapshot must not depend on machine speed, so every refresh here describes every run.
+    monkeypatch.setattr(tina_tui.data, "REFRESH_BUDGET_S", float("inf"))
 
 
 @pytest.fixture(scope="module")
