@@ -49,6 +49,19 @@ def line(rng: random.Random, step: int, steps: int) -> str:
     return json.dumps(rec, separators=(",", ":"))
 
 
+def write_workspace(home: Path, runs: int, steps: int, rng: random.Random) -> int:
+    """``runs`` run directories of ``steps`` TRL 1.x metrics lines each; returns the bytes written."""
+    size = 0
+    for r in range(runs):
+        rd = RunDir(home / "runs" / f"run-{r:02d}")
+        rd.path.mkdir(parents=True)
+        write_json_atomic(rd.run_json, {"run_id": rd.run_id, "name": rd.run_id})
+        text = "\n".join(line(rng, s, steps) for s in range(1, steps + 1)) + "\n"
+        rd.metrics.write_text(text)
+        size += len(text)
+    return size
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, default=20)
@@ -57,14 +70,7 @@ def main() -> None:
     rng = random.Random(0)
     with tempfile.TemporaryDirectory(prefix="tina-bench-ingest-") as tmp:
         home = Path(tmp)
-        size = 0
-        for r in range(args.runs):
-            rd = RunDir(home / "runs" / f"run-{r:02d}")
-            rd.path.mkdir(parents=True)
-            write_json_atomic(rd.run_json, {"run_id": rd.run_id, "name": rd.run_id})
-            text = "\n".join(line(rng, s, args.steps) for s in range(1, args.steps + 1)) + "\n"
-            rd.metrics.write_text(text)
-            size += len(text)
+        size = write_workspace(home, args.runs, args.steps, rng)
         files = sorted(home.glob("runs/*/metrics.jsonl"))
 
         t0 = time.perf_counter()

@@ -21,8 +21,7 @@ from pathlib import Path
 
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
-from ingest import KEYS, line  # noqa: E402
-from tina_core.rundir import RunDir, write_json_atomic  # noqa: E402
+from ingest import KEYS, line, write_workspace  # noqa: E402
 from tina_core.store import Store  # noqa: E402
 
 
@@ -39,11 +38,7 @@ def main() -> None:
     rng = random.Random(0)
     with tempfile.TemporaryDirectory(prefix="tina-bench-spark-") as tmp:
         home = Path(tmp)
-        for r in range(args.runs):
-            rd = RunDir(home / "runs" / f"run-{r:02d}")
-            rd.path.mkdir(parents=True)
-            write_json_atomic(rd.run_json, {"run_id": rd.run_id, "name": rd.run_id})
-            rd.metrics.write_text("\n".join(line(rng, s, args.steps) for s in range(1, args.steps + 1)) + "\n")
+        write_workspace(home, args.runs, args.steps, rng)
         store = Store(home)
         store.ingest()
         runs = store.run_ids()
