@@ -149,6 +149,9 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
 
 
 # --- liveness -------------------------------------------------------------------------------------
+LOCK_RELEASE_GRACE_S = 5.0
+
+
 def _pid_alive(pid: Any) -> bool:
     """True for a running (not zombie) process."""
     if not isinstance(pid, int) or pid <= 0:
@@ -222,11 +225,19 @@ class Supervisor:
     def acquire(self) -> None:
         """Take the run's exclusive lock, or say who holds it."""
         fd = os.open(self.run_dir.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        deadline = time.monotonic() + LOCK_RELEASE_GRACE_S
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                pid = (read_json(self.run_dir.supervisor, {}) or {}).get("pid")
+                # A killed supervisor shows as a zombie while its other threads still exit and
+                # hold the lock for a moment: wait for it, but never for a live one.
+                if not _pid_alive(pid) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                    continue
             os.close(fd)
-            pid = (read_json(self.run_dir.supervisor, {}) or {}).get("pid")
             raise TinaError(f"run {self.run_dir.run_id} is already supervised"
                             + (f" (supervisor pid {pid})" if pid else "")
                             + "; use `tina stop` first, or `tina logs -f` to watch it") from None
