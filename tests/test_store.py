@@ -240,6 +240,20 @@ INGEST_LOOP = textwrap.dedent("""
     from tina_core.store import Store
     store = Store(Path(sys.argv[1]))
     mode = sys.argv[2]
+    if mode.startswith("hold"):
+        # Stop for good inside the Nth run's transaction, its rows written but not committed, and
+        # say so: the test kills the process exactly there.
+        hold_at, calls = int(mode[4:]), [0]
+        staged = Store._insert_staged
+        def insert_then_hold(*args):
+            rows = staged(*args)
+            calls[0] += 1
+            if calls[0] == hold_at:
+                Path(sys.argv[1], "holding").write_text("1")
+                time.sleep(600)
+            return rows
+        Store._insert_staged = staticmethod(insert_then_hold)
+        mode = "once"
     end = time.time() + float(sys.argv[3])
     n = 0
     while mode == "once" or time.time() < end:
@@ -270,14 +284,21 @@ def test_kill_9_mid_batch_then_reingest_is_exactly_once(tmp_path):
                 f.write('{"step": 1, "loss": ')   # a torn line that later completes
             with open(rd.metrics, "a") as f:
                 f.write("oops}\n")
-        p = subprocess.Popen([sys.executable, "-c", INGEST_LOOP, str(tmp_path), "once", "0"],
+        # Even rounds die inside the transaction of their first, second or third run's metrics
+        # (earlier runs committed); odd rounds at a random moment, which may land anywhere.
+        holding = tmp_path / "holding"
+        holding.unlink(missing_ok=True)
+        mode = f"hold{round_ // 2 % 3 + 1}" if round_ % 2 == 0 else "once"
+        p = subprocess.Popen([sys.executable, "-c", INGEST_LOOP, str(tmp_path), mode, "0"],
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(0.3, 0.9))  # start-up takes ~0.3 s, the catch-up about as long
+        deadline = time.monotonic() + (60 if mode != "once" else rng.uniform(0.2, 0.8))
+        while time.monotonic() < deadline and p.poll() is None and not holding.exists():
+            time.sleep(0.01)
         if p.poll() is None:
-            killed_mid += 1
+            killed_mid += holding.exists()
             os.kill(p.pid, signal.SIGKILL)
         p.wait()
-    assert killed_mid >= 2, "the kills should land during ingestion"
+    assert killed_mid == 3, "every held round is killed inside its transaction"
     store = Store(tmp_path)
     store.ingest()
     for rd in rds:

@@ -29,14 +29,15 @@ async def test_follows_a_real_tiny_run_live(home, tiny_model):
     from tina_core import supervisor
 
     rd = supervisor.start_run(home, ROOT / "recipes" / "tiny.yaml", name="live",
-                              overrides=("grpo.max_steps=12", "grpo.save_steps=4", "stop_at_step=12"))
+                              overrides=("grpo.max_steps=36", "grpo.save_steps=12", "stop_at_step=36"))
     try:
-        app = make_app(home, refresh_s=0.5)
+        # A tiny step takes ~0.1 s: 36 of them give a few seconds of training to watch.
+        app = make_app(home, refresh_s=0.25)
         seen_states, seen_steps = set(), []
         async with app.run_test(size=(80, 24)) as pilot:
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
-                await pilot.pause(0.5)
+                await pilot.pause(0.25)
                 view = app.view
                 if view is None:
                     continue
@@ -50,11 +51,11 @@ async def test_follows_a_real_tiny_run_live(home, tiny_model):
             assert view.run["state"] == "finished", rd.train_log.read_text()[-2000:]
             assert "running" in seen_states
             assert len(set(seen_steps)) >= 2 and seen_steps == sorted(seen_steps)  # it moved while we watched
-            assert [s for s, _ in view.series["rewards/format_reward/mean"]][-1] == 12
-            assert [c["step"] for c in view.checkpoints] == [4, 8, 12]
+            assert [s for s, _ in view.series["rewards/format_reward/mean"]][-1] == 36
+            assert [c["step"] for c in view.checkpoints] == [12, 24, 36]
             assert any("live: finished" in n.message for n in app._notifications)
             text = screen_text(app)
-            assert "finished" in text and "12/12" in text
+            assert "finished" in text and "36/36" in text
             await pilot.press("3")
             await pilot.pause()
             assert app.query_one("#log-tail").line_count > 0
