@@ -3,6 +3,8 @@ LoraConfig, and the launch command."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +17,13 @@ from tina_core.rundir import RunDir, TinaError
 
 ALL_RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml") if p.relative_to(RECIPES_DIR).parts[0] not in ("base", "accelerate"))
 TINA = RECIPES_DIR / "tina"
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(tmp_path, monkeypatch) -> Path:
+    """No remembered validation verdicts: every recipe here is checked by the real config classes."""
+    monkeypatch.setenv("TINA_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
 
 
 def write(path: Path, data: dict | str) -> Path:
@@ -235,3 +244,27 @@ def test_gpu_recipe_on_a_machine_without_gpus():
         pytest.skip("this machine has the GPUs")
     with pytest.raises(TinaError, match=r"recipe asks for 2 GPUs; this machine has \d \(nvidia-ml-py"):
         launch.check_hardware(load_recipe(TINA / "open_rs2.yaml"))
+
+
+VALIDATE_TWICE = """
+import sys
+from tina_core.recipe import load_recipe, validate_recipe
+validate_recipe(load_recipe(sys.argv[1], sys.argv[2:]))
+print(int("trl" in sys.modules))
+"""
+
+
+def test_a_passed_library_check_is_remembered_per_sections_and_versions(tmp_path, fresh_cache):
+    def validate(*overrides: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", VALIDATE_TWICE, str(RECIPES_DIR / "tiny.yaml"), *overrides],
+                              capture_output=True, text=True, env={**os.environ, "TINA_CACHE": str(fresh_cache)})
+
+    first, again = validate(), validate()
+    assert first.stdout.split() == ["1"] and again.stdout.split() == ["0"], (first.stderr, again.stderr)
+    # another value is checked by the real classes again, and a failure is never remembered
+    changed = validate("grpo.learning_rate=1e-3")
+    assert changed.stdout.split() == ["1"]
+    for _ in range(2):
+        bad = validate("grpo.num_generations=3")  # 16 completions do not split into groups of 3
+        assert bad.returncode != 0 and "num_generations" in bad.stderr
+    assert len(list((fresh_cache / "validated").iterdir())) == 2

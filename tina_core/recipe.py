@@ -414,6 +414,56 @@ def _gpu_available() -> bool:
     return torch.cuda.is_available()
 
 
+# Library versions whose config classes decide whether the `grpo` and `lora` sections are valid.
+_CONFIG_LIBRARIES = ("trl", "peft", "transformers", "accelerate", "torch")
+
+
+def _library_verdict_path(recipe: Recipe) -> Path | None:
+    """Where a passed library check of these exact sections is remembered: keyed by the sections,
+    the installed versions of the libraries that judge them, and whether a GPU is there. None when
+    a version cannot be read (then every check runs in full)."""
+    import hashlib
+    import importlib.metadata
+    import json
+
+    from tina_core import gpu
+    from tina_core.rundir import cache_root
+
+    try:
+        versions = {d: importlib.metadata.version(d) for d in _CONFIG_LIBRARIES}
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    what = {"grpo": recipe.grpo, "lora": recipe.data.get("lora") or {}, "versions": versions,
+            "gpu": bool(gpu.gpus()),
+            "checks": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}  # this module's own rules
+    key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_root() / "validated" / key
+
+
+def check_library_configs(recipe: Recipe) -> None:
+    """Build the real ``GRPOConfig`` and ``LoraConfig`` from the recipe. Importing TRL costs about
+    5 s, longer than a tiny run's training, so a pass is remembered (`_library_verdict_path`) and
+    the same sections under the same library versions are not built again; failures never are."""
+    verdict = _library_verdict_path(recipe)
+    if verdict is not None and verdict.is_file():
+        return
+    where = str(recipe.source)
+    # Run in a throwaway dir: GRPOConfig does not create it, but keep validation side-effect free.
+    cfg = build_grpo_config(recipe, os.devnull, neutralise_device=not _gpu_available())
+    build_lora_config(recipe)
+    # The trainer always saves at stop_at_step (see train.py), so any stop step ends on a checkpoint;
+    # what must hold is that saving is switched on at all.
+    if str(cfg.save_strategy) not in ("steps", "SaveStrategy.STEPS"):
+        raise RecipeError(f"{where}: grpo.save_strategy: expected 'steps' (checkpoints every save_steps), "
+                          f"got {cfg.save_strategy!r}")
+    if verdict is not None:
+        try:
+            verdict.parent.mkdir(parents=True, exist_ok=True)
+            verdict.write_text(recipe.source.name if recipe.source else "")
+        except OSError:
+            pass  # a read-only or full cache only costs the next check its time
+
+
 def validate_recipe(recipe: Recipe) -> None:
     """Check the whole recipe before any process starts (raises RecipeError)."""
     where = str(recipe.source)
@@ -452,10 +502,7 @@ def validate_recipe(recipe: Recipe) -> None:
     except (KeyError, ValueError, TypeError) as e:
         raise RecipeError(f"{where}: rewards: {e}") from None
 
-    # Run in a throwaway dir: GRPOConfig does not create it, but keep validation side-effect free.
-    cfg = build_grpo_config(recipe, os.devnull, neutralise_device=not _gpu_available())
-    build_lora_config(recipe)
-
+    check_library_configs(recipe)  # first: it checks the types that the steps below rely on
     if recipe.max_steps <= 0 and "stop_at_step" not in recipe.data:
         raise RecipeError(f"{where}: grpo.max_steps: set it (the LR schedule length) or set stop_at_step")
     stop = recipe.stop_at_step
@@ -463,11 +510,6 @@ def validate_recipe(recipe: Recipe) -> None:
         raise RecipeError(f"{where}: stop_at_step: expected a positive integer, got {stop}")
     if recipe.max_steps > 0 and stop > recipe.max_steps:
         raise RecipeError(f"{where}: stop_at_step: {stop} is beyond grpo.max_steps ({recipe.max_steps})")
-    # The trainer always saves at stop_at_step (see train.py), so any stop step ends on a checkpoint;
-    # what must hold is that saving is switched on at all.
-    if str(cfg.save_strategy) not in ("steps", "SaveStrategy.STEPS"):
-        raise RecipeError(f"{where}: grpo.save_strategy: expected 'steps' (checkpoints every save_steps), "
-                          f"got {cfg.save_strategy!r}")
     if recipe.gpus > 0:
         from tina_core.launch import accelerate_config_path
 

@@ -33,6 +33,13 @@ def tina_home(home: str | os.PathLike | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+def cache_root(home: str | os.PathLike | None = None) -> Path:
+    """Built and derived things kept between runs (the tiny model, validation verdicts):
+    ``$TINA_CACHE``, else ``<workspace>/cache``."""
+    env = os.environ.get("TINA_CACHE")
+    return Path(env).expanduser().resolve() if env else tina_home(home) / "cache"
+
+
 def now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tina_core.rundir import TinaError, tina_home
+from tina_core.rundir import TinaError, cache_root
 
 # Bump when the build below changes what it produces: cached models are then rebuilt.
 BUILD_VERSION = 1
@@ -99,11 +99,6 @@ def write_arith_data(folder: Path = DATA_DIR) -> Path:
 
 
 # --- cache ----------------------------------------------------------------------------------------
-def cache_root(home: str | os.PathLike | None = None) -> Path:
-    env = os.environ.get("TINA_CACHE")
-    return Path(env).expanduser().resolve() if env else tina_home(home) / "cache"
-
-
 def tiny_model_dir(params: TinyParams, home: str | os.PathLike | None = None) -> Path:
     return cache_root(home) / "tiny" / f"tiny-{params.key()}"
 
