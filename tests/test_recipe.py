@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from tina_core import launch
-from tina_core.recipe import RECIPES_DIR, RecipeError, list_recipes, load_recipe, validate_recipe
-from tina_core.rundir import RunDir, TinaError
+from tina_core.recipe import RECIPES_DIR, RecipeError, list_recipes, load_recipe, masked_override, validate_recipe
+from tina_core.rundir import RunDir, TinaError, redact_text
 
 ALL_RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml") if p.relative_to(RECIPES_DIR).parts[0] not in ("base", "accelerate"))
 TINA = RECIPES_DIR / "tina"
@@ -141,6 +141,24 @@ def test_set_overrides_are_yaml_parsed():
             load_recipe(RECIPES_DIR / "tiny.yaml", [bad])
     with pytest.raises(RecipeError, match=r"--set 'grpo.seed.x=1': grpo.seed is not a section"):
         load_recipe(RECIPES_DIR / "tiny.yaml", ["grpo.seed.x=1"])
+
+
+def test_launch_env_credentials_are_withheld_from_the_snapshot(tmp_path):
+    """A credential in launch.env reaches the trainer's environment, never the snapshot: it shows
+    as *** there, and the snapshot's launch environment takes it from the supervisor's."""
+    token = "hf_recipeTOKEN0123456789"
+    r = load_recipe(RECIPES_DIR / "tiny.yaml", [f"launch.env.HF_TOKEN={token}", "launch.env.TOKENIZERS_PARALLELISM=true"])
+    assert r.secret_env == {"HF_TOKEN": token}  # a tokenizer setting is not a token
+    assert launch.launch_env(r, {})["HF_TOKEN"] == token
+    text = r.to_yaml()
+    assert token not in text and yaml.safe_load(text)["launch"]["env"]["HF_TOKEN"] == "***"
+    snap = load_recipe(write(tmp_path / "recipe.yaml", yaml.safe_load(text)))
+    assert snap.secret_env == {} and launch.withheld_env(snap) == ["HF_TOKEN"]
+    assert launch.launch_env(snap, {"HF_TOKEN": token})["HF_TOKEN"] == token
+    assert "HF_TOKEN" not in launch.launch_env(snap, {})
+    assert masked_override(f"launch.env.HF_TOKEN={token}") == "launch.env.HF_TOKEN=***"
+    assert masked_override("launch.env.OMP_NUM_THREADS=2") == "launch.env.OMP_NUM_THREADS=2"
+    assert redact_text(f"--set launch.env.X={token}") == "--set launch.env.X=***"  # this process saw it
 
 
 def test_extends_chain_merge_and_loop(tmp_path):

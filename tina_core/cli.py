@@ -13,7 +13,7 @@ from typing import Optional
 
 import typer
 
-from tina_core.rundir import TinaError, tina_home
+from tina_core.rundir import TinaError, redact_text, tina_home
 
 app = typer.Typer(
     name="tina",
@@ -161,7 +161,7 @@ def main() -> None:
     try:
         app()
     except TinaError as e:
-        print(f"tina: error: {e}", file=sys.stderr)
+        print(f"tina: error: {redact_text(str(e))}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 
 import yaml
 
-from tina_core.rundir import TinaError
+from tina_core.rundir import MASK, TinaError, is_secret_name, remember_secrets
 
 
 class RecipeError(TinaError):
@@ -282,9 +282,20 @@ class Recipe:
     def is_tiny(self) -> bool:
         return self.get("model.name_or_path") == TINY_MODEL
 
+    @property
+    def secret_env(self) -> dict[str, str]:
+        """``launch.env`` entries whose names look like credentials (HF_TOKEN...), with their values;
+        entries a snapshot withheld (``***``) are not here."""
+        env = self.get("launch.env") or {}
+        return {str(k): str(v) for k, v in env.items() if is_secret_name(str(k)) and v != MASK}
+
     def to_yaml(self) -> str:
-        """The fully resolved recipe (no ``extends``), as written to a run directory."""
+        """The fully resolved recipe (no ``extends``), as written to a run directory or shown:
+        credential values in ``launch.env`` are withheld as ``***`` (the supervisor hands them to
+        the trainer through its environment; see launch_env)."""
         out = {"name": self.name, **{k: v for k, v in self.data.items() if k != "name"}}
+        if self.secret_env:
+            out["launch"] = {**out["launch"], "env": {**out["launch"]["env"], **dict.fromkeys(self.secret_env, MASK)}}
         return yaml.safe_dump(out, sort_keys=False, default_flow_style=False)
 
 
@@ -301,7 +312,19 @@ def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recip
     if "output_dir" in (data.get("grpo") or {}):
         raise RecipeError(f"{where}: grpo.output_dir: not allowed; tina saves checkpoints to RUN_DIR/checkpoints")
     _absolutise(data, Path.cwd())
-    return Recipe(source=src.resolve(), data=data)
+    recipe = Recipe(source=src.resolve(), data=data)
+    remember_secrets(recipe.secret_env.values())  # whatever this process writes from now on masks them
+    return recipe
+
+
+def masked_override(override: str) -> str:
+    """A ``--set`` override as it may be recorded: a credential-looking ``launch.env`` value masked
+    by its name (its text may differ from the parsed value that ``secret_env`` knows)."""
+    key, sep, _ = override.partition("=")
+    parts = key.strip().split(".")
+    if sep and len(parts) == 3 and parts[:2] == ["launch", "env"] and is_secret_name(parts[2]):
+        return f"{key}={MASK}"
+    return override
 
 
 def list_recipes(root: str | os.PathLike = RECIPES_DIR) -> list[tuple[Path, str]]:

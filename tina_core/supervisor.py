@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tina_core.rundir import (RunDir, TinaError, create_run_dir, find_run, iter_jsonl, now_iso,
-                              read_json, redact_text, runs_root, secret_values,
-                              write_json_atomic)
+from tina_core.rundir import (RunDir, TinaError, append_jsonl, create_run_dir, find_run, iter_jsonl,
+                              now_iso, read_json, redact_text, remember_secrets, runs_root,
+                              secret_values, write_json_atomic)
 
 HEARTBEAT_S = 2.0
 HEARTBEAT_TIMEOUT_S = 15.0
@@ -99,11 +99,16 @@ def plan_run(home: Path, recipe_path: Path, *, overrides: Sequence[str] = ()):
 
 
 def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overrides: Sequence[str] = (),
-               gpu_hour_usd: float | None = None) -> RunDir:
+               gpu_hour_usd: float | None = None) -> tuple[RunDir, dict[str, str]]:
     """Validate the recipe and the hardware, then create the run directory with its recipe
-    snapshot, ``run.json`` and the ``launched`` event. Nothing is created if any check fails."""
+    snapshot, ``run.json`` and the ``launched`` event. Nothing is created if any check fails.
+
+    Returns the run directory and the recipe's credential-looking ``launch.env`` entries: the
+    snapshot withholds their values, so the caller hands them to the supervisor (``secret_env``),
+    whose environment is then the only place they are kept."""
     from tina_core import cost, gpu
     from tina_core.launch import launch_command
+    from tina_core.recipe import masked_override
 
     recipe = _load_validated(recipe_path, overrides)
     gpus = int(_recipe_value(recipe, "gpus", 0))
@@ -116,14 +121,15 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
     run_dir = create_run_dir(home, name or _recipe_value(recipe, "name", Path(recipe_path).stem))
     run_dir.recipe.write_text(recipe.to_yaml())
     command = launch_command(run_dir, recipe)
+    recorded = [masked_override(o) for o in overrides]
     info = {
         "run_id": run_dir.run_id,
         "name": name or _recipe_value(recipe, "name", run_dir.run_id),
         "recipe": str(recipe_path),
-        "overrides": list(overrides),
-        # how to make this run again (credential values are masked on write)
+        "overrides": recorded,
+        # how to make this run again (credentials masked: give them again to run it again)
         "tina_command": shlex.join(["tina", "run", str(recipe_path), *(["--name", name] if name else []),
-                                    *[a for o in overrides for a in ("--set", o)],
+                                    *[a for o in recorded for a in ("--set", o)],
                                     *(["--gpu-hour-usd", str(gpu_hour_usd)] if gpu_hour_usd is not None else [])]),
         "created": now_iso(),
         "hardware": {"gpus": found, "cpu_count": os.cpu_count(), "host": os.uname().nodename},
@@ -145,7 +151,7 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
     write_json_atomic(run_dir.run_json, info)
     run_dir.event("launched", recipe=str(recipe_path), command=command, gpus=gpus,
                   gpu_hour_usd=price.gpu_hour_usd, device=device)
-    return run_dir
+    return run_dir, recipe.secret_env
 
 
 # --- liveness -------------------------------------------------------------------------------------
@@ -198,8 +204,13 @@ def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
 class Supervisor:
     """Supervises one run: starts, watches, restarts and stops its trainer."""
 
-    def __init__(self, run_dir: RunDir, *, display: "Display | None" = None) -> None:
+    def __init__(self, run_dir: RunDir, *, display: "Display | None" = None,
+                 secret_env: dict[str, str] | None = None) -> None:
         self.run_dir = run_dir
+        # launch.env credentials withheld from the snapshot, for the trainer's environment; without
+        # them (a daemon, a resume) they are already in ours.
+        self.secret_env = dict(secret_env or {})
+        remember_secrets(self.secret_env.values())
         self.info = run_dir.info()
         if not self.info:
             raise TinaError(f"{run_dir.run_json}: missing or unreadable; not a run directory")
@@ -311,17 +322,24 @@ class Supervisor:
 
     def _trainer_env(self, attempt: int) -> dict[str, str]:
         if self._env is None:
-            from tina_core.launch import launch_env
+            from tina_core.launch import launch_env, withheld_env
             from tina_core.recipe import load_recipe
 
-            self._env = launch_env(load_recipe(self.run_dir.recipe, []))
+            recipe = load_recipe(self.run_dir.recipe, [])
+            base = {**os.environ, **self.secret_env}
+            missing = [k for k in withheld_env(recipe) if k not in base]
+            if missing:
+                self.log(f"launch.env {', '.join(missing)}: withheld from the snapshot and not in the "
+                         "supervisor's environment; the trainer runs without")
+            self._env = launch_env(recipe, base)
         return {**self._env, "TINA_ATTEMPT": str(attempt), "TINA_HOME": str(home_of(self.run_dir)),
                 "PYTHONUNBUFFERED": "1"}
 
     def log(self, text: str) -> None:
-        """A line of tina's own in train.log (credential values masked) and on the display."""
+        """A line of tina's own in train.log and on the display, credential values masked."""
+        text = redact_text(text)
         with open(self.run_dir.train_log, "a") as f:
-            f.write(redact_text(f"[tina {now_iso()}] {text}") + "\n")
+            f.write(f"[tina {now_iso()}] {text}\n")
         self.display.note(text)
 
     def start(self, attempt: int) -> subprocess.Popen:
@@ -687,14 +705,16 @@ def _hms(seconds: float | None) -> str:
 
 
 # --- daemon ---------------------------------------------------------------------------------------
-def spawn_daemon(run_dir: RunDir, *, resume: bool = False, wait_s: float = 30.0) -> int:
+def spawn_daemon(run_dir: RunDir, *, resume: bool = False, secret_env: dict[str, str] | None = None,
+                 wait_s: float = 30.0) -> int:
     """Start a detached supervisor for ``run_dir`` and return its pid once its heartbeat is up.
-    It forks away from this process, so it survives the terminal, SSH and the TUI."""
+    It forks away from this process, so it survives the terminal, SSH and the TUI. ``secret_env``
+    (withheld launch.env credentials) goes into its environment only."""
     cmd = [sys.executable, "-m", "tina_core.supervisor", str(run_dir.path), "--daemon"]
     if resume:
         cmd.append("--resume")
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          start_new_session=True, timeout=wait_s)
+                          env={**os.environ, **(secret_env or {})}, start_new_session=True, timeout=wait_s)
     if proc.returncode != 0:
         msg = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         raise TinaError(msg.removeprefix("tina: error: "))
@@ -754,16 +774,16 @@ def start_run(home: Path, recipe_path: Path, *, name: str | None = None, overrid
     """Validate, create and start a run under a detached supervisor (``tina run --detach``).
     Validation imports TRL into the calling process: a cockpit should run ``tina run --detach``
     as a child process instead."""
-    run_dir = create_run(home, recipe_path, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
-    spawn_daemon(run_dir)
+    run_dir, secret_env = create_run(home, recipe_path, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
+    spawn_daemon(run_dir, secret_env=secret_env)
     return run_dir
 
 
-def supervise_foreground(run_dir: RunDir, *, resume: bool = False) -> str:
+def supervise_foreground(run_dir: RunDir, *, resume: bool = False, secret_env: dict[str, str] | None = None) -> str:
     """Supervise in this process with a progress display; Ctrl-C stops the run cleanly."""
     tty = sys.stderr.isatty()
     display = Display(run_dir, live=tty)
-    sup = Supervisor(run_dir, display=display)
+    sup = Supervisor(run_dir, display=display, secret_env=secret_env)
     sup.acquire()
     old = sup.install_signals(foreground=True)
     try:
@@ -830,6 +850,15 @@ def _resumable(home: Path, run_ref: str) -> RunDir:
         raise TinaError(f"run {run_dir.run_id} is {state} (supervisor pid {pid}); nothing to resume")
     if state == "finished":
         raise TinaError(f"run {run_dir.run_id} is finished (reached step {info.get('stop_at_step')})")
+    from tina_core.launch import withheld_env
+    from tina_core.recipe import load_recipe
+
+    # The supervisor that was given these is gone, and tina never wrote them down.
+    missing = [k for k in withheld_env(load_recipe(run_dir.recipe)) if k not in os.environ]
+    if missing:
+        raise TinaError(f"run {run_dir.run_id} was given {', '.join(missing)} through launch.env, which tina keeps "
+                        f"out of the run directory: set {'it' if len(missing) == 1 else 'them'} in this shell "
+                        f"(export {missing[0]}=...) and resume again")
     return run_dir
 
 
@@ -837,9 +866,7 @@ def cli_run(home: Path, recipe: Path, *, name: str | None = None, detach: bool =
             overrides: Sequence[str] = (), dry_run: bool = False, gpu_hour_usd: float | None = None) -> int:
     if dry_run:
         resolved, command = plan_run(home, recipe, overrides=overrides)
-        print(resolved.to_yaml().rstrip())
-        print("# launch command:")
-        print(shlex.join(command))
+        print(redact_text(f"{resolved.to_yaml().rstrip()}\n# launch command:\n{shlex.join(command)}"))
         return 0
     if detach:
         run_dir = start_run(home, recipe, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
@@ -847,9 +874,9 @@ def cli_run(home: Path, recipe: Path, *, name: str | None = None, detach: bool =
         print(f"supervising in the background: tina logs -f {run_dir.run_id} | tina status {run_dir.run_id} "
               f"| tina stop {run_dir.run_id}", file=sys.stderr)
         return 0
-    run_dir = create_run(home, recipe, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
+    run_dir, secret_env = create_run(home, recipe, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
     print(run_dir.run_id, flush=True)
-    return EXIT_CODES.get(supervise_foreground(run_dir), 1)
+    return EXIT_CODES.get(supervise_foreground(run_dir, secret_env=secret_env), 1)
 
 
 def cli_stop(home: Path, run_ref: str, *, wait: bool = True) -> int:
