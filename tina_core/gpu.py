@@ -5,6 +5,7 @@ No driver, no library or no device all mean the same thing here: no GPU. Nothing
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 
@@ -68,7 +69,19 @@ class Sampler:
     def available(self) -> bool:
         return self._nv is not None
 
+    def record(self) -> dict[str, Any] | None:
+        """One ``system.jsonl`` line: ``{time, ts, gpus: [read()...]}``, every GPU in one sample (the
+        store's system table reads this shape); None when nothing could be read."""
+        gpus = self.read()
+        if not gpus:
+            return None
+        from tina_core.rundir import now_iso
+
+        return {"time": now_iso(), "ts": time.time(), "gpus": gpus}
+
     def read(self) -> list[dict[str, Any]]:
+        """One reading per GPU (as ``sample``); ``[]`` when NVML fails this time (a lost GPU, a
+        driver hiccup): that sample is skipped and the next one tries again."""
         if self._nv is None:
             return []
         nv = self._nv

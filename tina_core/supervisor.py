@@ -297,11 +297,8 @@ class Supervisor:
             from tina_core.gpu import Sampler
 
             self._sampler = Sampler()
-        from tina_core.rundir import append_jsonl
-
-        gpus = self._sampler.read()
-        if gpus:  # one line per sample, every GPU in it (the store's system table reads this shape)
-            append_jsonl(self.run_dir.system, {"time": now_iso(), "ts": now, "gpus": gpus})
+        if record := self._sampler.record():
+            append_jsonl(self.run_dir.system, record)
 
     def tick(self) -> None:
         self.beat()
