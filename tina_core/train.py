@@ -211,7 +211,39 @@ def train(run_dir: RunDir) -> int:
     return EXIT_FINISHED
 
 
+class _OutputThatMayVanish:
+    """The trainer's stdout/stderr is a pipe to its supervisor (which masks credentials into
+    train.log). If the supervisor is killed, the next write would raise BrokenPipeError and end
+    training mid-step; instead the output is dropped and training goes on, so the next `tina
+    resume` can stop this orphan at a checkpoint of its current step. Metrics still reach
+    metrics.jsonl."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._lost = False
+
+    def write(self, text: str) -> int:
+        if not self._lost:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._lost = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._lost:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._lost = True
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
+    # Before transformers and tqdm are imported: they keep a reference to the streams they find.
+    sys.stdout, sys.stderr = _OutputThatMayVanish(sys.stdout), _OutputThatMayVanish(sys.stderr)
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m tina_core.train RUN_DIR", file=sys.stderr)
