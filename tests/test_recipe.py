@@ -3,7 +3,9 @@ LoraConfig, and the launch command."""
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -120,10 +122,77 @@ def test_wrong_types_are_named(tmp_path, sections, message):
     ({"grpo": {"save_strategy": "no"}}, r"grpo.save_strategy: expected 'steps'"),
     ({"dataset": {"mapping": "deepscalr"}}, r"variant.yaml: dataset.mapping: .*deepscalr"),
     ({"model": {"tiny": {"layers": 3}}}, r"model.tiny: .*layers.*expected fields of .*num_layers"),
+    ({"model": {"dtype": "bfloat17"}}, r"model.dtype: expected auto or a floating-point torch dtype .*'bfloat17'"),
+    ({"model": {"dtype": "int8"}}, r"model.dtype: expected auto or a floating-point torch dtype .*'int8'"),
+    ({"model": {"attn_implementation": "flash_attn2"}},
+     r"model.attn_implementation: expected one of eager, .*sdpa.* or a hub kernel .*'flash_attn2'"),
+    ({"model": {"attn_implementation": "flash_attention_9"}}, r"model.attn_implementation: transformers has no"),
 ])
 def test_semantic_errors(tmp_path, sections, message):
     with pytest.raises(RecipeError, match=message):
         validate_recipe(load_recipe(tiny_variant(tmp_path, **sections)))
+
+
+@pytest.mark.parametrize("model", [{"dtype": "half"}, {"dtype": "auto", "attn_implementation": "sdpa"},
+                                   {"attn_implementation": "flex_attention"}, {"attn_implementation": "paged|eager"},
+                                   {"attn_implementation": None}])
+def test_other_values_that_transformers_accepts(tmp_path, model):
+    validate_recipe(load_recipe(tiny_variant(tmp_path, model=model)))
+
+
+def _flash_attn_installed() -> bool:
+    from transformers.utils import is_kernels_available
+
+    return importlib.util.find_spec("flash_attn") is not None or is_kernels_available()
+
+
+def test_flash_attention_without_its_package_stops_a_real_run_before_anything(tmp_path):
+    """Tina's flash_attention_2 needs a CUDA build of flash-attn that the install set leaves out: a
+    real run that asks for it where the package is missing fails before any process or file."""
+    if _flash_attn_installed():
+        pytest.skip("flash-attn (or the kernels fallback) is installed here")
+    from tina_core import supervisor
+
+    home = tmp_path / "home"
+    path = tiny_variant(tmp_path, model={"attn_implementation": "flash_attention_2"})
+    with pytest.raises(RecipeError, match=r"variant.yaml: model.attn_implementation: flash_attention_2 needs "
+                                          r"the flash-attn package, which is not installed here.*or use sdpa"):
+        supervisor.cli_run(home, path)
+    assert not (home / "runs").exists()
+
+
+def test_dry_run_of_a_gpu_recipe_with_flash_attention_on_a_machine_without_gpus(tmp_path, capsys):
+    """A dry run on a laptop shows the command even for flash attention: the package is checked
+    where the recipe can run (its GPUs are there), as the device-bound GRPO settings are."""
+    if launch.visible_gpus()[0]:
+        pytest.skip("this machine has GPUs")
+    from tina_core import supervisor
+
+    assert supervisor.cli_run(tmp_path / "home", TINA / "open_rs2.yaml", dry_run=True,
+                              overrides=["model.attn_implementation=flash_attention_2"]) == 0
+    assert "attn_implementation: flash_attention_2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("path", sorted(TINA.glob("*.yaml")), ids=lambda p: p.stem)
+def test_dry_run_of_every_tina_recipe_shows_the_accelerate_deepspeed_command(tmp_path, path):
+    """`tina run <recipe> --dry-run` through the CLI (in-process: the validation imports TRL once)."""
+    from typer.testing import CliRunner
+
+    from tina_core.cli import app
+
+    home = tmp_path / "home"
+    res = CliRunner().invoke(app, ["--home", str(home), "run", str(path), "--dry-run"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    resolved, _, command = res.stdout.rpartition("# launch command:\n")
+    snapshot = yaml.safe_load(resolved)
+    assert snapshot["name"] == path.stem and "extends" not in snapshot
+    assert snapshot["model"]["attn_implementation"] == "sdpa"  # loads on the pinned GPU set
+    recipe = load_recipe(path)
+    assert shlex.split(command) == launch.launch_command(RunDir(home / "runs" / "<run_id>"), recipe)
+    assert shlex.split(command)[1:11] == [
+        "-m", "tina_core.launch", "accelerate", "launch", "--config_file", str(RECIPES_DIR / "accelerate" / "zero2.yaml"),
+        "--num_processes", "2", "--main_process_port", "29500"]
+    assert not (home / "runs").exists()
 
 
 def test_set_overrides_are_yaml_parsed():

@@ -487,6 +487,60 @@ def check_library_configs(recipe: Recipe) -> None:
             pass  # a read-only or full cache only costs the next check its time
 
 
+# model.dtype and model.attn_implementation as transformers' from_pretrained reads them. The usual
+# values are answered here; any other is asked of torch / transformers themselves (seconds of
+# imports that the usual recipes should not pay on every launch).
+_USUAL_DTYPES = ("auto", "bfloat16", "float16", "float32")
+_USUAL_ATTENTION = ("eager", "sdpa")
+_FLASH_RE = re.compile(r"^flash_attention_(\d+)$")
+
+
+def check_model_loading(recipe: Recipe) -> None:
+    """The values the trainer passes to ``from_pretrained`` (``dtype``, ``attn_implementation``) are
+    ones transformers accepts, and a flash attention's package is installed where the recipe will
+    run, so a typo or a missing build fails here instead of after the launch."""
+    where = str(recipe.source)
+    dtype = recipe.get("model.dtype", "auto")
+    if dtype not in _USUAL_DTYPES:
+        import torch
+
+        found = getattr(torch, str(dtype), None)
+        if not (isinstance(found, torch.dtype) and found.is_floating_point):
+            raise RecipeError(f"{where}: model.dtype: expected auto or a floating-point torch dtype "
+                              f"({', '.join(_USUAL_DTYPES[1:])}), got {dtype!r}")
+    attn = recipe.get("model.attn_implementation")
+    if attn is None or attn in _USUAL_ATTENTION:
+        return
+    flash = _FLASH_RE.match(attn)
+    if flash is None:
+        from transformers.integrations.hub_kernels import is_kernel
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+        valid = ["eager", *ALL_ATTENTION_FUNCTIONS.valid_keys()]
+        if attn not in valid and not is_kernel(attn):
+            raise RecipeError(f"{where}: model.attn_implementation: expected one of {', '.join(valid)} "
+                              f"or a hub kernel (org/name), got {attn!r}")
+        return
+    from transformers.modeling_flash_attention_utils import FLASH_ATTENTION_COMPATIBILITY_MATRIX
+    from transformers.utils import is_kernels_available
+
+    version = int(flash.group(1))
+    if version not in FLASH_ATTENTION_COMPATIBILITY_MATRIX:
+        raise RecipeError(f"{where}: model.attn_implementation: transformers has no {attn}; expected "
+                          + ", ".join(f"flash_attention_{v}" for v in FLASH_ATTENTION_COMPATIBILITY_MATRIX)
+                          + f" or {', '.join(_USUAL_ATTENTION)}")
+    # Only where the recipe will run: a GPU recipe checked on a machine without its GPUs (a dry run
+    # on a laptop) is validated there, not loaded, as in check_library_configs.
+    if recipe.gpus > 0 and not _gpu_available():
+        return
+    # transformers falls back to a hub kernel when the `kernels` package is there
+    if not FLASH_ATTENTION_COMPATIBILITY_MATRIX[version]["pkg_availability_check"]() and not is_kernels_available():
+        package = "flash-attn" if version == 2 else f"flash-attn-{version}"
+        raise RecipeError(f"{where}: model.attn_implementation: {attn} needs the {package} package, which is "
+                          f"not installed here (it is not in requirements/gpu.txt: it builds against the "
+                          f"box's CUDA, e.g. pip install {package} --no-build-isolation); or use sdpa")
+
+
 def validate_recipe(recipe: Recipe) -> None:
     """Check the whole recipe before any process starts (raises RecipeError)."""
     where = str(recipe.source)
@@ -498,6 +552,7 @@ def validate_recipe(recipe: Recipe) -> None:
         raise RecipeError(f"{where}: model.name_or_path: missing (a hub id, a local path or 'tiny')")
     if _looks_local(model) and not Path(model).exists():
         raise RecipeError(f"{where}: model.name_or_path: no such local model {model}")
+    check_model_loading(recipe)
     if recipe.is_tiny:
         from tina_core.tiny import TinyParams
 
