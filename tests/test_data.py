@@ -151,6 +151,44 @@ def test_chat_template_renders_like_open_r1_s():
     assert no_system == "<｜begin▁of▁sentence｜><｜User｜>What is 3 + 4?<｜Assistant｜>"
 
 
+def _copy_model(src: Path, dest: Path, model_type: str | None = None) -> Path:
+    """A local copy of a model folder under another name (the weights are not read here)."""
+    dest.mkdir()
+    for f in src.iterdir():
+        if f.is_file() and f.suffix != ".safetensors":
+            (dest / f.name).write_bytes(f.read_bytes())
+    if model_type:
+        cfg = json.loads((dest / "config.json").read_text())
+        (dest / "config.json").write_text(json.dumps({**cfg, "model_type": model_type, "architectures": None}))
+    return dest
+
+
+def test_tinas_template_follows_the_model_config_not_its_name(tiny_model, tmp_path):
+    """The trainer's tokenizer: Tina's template for any Qwen2-architecture base, whatever its folder
+    is called; the tiny recipe keeps the template its model was warm-started on."""
+    from tina_core import tiny
+    from tina_core.recipe import RECIPES_DIR, load_recipe
+    from tina_core.train import load_tokenizer
+
+    msgs = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "What is 3 + 4?"}]
+    tiny_recipe = load_recipe(RECIPES_DIR / "tiny.yaml")
+    own = load_tokenizer(tiny_recipe, str(tiny_model))
+    assert own.chat_template != REASON_CHAT_TEMPLATE and own.pad_token == "<|endoftext|>"
+    assert own.apply_chat_template(msgs[1:], tokenize=False, add_generation_prompt=True) == \
+        tiny.CHAT_TEMPLATE_RENDER.format(user="What is 3 + 4?")
+
+    base = _copy_model(tiny_model, tmp_path / "my-distilled-base")  # a qwen2 config, no "qwen" in the name
+    tok = load_tokenizer(load_recipe(RECIPES_DIR / "tiny.yaml", [f"model.name_or_path={base}"]), str(base))
+    assert tok.chat_template == REASON_CHAT_TEMPLATE
+    assert tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True) == \
+        "SYS<｜User｜>What is 3 + 4?<｜Assistant｜>"
+    assert tok.pad_token == "<|endoftext|>"  # the tiny vocabulary has no <|fim_pad|>: its own pad stays
+
+    other = _copy_model(tiny_model, tmp_path / "Qwen-lookalike", model_type="llama")  # the name alone says qwen
+    kept = load_tokenizer(load_recipe(RECIPES_DIR / "tiny.yaml", [f"model.name_or_path={other}"]), str(other))
+    assert kept.chat_template == own.chat_template
+
+
 def test_max_prompt_tokens_drops_long_prompts(tmp_path, caplog):
     tok = _tokenizer()
     rows = [{"problem": "one plus two", "answer": 3}, {"problem": " ".join(["nine"] * 60), "answer": 9},

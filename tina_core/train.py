@@ -137,16 +137,23 @@ def set_aside_partial_checkpoints(run_dir: RunDir) -> list[Path]:
     return moved
 
 
-def _tokenizer(recipe: Recipe, model_path: str):
-    from transformers import AutoTokenizer
+QWEN_PAD_TOKEN = "<|fim_pad|>"
+
+
+def load_tokenizer(recipe: Recipe, model_path: str):
+    """The model's tokenizer, with Tina's choices for a Qwen2-architecture base (as the distilled
+    model is): a pad token distinct from EOS, and the open-r1 template without a "<think>" prefill
+    (the format reward must see the tag). Decided by the model's config, not its name: a local
+    copy or a fine-tune has any name. The tiny model is a Qwen2 too, but keeps its own template,
+    which its warm start was trained on."""
+    from transformers import AutoConfig, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_path)
-    if not recipe.is_tiny and "qwen" in model_path.lower():
+    if not recipe.is_tiny and AutoConfig.from_pretrained(model_path).model_type == "qwen2":
         from tina_core.prompts import REASON_CHAT_TEMPLATE
 
-        # Tina's choices for the Qwen-based distilled model: a pad token distinct from EOS, and the
-        # open-r1 template without a "<think>" prefill (the format reward must see the tag).
-        tok.pad_token = "<|fim_pad|>"
+        if QWEN_PAD_TOKEN in tok.get_vocab():  # every Qwen2 vocabulary has it; a pruned one keeps its pad
+            tok.pad_token = QWEN_PAD_TOKEN
         tok.chat_template = REASON_CHAT_TEMPLATE
     return tok
 
@@ -166,7 +173,7 @@ def build_trainer(run_dir: RunDir, recipe: Recipe, callbacks: list = ()):
     config = build_grpo_config(recipe, run_dir.checkpoints)
     set_seed(config.seed)
     model_path = resolve_base_model(recipe, _home_for(run_dir))
-    tokenizer = _tokenizer(recipe, model_path)
+    tokenizer = load_tokenizer(recipe, model_path)
     model = AutoModelForCausalLM.from_pretrained(
         model_path, dtype=recipe.get("model.dtype", "auto"),
         attn_implementation=recipe.get("model.attn_implementation"),
