@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
 
 from tina_core.cli import app
-from tina_core.importer import import_run
-from tina_core.rundir import TinaError, list_run_dirs
+from tina_core.importer import IMPORTING, import_run
+from tina_core.rundir import RunDir, TinaError, list_run_dirs
+from tina_core.runs import list_runs
 from tina_core.store import Store
+
+DATA = Path(__file__).parent / "data"
 
 
 def tina_like_history(n: int = 400, turn: int = 230) -> list[dict]:
@@ -109,6 +116,98 @@ def test_clear_errors_and_nothing_half_made(tmp_path, name, content, expect):
         import_run(home, src)
     assert str(src.name) in str(e.value)
     assert list_run_dirs(home) == []
+
+
+CRASHING_IMPORT = """
+import os, signal, sys
+from tina_core import importer
+from tina_core.rundir import RunDir
+
+write_event = RunDir.event
+def event(self, kind, **fields):
+    write_event(self, kind, **fields)
+    if kind == "imported":  # the metrics and an event are written, run.json is not: die here
+        os.kill(os.getpid(), signal.SIGKILL)
+RunDir.event = event
+importer.import_run(sys.argv[1], sys.argv[2])
+"""
+
+
+def test_import_is_atomic_a_crash_midway_leaves_no_run(tmp_path, monkeypatch):
+    src = tmp_path / "trainer_state.json"
+    src.write_text(json.dumps({"log_history": tina_like_history(300, 150)}))
+    home = tmp_path / "home"
+    killed = subprocess.run([sys.executable, "-c", CRASHING_IMPORT, str(home), str(src)], capture_output=True)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    [partial] = (home / "runs" / IMPORTING).iterdir()
+    assert (partial / "metrics.jsonl").stat().st_size > 0 and not (partial / "run.json").exists()
+    assert list_run_dirs(home) == [] and list_runs(home) == []
+    assert Store(home).ingest().runs == 0
+
+    # an error midway cleans up after itself
+    def fail(self, kind, **fields):
+        raise OSError("disk full")
+    monkeypatch.setattr(RunDir, "event", fail)
+    with pytest.raises(OSError, match="disk full"):
+        import_run(home, src)
+    assert list((home / "runs" / IMPORTING).iterdir()) == [partial]
+    monkeypatch.undo()
+
+    rd = import_run(home, src, name="rs2")
+    assert list_run_dirs(home) == [rd] and rd.path.parent == home / "runs"
+    assert rd.info()["run_id"] == rd.run_id and len(rd.metrics.read_text().splitlines()) == 300
+    assert [e["event"] for e in rd.read_events()] == ["imported", "finished"] and rd.checkpoints.is_dir()
+
+
+# A fresh `tina` process that reports, on its last stderr line, how long its command took once the
+# interpreter is up and the modules the command loads are imported (start-up, paid once per process:
+# ruptures alone, through scipy, is ~0.5 s).
+TIMED_TINA = """
+import sys, time
+import ruptures
+from tina_core import phase, runs, store
+from tina_core.cli import app
+t0 = time.perf_counter()
+try:
+    app(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+print(f"took {time.perf_counter() - t0:.3f}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def timed_tina(home, *args: str) -> tuple[object, float]:
+    out = subprocess.run([sys.executable, "-c", TIMED_TINA, "--home", str(home), *args], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout), float(out.stderr.strip().splitlines()[-1].removeprefix("took "))
+
+
+def test_new_metrics_lines_show_in_a_fresh_ls_and_status_within_a_second(tmp_path):
+    """Issue 4's "new lines visible in the database within a second": lines appended to a run's
+    metrics.jsonl (as the trainer writes them) are in the next `tina ls/status --json`, whose
+    ingest, queries and detection take under a second."""
+    lines = DATA.joinpath("tiny_run_metrics.jsonl").read_text().splitlines(keepends=True)
+    src = tmp_path / "metrics.jsonl"
+    src.write_text("".join(lines[:50]))
+    home = tmp_path / "home"
+    rd = import_run(home, src, name="growing")
+    [run], _ = timed_tina(home, "ls", "--json")  # the index now holds the first 50 steps
+    assert run["step"] == 50
+
+    with open(rd.metrics, "a") as f:
+        f.write("".join(lines[50:100]))
+    run, took = timed_tina(home, "status", rd.run_id, "--json")
+    last = json.loads(lines[99])
+    assert run["step"] == 100 and run["last_metrics"]["rewards/format_reward/mean"] == last["rewards/format_reward/mean"]
+    assert run["phase_transition"]["status"] == "confirmed"
+    assert took < 1.0, f"tina status took {took:.2f} s"
+
+    with open(rd.metrics, "a") as f:  # one more step, as a live run gains them
+        f.write(json.dumps({**last, "step": 101}) + "\n")
+    [run], took = timed_tina(home, "ls", "--json")
+    assert run["step"] == 101 and took < 1.0, f"tina ls took {took:.2f} s"
 
 
 def test_cli_import(tmp_path):

@@ -12,12 +12,16 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 from tina_core import metric_keys
-from tina_core.rundir import RunDir, TinaError, create_run_dir, now_iso, write_json_atomic
+from tina_core.rundir import RunDir, TinaError, new_run_id, now_iso, runs_root, write_json_atomic
+
+IMPORTING = ".importing"  # under runs/: imports being built
 
 # Preferred first: W&B's `_step` counts its own log calls, not optimizer steps.
 STEP_COLUMNS = ("train/global_step", "global_step", "step", "_step")
@@ -147,24 +151,39 @@ def read_any(path: Path) -> tuple[str, list[dict], dict]:
 
 
 def import_run(home: Path, path: Path, name: str | None = None) -> RunDir:
+    """Make the run in one step: it is built under ``runs/.importing/`` (which nothing lists: only
+    ``runs/<id>/`` holding a run.json is a run) and renamed into place once complete, so a crash
+    midway never leaves a run with some of its metrics."""
     path = Path(path).expanduser()
     fmt, records, extra = read_any(path)
     if name is None:
         name = path.parent.name if path.stem in ("metrics", "trainer_state") and path.parent.name else path.stem
-    rd = create_run_dir(Path(home), name)
-    last = records[-1]["step"]
-    write_json_atomic(rd.run_json, {
-        "run_id": rd.run_id, "name": name, "recipe": None, "created": now_iso(), "hardware": None,
-        "device": None, "gpu_count": None, "gpu_hour_usd": None, "command": [],
-        "stop_at_step": last, "max_steps": extra.get("max_steps", last),
-        "save_steps": extra.get("save_steps"), "dataset_size": None, "imported": True,
-        "source": str(path.resolve()), "format": fmt})
-    with open(rd.metrics, "w") as f:
-        f.write("".join(json.dumps(r, allow_nan=True) + "\n" for r in records))
-    rd.event("imported", source=str(path.resolve()), format=fmt, steps=len(records),
-             skipped_rows=extra.get("skipped_rows", 0))
-    rd.event("finished", step=last)
-    return rd
+    root = runs_root(Path(home))
+    staging = root / IMPORTING
+    staging.mkdir(parents=True, exist_ok=True)
+    run_id = new_run_id(name)
+    while (root / run_id).exists():
+        run_id = new_run_id(name)
+    rd = RunDir(staging / run_id)
+    rd.checkpoints.mkdir(parents=True)
+    try:
+        last = records[-1]["step"]
+        with open(rd.metrics, "w") as f:
+            f.write("".join(json.dumps(r, allow_nan=True) + "\n" for r in records))
+        rd.event("imported", source=str(path.resolve()), format=fmt, steps=len(records),
+                 skipped_rows=extra.get("skipped_rows", 0))
+        rd.event("finished", step=last)
+        write_json_atomic(rd.run_json, {
+            "run_id": run_id, "name": name, "recipe": None, "created": now_iso(), "hardware": None,
+            "device": None, "gpu_count": None, "gpu_hour_usd": None, "command": [],
+            "stop_at_step": last, "max_steps": extra.get("max_steps", last),
+            "save_steps": extra.get("save_steps"), "dataset_size": None, "imported": True,
+            "source": str(path.resolve()), "format": fmt})
+        os.rename(rd.path, root / run_id)
+    except BaseException:
+        shutil.rmtree(rd.path, ignore_errors=True)
+        raise
+    return RunDir(root / run_id)
 
 
 def cli_import(home: Path, path: Path, name: str | None = None) -> int:
