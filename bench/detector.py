@@ -5,8 +5,8 @@
 Prints, per scenario: median delay of the live (tentative) marker after the true change, the rate
 of markers raised before the change or on a no-change control (live, even if later rejected, and
 final, after confirmation), and the miss rate (no marker by the end). Targets: median delay <= 10
-steps, <= 5% false alarms, <= 5% misses. Given a real run's metrics.jsonl, also prints the
-detector's verdict on its curves.
+steps, <= 5% false alarms, <= 5% misses. Then the detector's verdict on real curves: the given
+metrics.jsonl files, by default the tiny recipe's real run (tests/data/tiny_run_metrics.jsonl).
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve
 
 from synthetic import generate, scenarios  # noqa: E402
 from tina_core import metric_keys, phase  # noqa: E402
+
+TINY_CURVE = Path(__file__).resolve().parent.parent / "tests" / "data" / "tiny_run_metrics.jsonl"
 
 
 def evaluate(params: phase.PhaseParams, seeds: int) -> tuple[list[tuple], dict]:
@@ -87,7 +89,7 @@ def verdict(path: Path, params: phase.PhaseParams) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=60)
-    ap.add_argument("metrics", nargs="*", type=Path)
+    ap.add_argument("metrics", nargs="*", type=Path, default=[TINY_CURVE])
     args = ap.parse_args()
     params = phase.DEFAULT
     t0 = time.perf_counter()
@@ -103,7 +105,7 @@ def main() -> None:
           f"(target <= 10), false alarms live {summary['false_alarm_live']:.1%} / final "
           f"{summary['false_alarm_final']:.1%} (target <= 5%), misses {summary['miss']:.1%} (target <= 5%)")
     for path in args.metrics:
-        verdict(path, params)
+        verdict(path, phase.params_for_run(path.parent, params))  # a run's own format rewards
 
 
 if __name__ == "__main__":

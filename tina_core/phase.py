@@ -2,7 +2,8 @@
 
 Tina's finding: format reward and completion length turn sharply at some step, and the checkpoint
 with the best held-out accuracy sits at or just before that turn. This module watches those
-signals as they are logged:
+signals as they are logged: completion length and every format reward that the run's recipe scores
+with (``params_for_run``; all known ones for a run without a recipe):
 
 1. live: a two-sided CUSUM on the raw per-step values, standardised against a reference window that
    lags behind the current step (and stops moving while a change is building up, so a slow ramp
@@ -19,16 +20,28 @@ have said. Parameters live in PhaseParams; bench/detector.py is what justifies t
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
-from tina_core.metric_keys import COMPLETION_LENGTH, FORMAT_REWARD, TAG_COUNT_REWARD
+import yaml
+
+from tina_core.metric_keys import COMPLETION_LENGTH
+from tina_core.rewards import FORMAT_REWARD_KEYS, FORMAT_REWARD_METRICS
+
+
+def watched_signals(format_reward_keys: Iterable[str] = FORMAT_REWARD_KEYS) -> tuple[str, ...]:
+    """The metrics to watch: the logged mean of each of these format rewards, then completion length."""
+    keys = set(format_reward_keys)
+    return (*(m for k, m in zip(FORMAT_REWARD_KEYS, FORMAT_REWARD_METRICS) if k in keys), COMPLETION_LENGTH)
 
 
 @dataclass(frozen=True)
 class PhaseParams:
-    signals: tuple[str, ...] = (FORMAT_REWARD, COMPLETION_LENGTH, TAG_COUNT_REWARD)
+    signals: tuple[str, ...] = watched_signals()  # every known format reward: a run without a recipe
     window: int = 50          # reference window, in logged points
     lag: int = 5              # gap between the reference window and the point being tested
     min_ref: int = 6          # points the reference needs before watching starts
@@ -46,6 +59,31 @@ class PhaseParams:
 
 
 DEFAULT = PhaseParams()
+_RUN_PARAMS: dict[Path, tuple[tuple, PhaseParams]] = {}
+
+
+def params_for_run(run_path: str | os.PathLike, base: PhaseParams = DEFAULT) -> PhaseParams:
+    """``base`` watching the format rewards that the run's recipe snapshot (``recipe.yaml``) scores
+    with; ``base`` itself for a run without one (imported) or with an unreadable one.
+    Remembered per snapshot file state: the cockpit asks for every run on every refresh."""
+    from tina_core.recipe import Recipe, parse_yaml
+
+    path = Path(run_path) / "recipe.yaml"
+    try:
+        st = path.stat()
+    except OSError:
+        return base
+    sig = (st.st_mtime_ns, st.st_size, base)
+    hit = _RUN_PARAMS.get(path)
+    if hit is None or hit[0] != sig:
+        try:
+            data = parse_yaml(path.read_text())
+            keys = Recipe(source=path, data=data).format_reward_keys if isinstance(data, dict) else None
+        except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):  # a damaged snapshot
+            keys = None
+        params = base if keys is None else dataclasses.replace(base, signals=watched_signals(keys))
+        _RUN_PARAMS[path] = hit = (sig, params)
+    return hit[1]
 
 
 @dataclass(frozen=True)

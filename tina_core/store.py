@@ -30,7 +30,7 @@ from typing import Any, Iterable, Iterator
 import duckdb
 
 from tina_core import metric_keys
-from tina_core.rundir import RunDir, TinaError, list_run_dirs
+from tina_core.rundir import RunDir, TinaError, list_run_dirs, runs_root
 
 DB_NAME = "tina.duckdb"
 LOCK_TIMEOUT_S = 5.0
@@ -686,7 +686,8 @@ class Store:
         detection reads its whole history."""
         from tina_core import phase as phase_mod
 
-        params = params or phase_mod.DEFAULT
+        # by default the run's own format rewards (from its recipe snapshot) are watched
+        params = params or phase_mod.params_for_run(runs_root(self.home) / run_id)
         recent = self._phase_recent.get((run_id, params))
         if max_age_s > 0 and recent and time.monotonic() - recent[0] < max_age_s:
             result = recent[1]
