@@ -4,8 +4,10 @@
 
 Builds the tiny model in a fresh cache (tokenizer + SFT warm start), then trains recipes/tiny.yaml
 with the real trainer process (launch_command / launch_env, as `tina run` does) ``--runs`` times with
-the same seed. Prints the build and training wall times, the format reward every 5 steps, where it
-leaves ~0 and where it first holds >= 0.8, and whether the runs' curves are identical.
+the same seed. Prints the build and training wall times, the format reward every 5 steps, where its
+3-step mean first exceeds 0.1 (leaves ~0) and first reaches 0.8, and whether the runs' curves are
+identical. With recipes/tiny.yaml as shipped (seed 42): 47 and 60, identical curves, and 10-15 s
+per run of 100 GRPO steps on a 2-core machine (process start to exit, the model already built).
 """
 
 from __future__ import annotations

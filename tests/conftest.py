@@ -58,23 +58,29 @@ def home(tmp_path, tiny_cache, monkeypatch) -> Path:
     return h
 
 
-@pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, tiny_model, tiny_cache):
-    """A finished short tiny run (``tina run recipes/tiny.yaml``, 6 steps, checkpoints 3 and 6),
-    trained once per session: its RunDir, in a workspace of its own (``run.path.parent.parent``).
-    Treat it as read-only; copy it to change it."""
+def run_tiny_recipe(home: Path, cache: Path, name: str, overrides=()):
+    """``tina run recipes/tiny.yaml --name NAME [--set ...]`` in the foreground, in a workspace of
+    its own: the finished run's RunDir (the tiny model must be in ``cache`` already)."""
     from tina_core.rundir import RunDir, list_run_dirs
 
-    home = tmp_path_factory.mktemp("tiny-run-home")
-    env = {**os.environ, "TINA_HOME": str(home), "TINA_CACHE": str(tiny_cache), "HF_HUB_OFFLINE": "1"}
-    args = [a for o in TINY_RUN_OVERRIDES for a in ("--set", o)]
+    env = {**os.environ, "TINA_HOME": str(home), "TINA_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
+    args = [a for o in overrides for a in ("--set", o)]
     proc = subprocess.run([sys.executable, "-m", "tina_core.cli", "--home", str(home), "run", str(TINY_RECIPE),
-                           "--name", "tiny-shared", *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                           "--name", name, *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=600)
     runs = list_run_dirs(home)
     log = runs[0].train_log.read_text()[-3000:] if runs and runs[0].train_log.exists() else ""
     assert proc.returncode == 0 and len(runs) == 1, (
         f"tina run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}\n{log}")
     run: RunDir = runs[0]
-    assert run.checkpoint_steps() == [3, 6], log
+    return run
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_model, tiny_cache):
+    """A finished short tiny run (``tina run recipes/tiny.yaml``, 6 steps, checkpoints 3 and 6),
+    trained once per session: its RunDir, in a workspace of its own (``run.path.parent.parent``).
+    Treat it as read-only; copy it to change it."""
+    run = run_tiny_recipe(tmp_path_factory.mktemp("tiny-run-home"), tiny_cache, "tiny-shared", TINY_RUN_OVERRIDES)
+    assert run.checkpoint_steps() == [3, 6], run.train_log.read_text()[-3000:]
     return run

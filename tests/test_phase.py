@@ -16,7 +16,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 from synthetic import Scenario, generate, scenarios  # noqa: E402
 
 from tina_core import phase  # noqa: E402
-from tina_core.metric_keys import COMPLETION_LENGTH, FORMAT_REWARD  # noqa: E402
+from tina_core.metric_keys import COMPLETION_LENGTH, FORMAT_REWARD, TAG_COUNT_REWARD  # noqa: E402
+from tina_core.recipe import RECIPES_DIR, load_recipe  # noqa: E402
+from tina_core.rundir import RunDir, write_json_atomic  # noqa: E402
+from tina_core.runs import describe  # noqa: E402
+from tina_core.store import Store  # noqa: E402
 
 SEEDS = 8
 
@@ -92,6 +96,60 @@ def test_params_live_in_one_frozen_dataclass():
                         stricter)["status"] == "none"
 
 
+def _run_with_recipe(home: Path, run_id: str, rewards: dict | None, series: dict[str, list]) -> RunDir:
+    """A run directory with metrics lines and (unless ``rewards`` is None) a recipe snapshot."""
+    rd = RunDir(home / "runs" / run_id)
+    rd.checkpoints.mkdir(parents=True)
+    write_json_atomic(rd.run_json, {"run_id": run_id, "name": run_id, "stop_at_step": 100})
+    if rewards is not None:  # the tiny recipe scoring with these rewards instead (JSON is YAML)
+        rd.recipe.write_text(load_recipe(RECIPES_DIR / "tiny.yaml", [f"rewards={json.dumps(rewards)}"]).to_yaml())
+    steps = sorted({s for pts in series.values() for s, _ in pts})
+    rd.metrics.write_text("".join(json.dumps({"step": st, "attempt": 1, "ts": 1e9 + st,
+                                              **{k: dict(pts)[st] for k, pts in series.items()}}) + "\n"
+                                  for st in steps))
+    return rd
+
+
+def test_the_runs_recipe_says_which_format_rewards_are_watched(tmp_path):
+    """Detection watches completion length and the format rewards the run's recipe snapshot scores
+    with; a run without a snapshot (imported) is watched on every known format reward."""
+    home = tmp_path / "home"
+    flicker = [(s, 0.02 * (s % 2)) for s in range(1, 121)]
+    tag = [(s, v if s < 40 else 0.9) for s, v in flicker]      # the tag-count reward turns at 40
+    fmt = [(s, v if s < 20 else 0.8) for s, v in flicker]      # a format-reward curve turning at 20
+    length = [(s, 30.0 + s % 3) for s in range(1, 121)]
+    curves = {TAG_COUNT_REWARD: tag, FORMAT_REWARD: fmt, COMPLETION_LENGTH: length}
+    scored = _run_with_recipe(home, "tag-only", {"tag_count": 1.0, "accuracy": 1.0}, curves)
+    both = _run_with_recipe(home, "both", {"accuracy": 1.0, "tag_count": 1.0, "format": 1.0}, curves)
+    imported = _run_with_recipe(home, "imported", None, curves)
+    bad = _run_with_recipe(home, "damaged", {}, curves)
+    bad.recipe.write_text("rewards: [unclosed")
+
+    assert phase.params_for_run(scored.path).signals == (TAG_COUNT_REWARD, COMPLETION_LENGTH)
+    assert phase.params_for_run(both.path).signals == (FORMAT_REWARD, TAG_COUNT_REWARD, COMPLETION_LENGTH)
+    assert phase.params_for_run(imported.path) is phase.DEFAULT == phase.params_for_run(bad.path)
+    assert phase.DEFAULT.signals == phase.params_for_run(both.path).signals  # every known format reward
+
+    store = Store(home)
+    store.ingest()
+    for rd in (scored, both, imported, bad):
+        for c in range(25, 101, 25):
+            (rd.checkpoint_path(c)).mkdir()
+            (rd.checkpoint_path(c) / "tina-complete.json").write_text("{}")
+    store.ingest()
+    runs = {rd.run_id: describe(home, rd, store) for rd in (scored, both, imported, bad)}
+    ph = runs["tag-only"]["phase_transition"]
+    assert (ph["signal"], ph["step"], ph["status"], ph["signals"]) == (TAG_COUNT_REWARD, 40, "confirmed", [TAG_COUNT_REWARD])
+    assert runs["tag-only"]["recommended_checkpoint"] == 25
+    for rid in ("both", "imported", "damaged"):
+        ph = runs[rid]["phase_transition"]
+        assert (ph["signal"], ph["step"], ph["signals"]) == (FORMAT_REWARD, 20, [FORMAT_REWARD, TAG_COUNT_REWARD]), rid
+        assert runs[rid]["recommended_checkpoint"] is None  # no checkpoint at or before step 20
+    # The recipe's change of mind (its snapshot rewritten) is seen at once.
+    scored.recipe.write_text(scored.recipe.read_text().replace("tag_count: 1.0", "format: 1.0"))
+    assert Store(home).phase(scored.run_id)["signal"] == FORMAT_REWARD
+
+
 @pytest.mark.parametrize("ph, cks, expect", [
     (None, [{"step": 25, "avg": None}], (None, None, False, "not enough metrics")),
     ({"status": "none", "step": None}, [], (None, None, False, "no phase transition")),
@@ -115,8 +173,6 @@ def test_detection_on_a_real_tiny_run(request):
         run = request.getfixturevalue("tiny_run")
     except pytest.FixtureLookupError:
         pytest.skip("the tiny_run fixture is not available")
-    from tina_core.store import Store
-
     store = Store(run.path.parent.parent)
     store.ingest()
     steps = [s for s, _ in store.metric_series(run.run_id, FORMAT_REWARD, max_points=None)]
@@ -131,9 +187,10 @@ def test_detection_on_a_real_tiny_run(request):
 
 
 def test_real_tiny_recipe_curve_replayed_online():
-    """metrics.jsonl of a real `tina run recipes/tiny.yaml` (100 steps, checkpoints every 25):
-    format reward flat near 0, flickering from step ~47, rising from 57 to ~0.8 by 75. Replayed one
-    logged step at a time, as the TUI sees it."""
+    """metrics.jsonl of a real `tina run recipes/tiny.yaml` (tests/data/README.md; 100 steps,
+    checkpoints every 25): format reward near 0 with rare 0.06-0.12 flickers, its last 0 at step 46,
+    then rising to a 3-step mean of 0.8 at step 60 and ~0.95 after. Replayed one logged step at a
+    time, as the TUI sees it."""
     lines = (Path(__file__).parent / "data" / "tiny_run_metrics.jsonl").read_text().splitlines()
     recs = [json.loads(x) for x in lines]
     series = [(r["step"], r[FORMAT_REWARD]) for r in recs if FORMAT_REWARD in r]
@@ -142,10 +199,10 @@ def test_real_tiny_recipe_curve_replayed_online():
     for n in range(10, len(series) + 1):
         r = phase.detect({FORMAT_REWARD: series[:n], COMPLETION_LENGTH: length[:n]})
         seen[series[n - 1][0]] = r and (r["status"], r["step"])
-    assert all(v in (None, ("none", None)) for s, v in seen.items() if s < 45), "nothing before the rise"
+    assert all(v in (None, ("none", None)) for s, v in seen.items() if s < 47), "nothing before the rise"
     first = min(s for s, v in seen.items() if v and v[0] != "none")
-    assert seen[first][0] == "tentative" and first <= 57 + 10
+    assert seen[first][0] == "tentative" and first <= 47 + 10
     final = phase.detect({FORMAT_REWARD: series, COMPLETION_LENGTH: length})
-    assert final["status"] == "confirmed" and final["direction"] == "up" and 47 <= final["step"] <= 62
+    assert final["status"] == "confirmed" and final["direction"] == "up" and 44 <= final["step"] <= 49
     assert final["signals"] == [FORMAT_REWARD] and final["size"] > 0.6
-    assert phase.recommend(final, [{"step": s, "avg": None} for s in (25, 50, 75, 100)])["recommended"] == 50
+    assert phase.recommend(final, [{"step": s, "avg": None} for s in (25, 50, 75, 100)])["recommended"] == 25

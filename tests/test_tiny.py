@@ -1,15 +1,23 @@
 """The tiny offline model: built without the hub, cached by its parameters, safe to build from two
-processes at once, and a "distilled base" that adds but rarely formats its answers."""
+processes at once, and a "distilled base" that adds but rarely formats its answers; and the whole
+tiny recipe (`tina run recipes/tiny.yaml`, as it stands) learning the format, reproducibly."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from conftest import ROOT, run_tiny_recipe
+from test_train import TRL_KEYS
 
 from tina_core import tiny
+from tina_core.metric_keys import FORMAT_REWARD
+from tina_core.rundir import CHECKPOINT_COMPLETE, iter_jsonl
 from tina_core.tiny import MANIFEST, TinyParams, ensure_tiny_model
 
 QUICK = {"sft_steps": 3, "sft_batch_size": 4}  # a build in seconds, for cache and lock behaviour
@@ -107,3 +115,78 @@ def test_shipped_data_is_the_generated_data():
     shipped = [json.loads(line) for line in (tiny.DATA_DIR / "train.jsonl").read_text().splitlines()]
     assert shipped == tiny.arith_rows() and len(shipped) == 100
     assert all(int(r["answer"]) == sum(map(int, r["problem"][8:-1].split(" + "))) for r in shipped)
+
+
+# --- the whole tiny recipe -------------------------------------------------------------------------
+def format_curve(run) -> list[tuple[int, float]]:
+    return [(r["step"], r[FORMAT_REWARD]) for r in iter_jsonl(run.metrics) if FORMAT_REWARD in r]
+
+
+def tina_json(run, *args: str):
+    """A fresh `tina ... --json` process on the run's workspace."""
+    home = run.path.parent.parent
+    out = subprocess.run([sys.executable, "-m", "tina_core.cli", "--home", str(home), *args, "--json"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120, env={**os.environ, "TINA_HOME": str(home)})
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+# The tests sharing this run stay on one xdist worker (make test: --dist loadgroup), so it is trained once.
+shares_the_full_run = pytest.mark.xdist_group("full-tiny-run")
+
+
+@pytest.fixture(scope="module")
+def full_tiny_run(tmp_path_factory, tiny_model, tiny_cache):
+    """`tina run recipes/tiny.yaml` exactly as shipped (100 steps, seed 42; ~15 s here once the tiny
+    model is built), trained once for the tests below."""
+    return run_tiny_recipe(tmp_path_factory.mktemp("full-tiny"), tiny_cache, "tiny-full")
+
+
+@pytest.mark.slow
+@shares_the_full_run
+def test_the_tiny_recipe_learns_the_format(full_tiny_run):
+    """Issue 2's done-when: TRL 1.x keys, complete adapter checkpoints, and a format reward that goes
+    from near 0 to >= 0.8."""
+    run = full_tiny_run
+    rows = [r for r in iter_jsonl(run.metrics) if "reward" in r]
+    assert [r["step"] for r in rows] == list(range(1, 101))
+    assert all(TRL_KEYS <= r.keys() for r in rows), TRL_KEYS - rows[0].keys()
+    curve = [v for _, v in format_curve(run)]
+    assert sum(curve[:20]) / 20 <= 0.05 and max(curve[:20]) <= 0.2, curve[:20]  # the base rarely formats
+    assert sum(curve[-10:]) / 10 >= 0.8, curve[-10:]
+    assert run.checkpoint_steps() == [25, 50, 75, 100]
+    for step in run.checkpoint_steps():
+        marker = json.loads((run.checkpoint_path(step) / CHECKPOINT_COMPLETE).read_text())
+        assert marker["step"] == step and "adapter_model.safetensors" in marker["files"]
+    assert run.read_events()[-1]["event"] == "finished"
+
+
+@pytest.mark.slow
+@shares_the_full_run
+def test_phase_detection_on_the_real_tiny_curve_in_ls_and_status(full_tiny_run):
+    """The detector on the real curve, as a user reads it (`tina status/ls --json`, fresh processes
+    ingesting the run): a marker on the format reward inside its rise, and the latest checkpoint at
+    or before it recommended."""
+    run = full_tiny_run
+    curve = format_curve(run)
+    values = dict(curve)
+    mean3 = {s: sum(values[t] for t in range(max(1, s - 2), s + 1)) / min(3, s) for s in values}
+    reach = min(s for s, m in mean3.items() if m >= 0.8)               # where the rise ends
+    start = max(s for s, v in curve if s < reach and v == 0.0) + 1     # after its last zero
+    status = tina_json(run, "status", run.run_id)
+    ph = status["phase_transition"]
+    assert ph["signal"] == FORMAT_REWARD and ph["status"] in ("tentative", "confirmed") and ph["direction"] == "up"
+    # the marker sits where the evidence starts: inside the rise, or where it first flickers up
+    assert start - 5 <= ph["step"] <= reach, (ph, start, reach, curve)
+    rec = status["recommended_checkpoint"]
+    assert rec is not None and rec == max(s for s in run.checkpoint_steps() if s <= ph["step"])
+    [listed] = tina_json(run, "ls")
+    assert (listed["phase_transition"], listed["recommended_checkpoint"]) == (ph, rec)
+
+
+@pytest.mark.slow
+@shares_the_full_run
+def test_same_seed_same_format_curve(full_tiny_run, home, tiny_cache):
+    """A second run of the recipe with its seed: the same curve, step for step."""
+    again = run_tiny_recipe(home, tiny_cache, "tiny-again")
+    assert format_curve(again) == format_curve(full_tiny_run)
