@@ -269,7 +269,7 @@ async def test_eval_of_a_run_without_checkpoints_says_so(tmp_path):
         assert any("no complete checkpoint" in m for m in notes(app))
         await pilot.press("2", "e")
         await pilot.pause()
-        assert any("no checkpoint selected" in m for m in notes(app))
+        assert any("no complete checkpoint yet" in m for m in notes(app))
 
 
 async def test_stop_asks_first_then_signals_the_supervisor(tmp_path):

@@ -44,8 +44,9 @@ def test_marker_column_matches_the_bucket_of_that_step_for_any_series():
 
 
 def test_spark_rows_heights_and_gaps():
-    (row,) = spark_rows([0.0, None, 1.0, None], 1)
-    assert row[0] == BARS[1] and row[1] == BARS[1] and row[2] == BARS[8] and row[3] == BARS[8]
+    (row,) = spark_rows([None, 0.0, None, 1.0, None], 1)
+    # a gap between values reads as a line; nothing is drawn before the first or after the last
+    assert row == " " + BARS[1] + BARS[1] + BARS[8] + " "
     assert spark_rows([None, None], 2) == ["  ", "  "]
     top, bottom = spark_rows([0.0, 1.0], 2)
     assert bottom[1] == BARS[8] and top[1] == BARS[8] and top[0] == " " and bottom[0] == BARS[1]
@@ -137,6 +138,9 @@ def test_checkpoint_rows_join_cost_evals_curves_and_phase():
     # without an epoch series the epoch comes from the dataset size (8 prompts per step)
     (only,) = checkpoint_rows({"checkpoints": [{"step": 50}], "dataset_size": 800}, [], {}, [], None, None)
     assert only["epoch_pct"] == pytest.approx(50.0) and only["phase"] is None
+    # a checkpoint exactly at the transition is "at" it, and that is where the recommendation sits
+    at = checkpoint_rows(run, store, series, [], {"step": 100, "status": "tentative"}, recommended=100)
+    assert [r["phase"] for r in at] == ["before", "at"] and at[1]["recommended"]
 
 
 def test_demo_workspace_is_deterministic(tmp_path):

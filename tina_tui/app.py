@@ -19,16 +19,18 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
 
 from tina_core.rundir import TinaError, find_run, tina_home
 from tina_tui.actions import bindings
 from tina_tui.commands import CockpitCommands
 from tina_tui.data import Collector, RunView, Snapshot
 from tina_tui.screens import ConfirmScreen, DetailScreen, HelpScreen, RecipePicker, TaskChooser
-from tina_tui.widgets import ChartsPanel, CheckpointsTable, CostBar, GpuPanel, LogTail, RunsTable
+from tina_tui.widgets import (ChartsPanel, CheckpointsTable, CostBar, GpuPanel, LogTail, RunsTable,
+                              recommendation_line)
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+LOW_COLOUR_SYSTEMS = ("standard", "windows")
 TABS = {"charts": ChartsPanel, "checkpoints": CheckpointsTable, "log": LogTail, "system": GpuPanel}
 
 
@@ -58,6 +60,7 @@ class MainScreen(Screen[None]):
             with TabPane("1 charts", id="charts"):
                 yield ChartsPanel(id="charts-panel")
             with TabPane("2 checkpoints", id="checkpoints"):
+                yield Static(id="ckpt-note")
                 yield CheckpointsTable(id="ckpts")
             with TabPane("3 log", id="log"):
                 yield LogTail(id="log-tail", max_lines=2000)
@@ -67,6 +70,8 @@ class MainScreen(Screen[None]):
 
     def on_mount(self) -> None:
         self.query_one(RunsTable).focus()
+        # Every widget a snapshot goes to is mounted now (not yet when the app itself mounts).
+        self.app_.start_refreshing()
 
     @property
     def app_(self) -> "TinaApp":
@@ -78,7 +83,9 @@ class MainScreen(Screen[None]):
         self.query_one(CostBar).show(view.run if view else None, view.recommendation if view else None,
                                      view.checkpoints if view else [])
         self.query_one(ChartsPanel).view = view
-        self.query_one(CheckpointsTable).update_rows(view.checkpoints if view else [])
+        self.query_one(CheckpointsTable).update_rows(view.checkpoints if view else [], view.run_id if view else None)
+        self.query_one("#ckpt-note", Static).update(
+            recommendation_line(view.run if view else None, view.recommendation if view else None))
         self.query_one(GpuPanel).show(view.run if view else None, view.system if view else [])
         if view is not None:
             self.query_one(LogTail).add(view.log_lines, view.log_reset)
@@ -90,6 +97,15 @@ class MainScreen(Screen[None]):
         if rid != self.app_.selected:
             self.app_.selected = rid
             self.app_.refresh_data()
+
+    # enter on a table row: the tables take enter themselves, so their selection events answer it
+    @on(DataTable.RowSelected, "#runs")
+    def _run_chosen(self) -> None:
+        self.action_detail()
+
+    @on(DataTable.RowSelected, "#ckpts")
+    def _checkpoint_chosen(self) -> None:
+        self.action_eval_selected()
 
     # --- actions (keys come from the registry) ---------------------------------------------
     def action_tab(self, name: str) -> None:
@@ -128,9 +144,18 @@ class MainScreen(Screen[None]):
         self.app_.resume()
 
     def action_eval_selected(self) -> None:
-        step = self.query_one(CheckpointsTable).selected_step
+        table = self.query_one(CheckpointsTable)
+        if self.query_one(TabbedContent).active != "checkpoints":
+            # The table is out of sight: show it, on the recommended row, rather than evaluate a
+            # checkpoint the user cannot see.
+            self.action_tab("checkpoints")
+            view = self.app_.view
+            table.select_step((view.recommendation or {}).get("recommended") if view else None)
+            self.notify("choose a checkpoint (j/k), then e or enter; E: the recommended one, A: all")
+            return
+        step = table.selected_step
         if step is None:
-            self.notify("no checkpoint selected (2: checkpoints tab)", severity="warning")
+            self.notify("no complete checkpoint yet", severity="warning")
             return
         self.app_.choose_eval(step)
 
@@ -172,6 +197,12 @@ class TinaApp(App[None]):
 
     def on_mount(self) -> None:
         self.sub_title = str(self.home)
+        if not self.is_headless and self.console.color_system in LOW_COLOUR_SYSTEMS:
+            # 8/16-colour terminals (TERM=screen in a default tmux, xterm, linux console): the ANSI
+            # theme uses the terminal's own palette instead of hex colours squashed onto it.
+            self.theme = "ansi-dark"
+
+    def start_refreshing(self) -> None:
         self.refresh_data()
         if self.refresh_s > 0:
             self.set_interval(self.refresh_s, self.refresh_data)
@@ -183,12 +214,13 @@ class TinaApp(App[None]):
             self._again = True
             return
         self.refreshing, self._again = True, False
-        self._gather(self.selected)
+        detail = self.screen.key if isinstance(self.screen, DetailScreen) else None
+        self._gather(self.selected, detail)
 
     @work(thread=True, group="refresh", exit_on_error=False)
-    def _gather(self, selected: str | None) -> None:
+    def _gather(self, selected: str | None, detail_key: str | None) -> None:
         try:
-            snap = self.collector.collect(selected)
+            snap = self.collector.collect(selected, detail_key)
         except Exception as e:  # shown, and the next tick tries again
             snap = Snapshot(runs=self.snapshot.runs if self.snapshot else [], view=None, error=f"refresh: {e!r}")
         self.post_message(Refreshed(snap))
@@ -234,6 +266,7 @@ class TinaApp(App[None]):
             self.notify("no run selected", severity="warning")
             return
         self.push_screen(DetailScreen(self.view, metric))
+        self.refresh_data()  # the summary series now, every step of the metric a moment later
 
     @work(thread=True, group="actions", exit_on_error=False)
     def pick_recipe(self) -> None:

@@ -22,7 +22,7 @@ class CockpitCommands(Provider):
             yield "Toggle smoothing", screen.action_smooth, "raw is always drawn"
             for i, (key, label) in enumerate(CHARTS):
                 if i != screen.metric:
-                    yield f"Show {label}", partial(self._show_metric, screen, i), key
+                    yield f"Show {label}", partial(screen.show_metric, i), key
             yield "Back to the runs", screen.action_close, ""
             return
         if not isinstance(screen, MainScreen):
@@ -49,10 +49,6 @@ class CockpitCommands(Provider):
                     run.get("state", "")
         for tab in ("charts", "checkpoints", "log", "system"):
             yield f"Show the {tab} tab", partial(screen.action_tab, tab), ""
-
-    def _show_metric(self, screen, index: int) -> None:
-        screen.metric = index
-        screen.refresh_plot()
 
     def _go(self, run_id: str) -> None:
         self.app.selected = run_id

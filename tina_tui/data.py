@@ -36,6 +36,7 @@ REFRESH_BUDGET_S = 0.3    # run objects computed per refresh beyond the selected
 SERIES_POINTS = 400      # per chart; sparklines bucket these further into columns
 LOG_BACKFILL = 64 * 1024  # bytes of train.log shown when a run is first opened
 LOG_KEEP = 2000           # lines kept in the log widget
+TINA_PROMPTS_PER_STEP = 8  # 2 GPUs x 4 accumulation steps x G completions / G, in every Tina recipe
 
 # Events worth a notification when they happen while the cockpit is open: kind -> (severity, text).
 NOTIFY_EVENTS: dict[str, tuple[str, Callable[[str, dict[str, Any]], str]]] = {
@@ -73,6 +74,8 @@ class RunView:
     system: list[dict[str, Any]]
     log_lines: list[str]
     log_reset: bool            # True: replace the log widget's content, else append
+    # Every logged step of the metric the detail view shows (the charts get a summary).
+    detail: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -176,7 +179,8 @@ def _nearest_at_or_before(points: list[tuple[float, float]], step: float) -> flo
 
 def checkpoint_rows(run: dict[str, Any], store_ckpts: list[dict[str, Any]],
                     series: dict[str, list[tuple[float, float]]], epoch_series: list[tuple[float, float]],
-                    phase: dict[str, Any] | None, recommended: int | None) -> list[dict[str, Any]]:
+                    phase: dict[str, Any] | None, recommended: int | None,
+                    best: int | None = None) -> list[dict[str, Any]]:
     """One row per checkpoint with everything the table shows, joined from the run object (cost at
     the checkpoint), the store (evals, avg) and the metric series (format/length/epoch there)."""
     by_step: dict[int, dict[str, Any]] = {}
@@ -189,7 +193,8 @@ def checkpoint_rows(run: dict[str, Any], store_ckpts: list[dict[str, Any]],
         if c.get("avg") is not None:
             row["avg"] = c["avg"]
     phase_step = phase.get("step") if phase and phase.get("status") in ("tentative", "confirmed") else None
-    epoch_steps = (run.get("dataset_size") or 0) / 8
+    # Without a logged epoch (an imported run): Tina's 8 prompts per optimizer step.
+    epoch_steps = (run.get("dataset_size") or 0) / TINA_PROMPTS_PER_STEP
     rows = []
     for step in sorted(by_step):
         row = by_step[step]
@@ -205,11 +210,14 @@ def checkpoint_rows(run: dict[str, Any], store_ckpts: list[dict[str, Any]],
             "epoch_pct": None if epoch is None else 100.0 * epoch,
             "format": _nearest_at_or_before(series.get(FORMAT, []), step),
             "length": _nearest_at_or_before(series.get(LENGTH, []), step),
-            "phase": None if phase_step is None else ("before" if step < phase_step else "after"),
+            # "at" counts as before: the recommendation is the latest checkpoint at or before it
+            "phase": None if phase_step is None else
+            "before" if step < phase_step else "at" if step == phase_step else "after",
             "cost_usd_at": row.get("cost_usd_at"),
             "evals": evals,
             "avg": avg,
             "recommended": step == recommended,
+            "best": step == best,
         })
     return rows
 
@@ -260,6 +268,7 @@ class Collector:
         self._log: LogTail | None = None
         self._events: dict[str, EventTail] = {}
         self._phase_status: dict[str, str] = {}
+        self._states: dict[str, str] = {}
 
     def _open_store(self):
         """The store, or None while it cannot be opened (the run directories still answer)."""
@@ -293,7 +302,8 @@ class Collector:
             self._store_error = f"index: {method}: {e}"
             return default
 
-    def collect(self, selected: str | None) -> Snapshot:
+    def collect(self, selected: str | None, detail_key: str | None = None) -> Snapshot:
+        """One snapshot of the workspace; ``detail_key``: a metric wanted at full resolution."""
         with self._lock:  # the tails' offsets and caches are shared state
             t0 = time.perf_counter()
             self._store_error = None
@@ -308,11 +318,11 @@ class Collector:
                         # only the runs whose files moved; same connection as the queries after it
                         self._ask("ingest", changed)
                         self._ingested.update((rid, sigs[rid]) for rid in changed)
-                    snap = self._collect(selected, dirs, sigs)
+                    snap = self._collect(selected, dirs, sigs, detail_key)
             except TinaError as e:  # the database is busy: show the run directories alone
                 self._store_error = str(e)
                 self._cycle_store = None
-                snap = self._collect(selected, dirs, sigs)
+                snap = self._collect(selected, dirs, sigs, detail_key)
             finally:
                 self._session = None
             snap.error = snap.error or self._store_error
@@ -339,7 +349,8 @@ class Collector:
         self._described[rd.run_id] = (sig, run)
         return run
 
-    def _collect(self, selected: str | None, dirs: list[RunDir], sigs: dict[str, tuple]) -> Snapshot:
+    def _collect(self, selected: str | None, dirs: list[RunDir], sigs: dict[str, tuple],
+                 detail_key: str | None = None) -> Snapshot:
         notices: list[Notice] = []
         error = None
         now = self.clock()
@@ -355,7 +366,7 @@ class Collector:
         for i in order:
             over = time.perf_counter() - start > REFRESH_BUDGET_S and dirs[i].run_id != selected
             rows[i] = self._describe(dirs[i], now, sigs[dirs[i].run_id], cached_only=over)
-            notices += self._new_events(dirs[i])
+            notices += self._new_events(dirs[i]) + self._run_notices(rows[i])
         run_list = [rows[i] for i in range(len(dirs))]
         self.pending = any(r.get("pending") for r in run_list)
         self._described = {k: v for k, v in self._described.items() if k in sigs}
@@ -363,21 +374,19 @@ class Collector:
         if selected is not None:
             run = run_list[ids.index(selected)]
             try:
-                view = self._view(run, sigs[selected])
+                view = self._view(run, sigs[selected], detail_key)
             except (TinaError, OSError, ValueError) as e:
                 error = f"{selected}: {e}"
-            if view is not None:
-                notices += self._phase_notice(view)
         return Snapshot(runs=run_list, view=view, notices=notices, error=error)
 
     def _series(self, rid: str, keys: list[str]) -> dict[str, list[tuple[float, float]]]:
         many = self._ask("metric_series_many", rid, keys, max_points=SERIES_POINTS, default=None) or {}
         return {k: [(float(s), float(v)) for s, v in many.get(k) or [] if v is not None] for k in keys}
 
-    def _view(self, run: dict[str, Any], files_sig: tuple) -> RunView:
+    def _view(self, run: dict[str, Any], files_sig: tuple, detail_key: str | None = None) -> RunView:
         rid = run["run_id"]
         rd = RunDir(self.home / "runs" / rid)
-        key = (rid, files_sig, self._cycle_store is not None)
+        key = (rid, files_sig, self._cycle_store is not None, detail_key)
         if self._view_cache is None or self._view_cache[0] != key:
             from tina_core.runs import LIVE_PHASE_MAX_AGE_S
 
@@ -386,21 +395,26 @@ class Collector:
             age = LIVE_PHASE_MAX_AGE_S if run.get("state") in LIVE else 0.0
             phase = self._ask("phase", rid, max_age_s=age, default=run.get("phase_transition"))
             rec = self._ask("recommendation", rid, max_age_s=age)
+            detail = {}
+            if detail_key:
+                full = self._ask("metric_series", rid, detail_key, max_points=None, default=None) or []
+                detail[detail_key] = [(float(s), float(v)) for s, v in full if v is not None]
             queried = (series, epoch, phase, rec,
                        self._ask("checkpoints", rid, default=[]) or [],
-                       self._ask("system_latest", rid, default=[]) or [])
+                       self._ask("system_latest", rid, default=[]) or [], detail)
             if not self._store_error:  # never cache a failed query
                 self._view_cache = (key, queried)
         else:
             queried = self._view_cache[1]
-        series, epoch, phase, rec, store_ckpts, system = queried
+        series, epoch, phase, rec, store_ckpts, system, detail = queried
         recommended = (rec or {}).get("recommended", run.get("recommended_checkpoint"))
-        ckpts = checkpoint_rows(run, store_ckpts, series, epoch, phase, recommended)
+        ckpts = checkpoint_rows(run, store_ckpts, series, epoch, phase, recommended,
+                                (rec or {}).get("best_evaluated", run.get("best_evaluated_checkpoint")))
         if self._log is None or self._log.path != rd.train_log:
             self._log = LogTail(rd.train_log)
         lines, reset = self._log.read()
         return RunView(run=run, series=series, phase=phase, recommendation=rec, checkpoints=ckpts,
-                       system=system, log_lines=lines, log_reset=reset)
+                       system=system, log_lines=lines, log_reset=reset, detail=detail)
 
     def _new_events(self, rd: RunDir) -> list[Notice]:
         tail = self._events.get(rd.run_id)
@@ -415,13 +429,23 @@ class Collector:
                 out.append(Notice(spec[0], spec[1](name, ev)))
         return out
 
-    def _phase_notice(self, view: RunView) -> list[Notice]:
-        status = (view.phase or {}).get("status") or "none"
-        before = self._phase_status.get(view.run_id)
-        self._phase_status[view.run_id] = status
-        if before is None or before == status or status == "none":
+    def _run_notices(self, run: dict[str, Any]) -> list[Notice]:
+        """Changes no event announces, for every run, seen since the last refresh: a supervisor that
+        died (kill -9, reboot: it could not write one) and the phase marker appearing or firming."""
+        if run.get("pending"):
             return []
-        p = view.phase or {}
-        return [Notice("warning", f"{view.run.get('name', view.run_id)}: phase transition {status} at step "
-                                  f"{p.get('step')} ({p.get('signal')} {p.get('direction', '')})")]
+        rid, name, out = run["run_id"], run.get("name", run["run_id"]), []
+        state, was = run.get("state"), self._states.get(rid)
+        self._states[rid] = state
+        if was in LIVE and state == "crashed":
+            out.append(Notice("error", f"{name}: its supervisor is gone (crashed at step {run.get('step')}); "
+                                       "r resumes from the latest checkpoint"))
+        p = run.get("phase_transition") or {}
+        status = p.get("status") or "none"
+        before = self._phase_status.get(rid)
+        self._phase_status[rid] = status
+        if before is not None and before != status and status != "none":
+            out.append(Notice("warning", f"{name}: phase transition {status} at step {p.get('step')} "
+                                         f"({p.get('signal')} {p.get('direction', '')})"))
+        return out
 

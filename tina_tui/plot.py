@@ -45,15 +45,16 @@ def bucket_mean(points: Points, x0: float, x1: float, width: int) -> list[float 
 
 def spark_rows(values: Sequence[float | None], rows: int = 1) -> list[str]:
     """A sparkline ``rows`` characters tall (8 levels per row), top row first. An empty bucket
-    repeats the previous height so a sparse series reads as a line; leading ones stay blank."""
-    known = [v for v in values if v is not None]
+    between two filled ones repeats the previous height so a sparse series reads as a line; empty
+    buckets before the first value and after the last stay blank (steps not trained yet)."""
+    known = [i for i, v in enumerate(values) if v is not None]
     if not known:
         return [" " * len(values)] * rows
-    lo, hi = min(known), max(known)
+    lo, hi = min(values[i] for i in known), max(values[i] for i in known)
     span = hi - lo
     levels, last = [], None
-    for v in values:
-        v = last if v is None else v
+    for i, v in enumerate(values):
+        v = last if v is None and known[0] < i < known[-1] else v
         last = v
         if v is None:
             levels.append(0)

@@ -8,7 +8,7 @@ from typing import Any
 from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Vertical
+from textual.containers import Vertical, VerticalScroll
 from textual.reactive import reactive
 from textual.screen import ModalScreen, Screen
 from textual.widget import Widget
@@ -18,12 +18,14 @@ from textual.widgets.option_list import Option
 from tina_tui.actions import ACTIONS, CONTEXT_TITLES, bindings, key_label
 from tina_tui.data import CHARTS, RunView
 from tina_tui.plot import MARK_CONFIRMED, MARK_TENTATIVE, braille_plot, ema, fmt_value, value_at
+from tina_tui.widgets import CostBar
 
 
 class HelpScreen(ModalScreen[None]):
     """Every binding, straight from the actions registry."""
 
-    BINDINGS = [Binding("escape,q,question_mark", "dismiss(None)", "Close")]
+    BINDINGS = [Binding("escape,q,question_mark", "dismiss(None)", "Close"),
+                Binding("j", "scroll(1)", show=False), Binding("k", "scroll(-1)", show=False)]
 
     def compose(self) -> ComposeResult:
         t = Text()
@@ -34,14 +36,24 @@ class HelpScreen(ModalScreen[None]):
                     t.append(f"  {key_label(a.keys):<16}", style="bold cyan")
                     t.append(f"{a.description}\n")
             t.append("\n")
-        t.append("Dialogs: enter confirms, escape cancels, space toggles a task.", style="dim")
-        with Vertical(id="help-box", classes="dialog"):
-            yield Label("tina-tui keys  (esc to close)", classes="dialog-title")
-            yield Static(t, id="help-text")
+        t.append("tab / shift+tab move between the runs list and the tab below it; j/k and the arrows act\n"
+                 "on whichever has focus. Dialogs: enter confirms (a stop needs y), escape cancels,\n"
+                 "space toggles a task.", style="dim")
+        with Vertical(classes="dialog", id="help-frame"):
+            yield Label("tina-tui keys  (j/k, pgup/pgdn scroll; esc closes)", classes="dialog-title")
+            with VerticalScroll(id="help-box"):
+                yield Static(t, id="help-text")
+
+    def on_mount(self) -> None:
+        self.query_one("#help-box").focus()
+
+    def action_scroll(self, delta: int) -> None:
+        self.query_one("#help-box", VerticalScroll).scroll_relative(y=delta, animate=False)
 
 
 class ConfirmScreen(ModalScreen[bool]):
-    BINDINGS = [Binding("y,enter", "dismiss(True)", "Yes"), Binding("n,escape", "dismiss(False)", "No")]
+    # Only y says yes: a stray enter must not stop a run that has been going for hours.
+    BINDINGS = [Binding("y", "dismiss(True)", "Yes"), Binding("n,escape,enter", "dismiss(False)", "No")]
 
     def __init__(self, question: str) -> None:
         super().__init__()
@@ -50,7 +62,7 @@ class ConfirmScreen(ModalScreen[bool]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog"):
             yield Label(self.question, id="confirm-question")
-            yield Label("y / enter: yes    n / esc: no", classes="dim")
+            yield Label("y: yes    n / esc / enter: no", classes="dim")
 
 
 class RecipePicker(ModalScreen["tuple[Path, str | None] | None"]):
@@ -190,6 +202,7 @@ class DetailScreen(Screen[None]):
 
     def compose(self) -> ComposeResult:
         yield Static(id="detail-title")
+        yield CostBar(id="detail-cost")
         yield PlotView()
         yield Static(id="detail-status")
         yield Footer()
@@ -208,7 +221,8 @@ class DetailScreen(Screen[None]):
 
     def refresh_plot(self) -> None:
         plot = self.query_one(PlotView)
-        pts = self.view.series.get(self.key) or []
+        # every logged step once the refresh has brought them; the charts' summary until then
+        pts = self.view.detail.get(self.key) or self.view.series.get(self.key) or []
         plot.points = pts
         plot.phase = self.view.phase
         plot.x_range = self.view.step_range
@@ -220,6 +234,7 @@ class DetailScreen(Screen[None]):
             (f" {CHARTS[self.metric][1]} ", "bold reverse"), f"  {self.key}  ",
             (f"{self.view.run.get('name', self.view.run_id)}", "bold"),
             ("   smoothing " + (f"EMA {self.weight:.2f}" if self.smoothing else "off (raw)"), "cyan")))
+        self.query_one(CostBar).show(self.view.run, self.view.recommendation, self.view.checkpoints)
         self._status()
         plot.refresh()
 
@@ -264,5 +279,9 @@ class DetailScreen(Screen[None]):
         self.refresh_plot()
 
     def action_metric(self, delta: int) -> None:
-        self.metric = (self.metric + delta) % len(CHARTS)
+        self.show_metric((self.metric + delta) % len(CHARTS))
+
+    def show_metric(self, index: int) -> None:
+        self.metric = index
         self.refresh_plot()
+        self.app.refresh_data()  # every step of the new metric

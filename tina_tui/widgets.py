@@ -19,10 +19,14 @@ STATE_STYLE = {"running": "bold green", "stopping": "yellow", "finished": "cyan"
                "failed": "bold red", "crashed": "bold red", "unreadable": "red"}
 
 
-def usd(v: float | None) -> str:
+def amount(v: float | None) -> str:
     if v is None:
         return "-"
-    return f"${v:,.2f}" if v < 1000 else f"${v:,.0f}"
+    return f"{v:,.2f}" if v < 1000 else f"{v:,.0f}"
+
+
+def usd(v: float | None) -> str:
+    return "-" if v is None else "$" + amount(v)
 
 
 def duration(seconds: float | None) -> str:
@@ -44,9 +48,9 @@ def marker_text(phase: dict[str, Any] | None) -> Text:
 
 
 class RunsTable(DataTable):
-    """Every run in the workspace; the highlighted row is the selected run."""
+    """Every run in the workspace; the highlighted row is the selected run (enter: its plot)."""
 
-    COLUMNS = (("name", "run"), ("state", "state"), ("step", "step/stop"), ("cost", "$"),
+    COLUMNS = (("name", "run"), ("state", "state"), ("step", "step/stop"), ("eta", "eta"), ("cost", "$"),
                ("marker", "marker"), ("ckpt", "rec"))
 
     def on_mount(self) -> None:
@@ -62,9 +66,11 @@ class RunsTable(DataTable):
         step = f"{run.get('step') or 0}/{run.get('stop_at_step') or run.get('max_steps') or '?'}"
         rec = run.get("recommended_checkpoint")
         return (
-            Text(str(run.get("name") or run["run_id"])[:28]),
+            Text(str(run.get("name") or run["run_id"])[:20]),
+            # "r2": restarted twice after crashes
             Text(state + (f" r{restarts}" if restarts else ""), style=STATE_STYLE.get(state, "")),
             Text(step, justify="right"),
+            Text(duration(run.get("eta_s")), justify="right"),
             Text(usd((run.get("cost_usd") or {}).get("total")), justify="right"),
             marker_text(run.get("phase_transition")),
             Text("-" if rec is None else str(rec), justify="right"),
@@ -90,30 +96,35 @@ class RunsTable(DataTable):
         return str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
 
 
+def cost_line(run: dict[str, Any] | None, recommended: int | None, checkpoints: list[dict[str, Any]]) -> Text:
+    """The selected run's money in one line, most important first so a narrow terminal keeps it:
+    spent so far (train / eval / total), the rate now, the projection to stop_at_step and the cost
+    up to the recommended checkpoint (the paper's "$9" figure)."""
+    if not run:
+        return Text("no run selected: press n to start one", style="dim")
+    cost = run.get("cost_usd") or {}
+    per_hour = run.get("usd_per_hour_now")
+    if per_hour is None:
+        live = run.get("state") in ("running", "stopping")
+        per_hour = (run.get("gpu_count") or 0) * (run.get("gpu_hour_usd") or 0) if live else 0.0
+    rec_cost = next((c.get("cost_usd_at") for c in checkpoints if c["step"] == recommended), None)
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(f"total {usd(cost.get('total'))}", style="bold")
+    t.append(f" (train {amount(cost.get('train'))} eval {amount(cost.get('eval'))})")
+    t.append(f"  {usd(per_hour)}/h")
+    t.append(f"  at stop {usd(run.get('projected_cost_usd'))}")
+    t.append("  to rec: -" if recommended is None else f"  to rec {recommended}: {usd(rec_cost)}", style="green")
+    t.append(f"  {duration(run.get('elapsed_s'))} on {run.get('device') or 'cpu'}", style="dim")
+    return t
+
+
 class CostBar(Static):
-    """The money line: always visible."""
+    """The money line: always visible, on the main screen and the detail view."""
 
     def show(self, run: dict[str, Any] | None, recommendation: dict[str, Any] | None,
              checkpoints: list[dict[str, Any]]) -> None:
-        if not run:
-            self.update(Text("no run selected: press n to start one", style="dim"))
-            return
-        cost = run.get("cost_usd") or {}
-        per_hour = run.get("usd_per_hour_now")
-        if per_hour is None:
-            live = run.get("state") in ("running", "stopping")
-            per_hour = (run.get("gpu_count") or 0) * (run.get("gpu_hour_usd") or 0) if live else 0.0
-        rec = (recommendation or {}).get("recommended", run.get("recommended_checkpoint"))
-        rec_cost = next((c.get("cost_usd_at") for c in checkpoints if c["step"] == rec), None)
-        t = Text(no_wrap=True, overflow="ellipsis")
-        t.append("$ ", style="bold")
-        t.append(f"train {usd(cost.get('train'))}  eval {usd(cost.get('eval'))}  ")
-        t.append(f"total {usd(cost.get('total'))}", style="bold")
-        t.append(f"  {usd(per_hour)}/h")
-        t.append(f"  proj {usd(run.get('projected_cost_usd'))}@{run.get('stop_at_step') or '?'}")
-        t.append(f"  rec {'-' if rec is None else rec}:{usd(rec_cost)}", style="green")
-        t.append(f"  {duration(run.get('elapsed_s'))} {run.get('device') or ''}", style="dim")
-        self.update(t)
+        rec = (recommendation or {}).get("recommended", (run or {}).get("recommended_checkpoint"))
+        self.update(cost_line(run, rec, checkpoints))
 
 
 class ChartsPanel(Widget, can_focus=True):
@@ -159,8 +170,15 @@ class ChartsPanel(Widget, can_focus=True):
             out.append("\n")
         axis = f"step {int(x0)}"
         end = f"{int(x1)}"
-        out.append(" " * (self.LABEL + 1) + axis + " " * max(1, sw - len(axis) - len(end)) + end + "\n",
-                   style="dim")
+        pace = " ".join(p for p in (
+            f"{view.run['seconds_per_step']:.2f} s/step" if view.run.get("seconds_per_step") else "",
+            f"eta {duration(view.run['eta_s'])}" if view.run.get("eta_s") is not None else "") if p)
+        gap = sw - len(axis) - len(end)
+        if pace and gap >= len(pace) + 2:
+            left = (gap - len(pace)) // 2
+            axis += " " * left + pace
+            gap -= left + len(pace)
+        out.append(" " * (self.LABEL + 1) + axis + " " * max(1, gap) + end + "\n", style="dim")
         out.append(" " * (self.LABEL + 1))
         if status in ("tentative", "confirmed"):
             label = dict(CHARTS).get(phase.get("signal"), phase.get("signal") or "")
@@ -181,11 +199,15 @@ class CheckpointsTable(DataTable):
         self.cursor_type = "row"
         self._shape: tuple = ()
         self._rows_data: tuple = ()
+        self._run_id: str | None = None
 
-    def update_rows(self, rows: list[dict[str, Any]]) -> None:
+    def update_rows(self, rows: list[dict[str, Any]], run_id: str | None = None) -> None:
+        """The run's checkpoints; a run shown for the first time opens on its recommended one."""
+        new_run, self._run_id = run_id != self._run_id, run_id
         tasks = sorted({t for r in rows for t in r["evals"]})
         data = tuple((r["step"], r["epoch_pct"], r["format"], r["length"], r["phase"], r["cost_usd_at"],
-                      tuple(r["evals"].get(t) for t in tasks), r["avg"], r["recommended"]) for r in rows)
+                      tuple(r["evals"].get(t) for t in tasks), r["avg"], r["recommended"], r.get("best"))
+                     for r in rows)
         if data == self._rows_data:
             return
         self._rows_data = data
@@ -194,7 +216,7 @@ class CheckpointsTable(DataTable):
         if shape != self._shape or not self.columns:
             self.clear(columns=True)
             self._shape = shape
-            for label in (" ", "step", "%ep", "format", "length", "phase", "$ at"):
+            for label in ("  ", "step", "%ep", "format", "length", "phase", "$ at"):
                 self.add_column(label)
             for t in tasks:
                 self.add_column(t[:8])
@@ -204,7 +226,8 @@ class CheckpointsTable(DataTable):
         for r in rows:
             style = "bold green" if r["recommended"] else ""
             ep = "-" if r["epoch_pct"] is None else f"{r['epoch_pct']:.0f}%"
-            cells = [Text("*" if r["recommended"] else " ", style=style), Text(str(r["step"]), style=style),
+            mark = ("*" if r["recommended"] else " ") + ("+" if r.get("best") else " ")
+            cells = [Text(mark, style=style), Text(str(r["step"]), style=style),
                      Text(ep), Text(fmt_value(r["format"])), Text(fmt_value(r["length"])),
                      Text(r["phase"] or "-", style="magenta" if r["phase"] == "after" else ""),
                      Text(usd(r["cost_usd_at"]))]
@@ -214,12 +237,42 @@ class CheckpointsTable(DataTable):
             self.add_row(*cells, key=str(r["step"]))
         if self.row_count:
             self.move_cursor(row=min(keep, self.row_count - 1), animate=False)
+        if new_run:
+            self.select_step(next((r["step"] for r in rows if r["recommended"]), None))
+
+    def select_step(self, step: int | None) -> None:
+        keys = [str(k.value) for k in self.rows]
+        if step is not None and str(step) in keys:
+            self.move_cursor(row=keys.index(str(step)), animate=False)
 
     @property
     def selected_step(self) -> int | None:
         if not self.row_count:
             return None
         return int(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+
+
+def recommendation_line(run: dict[str, Any] | None, rec: dict[str, Any] | None) -> Text:
+    """What the checkpoint marks mean for this run: the recommended one (Tina's rule), the best
+    evaluated one, and whether they disagree."""
+    t = Text(no_wrap=True, overflow="ellipsis")
+    if not run:
+        return t
+    rec = rec or {}
+    recommended = rec.get("recommended", run.get("recommended_checkpoint"))
+    best = rec.get("best_evaluated", run.get("best_evaluated_checkpoint"))
+    phase = run.get("phase_transition") or {}
+    if recommended is not None:
+        t.append(f"* {recommended} recommended", style="bold green")
+        t.append(f" (latest at or before the transition @ {phase.get('step', '?')})", style="dim")
+    else:
+        t.append("* none recommended yet: " + (rec.get("reason") or "no phase transition yet").split(";")[0],
+                 style="dim")
+    if best is not None:
+        t.append(f"   + {best} best evaluated", style="bold")
+        if best != recommended and recommended is not None:
+            t.append("  (they disagree: evaluate both)", style="yellow")
+    return t
 
 
 def meter(frac: float, width: int) -> str:
