@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import pty
+import re
+import select
 import shlex
 import signal
+import struct
 import subprocess
 import sys
+import termios
 import time
 from pathlib import Path
 
@@ -165,3 +171,204 @@ def test_ctrl_c_resume_and_a_killed_trainer(tiny_home):
     for path in rd.path.rglob("*"):  # no credential value anywhere tina writes
         if path.is_file():
             assert SECRET not in path.read_bytes().decode(errors="replace"), path
+
+
+# --- a detached run through stop, resume and a dead supervisor -------------------------------------
+def _environ(pid: int) -> dict[str, str]:
+    """What a live process was started with (its /proc environ)."""
+    raw = Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace")
+    return dict(kv.split("=", 1) for kv in raw.split("\0") if "=" in kv)
+
+
+def _steps(rd: RunDir, attempt: int | None = None) -> list[int]:
+    return [r["step"] for r in iter_jsonl(rd.metrics) if isinstance(r.get("step"), int) and "train_runtime" not in r
+            and (attempt is None or r.get("attempt") == attempt)]
+
+
+def _attempts(rd: RunDir) -> list[dict]:
+    return [e for e in rd.read_events() if e["event"] == "attempt_started"]
+
+
+def _refused(out: subprocess.CompletedProcess, rd: RunDir, events_before: bytes, *needles: str) -> None:
+    """A refusal: non-zero, says why on stderr, and the run's record is untouched."""
+    assert out.returncode == 2 and all(n in out.stderr for n in needles), (out.returncode, out.stderr)
+    assert rd.events.read_bytes() == events_before
+
+
+@pytest.mark.slow
+def test_detached_run_stop_resume_and_a_killed_supervisor(tiny_home, monkeypatch):
+    """Done-when 2 and 3 on one detached tiny run, all through the CLI: `tina stop` saves a complete
+    checkpoint at the step the trainer was on and leaves it `stopped`; `tina resume` continues from
+    it; a SIGKILLed supervisor shows `crashed` within the heartbeat timeout and `tina resume`
+    finishes the run, each step once, cost over every attempt. Refusals leave the run as it was."""
+    steps, save = 150, 25
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    out = tina(tiny_home, "run", *_tiny_args(steps, save), "--set", "price.cpu_hour_usd=3.6",
+               "--set", f"launch.env.HF_TOKEN={SECRET}", "--detach")
+    assert out.returncode == 0, out.stderr
+    run_id = out.stdout.strip()
+    rd = RunDir(tiny_home / "runs" / run_id)
+    _wait(lambda: len(_steps(rd)) >= 5, 120, "step 5")
+
+    before = rd.events.read_bytes()
+    _refused(tina(tiny_home, "resume", run_id), rd, before, "is running", "nothing to resume")
+
+    out = tina(tiny_home, "stop", run_id)
+    assert (out.returncode, out.stdout.strip()) == (0, "stopped"), out.stderr
+    asked = next(e["ts"] for e in rd.read_events() if e["event"] == "stop_requested")
+    logged_before = max(r["step"] for r in iter_jsonl(rd.metrics) if r.get("ts", 0) < asked)
+    stopped_at = _steps(rd)[-1]
+    # The step in flight when the trainer heard the signal (a step or two after the last one logged
+    # before the request was recorded, ~50 ms each), saved there rather than on the save_steps grid.
+    assert logged_before < stopped_at <= logged_before + 3
+    assert rd.checkpoint_steps() == [s for s in range(save, stopped_at, save)] + [stopped_at]
+    ckpt = rd.checkpoint_path(stopped_at)
+    assert (ckpt / "adapter_model.safetensors").is_file()
+    assert json.loads((ckpt / "trainer_state.json").read_text())["global_step"] == stopped_at
+    assert _status(tiny_home, run_id)["state"] == "stopped"
+    before = rd.events.read_bytes()
+    _refused(tina(tiny_home, "stop", run_id), rd, before, "is stopped", "nothing to stop")
+    # The token given with --set is nowhere on disk: resuming needs it from the shell again.
+    _refused(tina(tiny_home, "resume", run_id, "--detach"), rd, before, "HF_TOKEN", "export HF_TOKEN=")
+
+    out = tina(tiny_home, "resume", run_id, "--detach", env={"HF_TOKEN": SECRET})
+    assert (out.returncode, out.stdout.strip()) == (0, run_id), out.stderr
+    resumed = _wait(lambda: _attempts(rd)[1:], 30, "the resumed attempt")[0]
+    assert (resumed["attempt"], resumed["resume_from"]) == (2, stopped_at)
+    trainer = resumed["pid"]
+    assert _environ(trainer)["HF_TOKEN"] == SECRET
+    _wait(lambda: len(_steps(rd, attempt=2)) >= 5, 120, "5 steps of the resumed attempt")
+    assert min(_steps(rd, attempt=2)) == stopped_at + 1
+
+    os.kill(supervisor.liveness(rd)["supervisor_pid"], signal.SIGKILL)
+    killed = time.monotonic()
+    _wait(lambda: supervisor.liveness(rd)["state"] == "crashed", supervisor.HEARTBEAT_TIMEOUT_S, "crashed")
+    assert time.monotonic() - killed < supervisor.HEARTBEAT_TIMEOUT_S
+    assert _status(tiny_home, run_id)["state"] == "crashed"
+    time.sleep(0.5)
+    assert supervisor._pid_alive(trainer)  # an orphan now, still training with nobody reading its output
+
+    out = tina(tiny_home, "resume", run_id, env={"HF_TOKEN": SECRET}, timeout=240)  # foreground, to the end
+    assert out.returncode == 0, out.stderr
+    assert not supervisor._pid_alive(trainer)  # stopped, not left beside the new attempt
+    run = _status(tiny_home, run_id)
+    assert (run["state"], run["step"], run["attempts"]) == ("finished", steps, 3)
+    orphan = next(e for e in rd.read_events() if e["event"] == "attempt_exited" and e["attempt"] == 2)
+    assert orphan["orphan"] and "end_ts" not in orphan  # alive until the resume stopped it: all paid for
+    # the resume stopped the orphan with SIGTERM, it saved at its step, and attempt 3 went on from there
+    third = _attempts(rd)[-1]
+    assert third["resume_from"] == max(_steps(rd, attempt=2)) > stopped_at + 5
+    # every step once in the index: the latest attempt's, the dead supervisor's leftovers superseded
+    from tina_core.store import Store
+
+    store = Store(tiny_home)
+    store.ingest([run_id])
+    series = store.metric_series(run_id, "rewards/format_reward/mean", max_points=None)
+    assert [s for s, _ in series] == list(range(1, steps + 1))
+    clock, _ = store.step_clock(run_id)
+    by = {s: a for s, (_, a) in clock.items()}
+    assert {by[s] for s in range(1, stopped_at + 1)} == {1}
+    assert {by[s] for s in range(stopped_at + 1, third["resume_from"] + 1)} == {2}
+    assert {by[s] for s in range(third["resume_from"] + 1, steps + 1)} == {3}
+    # $3.60 per CPU-hour is $0.001 per second of trainer life, summed over the three attempts
+    ev = rd.read_events()
+    ends = {e["attempt"]: e.get("end_ts", e["ts"]) for e in ev if e["event"] == "attempt_exited"}
+    lives = [ends[e["attempt"]] - e["ts"] for e in _attempts(rd)]
+    assert run["cost_usd"]["train"] == pytest.approx(sum(lives) * 0.001, abs=1e-3)
+    assert run["cost_usd"]["train"] > max(lives) * 0.001 + 1e-3
+
+    before = rd.events.read_bytes()
+    _refused(tina(tiny_home, "resume", run_id), rd, before, "is finished")
+    for path in rd.path.rglob("*"):
+        if path.is_file():
+            assert SECRET not in path.read_bytes().decode(errors="replace"), path
+
+
+# --- a foreground run: the progress display, and credentials kept off disk and screen -------------
+ENV_SECRET = "wandb_cliENVkey0123456789"  # in the environment of `tina run`, as a user exports it
+_PLAIN_LINE = re.compile(r"^step (\d+)/(\d+)  format (\d\.\d{3})  accuracy (\d\.\d{3})  length (\d+\.\d)  "
+                         r"(\d+\.\d\d) s/step  ETA (\d+:\d\d:\d\d)  \$(\d+\.\d{4}) \(projected \$(\d+\.\d{4})\)$")
+_SECRET_ARGS = ("--set", f"launch.env.HF_TOKEN={SECRET}", "--set", "price.cpu_hour_usd=3.6")
+
+
+def _no_secret(*texts: str) -> None:
+    for text in texts:
+        assert SECRET not in text and ENV_SECRET not in text
+
+
+@pytest.mark.slow
+def test_foreground_run_prints_plain_progress_and_no_credential(tiny_home):
+    """`tina run` with its output piped: plain progress lines with every figure. A token given with
+    --set launch.env and a key in tina's environment reach the trainer's environment, and no file of
+    the workspace, no output of run / --dry-run / status --json / logs. No GPU here: no system.jsonl."""
+    env = {"WANDB_API_KEY": ENV_SECRET}
+    dry = tina(tiny_home, "run", *_tiny_args(6, 3), *_SECRET_ARGS, "--dry-run", env=env)
+    assert dry.returncode == 0 and "HF_TOKEN: '***'" in dry.stdout
+    proc = subprocess.Popen([sys.executable, "-m", "tina_core.cli", "--home", str(tiny_home), "run",
+                             *_tiny_args(6, 3), *_SECRET_ARGS], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    run_id = proc.stdout.readline().strip()
+    rd = RunDir(tiny_home / "runs" / run_id)
+    seen = _environ(_wait(lambda: _attempts(rd), 120, "the trainer")[0]["pid"])  # read while it runs
+    assert (seen["HF_TOKEN"], seen["WANDB_API_KEY"]) == (SECRET, ENV_SECRET)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+
+    progress = [m for m in map(_PLAIN_LINE.match, err.splitlines()) if m]
+    assert progress, err
+    last = progress[-1]
+    assert (int(last[1]), int(last[2])) == (6, 6)  # step of stop_at_step
+    assert float(last[6]) > 0 and last[7] == "0:00:00"  # s/step, and nothing left at the end
+    assert 0 < float(last[8]) <= float(last[9])  # $ so far (CPU at $3.60/h), projected to step 6
+    run = _status(tiny_home, run_id)
+    assert float(last[8]) <= run["cost_usd"]["total"] + 1e-4  # shown when step 6 came, before the save and exit
+    assert not rd.system.exists()  # the tiny recipe asks for no GPU, and this machine has none
+
+    status, logs = tina(tiny_home, "status", run_id, "--json"), tina(tiny_home, "logs", run_id, "-n", "500")
+    assert "saved checkpoint-6" in logs.stdout
+    _no_secret(dry.stdout, dry.stderr, out, err, status.stdout, status.stderr, logs.stdout, logs.stderr)
+    for path in tiny_home.rglob("*"):  # the run directory and the index
+        if path.is_file():
+            _no_secret(path.read_bytes().decode(errors="replace"))
+
+
+def _run_on_a_terminal(home: Path, args: list[str], columns: int = 120) -> str:
+    """Run `tina` on a pseudo-terminal of ``columns`` and return what it drew, escapes removed."""
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, columns, 0, 0))
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "LINES", "NO_COLOR", "TERM")}
+    proc = subprocess.Popen([sys.executable, "-m", "tina_core.cli", "--home", str(home), *args], cwd=ROOT,
+                            stdin=slave, stdout=slave, stderr=slave, env={**env, "TERM": "xterm-256color"})
+    os.close(slave)
+    screen = b""
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], 1)[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # EIO: every writer of the terminal is gone
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            elif proc.poll() is not None:
+                break
+    finally:
+        os.close(master)
+    assert proc.wait(timeout=30) == 0, screen.decode(errors="replace")[-3000:]
+    return re.sub(r"\x1b\[[0-?]*[ -/]*[@-~]|\x1b[()][A-Za-z0-9]|\r", "", screen.decode(errors="replace"))
+
+
+@pytest.mark.slow
+def test_foreground_run_on_a_terminal_draws_the_live_panel(tiny_home):
+    """On a terminal `tina run` draws a live panel with the same figures as the plain lines."""
+    screen = _run_on_a_terminal(tiny_home, ["run", *_tiny_args(6, 3), *_SECRET_ARGS])
+    assert not any(_PLAIN_LINE.match(line) for line in screen.splitlines())  # not the piped form
+    final = screen[screen.rindex("step 6/6"):]  # the last frame
+    assert re.search(r"━+ +step 6/6 +\d+\.\d\d s/step +ETA 0:00:00", screen)
+    assert re.search(r"format \d\.\d{3} +accuracy \d\.\d{3} +completion length \d+\.\d", final)
+    assert re.search(r"cost \$0\.0\d{3} at \$\d\.\d\d/h +projected \$0\.0\d{3}", final)
+    assert "at $3.60/h" in screen  # while the trainer was alive
+    assert "Ctrl-C: save and stop" in final
+    _no_secret(screen)
