@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+from conftest import run_tiny_recipe
 
 from tina_core import evaluate
 from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, TinaError, create_run_dir, write_json_atomic
@@ -182,6 +187,23 @@ def test_parse_results_without_a_results_file_says_where_it_looked(tmp_path):
         evaluate.parse_results(tmp_path, "arith")
 
 
+def test_unreadable_details_are_quarantined_and_the_score_kept(tmp_path):
+    from tina_core.store import Store
+
+    rd = _make_run(tmp_path)
+    details = rd.evals / "details_tina_arith|0_x.parquet"
+    details.parent.mkdir(parents=True)
+    details.write_bytes(b"PAR1 cut short")
+    rd.event("eval_finished", eval_id="e1", checkpoint=2, task="arith", score=0.5, metric="extractive_match",
+             scores={"arith": 0.5}, details_path=str(details))
+    store = Store(tmp_path)
+    store.ingest()
+    assert [e["score"] for e in store.evals(rd.run_id)] == [0.5] and store.eval_samples(rd.run_id, "e1") == []
+    [q] = store.quarantine(rd.run_id)
+    assert q["file"] == "events.jsonl" and q["text"] == str(details)
+    assert q["reason"].startswith("per-sample details not readable: ")
+
+
 # --- the worker and the queue --------------------------------------------------------------------------
 def test_gpu_evaluation_waits_for_the_runs_training_then_cancel(tmp_path):
     """A queued GPU evaluation is held back while the run's training holds the GPUs (a live
@@ -235,32 +257,77 @@ def test_timeout_fails_the_evaluation_with_its_log(home, monkeypatch, tmp_path):
     assert evaluate.log_path(rd, eid).exists()
 
 
-# --- for real: the shared tiny run on CPU -------------------------------------------------------------
+# --- for real: a tiny run long enough for its phase transition, on CPU ----------------------------------
+# The whole tiny recipe (100 steps, ~15 s): its format reward turns near step 47, and checkpoints
+# every 20 steps bracket the turn, so the recommended checkpoint is a real one before it.
+TRANSITION_RUN = ("grpo.save_steps=20",)
+
+
+def _tina(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real `tina` command line (TINA_CACHE and HF_HUB_OFFLINE come from the `home` fixture)."""
+    out = subprocess.run([sys.executable, "-m", "tina_core.cli", "--home", str(home), *args], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, f"tina {' '.join(args)}: {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-2000:]}"
+    return out
+
+
+@pytest.fixture(scope="module")
+def transition_run(tmp_path_factory, tiny_model, tiny_cache) -> RunDir:
+    """A finished headless `tina run recipes/tiny.yaml`, trained once for this module. Read-only:
+    tests evaluate copies (_copy_run)."""
+    run = run_tiny_recipe(tmp_path_factory.mktemp("transition-home"), tiny_cache, "tiny-full", TRANSITION_RUN)
+    assert run.checkpoint_steps() == [20, 40, 60, 80, 100]
+    return run
+
+
+def _copy_run(home: Path, src: RunDir, run_id: str | None = None) -> RunDir:
+    """A copy of a finished run in this test's workspace, under another id when given."""
+    rd = RunDir(home / "runs" / (run_id or src.run_id))
+    shutil.copytree(src.path, rd.path)
+    if run_id:
+        write_json_atomic(rd.run_json, {**rd.info(), "run_id": run_id, "name": run_id})
+    return rd
+
+
 def _sha(path: Path) -> str:
     import hashlib
 
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+def _untouched(rd: RunDir) -> tuple:
+    """What an evaluation must never change: the run's own lifecycle and its adapters."""
+    return ([e["event"] for e in rd.read_events() if not e["event"].startswith("eval_")],
+            {p.name: _sha(p) for p in rd.checkpoints.rglob("adapter_model.safetensors")})
+
+
+def _wait_log(rd: RunDir, eid: str, text: str, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    while text not in (evaluate.log_path(rd, eid).read_text(errors="replace")
+                       if evaluate.log_path(rd, eid).exists() else ""):
+        assert time.time() < deadline, f"{text!r} not in the log of {eid} after {timeout}s"
+        time.sleep(0.05)
+
+
 @pytest.mark.slow
-def test_tiny_run_checkpoint_and_base_for_real(home, tiny_run, capsys):
-    """The tiny run's recommended (else latest) checkpoint and its base model are evaluated on CPU
-    by the real worker and lighteval; a cancelled evaluation and a corrupt adapter fail cleanly
-    without disturbing the others; queueing again retries; the store ingests the scores."""
+def test_recommended_checkpoint_and_base_for_real(home, transition_run):
+    """After a headless `tina run`, `tina eval RUN` evaluates the recommended checkpoint (the latest
+    at or before the detected transition) and `--checkpoint base` the base model, on CPU by the real
+    worker and lighteval; the scores reach `tina status --json` and `tina report`, the per-sample
+    details reach the index and come back the same from `tina ingest --rebuild`. A cancelled
+    evaluation and a corrupt adapter fail cleanly without disturbing the others; queueing retries."""
     from tina_core.store import Store
 
-    shutil.copytree(tiny_run.path, home / "runs" / tiny_run.run_id)
-    rd = RunDir(home / "runs" / tiny_run.run_id)
-    rec = Store(home).recommendation(rd.run_id)["recommended"]
-    if rec is None:  # too short a run for a phase transition: the request says so
-        with pytest.raises(TinaError, match="no recommended checkpoint yet"):
-            evaluate.queue_eval(home, rd.run_id, "recommended", ["arith"], start_worker=False)
-    target = rec if rec is not None else rd.checkpoint_steps()[-1]
-    # A corrupt copy of a checkpoint, complete in every other way.
-    broken = rd.checkpoint_path(target + 1)
-    shutil.copytree(rd.checkpoint_path(target), broken)
+    rd = _copy_run(home, transition_run)
+    assert not (home / "tina.duckdb").exists()  # nothing has indexed the run, as after a headless run
+    steps = rd.checkpoint_steps()
+    # A corrupt copy of the last checkpoint, complete in every other way (after the turn, so it
+    # cannot be the recommended one).
+    bad_step = steps[-1] + 1
+    broken = rd.checkpoint_path(bad_step)
+    shutil.copytree(rd.checkpoint_path(steps[-1]), broken)
     (broken / "adapter_model.safetensors").write_bytes(b"\x00not a safetensors file")
-    before = {p: _sha(p) for p in rd.checkpoints.rglob("adapter_model.safetensors")}
+    before = _untouched(rd)
 
     # Cancel a running evaluation: its process group dies, the event says cancelled.
     [first] = evaluate.queue_eval(home, rd.run_id, "base", ["arith"])
@@ -271,19 +338,23 @@ def test_tiny_run_checkpoint_and_base_for_real(home, tiny_run, capsys):
         time.sleep(0.1)
     assert not evaluate._pid_alive(pid)
 
-    ids = evaluate.queue_eval(home, rd.run_id, target, ["arith"])
-    ids += evaluate.queue_eval(home, rd.run_id, target + 1, ["arith"])
-    ids += evaluate.queue_eval(home, rd.run_id, "base", ["arith"])  # the retry of the cancelled one
-    good, bad, base = ids
-    # --wait on one of them: the foreground waits for the worker and prints the score table.
-    assert evaluate.cli_eval(home, rd.run_id, checkpoint=str(target), tasks="arith", wait=True) == 0
-    assert f"checkpoint-{target}" in capsys.readouterr().out
-    evs = _wait_states(rd, ids, ("finished", "failed", "cancelled"), 400)
+    # The default checkpoint is the recommended one; --wait prints the score table.
+    out = _tina(home, "eval", rd.run_id, "--tasks", "arith", "--wait").stdout
+    good = out.split("\t")[0]
+    [bad] = evaluate.queue_eval(home, rd.run_id, bad_step, ["arith"])
+    [base] = evaluate.queue_eval(home, rd.run_id, "base", ["arith"])  # the retry of the cancelled one
+    evs = _wait_states(rd, [first, good, bad, base], ("finished", "failed", "cancelled"), 300)
+
+    run = json.loads(_tina(home, "status", rd.run_id, "--json").stdout)
+    ph, rec = run["phase_transition"], run["recommended_checkpoint"]
+    assert ph["status"] == "confirmed" and ph["signal"] == "rewards/format_reward/mean" and ph["direction"] == "up"
+    assert rec in steps and rec <= ph["step"] < min(s for s in steps if s > rec)  # the latest before the turn
+    assert evs[good]["checkpoint"] == rec and f"checkpoint-{rec}" in out and "extractive_match" in out
 
     assert evs[first]["state"] == "cancelled"
     assert not [e for e in _events(rd, "eval_failed") if e["eval_id"] == first]
     assert evs[bad]["state"] == "failed"
-    assert evs[bad]["reason"].startswith(f"merging checkpoint-{target + 1} failed: ")
+    assert evs[bad]["reason"].startswith(f"merging checkpoint-{bad_step} failed: ")
     assert "adapter_model.safetensors is corrupt" in evs[bad]["reason"]
     assert "last lines of" in evs[bad]["reason"] and evaluate.log_path(rd, bad).exists()
     for eid in (good, base):
@@ -293,26 +364,137 @@ def test_tiny_run_checkpoint_and_base_for_real(home, tiny_run, capsys):
         fin = [x for x in _events(rd, "eval_finished") if x["eval_id"] == eid][0]
         assert fin["scores"] == {"arith": e["score"]} and fin["gpus"] == [] and isinstance(fin["pid"], int)
         assert Path(fin["results_path"]).is_file()
-        import pyarrow.parquet as pq
-
-        assert pq.read_table(fin["details_path"]).num_rows == 40  # one row per problem
-    assert (rd.evals / "merged" / f"checkpoint-{target}" / evaluate.MERGED_MARK).exists()
-    # Nothing else disturbed: the checkpoints, and the run's own lifecycle.
-    assert {p: _sha(p) for p in rd.checkpoints.rglob("adapter_model.safetensors")} == before
-    assert [e["event"] for e in rd.read_events() if not e["event"].startswith("eval_")] == \
-        [e["event"] for e in tiny_run.read_events() if not e["event"].startswith("eval_")]
+    assert (rd.evals / "merged" / f"checkpoint-{rec}" / evaluate.MERGED_MARK).exists()
+    assert _untouched(rd) == before  # the checkpoints and the run's own lifecycle
     assert evaluate.eval_queue(home) == []
+    score, base_score = evs[good]["score"], evs[base]["score"]
 
-    from tina_core.runs import describe
-
-    shown = {e["eval_id"]: e for e in describe(home, rd)["evaluations"]}  # what `tina status` prints
+    # tina status --json: the checkpoint's score, and the base model as its own entry.
+    cks = {c["step"]: c["evals"] for c in run["checkpoints"]}
+    assert cks[rec] == {"arith": score} and cks[bad_step] == {}
+    assert all(not v for s, v in cks.items() if s != rec)
+    assert run["base"] == {"evals": {"arith": base_score}, "avg": base_score}
+    shown = {e["eval_id"]: e for e in run["evaluations"]}
     assert shown[bad]["state"] == "failed" and "is corrupt" in shown[bad]["reason"]
-    assert shown[good]["score"] == evs[good]["score"]
 
+    # tina report: JSON, CSV and Markdown carry the base model beside the checkpoint, and the gain.
+    [row] = json.loads(_tina(home, "report", "--json").stdout)["runs"]
+    assert row["recommended"]["step"] == rec and row["recommended"]["scores"] == {"arith": score}
+    assert row["base"] == {"scores": {"arith": base_score}, "avg": base_score}
+    assert row["recommended"]["vs_base"] == pytest.approx(score - base_score, abs=1e-4)
+    rows = list(csv.DictReader(io.StringIO(_tina(home, "report", "--csv").stdout)))
+    assert [(r["source"], r["recommended_step"], r["arith"]) for r in rows if r["source"] != "paper"] == \
+        [("ours", str(rec), str(score)), ("base", "", str(base_score))]
+    md = _tina(home, "report", "--md").stdout
+    assert f"| tiny-full | base | {base_score:.4f} | {base_score:.4f} | - |" in md
+    assert f"| tiny-full | checkpoint-{rec} (recommended) | {score:.4f} | {score:.4f} | {score - base_score:+.4f} |" in md
+
+    # Per-sample details in the index: one row per problem, scoring as the whole did.
     store = Store(home)
-    store.ingest()
-    scores = {(e["checkpoint"], e["task"]): e["score"] for e in store.evals(rd.run_id)}
-    assert scores == {(target, "arith"): evs[good]["score"], ("base", "arith"): evs[base]["score"]}
+    for eid, s in ((good, score), (base, base_score)):
+        samples = store.eval_samples(rd.run_id, eid)
+        assert len(samples) == 40 and sum(x["score"] for x in samples) / 40 == pytest.approx(s)
+        assert all(x["prompt"].startswith("What is ") and x["gold"].isdigit() and x["prediction"] for x in samples)
+    assert store.eval_samples(rd.run_id, bad) == []
+    dump = ("SELECT eval_id, checkpoint, task, sample, doc_id, prompt, gold, prediction, score, metrics::VARCHAR "
+            "FROM eval_samples ORDER BY eval_id, sample")
+    indexed = store.query(dump)
+    assert {(r[0], r[1]) for r in indexed} == {(good, rec), (base, None)}
+    _tina(home, "ingest", "--rebuild")
+    assert Store(home).query(dump) == indexed
+    # A moved workspace: the details are found inside the run directory again.
+    moved = home.parent / "moved"
+    shutil.copytree(home / "runs", moved / "runs")
+    shutil.rmtree(rd.evals)
+    moved_store = Store(moved)
+    moved_store.ingest()
+    assert moved_store.query(dump) == indexed
+
+
+@pytest.mark.slow
+def test_a_lighteval_crash_and_an_oom_kill_fail_only_their_evaluation(home, transition_run, tiny_model, tmp_path):
+    """Run B's base model is half written: the real lighteval crashes loading it and its job exits
+    non-zero. Run A's base evaluation is killed with SIGKILL, as the OOM killer does. Each fails with
+    its reason; A's checkpoint evaluation, queued behind them, finishes; neither run changes. Once
+    B's base model is whole again, and for the killed one at once, queueing again succeeds."""
+    a = _copy_run(home, transition_run)
+    b = _copy_run(home, transition_run, "b-" + transition_run.run_id)
+    model = tmp_path / "base-model"
+    shutil.copytree(tiny_model, model)
+    weights = model / "model.safetensors"
+    whole = weights.read_bytes()
+    weights.write_bytes(whole[: len(whole) // 2])
+    for cfg in b.checkpoints.glob("checkpoint-*/adapter_config.json"):
+        cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "base_model_name_or_path": str(model)}))
+    before = {rd.run_id: _untouched(rd) for rd in (a, b)}
+
+    [crash] = evaluate.queue_eval(home, b.run_id, "base", ["arith"])
+    [oom] = evaluate.queue_eval(home, a.run_id, "base", ["arith"])
+    [other] = evaluate.queue_eval(home, a.run_id, 40, ["arith"])
+    pid = _wait_states(a, [oom], ("running",), 120)[oom]["pid"]
+    _wait_log(a, oom, f"evaluation {oom}: ")  # the job is up and loading lighteval
+    os.kill(pid, signal.SIGKILL)
+    evs = {**_wait_states(b, [crash], ("failed",), 60), **_wait_states(a, [oom, other], ("failed", "finished"), 120)}
+
+    reason = evs[crash]["reason"]
+    assert reason.startswith("lighteval crashed: SafetensorError: ") and "--- last lines of" in reason, reason
+    assert evs[oom]["reason"].startswith("evaluation process killed by signal SIGKILL (out of memory?)")
+    assert evs[other]["state"] == "finished" and 0.0 <= evs[other]["score"] <= 1.0
+    worker_log = (home / evaluate.WORKER_LOG).read_text()
+    assert f"ended {b.run_id}/{crash} rc 1 -> failed" in worker_log  # the crash: a non-zero exit
+    assert f"ended {a.run_id}/{oom} rc -9 -> failed" in worker_log
+    assert set(evaluate.evals_of(a)) == {oom, other} and set(evaluate.evals_of(b)) == {crash}
+    assert {rd.run_id: _untouched(rd) for rd in (a, b)} == before
+
+    weights.write_bytes(whole)  # the cause of the crash fixed
+    retries = [*evaluate.queue_eval(home, b.run_id, "base", ["arith"]), *evaluate.queue_eval(home, a.run_id, "base", ["arith"])]
+    done = {**_wait_states(b, retries[:1], ("finished", "failed"), 120), **_wait_states(a, retries[1:], ("finished", "failed"), 120)}
+    assert [done[e]["state"] for e in retries] == ["finished", "finished"], done
+    assert done[retries[0]]["score"] == done[retries[1]]["score"]  # the same base model, greedy
+
+
+@pytest.mark.slow
+def test_a_dead_workers_evaluation_costs_until_its_last_sign_of_life(home, transition_run):
+    """Worker and job both die (kill -9) mid-evaluation: nobody records its end, yet its cost stops
+    at the job's last sign of life (its log, touched by the job's heartbeat) instead of running on
+    until a later worker reaps it; the reaping records that end."""
+    from tina_core import cost
+
+    rd = _copy_run(home, transition_run)
+    write_json_atomic(rd.run_json, {**rd.info(), "cpu_hour_usd": 3600.0})  # $1 a second: dollars read as seconds
+    [eid] = evaluate.queue_eval(home, rd.run_id, "base", ["arith"])
+    ev = _wait_states(rd, [eid], ("running",), 60)[eid]
+    _wait_log(rd, eid, f"evaluation {eid}: ")
+    assert cost.open_eval_ends(rd)[eid] == pytest.approx(time.time(), abs=1)  # alive: it costs up to now
+    os.kill(int((home / evaluate.WORKER_LOCK).read_text()), signal.SIGKILL)
+    os.killpg(ev["pid"], signal.SIGKILL)
+    while evaluate._pid_alive(ev["pid"]):
+        time.sleep(0.05)
+    last = evaluate.log_path(rd, eid).stat().st_mtime
+    time.sleep(1.5)
+    assert evaluate.evals_of(rd)[eid]["state"] == "running"  # nobody recorded its end
+    charged = json.loads(_tina(home, "status", rd.run_id, "--json").stdout)["cost_usd"]["eval"]
+    assert charged == pytest.approx(last - ev["started_ts"], abs=2e-4)
+
+    assert evaluate.ensure_worker(home)  # a later worker reaps it, ending it where it ended
+    _wait_states(rd, [eid], ("failed",), 30)
+    failed = _events(rd, "eval_failed")[-1]
+    assert failed["end_ts"] == pytest.approx(last, abs=1e-3) and failed["ts"] > last + 1.5
+    assert "its worker stopped" in failed["reason"]
+    assert cost.run_cost(rd)["eval"] == charged
+
+
+def test_the_jobs_heartbeat_keeps_its_log_fresh(tmp_path, monkeypatch):
+    monkeypatch.setattr(evaluate, "JOB_HEARTBEAT_S", 0.05)
+    log = tmp_path / "e.log"
+    log.write_text("output\n")
+    os.utime(log, (1000.0, 1000.0))
+    stop = evaluate._heartbeat(log)
+    try:
+        time.sleep(0.3)
+        assert time.time() - log.stat().st_mtime < 1 and log.read_text() == "output\n"
+    finally:
+        stop.set()
 
 
 def test_evaluation_gpu_time_counts_as_eval_cost(tmp_path):

@@ -88,6 +88,7 @@ def test_report_csv_md_table_and_plots(tmp_path, capsys):
 
 def test_report_on_an_empty_workspace_and_an_undetected_run(tmp_path, capsys):
     assert build_report(tmp_path)["runs"] == []
+    assert cli_report(tmp_path, fmt="table") == 0 and "(no runs)" in capsys.readouterr().out
     rd = RunDir(tmp_path / "runs" / "flat")
     rd.path.mkdir(parents=True)
     write_json_atomic(rd.run_json, {"run_id": "flat", "name": "flat", "imported": True})

@@ -2,8 +2,9 @@
 
 Every GPU process (a trainer attempt, an evaluation) appears in ``events.jsonl`` as a start and an
 end with the number of GPUs it held. Summing those intervals survives restarts of the trainer, the
-supervisor and the cockpit, because nothing is kept in memory. An interval still open counts up
-to ``open_until`` (now while the run is live, else its supervisor's last heartbeat).
+supervisor and the cockpit, because nothing is kept in memory. An attempt still open counts up
+to ``open_until`` (now while the run is live, else its supervisor's last heartbeat); an evaluation
+still open up to its job's last sign of life (now while the job lives, else its log's last write).
 
 CPU runs hold no GPU: they cost ``cpu_hour_usd`` per hour of process time (``$0`` unless priced).
 """
@@ -157,7 +158,7 @@ class Meter:
 
     def __init__(self, info: dict[str, Any], events: list[dict[str, Any]],
                  times: dict[int, tuple[float, int]], *, open_until: float | None = None,
-                 eval_open_until: float | None = None) -> None:
+                 eval_open_until: float | None = None, eval_ends: dict[Any, float] | None = None) -> None:
         self.gpu_hour_usd = float(info.get("gpu_hour_usd") or 0.0)
         self.cpu_hour_usd = float(info.get("cpu_hour_usd") or 0.0)
         self.stop_at_step = info.get("stop_at_step") or info.get("max_steps")
@@ -166,10 +167,14 @@ class Meter:
         now = time.time()
         self.open_until = now if open_until is None else open_until
         self.eval_open_until = now if eval_open_until is None else eval_open_until
+        self.eval_ends = eval_ends or {}  # eval id -> where its open interval ends (open_eval_ends)
 
     @classmethod
     def for_run(cls, run_dir: RunDir, **kw: Any) -> "Meter":
-        return cls(run_dir.info(), run_dir.read_events(), step_times(iter_jsonl(run_dir.metrics)), **kw)
+        events = run_dir.read_events()
+        if "eval_open_until" not in kw:
+            kw.setdefault("eval_ends", open_eval_ends(run_dir, events))
+        return cls(run_dir.info(), events, step_times(iter_jsonl(run_dir.metrics)), **kw)
 
     def usd_per_hour(self, iv: Interval) -> float:
         return iv.gpus * self.gpu_hour_usd if iv.gpus > 0 else self.cpu_hour_usd
@@ -177,6 +182,8 @@ class Meter:
     def _end(self, iv: Interval) -> float:
         if iv.end is not None:
             return iv.end
+        if iv.kind == "eval" and iv.key in self.eval_ends:
+            return max(iv.start, self.eval_ends[iv.key])
         return max(iv.start, self.open_until if iv.kind == "train" else self.eval_open_until)
 
     def spent(self, kind: str, until: float | None = None) -> float:
@@ -229,6 +236,16 @@ class Meter:
         if eta is None or not trains:
             return None
         return round(now["total"] + eta * self.usd_per_hour(trains[-1]) / 3600, 4)
+
+
+def open_eval_ends(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
+                   now: float | None = None) -> dict[Any, float]:
+    """``{eval_id: ts}`` for the run's evaluations still open in its events: now while the job
+    lives, else its last sign of life, so that one orphaned by a dead worker stops costing there."""
+    from tina_core.evaluate import evals_of, last_alive
+
+    evs = evals_of(run_dir, events)
+    return {eid: last_alive(run_dir, e, now) for eid, e in evs.items() if e["state"] == "running"}
 
 
 def run_cost(run_dir: RunDir, **kw: Any) -> dict[str, float]:

@@ -38,6 +38,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 import traceback
 from pathlib import Path
@@ -82,6 +83,7 @@ MERGED_MARK = "tina-merged.json"
 WORKER_LOCK = "eval-worker.lock"
 WORKER_LOG = "eval-worker.log"
 BLOCKED_POLL_S = 3.0
+JOB_HEARTBEAT_S = 5.0  # a job touches its log this often: the log's mtime is its last sign of life
 
 
 class EvalError(Exception):
@@ -168,14 +170,18 @@ def _parse_gpus(gpus: str | Sequence[int] | None) -> list[int] | None:
     return ids
 
 
-def _recommended(home: Path, rd: RunDir) -> int:
-    try:
-        from tina_core.store import Store
+def _store(home: Path, rd: RunDir):
+    """The index with this run caught up: nothing ingests behind a headless ``tina run``, so an
+    index read as it stands may not know the run's transition or newest checkpoints at all."""
+    from tina_core.store import Store
 
-        rec = Store(home).recommendation(rd.run_id)
-    except ImportError:
-        rec = None
-    step = rec.get("recommended") if isinstance(rec, dict) else None
+    store = Store(home)
+    store.ingest([rd.run_id])
+    return store
+
+
+def _recommended(home: Path, rd: RunDir) -> int:
+    step = _store(home, rd).recommendation(rd.run_id).get("recommended")
     if step is None:
         raise TinaError(f"run {rd.run_id} has no recommended checkpoint yet; "
                         f"pass --checkpoint N, all or base (complete checkpoints: {rd.checkpoint_steps() or 'none'})")
@@ -552,6 +558,39 @@ def log_path(rd: RunDir, eval_id: str) -> Path:
     return rd.evals / f"{eval_id}.log"
 
 
+def _heartbeat(path: Path) -> threading.Event:
+    """Touch the job's log every JOB_HEARTBEAT_S from a daemon thread, so that its mtime says when
+    the job was last alive even through an hour of silent vLLM generation (see last_alive).
+    Setting the returned event stops it."""
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.is_set():
+            try:
+                os.utime(path)
+            except OSError:
+                pass
+            stop.wait(JOB_HEARTBEAT_S)
+
+    threading.Thread(target=beat, name="tina-eval-heartbeat", daemon=True).start()
+    return stop
+
+
+def last_alive(rd: RunDir, ev: dict[str, Any], now: float | None = None) -> float:
+    """When a running evaluation's job was last alive: now while its process lives, else its log's
+    last write (the heartbeat), never before it started. A dead worker's evaluation costs up to
+    there, not up to whenever a later worker reaps it."""
+    now = time.time() if now is None else now
+    start = float(ev.get("started_ts") or now)
+    if _pid_alive(ev.get("pid")):
+        return now
+    try:
+        seen = log_path(rd, ev["eval_id"]).stat().st_mtime
+    except OSError:
+        return start
+    return max(start, min(seen, now))
+
+
 def _model_for(home: Path, rd: RunDir, ev: dict[str, Any]) -> str:
     if ev["checkpoint"] == "base":
         base = base_model(home, rd)
@@ -584,6 +623,7 @@ def run_job(home: Path, rd: RunDir, eval_id: str) -> int:
         return 0
     gpus, task = ev["gpus"], ev["task"]
     common = dict(eval_id=eval_id, checkpoint=ev["checkpoint"], task=task, gpus=gpus, pid=os.getpid())
+    _heartbeat(log_path(rd, eval_id))
     t0 = time.time()
     print(f"evaluation {eval_id}: run {rd.run_id}, {_label(ev['checkpoint'])}, task {task}, "
           f"{'GPUs ' + ','.join(map(str, gpus)) if gpus else 'CPU'}", flush=True)
@@ -599,7 +639,13 @@ def run_job(home: Path, rd: RunDir, eval_id: str) -> int:
                 raise EvalError(f"lighteval exited with code {rc}" if rc > 0 else f"lighteval killed by signal {-rc}")
         else:
             max_samples = int(os.environ.get("TINA_EVAL_MAX_SAMPLES", "0")) or None
-            run_lighteval_cpu(model, lighteval_task(task), out, recipe=rd.recipe, max_samples=max_samples)
+            try:
+                run_lighteval_cpu(model, lighteval_task(task), out, recipe=rd.recipe, max_samples=max_samples)
+            except EvalError:
+                raise
+            except Exception as e:  # lighteval runs in this process on CPU: its crash is ours to name
+                traceback.print_exc()
+                raise EvalError(f"lighteval crashed: {type(e).__name__}: {e}") from e
         res = parse_results(out, task, since=t0)
     except Exception as e:
         if not isinstance(e, EvalError):
@@ -748,7 +794,7 @@ def _reap_orphans(home: Path, items: list[dict[str, Any]]) -> bool:
             continue
         if evals_of(rd).get(ev["eval_id"], {}).get("state") == "running":
             rd.event("eval_failed", eval_id=ev["eval_id"], checkpoint=ev["checkpoint"], task=ev["task"],
-                     gpus=ev["gpus"], pid=ev.get("pid"),
+                     gpus=ev["gpus"], pid=ev.get("pid"), end_ts=last_alive(rd, ev),
                      reason="evaluation process ended without recording a result (its worker stopped)\n"
                             + log_tail(log_path(rd, ev["eval_id"])))
     return alive

@@ -85,7 +85,8 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
         times, step = clock
     else:
         times, step = cost.step_times(records), (steps[-1]["step"] if steps else None)
-    meter = cost.Meter(info, events, times, open_until=open_until)
+    meter = cost.Meter(info, events, times, open_until=open_until,
+                       eval_ends=cost.open_eval_ends(run_dir, events, now))
     if last_metrics is None:
         per_step = [r for r in steps if not any(k in r for k in _SUMMARY_KEYS)]
         last_metrics = _normalise({k: v for k, v in (per_step[-1] if per_step else {}).items()
@@ -100,6 +101,9 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
         listed = [{"step": s, "evals": event_scores.get(s, {})} for s in run_dir.checkpoint_steps()]
     checkpoints = [{"step": c["step"], "cost_usd_at": meter.cost_at_step(c["step"]), "evals": c.get("evals") or {}}
                    for c in listed]
+    # The base model is its own entry: Tina reports gains over it.
+    base = _store_call(store, "base_evals", run_dir.run_id)
+    base = dict(sorted(((event_scores.get("base") or {}) if base is None else base).items()))
 
     trains = [iv for iv in meter.intervals if iv.kind == "train"]
     stop_at = info.get("stop_at_step") or info.get("max_steps")
@@ -130,6 +134,7 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
         "best_evaluated_checkpoint": rec.get("best_evaluated"),
         "recommendation_disagrees": bool(rec.get("disagree", False)),
         "checkpoints": checkpoints,
+        "base": {"evals": base, "avg": sum(base.values()) / len(base) if base else None},
         "evals_pending": pending,
         "evaluations": _evaluations(run_dir, events),
         "last_metrics": last_metrics,
@@ -255,15 +260,15 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
                   f"  projected {_money(run['projected_cost_usd'])}")
     console.print(f"phase transition {_phase(run['phase_transition'])}  recommended checkpoint "
                   f"{run['recommended_checkpoint'] if run['recommended_checkpoint'] is not None else '-'}")
-    if run["checkpoints"]:
+    if run["checkpoints"] or run["base"]["evals"]:
         table = Table(box=None, header_style="bold")
         table.add_column("checkpoint", justify="right")
         table.add_column("cost at", justify="right")
         table.add_column("evals")
-        for ck in run["checkpoints"]:
-            table.add_row(str(ck["step"]), _money(ck["cost_usd_at"]),
-                          "  ".join(f"{t} {s:.3f}" if isinstance(s, (int, float)) else f"{t} {s}"
-                                    for t, s in ck["evals"].items()) or "-")
+        rows = [("base", None, run["base"]["evals"])] if run["base"]["evals"] else []
+        for name, usd, evals in rows + [(str(c["step"]), c["cost_usd_at"], c["evals"]) for c in run["checkpoints"]]:
+            table.add_row(name, _money(usd), "  ".join(f"{t} {s:.3f}" if isinstance(s, (int, float)) else f"{t} {s}"
+                                                       for t, s in evals.items()) or "-")
         console.print(table)
     for ev in run["evaluations"]:
         if ev["state"] in ("queued", "running", "failed"):

@@ -53,6 +53,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
 CREATE TABLE IF NOT EXISTS evaluations (
     run_id VARCHAR, eval_id VARCHAR, checkpoint BIGINT, task VARCHAR, score DOUBLE,
     details VARCHAR, ts DOUBLE);
+CREATE TABLE IF NOT EXISTS eval_samples (
+    run_id VARCHAR, eval_id VARCHAR, checkpoint BIGINT, task VARCHAR, sample BIGINT, doc_id VARCHAR,
+    prompt VARCHAR, gold VARCHAR, prediction VARCHAR, score DOUBLE, metrics JSON);
 CREATE TABLE IF NOT EXISTS events (
     run_id VARCHAR, "offset" BIGINT, ts DOUBLE, event VARCHAR, data JSON);
 CREATE TABLE IF NOT EXISTS system (
@@ -80,11 +83,11 @@ QUALIFY row_number() OVER (PARTITION BY m.run_id, m.step, m.key
 # A metrics row not superseded by a later attempt that resumed at or before its step.
 _CURRENT = ("NOT EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = m.run_id AND a.attempt > m.attempt "
             "AND a.first_step <= m.step)")
-TABLES = ("runs", "metrics", "attempts", "checkpoints", "evaluations", "events", "system",
+TABLES = ("runs", "metrics", "attempts", "checkpoints", "evaluations", "eval_samples", "events", "system",
           "quarantine", "ingest_state", "steps", "phase_cache")
-SCHEMA_VERSION = 2  # a file written with another version is dropped and read again
+SCHEMA_VERSION = 3  # a file written with another version is dropped and read again
 # Rows that came from each tailed file, dropped when that file is found rewritten from scratch.
-_FILE_TABLES = {METRICS: ("metrics", "attempts", "steps", "phase_cache"), EVENTS: ("events", "evaluations"), SYSTEM: ("system",)}
+_FILE_TABLES = {METRICS: ("metrics", "attempts", "steps", "phase_cache"), EVENTS: ("events", "evaluations", "eval_samples"), SYSTEM: ("system",)}
 
 
 @dataclass
@@ -559,8 +562,8 @@ class Store:
                         [run_id, [o for o, _ in good], [_num(r.get("ts")) for _, r in good],
                          [r["event"] for _, r in good],
                          [json.dumps(r, default=str) for _, r in good]])
-        evals = []
-        for _, r in good:
+        evals, samples = [], 0
+        for here, r in good:
             if r["event"] != "eval_finished" or not isinstance(r.get("scores"), dict):
                 continue
             ck = r.get("checkpoint")
@@ -569,12 +572,51 @@ class Store:
                 d = details.get(task) if isinstance(details, dict) else details
                 evals.append((str(r.get("eval_id", "")), _step_of(ck), str(task), _num(score),
                               None if d is None else str(d), _num(r.get("ts"))))
+                if d is not None:
+                    samples += self._eval_samples(con, run_id, here, evals[-1], str(d), r.get("metric"))
         if evals:
             con.execute("INSERT INTO evaluations SELECT ?, " + ", ".join(
                 f"unnest(${i + 2}::{t}[])" for i, t in enumerate(
                     ("VARCHAR", "BIGINT", "VARCHAR", "DOUBLE", "VARCHAR", "DOUBLE"))),
                 [run_id, *map(list, zip(*evals))])
-        return IngestStats(lines=chunk.count(b"\n"), rows=len(good) + len(evals), quarantined=len(bad))
+        return IngestStats(lines=chunk.count(b"\n"), rows=len(good) + len(evals) + samples, quarantined=len(bad))
+
+    def _eval_samples(self, con, run_id: str, offset: int, ev: tuple, details: str, metric: Any) -> int:
+        """One evaluation's per-sample rows from lighteval's details parquet (the run directory's
+        file stays the truth). An unreadable file goes to quarantine, naming the event's line."""
+        path = Path(details)
+        if not path.exists() and f"/{run_id}/" in details:  # the workspace was moved since
+            path = self.home / "runs" / run_id / details.split(f"/{run_id}/", 1)[1]
+        try:
+            # Its own connection: a failed read must not abort the ingest's transaction.
+            with con.cursor() as cur:
+                rows = cur.execute(
+                    "SELECT file_row_number, doc.id, doc.query, doc.choices, doc.gold_index, model_response.text, "
+                    "to_json(metric) FROM read_parquet(?, file_row_number = true) ORDER BY file_row_number",
+                    [str(path)]).fetchall()
+        except duckdb.Error as e:
+            self._quarantine(con, run_id, EVENTS, [(offset, details, f"per-sample details not readable: {e}")])
+            return 0
+
+        def first(v: Any) -> Any:  # lighteval keeps lists: one text per sample drawn, golds per doc
+            return (v[0] if v else None) if isinstance(v, list) else v
+
+        out = []
+        for n, doc_id, prompt, choices, gold_index, text, metrics in rows:
+            scores = json.loads(metrics) if metrics else {}
+            gi = first(gold_index)
+            gold = choices[gi] if isinstance(choices, list) and isinstance(gi, int) and 0 <= gi < len(choices) else None
+            nums = [v for v in scores.values() if _num(v) is not None]
+            score = scores.get(metric) if metric in scores else (nums[0] if len(nums) == 1 else None)
+            out.append((n, None if doc_id is None else str(doc_id), prompt, gold, first(text), _num(score),
+                        json.dumps(scores)))
+        if out:
+            eval_id, ck, task = ev[:3]
+            con.execute("INSERT INTO eval_samples SELECT ?, ?, ?, ?, " + ", ".join(
+                f"unnest(${i + 5}::{t}[])" for i, t in enumerate(
+                    ("BIGINT", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "DOUBLE", "JSON"))),
+                [run_id, eval_id, ck, task, *map(list, zip(*out))])
+        return len(out)
 
     def _system_chunk(self, con, run_id, chunk, offset, fast) -> IngestStats:
         good, bad = self._parse_lines(
@@ -735,6 +777,19 @@ class Store:
         if self._con is not None:
             self._in_session[("checkpoints", run_id)] = [dict(c, evals=dict(c["evals"])) for c in out]
         return out
+
+    def base_evals(self, run_id: str) -> dict[str, float]:
+        """The base model's latest score of each task (its evaluations have no checkpoint)."""
+        return dict(self._query(
+            "SELECT task, arg_max(score, coalesce(ts, 0)) FROM evaluations WHERE run_id = ? "
+            "AND checkpoint IS NULL AND isfinite(score) GROUP BY task ORDER BY task", [run_id]))
+
+    def eval_samples(self, run_id: str, eval_id: str) -> list[dict]:
+        """One evaluation's samples in lighteval's order: {sample, doc_id, prompt, gold, prediction, score}."""
+        cols = ("sample", "doc_id", "prompt", "gold", "prediction", "score")
+        return [dict(zip(cols, r)) for r in self._query(
+            f"SELECT {', '.join(cols)} FROM eval_samples WHERE run_id = ? AND eval_id = ? ORDER BY sample",
+            [run_id, eval_id])]
 
     def evals(self, run_id: str) -> list[dict]:
         rows = self._query(
