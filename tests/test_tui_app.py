@@ -206,10 +206,13 @@ async def test_checkpoints_table_and_evaluation_keys(home):
         assert table.row_count == len(rd.checkpoint_steps())
         text = screen_text(app)
         assert "aime24" in text and "avg" in text and "$ at" in text
-        rec = app.view.recommendation["recommended"] if app.view.recommendation else None
-        if rec is not None:
-            assert "*" in text
-        await pilot.press("j", "j", "k")
+        rec = app.view.recommendation["recommended"]
+        best = app.view.recommendation["best_evaluated"]
+        assert rec is not None and best is not None and rec != best
+        # the note over the table says what * and + mean, and that they disagree
+        assert f"* {rec} recommended" in text and f"+ {best} best evaluated" in text and "disagree" in text
+        assert table.selected_step == rec           # the table opens on the recommended checkpoint
+        await pilot.press("k", "k", "k", "j", "j", "k")
         assert table.selected_step == rd.checkpoint_steps()[1]
         # e: the selected checkpoint, through the task chooser
         await pilot.press("e")
@@ -257,6 +260,41 @@ async def test_checkpoints_table_and_evaluation_keys(home):
     evaluate.cancel_eval(home, rd.run_id)
 
 
+async def test_e_away_from_the_checkpoints_shows_them_first(home):
+    rd = find_run(home, "open-rs2")
+    app = make_app(home, run=rd.run_id, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("1", "e")                 # on the charts: no hidden row gets evaluated
+        await settle(app, pilot)
+        assert isinstance(app.screen, MainScreen)
+        assert app.query_one(TabbedContent).active == "checkpoints"
+        assert app.query_one(CheckpointsTable).selected_step == app.view.recommendation["recommended"]
+        assert any("choose a checkpoint" in m for m in notes(app))
+        await pilot.press("enter")                  # enter on a checkpoint row evaluates it
+        await settle(app, pilot)
+        assert isinstance(app.screen, TaskChooser) and str(app.view.recommendation["recommended"]) in app.screen.what
+
+
+async def test_detail_view_has_every_step_and_the_money(tmp_path):
+    home = tmp_path / "h"
+    SyntheticRun("long-run", name="long", steps=1000, stop_at_step=1000, max_steps=2000, save_steps=250,
+                 transition=400).write(home)
+    app = make_app(home, clock=lambda: FROZEN)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        assert len(app.view.series[CHARTS[0][0]]) < 1000     # the charts get a summary
+        await pilot.press("enter")                  # enter on the runs list opens the plot
+        await settle(app, pilot)
+        detail = app.screen
+        assert isinstance(detail, DetailScreen)
+        plot = detail.query_one(PlotView)
+        assert [int(s) for s, _ in plot.points] == list(range(1, 1001))
+        await pilot.press("left")
+        assert "step 999" in str(detail.query_one("#detail-status").render())
+        assert "total $" in str(detail.query_one(CostBar).render())
+
+
 async def test_eval_of_a_run_without_checkpoints_says_so(tmp_path):
     home = tmp_path / "h"
     SyntheticRun("young-run", steps=10, save_steps=50, state="stopped").write(home)
@@ -295,6 +333,11 @@ async def test_stop_asks_first_then_signals_the_supervisor(tmp_path):
             await pilot.pause()
             assert isinstance(app.screen, ConfirmScreen)
             await pilot.press("n")
+            await pilot.pause()
+            assert isinstance(app.screen, MainScreen) and child.poll() is None
+            await pilot.press("s")
+            await pilot.pause()
+            await pilot.press("enter")              # a stray enter is a no
             await pilot.pause()
             assert isinstance(app.screen, MainScreen) and child.poll() is None
             await pilot.press("s")
@@ -375,6 +418,22 @@ async def test_help_lists_every_binding_from_the_registry(home):
         assert isinstance(app.screen, MainScreen)
 
 
+async def test_help_scrolls_in_a_small_terminal(home):
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        await pilot.press("question_mark")
+        await pilot.pause()
+        box = app.screen.query_one("#help-box")
+        assert box.max_scroll_y > 0 and box.scroll_y == 0
+        await pilot.press("j", "j", "pagedown")
+        await pilot.pause()
+        assert box.scroll_y > 2
+        await pilot.press("end")
+        await pilot.pause()
+        assert box.scroll_y == box.max_scroll_y  # the last binding can be read without a mouse
+
+
 async def test_command_palette_offers_what_fits_here(home):
     rid = find_run(home, "open-rs2").run_id
     app = make_app(home, run=rid, clock=lambda: FROZEN)
@@ -412,15 +471,39 @@ async def test_notifications_for_events_while_watching(home):
         assert any("aime24 of checkpoint 100 = 40.0" in m for m in got)
 
 
+async def test_a_supervisor_that_dies_is_announced(tmp_path):
+    home = tmp_path / "h"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        rd = SyntheticRun("doomed", name="doomed", steps=40, state="running", start_ts=time.time() - 100,
+                          step_s=1.0).write(home)
+        SyntheticRun.heartbeat(rd, pid=child.pid)
+        app = make_app(home)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            assert app.view.run["state"] == "running"
+            child.kill()                            # kill -9: it writes no event
+            child.wait()
+            await refreshed(app, pilot)
+            assert app.view.run["state"] == "crashed"
+            assert any("doomed: its supervisor is gone" in m for m in notes(app))
+    finally:
+        child.kill()
+
+
 async def test_phase_notification_when_the_transition_appears(tmp_path):
     home = tmp_path / "h"
     run = SyntheticRun("growing", name="growing", steps=60, stop_at_step=400, max_steps=800, transition=150,
                        state="stopped", seed=5)
     rd = run.write(home)
-    app = make_app(home)
+    # the run being watched is another one: the marker of any run is announced
+    SyntheticRun("other", name="other", steps=30, transition=None, state="stopped", seed=6).write(home)
+    app = make_app(home, run="other")
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app, pilot)
-        assert (app.view.phase or {}).get("status", "none") == "none"
+        assert app.view.run_id == "other"
+        growing = next(r for r in app.snapshot.runs if r["run_id"] == "growing")
+        assert (growing["phase_transition"] or {}).get("status", "none") == "none"
         # more steps arrive, through the transition
         full = SyntheticRun("growing-full", steps=300, stop_at_step=400, max_steps=800, transition=150,
                             state="stopped", seed=5).write(tmp_path / "other")
@@ -428,9 +511,9 @@ async def test_phase_notification_when_the_transition_appears(tmp_path):
         with rd.metrics.open("a") as f:
             f.writelines(lines)
         await refreshed(app, pilot)
-        status = app.view.phase["status"]
-        assert status in ("tentative", "confirmed")
-        assert any("phase transition" in m for m in notes(app))
+        growing = next(r for r in app.snapshot.runs if r["run_id"] == "growing")
+        assert growing["phase_transition"]["status"] in ("tentative", "confirmed")
+        assert any("growing: phase transition" in m for m in notes(app))
 
 
 async def test_log_follow_switches_off_on_scroll_up(home):
