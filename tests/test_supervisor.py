@@ -7,6 +7,7 @@ a killed trainer, a killed supervisor, secrets, the progress display)."""
 from __future__ import annotations
 
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -33,6 +34,10 @@ ck = run / "checkpoints"
 done = sorted(int(p.name.split("-")[1]) for p in ck.glob("checkpoint-*") if (p / "tina-complete.json").exists())
 step = done[-1] if done else 0
 print(f"attempt {attempt} from step {step}; token {os.environ.get('HF_TOKEN')}", flush=True)
+if os.environ.get("FT_SPAM"):  # far more output than a pipe holds
+    for _ in range(int(os.environ["FT_SPAM"]) // 100):
+        sys.stdout.write("x" * 99 + "\n")
+    sys.stdout.flush()
 def save_ck(s):
     d = ck / f"checkpoint-{s}"; d.mkdir(parents=True, exist_ok=True); (d / "tina-complete.json").write_text("{}")
 while step < stop_at:
@@ -215,3 +220,86 @@ def test_stop_without_a_supervisor_stops_the_orphan(make_run, monkeypatch):
     assert _events(rd)[-3:] == ["attempt_exited", "stop_requested", "stopped"]
     with pytest.raises(TinaError, match="nothing to stop"):
         supervisor.stop_run(supervisor.home_of(rd), rd.run_id)
+
+
+def test_a_full_disk_under_train_log_neither_stalls_nor_hides(make_run, monkeypatch):
+    """The supervisor (and so its trainer) under a 64 KiB file-size limit, which fails writes past
+    it as a full disk does (EFBIG; Python ignores SIGXFSZ). The trainer prints 2 MB, far more than
+    its pipe holds: a log pump that stopped reading at the first refused write would block it
+    there for good while the heartbeat went on. events.jsonl and metrics.jsonl stay small."""
+    limit = 64 * 1024
+    monkeypatch.setenv("FT_SPAM", str(2_000_000))
+    monkeypatch.setenv("FT_STOP", "4")
+    rd = make_run()
+    proc = subprocess.run([sys.executable, "-m", "tina_core.supervisor", str(rd.path)], capture_output=True,
+                          text=True, timeout=60,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert supervisor.liveness(rd)["state"] == "finished"
+    assert [r["step"] for r in iter_jsonl(rd.metrics)] == [1, 2, 3, 4]
+    assert rd.train_log.stat().st_size <= limit
+    ev = rd.read_events()
+    failed = [e for e in ev if e["event"] == "write_failed"]
+    assert [(e["file"], e["error"], e["attempt"]) for e in failed] == [("train.log", "File too large while writing train.log", 1)]
+    lost = [e for e in ev if e["event"] == "attempt_exited"][0]["lost_log_bytes"]
+    assert 2_000_000 - limit <= lost <= 2_000_000
+    run = runs.describe(supervisor.home_of(rd), rd)
+    assert run["write_errors"] == [{"file": "train.log", "error": "File too large while writing train.log",
+                                    "attempt": 1, "lost_bytes": lost}]
+    shown = subprocess.run([sys.executable, "-m", "tina_core.cli", "--home", str(make_run.home), "status", rd.run_id],
+                           capture_output=True, text=True, timeout=60).stdout
+    assert f"warning: attempt 1: File too large while writing train.log ({lost} bytes of trainer output lost)" in shown
+
+
+def test_the_daemon_log_masks_credentials(make_run, monkeypatch, tmp_path):
+    """supervisor.log takes the detached supervisor's own stdout and stderr. A warning or a
+    traceback there may quote a credential: here the daemon's last words at exit (a
+    sitecustomize on its PYTHONPATH), through sys.stderr and straight to file descriptor 2."""
+    token = "hf_DAEMONlogSECRET0123456789"
+    (tmp_path / "sitecustomize.py").write_text(
+        "import atexit, os, sys\n"
+        "def last_words():\n"
+        "    print('leaving with', os.environ.get('HF_TOKEN'), file=sys.stderr, flush=True)\n"
+        "    os.write(2, f\"and at fd 2: {os.environ.get('HF_TOKEN')}\\n\".encode())\n"
+        "atexit.register(last_words)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("HF_TOKEN", token)
+    monkeypatch.setenv("FT_STOP", "2")
+    rd = make_run()
+    pid = supervisor.spawn_daemon(rd)
+    _wait_state(rd, ["finished"])
+    _wait_for(lambda: not supervisor._pid_alive(pid))
+    log = rd.path / supervisor.LOG_NAME
+    _wait_for(lambda: "and at fd 2" in log.read_text())  # its writer outlives the daemon
+    assert "leaving with ***\nand at fd 2: ***\n" in log.read_text()
+    for path in rd.path.rglob("*"):
+        if path.is_file():
+            assert token not in path.read_text(errors="replace"), path
+
+
+def test_an_event_the_disk_cut_short_goes_in_whole_once_there_is_room(make_run):
+    """A file-size limit just past events.jsonl's end cuts the next event off after 30 bytes, as a
+    disk filling mid-write does: the supervisor keeps the event and writes it at a later tick,
+    finishing the torn line rather than leaving half a record for the index to set aside."""
+    rd = make_run()
+    script = f"""
+import resource
+from pathlib import Path
+from tina_core.rundir import RunDir
+from tina_core.supervisor import Supervisor
+sup = Supervisor(RunDir(Path({str(rd.path)!r})))
+resource.setrlimit(resource.RLIMIT_FSIZE, ({rd.events.stat().st_size} + 30, resource.RLIM_INFINITY))
+sup.event("stop_requested", by="test")
+assert [e["event"] for e in sup._pending] == ["stop_requested", "write_failed"], sup._pending
+resource.setrlimit(resource.RLIMIT_FSIZE, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))  # room again
+sup.tick()
+assert not sup._pending
+"""
+    before = rd.events.read_bytes()
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    after = rd.events.read_bytes()
+    assert after.startswith(before) and after.count(b"\n") == before.count(b"\n") + 2
+    ev = rd.read_events()
+    assert [e["event"] for e in ev[-2:]] == ["stop_requested", "write_failed"]
+    assert ev[-1]["error"] == "File too large while writing events.jsonl"

@@ -11,6 +11,7 @@ Kept free of heavy imports: the CLI and the TUI import this at start-up.
 from __future__ import annotations
 
 import datetime as _dt
+import errno
 import json
 import os
 import re
@@ -108,18 +109,57 @@ def safe_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
     return {k: v for k, v in env.items() if not is_secret_name(k)}
 
 
+# --- writing on a disk that may be full ----------------------------------------------------------
+# A full disk (ENOSPC), a quota (EDQUOT) or a file-size limit (EFBIG, `ulimit -f`; Python ignores
+# SIGXFSZ, so the write fails rather than the process dying).
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def write_error_text(e: OSError, what: str | os.PathLike | None = None, doing: str = "writing") -> str:
+    """``No space left on device while writing metrics.jsonl``: a failed write, said plainly."""
+    what = what or e.filename
+    cause = e.strerror or (os.strerror(e.errno) if e.errno else str(e))
+    return f"{cause} while {doing} {Path(what).name}" if what else cause
+
+
+APPEND_FLAGS = os.O_RDWR | os.O_APPEND | os.O_CREAT  # read too: append_bytes looks at the last byte
+
+
+def append_bytes(fd: int, data: bytes) -> None:
+    """Append whole lines to ``fd`` (opened with ``APPEND_FLAGS``). A full disk can take part of a
+    write and refuse the rest, leaving a torn last line: a retry of that same write finishes it,
+    and anything else starts on a new line, so the torn line stands alone (a reader sets it
+    aside) and never swallows the record after it."""
+    size = os.fstat(fd).st_size
+    if size and os.pread(fd, 1, size - 1) != b"\n":
+        start = max(0, size - len(data))
+        tail = os.pread(fd, size - start, start)
+        cut = tail.rfind(b"\n")
+        torn = tail[cut + 1:]
+        ours = (cut >= 0 or start == 0) and data.startswith(torn)
+        data = data[len(torn):] if ours else b"\n" + data
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 # --- JSONL -------------------------------------------------------------------------------------
 def append_jsonl(path: Path, record: dict[str, Any], *, fsync: bool = False) -> None:
     """Append one record as one line with a single write, so readers never see half a record
-    followed by another. Credentials are masked first."""
+    followed by another (unless the disk fills mid-line: see ``append_bytes``). Credentials are
+    masked first. A failed write raises OSError naming ``path``."""
     line = json.dumps(redact(record), separators=(",", ":"), default=str, allow_nan=True) + "\n"
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
-        os.write(fd, line.encode())
-        if fsync:
-            os.fsync(fd)
-    finally:
-        os.close(fd)
+        fd = os.open(path, APPEND_FLAGS, 0o644)
+        try:
+            append_bytes(fd, line.encode())
+            if fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as e:
+        e.filename = e.filename or str(path)
+        raise
 
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -142,9 +182,16 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
+    """Replace ``path`` whole or not at all; a failed write raises OSError naming ``path`` and
+    leaves no temporary file behind (on a full disk it would hold on to the space)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(redact(obj), indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(redact(obj), indent=2, default=str) + "\n")
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        e.filename = str(path)
+        raise
 
 
 def read_json(path: Path, default: Any = None) -> Any:
@@ -209,9 +256,13 @@ class RunDir:
     def info(self) -> dict[str, Any]:
         return read_json(self.run_json, {}) or {}
 
+    @staticmethod
+    def event_record(kind: str, **fields: Any) -> dict[str, Any]:
+        return {"time": now_iso(), "ts": _dt.datetime.now().timestamp(), "event": kind, **fields}
+
     def event(self, kind: str, **fields: Any) -> dict[str, Any]:
         """Record a lifecycle event (``launched``, ``attempt_started``, ``eval_finished``...)."""
-        rec = {"time": now_iso(), "ts": _dt.datetime.now().timestamp(), "event": kind, **fields}
+        rec = self.event_record(kind, **fields)
         append_jsonl(self.events, rec, fsync=True)
         return rec
 

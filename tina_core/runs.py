@@ -107,6 +107,9 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
 
     trains = [iv for iv in meter.intervals if iv.kind == "train"]
     stop_at = info.get("stop_at_step") or info.get("max_steps")
+    failed = [e for e in events if e.get("event") == "failed"]
+    lost = {e.get("attempt"): e["lost_log_bytes"] for e in events
+            if e.get("event") == "attempt_exited" and e.get("lost_log_bytes")}
     return {
         "run_id": run_dir.run_id,
         "name": info.get("name", run_dir.run_id),
@@ -138,6 +141,11 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
         "evals_pending": pending,
         "evaluations": _evaluations(run_dir, events),
         "last_metrics": last_metrics,
+        "failure": failed[-1].get("reason") if state == "failed" and failed else None,
+        # writes a full disk refused (the supervisor's own: what the trainer could not write ends it)
+        "write_errors": [{"file": e.get("file"), "error": e.get("error"), "attempt": e.get("attempt"),
+                          "lost_bytes": lost.get(e.get("attempt")) if e.get("file") == "train.log" else None}
+                         for e in events if e.get("event") == "write_failed"],
         "supervisor_pid": live["supervisor_pid"] if state in LIVE else None,
         "imported": bool(info.get("imported", False)),
         "path": str(run_dir.path),
@@ -249,6 +257,12 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
     c = run["cost_usd"]
     style = STATE_STYLE.get(run["state"], "")
     console.print(f"[bold]{run['run_id']}[/bold]  [{style}]{run['state']}[/{style}]  ({run['recipe']})")
+    if run["failure"]:
+        console.print(f"failed: {run['failure']}", markup=False, style="red")
+    for w in run["write_errors"]:
+        console.print(f"warning: attempt {w['attempt']}: {w['error']}"
+                      + (f" ({w['lost_bytes']} bytes of trainer output lost)" if w["lost_bytes"] else ""),
+                      markup=False, style="yellow")
     console.print(f"step {run['step'] if run['step'] is not None else '-'}/{run['stop_at_step'] or '?'}"
                   f"  restarts {run['restarts']}  trained {_duration(run['elapsed_s'])}"
                   + (f"  {run['seconds_per_step']:.2f} s/step" if run["seconds_per_step"] else "")

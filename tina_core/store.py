@@ -166,6 +166,10 @@ def _ident(s: str) -> str:
     return '"' + s.replace('"', '""') + '"'
 
 
+# What reading a damaged database file raises (a truncated file, garbage inside it).
+_DAMAGE_ERRORS = (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException, duckdb.FatalException)
+
+
 class _Attachments:
     """The process's one in-memory DuckDB instance and the database files attached to it, counted
     so that overlapping sessions (threads, several Store objects) share one attachment and the
@@ -249,12 +253,30 @@ class Store:
                 delay = min(delay * 2, 0.05)
         if not self._schema_ok:
             try:
-                self._create(con)
+                with self._damage_said(con):
+                    self._create(con)
             except BaseException:
                 _ATTACHED.release(self.path, con)
                 raise
             self._schema_ok = True
         return con
+
+    @contextmanager
+    def _damage_said(self, con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        """A damaged file attaches fine and fails once the damaged part is read: say so, and how
+        to mend it (as a TinaError, which every reader answers by showing the run directories),
+        and end the transaction it broke, so the rest of a refresh gets that message too."""
+        try:
+            yield
+        except duckdb.Error as e:
+            # a bad checksum comes as a bare duckdb.Error
+            if not isinstance(e, _DAMAGE_ERRORS) and type(e) is not duckdb.Error:
+                raise
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise TinaError(f"cannot read {self.path}: {e} (try `tina ingest --rebuild`)") from e
 
     def _create(self, con) -> None:
         con.execute(SCHEMA)
@@ -281,12 +303,14 @@ class Store:
     def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
         """One connection for several calls (one TUI refresh); the file is let go when it ends."""
         if self._con is not None:
-            yield self._con
+            with self._damage_said(self._con):
+                yield self._con
             return
         self._con = self._open()
         self._in_session.clear()
         try:
-            yield self._con
+            with self._damage_said(self._con):
+                yield self._con
         finally:
             con, self._con = self._con, None
             _ATTACHED.release(self.path, con)

@@ -16,8 +16,11 @@ shows as ``crashed`` rather than ``running``.
 from __future__ import annotations
 
 import argparse
+import collections
 import fcntl
+import json
 import os
+import re
 import resource
 import select
 import shlex
@@ -29,9 +32,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tina_core.rundir import (RunDir, TinaError, append_jsonl, create_run_dir, find_run, iter_jsonl,
-                              now_iso, read_json, redact_text, remember_secrets, runs_root,
-                              secret_values, write_json_atomic)
+from tina_core.rundir import (APPEND_FLAGS, RunDir, TinaError, append_bytes, append_jsonl, create_run_dir,
+                              find_run, iter_jsonl, now_iso, read_json, redact, redact_text, remember_secrets,
+                              runs_root, secret_values, write_error_text, write_json_atomic)
 
 HEARTBEAT_S = 2.0
 HEARTBEAT_TIMEOUT_S = 15.0
@@ -231,6 +234,10 @@ class Supervisor:
         self._last_sample = 0.0
         self._env: dict[str, str] | None = None
         self._pump: threading.Thread | None = None
+        self.output: LogPump | None = None  # the trainer's output, as _pump copies it
+        # Events the disk refused, oldest first: written (in order) once it takes writes again.
+        self._pending: list[dict[str, Any]] = []
+        self.write_errors: dict[str, str] = {}  # file -> what went wrong writing it, this attempt
 
     # lock ---------------------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -281,10 +288,18 @@ class Supervisor:
         if not force and now - self._last_beat < HEARTBEAT_S:
             return
         self._last_beat = now
-        write_json_atomic(self.run_dir.supervisor, {
-            "pid": os.getpid(), "pgid": os.getpgid(0), "started": self.started, "heartbeat": now,
-            "trainer_pid": self.proc.pid if self.proc else None, "trainer_started": self.proc_started,
-            "attempt": self.attempt or None})
+        beat = {"pid": os.getpid(), "pgid": os.getpgid(0), "started": self.started, "heartbeat": now,
+                "trainer_pid": self.proc.pid if self.proc else None, "trainer_started": self.proc_started,
+                "attempt": self.attempt or None}
+        try:
+            write_json_atomic(self.run_dir.supervisor, beat)
+        except OSError as e:
+            # A full disk has no room for the new file; the old one's block takes the same few
+            # bytes again, so the run does not look crashed while we supervise on.
+            try:
+                _rewrite_in_place(self.run_dir.supervisor, beat)
+            except OSError:
+                self._write_failed(self.run_dir.supervisor, write_error_text(e, self.run_dir.supervisor))
 
     def sample_gpus(self) -> None:
         if not self.info.get("gpu_count"):
@@ -303,7 +318,36 @@ class Supervisor:
     def tick(self) -> None:
         self.beat()
         self.sample_gpus()
+        if self.output is not None and self.output.error:
+            self._write_failed(self.run_dir.train_log, self.output.error)
+        self._flush_events()
         self.display.update()
+
+    # writing on a full disk ---------------------------------------------------------------------
+    def event(self, kind: str, **fields: Any) -> None:
+        """Record an event; one the disk refuses waits, in order, and goes in at a later tick."""
+        self._pending.append(self.run_dir.event_record(kind, **fields))
+        self._flush_events()
+
+    def _flush_events(self) -> bool:
+        while self._pending:
+            try:
+                append_jsonl(self.run_dir.events, self._pending[0], fsync=True)
+            except OSError as e:
+                self._write_failed(self.run_dir.events, write_error_text(e))
+                return False
+            self._pending.pop(0)
+        return True
+
+    def _write_failed(self, path: Path, text: str) -> None:
+        """A write the disk refused: said on the display and as a ``write_failed`` event (queued,
+        so it goes in when the disk lets it), once per file and attempt."""
+        if path.name in self.write_errors:
+            return
+        self.write_errors[path.name] = text
+        self.display.note(f"warning: {text}")
+        self._pending.append(self.run_dir.event_record("write_failed", file=path.name, error=text,
+                                                       attempt=self.attempt or None))
 
     def sleep(self, seconds: float) -> None:
         """Sleep while keeping the heartbeat; returns early on a stop request."""
@@ -314,8 +358,9 @@ class Supervisor:
 
     # attempts -----------------------------------------------------------------------------------
     def _next_attempt(self) -> int:
-        return 1 + max((e.get("attempt", 0) for e in self.run_dir.read_events()
-                        if e.get("event") == "attempt_started"), default=0)
+        # ours too: an attempt_started the disk refused is not in the file yet
+        return 1 + max([self.attempt, *(e.get("attempt", 0) for e in self.run_dir.read_events()
+                                        if e.get("event") == "attempt_started")])
 
     def _trainer_env(self, attempt: int) -> dict[str, str]:
         if self._env is None:
@@ -335,8 +380,14 @@ class Supervisor:
     def log(self, text: str) -> None:
         """A line of tina's own in train.log and on the display, credential values masked."""
         text = redact_text(text)
-        with open(self.run_dir.train_log, "a") as f:
-            f.write(f"[tina {now_iso()}] {text}\n")
+        try:
+            fd = os.open(self.run_dir.train_log, APPEND_FLAGS, 0o644)
+            try:
+                append_bytes(fd, f"[tina {now_iso()}] {text}\n".encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            self._write_failed(self.run_dir.train_log, write_error_text(e, self.run_dir.train_log))
         self.display.note(text)
 
     def start(self, attempt: int) -> subprocess.Popen:
@@ -349,12 +400,12 @@ class Supervisor:
         self.proc = subprocess.Popen(command, cwd=self.info.get("cwd") or None, env=self._trainer_env(attempt),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
-        self._pump = threading.Thread(target=pump_redacted, args=(self.proc.stdout, self.run_dir.train_log),
-                                      daemon=True)
+        self.output = LogPump(self.proc.stdout, self.run_dir.train_log)
+        self._pump = threading.Thread(target=self.output.run, daemon=True)
         self._pump.start()
         self.proc_started = time.time()
-        self.run_dir.event("attempt_started", attempt=attempt, pid=self.proc.pid,
-                           gpus=int(self.info.get("gpu_count") or 0), resume_from=resume_from)
+        self.event("attempt_started", attempt=attempt, pid=self.proc.pid,
+                   gpus=int(self.info.get("gpu_count") or 0), resume_from=resume_from)
         self.beat(force=True)
         return self.proc
 
@@ -378,7 +429,7 @@ class Supervisor:
                 if code is not None:
                     return code
                 if self.stop_requested and term_deadline is None:
-                    self.run_dir.event("stop_requested", by=self.stop_requested, attempt=self.attempt)
+                    self.event("stop_requested", by=self.stop_requested, attempt=self.attempt)
                     self.log(f"stop requested ({self.stop_requested}): the trainer saves a checkpoint and exits")
                     _signal(proc.pid, signal.SIGTERM)
                     term_deadline = time.monotonic() + self.stop_timeout
@@ -400,7 +451,7 @@ class Supervisor:
 
     def finish(self, state: str, **fields: Any) -> str:
         # what supervising cost this process, for bench/supervision_overhead.py
-        self.run_dir.event(state, **fields, supervisor_cpu_s=round(_cpu_s(resource.RUSAGE_SELF) - self.cpu0, 2))
+        self.event(state, **fields, supervisor_cpu_s=round(_cpu_s(resource.RUSAGE_SELF) - self.cpu0, 2))
         self.log(state + (f": {fields['reason']}" if fields.get("reason") else ""))
         return state
 
@@ -408,7 +459,7 @@ class Supervisor:
         """Supervise until the run is finished, stopped or failed; returns that state."""
         previous = read_json(self.run_dir.supervisor, {}) or {}  # read before our heartbeat replaces it
         self.beat(force=True)
-        self.run_dir.event("supervisor_started", pid=os.getpid(), resume=resume)
+        self.event("supervisor_started", pid=os.getpid(), resume=resume)
         recover_orphan(self.run_dir, self.stop_timeout, previous)
         restarts, delay = 0, self.backoff
         try:
@@ -416,6 +467,7 @@ class Supervisor:
                 if self.stop_requested:
                     return self.finish("stopped", step=None)
                 attempt = self._next_attempt()
+                self.write_errors.clear()
                 children_cpu = _cpu_s(resource.RUSAGE_CHILDREN)
                 proc = self.start(attempt)
                 code = self.watch(proc)
@@ -423,11 +475,17 @@ class Supervisor:
                 self._pump.join(timeout=5)
                 sig = signal.Signals(-code).name if code < 0 else None
                 step = self.last_step(attempt)
-                self.run_dir.event("attempt_exited", attempt=attempt, code=code, signal=sig, step=step,
-                                   cpu_s=round(_cpu_s(resource.RUSAGE_CHILDREN) - children_cpu, 2))
+                lost = self.output.lost_bytes
+                if self.output.error:
+                    self._write_failed(self.run_dir.train_log, self.output.error)
+                self.event("attempt_exited", attempt=attempt, code=code, signal=sig, step=step,
+                           cpu_s=round(_cpu_s(resource.RUSAGE_CHILDREN) - children_cpu, 2),
+                           **({"lost_log_bytes": lost} if lost else {}))
                 self.proc = None
                 self.beat(force=True)
                 why = f"killed by {sig}" if sig else f"exit code {code}"
+                if code > 0 and (said := trainer_error(self.output.tail)):
+                    why += f": {said}"  # on a full disk train.log may not have it
                 self.log(f"attempt {attempt} ended: {why}")
                 if code == 0:
                     return self.finish("finished", step=step)
@@ -438,46 +496,107 @@ class Supervisor:
                 if restarts >= self.max_restarts:
                     return self.finish("failed", reason=f"gave up after {restarts} restarts; last attempt {why}")
                 restarts += 1
-                self.run_dir.event("restarted", attempt=attempt + 1, delay_s=delay, reason=why)
+                self.event("restarted", attempt=attempt + 1, delay_s=delay, reason=why)
                 self.log(f"restarting in {delay:g} s ({restarts}/{self.max_restarts})")
                 self.sleep(delay)
                 delay *= 2
         except BaseException as e:
             if self.proc is not None and self.proc.poll() is None:
                 stop_process_group(self.proc.pid, self.stop_timeout)
-                self.run_dir.event("attempt_exited", attempt=self.attempt, code=self.proc.poll(), signal=None,
-                                   step=self.last_step(self.attempt))
+                self.event("attempt_exited", attempt=self.attempt, code=self.proc.poll(), signal=None,
+                           step=self.last_step(self.attempt))
             self.finish("failed", reason=f"supervisor error: {type(e).__name__}: {e}")
             raise
         finally:
             self.beat(force=True)
             if self._sampler is not None:
                 self._sampler.close()
+            if not self._flush_events():  # the disk is still full: say what could not be recorded
+                print(redact_text(f"tina: could not record {', '.join(e['event'] for e in self._pending)} "
+                                  f"in {self.run_dir.events}: {self.write_errors.get(self.run_dir.events.name)}"),
+                      file=sys.stderr, flush=True)
 
 
-def pump_redacted(stream, log_path: Path) -> None:
-    """Copy the trainer's output to ``log_path`` line by line, credential values masked."""
-    secrets = secret_values()
-    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+class LogPump:
+    """Copies a stream (the trainer's output) into a log file, credential values masked.
+
+    A write the disk refuses never stops it: it keeps draining the stream (a pipe nobody reads
+    fills up and blocks the trainer mid-step while our heartbeat looks fine), drops what it could
+    not write and counts it (``lost_bytes``, ``error``), and notes the gap in the log once the
+    disk takes writes again. The last lines read are kept (``tail``), written or not, so the
+    reason of a failure is known even when the disk could not take it."""
+
+    TAIL_LINES = 40
+
+    def __init__(self, stream, log_path: Path) -> None:
+        self.stream, self.log_path = stream, log_path
+        self.lost_bytes = 0
+        self.error: str | None = None
+        self.tail: collections.deque[str] = collections.deque(maxlen=self.TAIL_LINES)
+        self._unnoted = 0  # lost since the last note of it in the log
+        self._fd: int | None = None
+
+    def run(self) -> None:
+        secrets = secret_values()
+        try:
+            rest = b""
+            while True:
+                chunk = self.stream.read1(65536)
+                data = rest + chunk
+                cut = data.rfind(b"\n") + 1 if chunk else len(data)
+                if not cut and len(data) > 1 << 20:  # a very long line: flush it anyway
+                    cut = len(data)
+                out, rest = data[:cut], data[cut:]
+                if out:
+                    text = out.decode(errors="replace")
+                    for value in secrets:
+                        text = text.replace(value, "***")
+                    self.tail.extend(text.splitlines()[-self.TAIL_LINES:])
+                    self._write(text.encode())
+                if not chunk:
+                    return
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+            self.stream.close()
+
+    def _write(self, data: bytes) -> None:
+        try:
+            if self._fd is None:
+                self._fd = os.open(self.log_path, APPEND_FLAGS, 0o644)
+            if self._unnoted:
+                append_bytes(self._fd, f"[tina {now_iso()}] {self._unnoted} bytes of output lost here: "
+                                       f"{self.error}\n".encode())
+                self._unnoted = 0
+            append_bytes(self._fd, data)
+        except OSError as e:
+            self.lost_bytes += len(data)
+            self._unnoted += len(data)
+            self.error = write_error_text(e, self.log_path)
+
+
+_EXCEPTION_LINE_RE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)(: .*)?$")
+
+
+def trainer_error(lines: Sequence[str]) -> str | None:
+    """What the trainer said as it failed: its ``tina train: error:`` line, else the exception
+    line that ends a traceback."""
+    lines = [line.strip() for line in lines if line.strip()]
+    for line in reversed(lines):
+        if line.startswith("tina train: error: "):
+            return line.removeprefix("tina train: error: ")
+    return lines[-1] if lines and _EXCEPTION_LINE_RE.match(lines[-1]) else None
+
+
+def _rewrite_in_place(path: Path, obj: Any) -> None:
+    """Overwrite a small JSON file in place (padded with spaces to its old length, so a reader
+    never sees a shorter file with old bytes after it): no new block needed on a full disk."""
+    data = json.dumps(redact(obj), default=str).encode()
+    fd = os.open(path, os.O_WRONLY)
     try:
-        rest = b""
-        while True:
-            chunk = stream.read1(65536)
-            data = rest + chunk
-            cut = data.rfind(b"\n") + 1 if chunk else len(data)
-            if not cut and len(data) > 1 << 20:  # a very long line: flush it anyway
-                cut = len(data)
-            out, rest = data[:cut], data[cut:]
-            if out:
-                text = out.decode(errors="replace")
-                for value in secrets:
-                    text = text.replace(value, "***")
-                os.write(fd, text.encode())
-            if not chunk:
-                return
+        os.pwrite(fd, data.ljust(os.fstat(fd).st_size), 0)
     finally:
         os.close(fd)
-        stream.close()
 
 
 def _cpu_s(who: int) -> float:
@@ -727,6 +846,33 @@ def spawn_daemon(run_dir: RunDir, *, resume: bool = False, secret_env: dict[str,
     raise TinaError(f"the supervisor of {run_dir.run_id} (pid {pid}) did not start within {wait_s:g} s")
 
 
+def output_to_log(path: Path, close: Sequence[int | None] = ()) -> None:
+    """Send this process's stdout and stderr (warnings, a traceback: they may quote a
+    credential) to ``path`` through a LogPump in a forked writer process, which masks them and
+    outlives us until the pipe's last writer is gone, so even a dying process's last words get
+    there. The writer closes the descriptors in ``close`` (the run's lock must die with us)."""
+    r, w = os.pipe()
+    if os.fork() == 0:
+        try:
+            for fd in (w, *close):
+                if fd is not None:
+                    os.close(fd)
+            devnull = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # drain until the end
+                signal.signal(sig, signal.SIG_IGN)
+            LogPump(os.fdopen(r, "rb"), path).run()
+        finally:
+            os._exit(0)
+    os.close(r)
+    os.dup2(w, 1)
+    os.dup2(w, 2)
+    os.close(w)
+    sys.stdout = os.fdopen(1, "w", buffering=1)
+    sys.stderr = os.fdopen(2, "w", buffering=1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tina_core.supervisor")
     parser.add_argument("run_dir", type=Path)
@@ -749,12 +895,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(child, flush=True)
             os._exit(0)
         os.close(r)
-        log_fd = os.open(run_dir.path / LOG_NAME, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        os.dup2(log_fd, 1)
-        os.dup2(log_fd, 2)
-        os.close(log_fd)
-        sys.stdout = os.fdopen(1, "w", buffering=1)
-        sys.stderr = os.fdopen(2, "w", buffering=1)
+        output_to_log(run_dir.path / LOG_NAME, close=[sup._lock_fd, w])
         os.write(w, b"x")
         os.close(w)
     sup.install_signals(foreground=False)

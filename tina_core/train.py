@@ -14,15 +14,18 @@ import shutil
 import signal
 import sys
 import time
+import traceback
 from pathlib import Path
 
 from tina_core.recipe import Recipe, build_grpo_config, build_lora_config, load_recipe, resolve_base_model
-from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, RunDir, TinaError, append_jsonl, now_iso,
-                              tina_home, write_json_atomic)
+from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, DISK_FULL_ERRNOS, RunDir, TinaError, append_jsonl,
+                              now_iso, tina_home, write_error_text, write_json_atomic)
 
 EXIT_FINISHED = 0
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving; `tina resume` continues
 EXIT_ERROR = 2
+EXIT_DISK_FULL = 74  # EX_IOERR: the run directory could not be written; resume once there is room
+PROBE_BYTES = 64 * 1024
 
 # Keys worth a glance in the one-line-per-step stdout summary.
 _SUMMARY_KEYS = (("reward", "reward"), ("kl", "kl"), ("completions/mean_length", "len"), ("loss", "loss"),
@@ -218,6 +221,46 @@ def train(run_dir: RunDir) -> int:
     return EXIT_FINISHED
 
 
+def disk_full(run_dir: RunDir, exc: BaseException) -> str | None:
+    """The reason to give when ``exc`` ended training because the disk is full, else None.
+
+    An OSError in the exception's chain says so with its errno; torch.save does not ("unexpected
+    pos 576 vs 534"), so then a small probe write into the run directory asks the disk itself."""
+    cause, seen = None, exc
+    for _ in range(16):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
+            cause = seen
+            break
+        seen = seen.__cause__ or seen.__context__
+    if cause is None:
+        probe = run_dir.path / f".tina-probe-{os.getpid()}"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * PROBE_BYTES)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if e.errno in DISK_FULL_ERRNOS:
+                e.filename = None  # the probe is no file of the run's
+                cause = e
+        finally:
+            probe.unlink(missing_ok=True)
+    if cause is None:
+        return None
+    # A checkpoint without its marker is this attempt's (earlier ones were set aside at start).
+    partial = sorted(set(run_dir.checkpoint_steps(complete_only=False)) - set(run_dir.checkpoint_steps()))
+    if partial and (not cause.filename or run_dir.checkpoint_path(partial[-1]) in Path(cause.filename).parents):
+        what = write_error_text(cause, f"checkpoint-{partial[-1]}", doing="saving")
+    elif cause.filename:
+        what = write_error_text(cause)
+    else:
+        what = write_error_text(cause, run_dir.path, doing="writing into")
+    return (f"{what}: make room on the disk of {run_dir.path}, then `tina resume {run_dir.run_id}` "
+            "continues from the latest complete checkpoint")
+
+
 class _OutputThatMayVanish:
     """The trainer's stdout/stderr is a pipe to its supervisor (which masks credentials into
     train.log). If the supervisor is killed, the next write would raise BrokenPipeError and end
@@ -255,11 +298,20 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 1:
         print("usage: python -m tina_core.train RUN_DIR", file=sys.stderr)
         return EXIT_ERROR
+    run_dir = RunDir(Path(argv[0]).resolve())
     try:
-        return train(RunDir(Path(argv[0]).resolve()))
+        return train(run_dir)
     except TinaError as e:
         print(f"tina train: error: {e}", file=sys.stderr)
         return EXIT_ERROR
+    except Exception as e:
+        why = disk_full(run_dir, e)
+        if why is None:
+            raise
+        traceback.print_exc()
+        # last, so the supervisor takes it as the reason (it reads our output even when train.log is full)
+        print(f"tina train: error: {why}", file=sys.stderr, flush=True)
+        return EXIT_DISK_FULL
 
 
 if __name__ == "__main__":
