@@ -436,5 +436,7 @@ def test_small_and_large_chunks_give_the_same_rows(tmp_path):
     other = Store(tmp_path / "b")
     other.ingest()
     assert snapshot(store)["metrics"] == snapshot(other)["metrics"]
+    for table in ("steps", "attempts"):
+        assert store.query(f"SELECT * FROM {table} ORDER BY ALL") == other.query(f"SELECT * FROM {table} ORDER BY ALL")
     assert dict(store.metric_series("r1", "completions/mean_length", max_points=None))[6] == 4.0
     assert store.metric_series("r1", "kl", max_points=None)[:6] == other.metric_series("r1", "kl", max_points=None)[:6]

@@ -37,7 +37,7 @@ LOCK_TIMEOUT_S = 5.0
 WAIT_NOTICE_S, WAIT_YIELD_S = 0.3, 0.03  # a waiter's notice counts this long; a holder yields this
 METRICS, EVENTS, SYSTEM = "metrics.jsonl", "events.jsonl", "system.jsonl"
 TAILED = (METRICS, EVENTS, SYSTEM)
-SMALL_CHUNK_LINES = 64  # metrics lines that go in by one UNPIVOT rather than a SELECT per key
+SMALL_CHUNK_LINES = 64  # metrics lines parsed in Python rather than staged for DuckDB's JSON reader
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -80,9 +80,6 @@ WHERE NOT EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = m.run_id AND a.attem
 QUALIFY row_number() OVER (PARTITION BY m.run_id, m.step, m.key
                            ORDER BY m.attempt DESC, m.ts DESC NULLS LAST) = 1;
 """
-# A metrics row not superseded by a later attempt that resumed at or before its step.
-_CURRENT = ("NOT EXISTS (SELECT 1 FROM attempts a WHERE a.run_id = m.run_id AND a.attempt > m.attempt "
-            "AND a.first_step <= m.step)")
 TABLES = ("runs", "metrics", "attempts", "checkpoints", "evaluations", "eval_samples", "events", "system",
           "quarantine", "ingest_state", "steps", "phase_cache")
 SCHEMA_VERSION = 3  # a file written with another version is dropped and read again
@@ -156,6 +153,14 @@ def _metrics_line_problem(rec: dict) -> str | None:
     if _step_of(rec.get("attempt", 1)) is None:
         return "'attempt' is not an integer"
     return None
+
+
+def _current(attempts: list | None) -> str:
+    """SQL conditions keeping only the rows no later attempt superseded (a later attempt resumed at
+    or before their step), with the run's few attempts as constants: a correlated NOT EXISTS over
+    the attempts table costs more than the scan itself."""
+    pairs = [tuple(a.values()) if isinstance(a, dict) else a for a in (attempts or [])[1:]]  # struct or tuple
+    return "".join(f" AND (attempt >= {int(a)} OR step < {int(first)})" for a, first in pairs)
 
 
 def _sql_str(s: str) -> str:
@@ -479,6 +484,13 @@ class Store:
         must be an integer. Anything else (a malformed line, an unexpected key, a string where a
         number was) fails it, and the lines go through Python one by one instead, which sets bad
         lines aside and hands the good ones back to DuckDB re-encoded."""
+        if chunk.count(b"\n") <= SMALL_CHUNK_LINES:
+            # A live run's few new lines: parsed here and inserted as arrays, three statements in
+            # all (staging a file for DuckDB's reader costs more than reading these lines).
+            parsed, bad = self._parse_lines(chunk, offset, _metrics_line_problem)
+            self._quarantine(con, run_id, METRICS, bad)
+            return IngestStats(lines=chunk.count(b"\n"), rows=self._insert_parsed(con, run_id, parsed),
+                               quarantined=len(bad))
         tmp_dir = Path(tempfile.mkdtemp(prefix="tina-ingest-"))
         try:
             quarantined = 0
@@ -506,12 +518,34 @@ class Store:
                                 kinds[k] = "DOUBLE"
                         f.write(json.dumps(out, allow_nan=True) + "\n")
                 self._stage(con, tmp_dir / "clean.jsonl", kinds)
-            rows = self._insert_staged(con, run_id, [k for k, t in kinds.items() if t == "DOUBLE"],
-                                       chunk.count(b"\n"))
+            rows = self._insert_staged(con, run_id, [k for k, t in kinds.items() if t == "DOUBLE"])
             return IngestStats(lines=chunk.count(b"\n"), rows=rows, quarantined=quarantined)
         finally:
             con.execute("DROP TABLE IF EXISTS _chunk")
             shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    @staticmethod
+    def _insert_parsed(con, run_id: str, parsed: list[tuple[int, dict]]) -> int:
+        """Parsed metrics records as steps, attempts and long metrics rows (canonical names)."""
+        steps, first, long = [], {}, []
+        for _, rec in parsed:
+            step, attempt, ts = _step_of(rec["step"]), _step_of(rec.get("attempt", 1)), _num(rec.get("ts"))
+            steps.append((step, attempt, ts))
+            first[attempt] = min(first.get(attempt, step), step)
+            long += [(step, attempt, k, x, ts) for k, v in metric_keys.normalise_record(rec).items()
+                     if k not in metric_keys.RECORD_FIELDS and (x := _num(v)) is not None]
+        if not steps:
+            return 0
+        con.execute("INSERT INTO attempts SELECT $1, unnest($2::INTEGER[]), unnest($3::BIGINT[]) "
+                    "ON CONFLICT DO UPDATE SET first_step = least(first_step, excluded.first_step)",
+                    [run_id, list(first), list(first.values())])
+        con.execute("INSERT INTO steps SELECT $1, unnest($2::BIGINT[]), unnest($3::INTEGER[]), unnest($4::DOUBLE[])",
+                    [run_id, *map(list, zip(*steps))])
+        if long:
+            con.execute("INSERT INTO metrics SELECT $1, unnest($2::BIGINT[]), unnest($3::INTEGER[]), "
+                        "unnest($4::VARCHAR[]), unnest($5::DOUBLE[]), unnest($6::DOUBLE[])",
+                        [run_id, *map(list, zip(*long))])
+        return len(long)
 
     @staticmethod
     def _stage(con, path: Path, kinds: dict[str, str]) -> None:
@@ -521,7 +555,7 @@ class Store:
                     f"{_sql_str(str(path))}, format='newline_delimited', columns={spec})")
 
     @staticmethod
-    def _insert_staged(con, run_id: str, keys: list[str], lines: int) -> int:
+    def _insert_staged(con, run_id: str, keys: list[str]) -> int:
         """The staging table's values as long metrics rows, under canonical names."""
         values = [k for k in keys if k not in metric_keys.RECORD_FIELDS]
         # Legacy names go in under canonical ones; a line carrying both keeps the canonical value.
@@ -537,15 +571,6 @@ class Store:
                     [run_id])
         if not pairs:
             return 0
-        if lines <= SMALL_CHUNK_LINES:
-            # A live run's few new lines: one UNPIVOT plans and runs several times faster than a
-            # SELECT per key, and a few rows land in one row group either way.
-            cols = ", ".join(f"{expr} AS \"{i}\"" for i, (expr, _) in enumerate(pairs))
-            names = "[" + ", ".join(_sql_str(c) for _, c in pairs) + "]"
-            return con.execute(
-                f"INSERT INTO metrics SELECT $1, _s, _a, {names}[_i::INTEGER + 1], _v, _t FROM (UNPIVOT ("
-                f"SELECT step::BIGINT AS _s, coalesce(attempt, 1)::INTEGER AS _a, {ts} AS _t, {cols} FROM _chunk) "
-                "ON COLUMNS(* EXCLUDE (_s, _a, _t)) INTO NAME _i VALUE _v)", [run_id]).fetchone()[0]
         # One SELECT per key, so the rows of a key land together: a series query then reads a
         # few row groups instead of every one of the run's (and this is cheaper than sorting).
         parts = [f"SELECT step::BIGINT, coalesce(attempt, 1)::INTEGER, {_sql_str(c)}, {expr}, {ts} "
@@ -687,9 +712,7 @@ class Store:
         given = list(keys)
         keys = list(dict.fromkeys(map(metric_keys.normalise_key, given)))
         with self.session():
-            version = self._query(
-                "SELECT (SELECT list((attempt, first_step) ORDER BY attempt) FROM attempts WHERE run_id = $1), "
-                "(SELECT \"offset\" FROM ingest_state WHERE run_id = $1 AND file = $2)", [run_id, METRICS])[0]
+            version = self._metrics_version(run_id)
             out: dict[str, list] = {}
             for k in keys:
                 hit = self._series.get((run_id, k, max_points))
@@ -697,14 +720,9 @@ class Store:
                     out[k] = hit[1]
             todo = [k for k in keys if k not in out]
             if todo:
-                # The same rows as metrics_latest, written out so DuckDB filters before it groups;
-                # the run's few attempts go in as constants (a correlated NOT EXISTS costs more
-                # than the scan).
-                current = "".join(f" AND (attempt >= {int(a['attempt'] if isinstance(a, dict) else a[0])} OR step < "
-                                  f"{int(a['first_step'] if isinstance(a, dict) else a[1])})"
-                                  for a in (version[0] or [])[1:])
+                # The same rows as metrics_latest, written out so DuckDB filters before it groups.
                 base = ("SELECT key, step, arg_max(value, attempt * 1e12 + coalesce(ts, 0)) AS value FROM metrics m "
-                        f"WHERE run_id = $1 AND key IN ({', '.join(map(_sql_str, todo))}){current} "
+                        f"WHERE run_id = $1 AND key IN ({', '.join(map(_sql_str, todo))}){_current(version[0])} "
                         "GROUP BY key, step HAVING isfinite(value)")
                 if not max_points:
                     rows = self._query(base + " ORDER BY key, step", [run_id])
@@ -722,24 +740,40 @@ class Store:
                     self._series[(run_id, k, max_points)] = (version, out[k])
         return {k: list(out[metric_keys.normalise_key(k)]) for k in given}
 
+    def _metrics_version(self, run_id: str) -> tuple:
+        """``(attempts, offset)``: the run's attempts as ``[(attempt, first_step)]`` and how far its
+        metrics file is ingested. Changes whenever the run's metrics do."""
+        hit = self._in_session.get(("version", run_id))
+        if hit is None:
+            hit = self._query(
+                "SELECT (SELECT list((attempt, first_step) ORDER BY attempt) FROM attempts WHERE run_id = $1), "
+                "(SELECT \"offset\" FROM ingest_state WHERE run_id = $1 AND file = $2)", [run_id, METRICS])[0]
+            if self._con is not None:
+                self._in_session[("version", run_id)] = hit
+        return hit
+
     def last_metrics(self, run_id: str) -> dict[str, float]:
         """The latest finite value of every key (canonical names)."""
-        return dict(self._query(
-            "SELECT key, arg_max(value, step * 1e6 + attempt) FROM metrics m WHERE run_id = ? "
-            f"AND isfinite(value) AND {_CURRENT} GROUP BY key ORDER BY key", [run_id]))
+        with self.session():
+            attempts = self._metrics_version(run_id)[0]
+            return dict(self._query(
+                "SELECT key, arg_max(value, step * 1e6 + attempt) FROM metrics m WHERE run_id = ? "
+                f"AND isfinite(value){_current(attempts)} GROUP BY key ORDER BY key", [run_id]))
 
     def step_clock(self, run_id: str) -> tuple[dict[int, tuple[float, int]], int | None]:
         """``({step: (ts, attempt)}, last step)``: cost.step_times of the run's metrics lines, and
         the step of the last one (the latest attempt's furthest), without reading the file."""
         with self.session():
+            attempts = self._metrics_version(run_id)[0]
             rows = self._query(
-                "SELECT step, max(ts), attempt FROM steps m WHERE run_id = $1 AND ts IS NOT NULL "
-                f"AND {_CURRENT} GROUP BY step, attempt "
+                f"SELECT step, max(ts), attempt FROM steps m WHERE run_id = $1{_current(attempts)} "
+                "GROUP BY step, attempt "
                 "QUALIFY row_number() OVER (PARTITION BY step ORDER BY attempt DESC) = 1 ORDER BY step",
                 [run_id])
-            last = self._query("SELECT arg_max(step, attempt * 1e12 + step) FROM steps WHERE run_id = $1",
-                               [run_id])[0][0]
-        return {s: (ts, a) for s, ts, a in rows}, last
+        # the latest attempt's furthest step (rows are one per step, each its latest attempt), also
+        # for lines without a time (imported runs)
+        last = max(((a, s) for s, _, a in rows), default=(None, None))[1]
+        return {s: (ts, a) for s, ts, a in rows if ts is not None}, last
 
     def last_step(self, run_id: str) -> int | None:
         return self._query("SELECT max(step) FROM metrics WHERE run_id = ?", [run_id])[0][0]

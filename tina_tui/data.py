@@ -32,7 +32,7 @@ CHARTS: tuple[tuple[str, str], ...] = (
     ("kl", "kl"),
     ("learning_rate", "lr"),
 )
-REFRESH_BUDGET_S = 0.3    # run objects computed per refresh beyond the selected one
+REFRESH_BUDGET_S = 0.2    # per refresh, for ingesting and describing runs beyond the selected one
 SERIES_POINTS = 400      # per chart; sparklines bucket these further into columns
 LOG_BACKFILL = 64 * 1024  # bytes of train.log shown when a run is first opened
 LOG_KEEP = 2000           # lines kept in the log widget
@@ -311,18 +311,27 @@ class Collector:
             dirs = list_run_dirs(self.home)
             sigs = {rd.run_id: run_signature(rd, with_heartbeat=False) for rd in dirs}
             changed = [rid for rid, sig in sigs.items() if self._ingested.get(rid) != sig]
+            target = selected if selected in sigs else (dirs[-1].run_id if dirs else None)
+            deferred: set[str] = set()
             try:
                 with contextlib.ExitStack() as self._session:
                     self._in_session = False
                     if store is not None and changed:
-                        # only the runs whose files moved; same connection as the queries after it
-                        self._ask("ingest", changed)
-                        self._ingested.update((rid, sigs[rid]) for rid in changed)
-                    snap = self._collect(selected, dirs, sigs, detail_key)
+                        # Only the runs whose files moved, in this refresh's one connection: the
+                        # run in view first, then the others while the budget lasts. A first
+                        # index build of a big workspace shows the run in view at once; the rest
+                        # fills in over the next refreshes.
+                        for rid in sorted(changed, key=lambda r: r != target):
+                            if rid != target and time.perf_counter() - t0 > REFRESH_BUDGET_S:
+                                deferred.add(rid)
+                                continue
+                            self._ask("ingest", [rid])
+                            self._ingested[rid] = sigs[rid]
+                    snap = self._collect(selected, dirs, sigs, detail_key, deferred, t0)
             except TinaError as e:  # the database is busy: show the run directories alone
                 self._store_error = str(e)
                 self._cycle_store = None
-                snap = self._collect(selected, dirs, sigs, detail_key)
+                snap = self._collect(selected, dirs, sigs, detail_key, started=t0)
             finally:
                 self._session = None
             snap.error = snap.error or self._store_error
@@ -350,25 +359,27 @@ class Collector:
         return run
 
     def _collect(self, selected: str | None, dirs: list[RunDir], sigs: dict[str, tuple],
-                 detail_key: str | None = None) -> Snapshot:
+                 detail_key: str | None = None, deferred: set[str] = frozenset(),
+                 started: float | None = None) -> Snapshot:
         notices: list[Notice] = []
         error = None
         now = self.clock()
         ids = [rd.run_id for rd in dirs]
         if selected not in ids:
             selected = ids[-1] if ids else None
-        # The selected run first, then the others while the refresh budget lasts; rows not
-        # described yet are filled in by the refreshes that follow (a big workspace's first frame
-        # shows at once instead of after every run is read).
-        start = time.perf_counter()
+        # The selected run first, then the others while the refresh's budget lasts (ingesting
+        # counts against it too); rows not described yet are filled in by the refreshes that
+        # follow (a big workspace's first frame shows at once instead of after every run is read).
+        start = time.perf_counter() if started is None else started
         order = sorted(range(len(dirs)), key=lambda i: dirs[i].run_id != selected)
         rows: dict[int, dict[str, Any]] = {}
         for i in order:
-            over = time.perf_counter() - start > REFRESH_BUDGET_S and dirs[i].run_id != selected
-            rows[i] = self._describe(dirs[i], now, sigs[dirs[i].run_id], cached_only=over)
+            rid = dirs[i].run_id
+            over = (time.perf_counter() - start > REFRESH_BUDGET_S and rid != selected) or rid in deferred
+            rows[i] = self._describe(dirs[i], now, sigs[rid], cached_only=over)
             notices += self._new_events(dirs[i]) + self._run_notices(rows[i])
         run_list = [rows[i] for i in range(len(dirs))]
-        self.pending = any(r.get("pending") for r in run_list)
+        self.pending = bool(deferred) or any(r.get("pending") for r in run_list)
         self._described = {k: v for k, v in self._described.items() if k in sigs}
         view = None
         if selected is not None:
@@ -401,7 +412,9 @@ class Collector:
                 detail[detail_key] = [(float(s), float(v)) for s, v in full if v is not None]
             queried = (series, epoch, phase, rec,
                        self._ask("checkpoints", rid, default=[]) or [],
-                       self._ask("system_latest", rid, default=[]) or [], detail)
+                       # no system.jsonl (a CPU run), nothing to ask for
+                       (self._ask("system_latest", rid, default=[]) or []) if rd.system.exists() else [],
+                       detail)
             if not self._store_error:  # never cache a failed query
                 self._view_cache = (key, queried)
         else:

@@ -3,11 +3,15 @@ none of them reads files or the store."""
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
+from rich.segment import Segment
+from rich.style import Style
 from rich.text import Text
 from textual.binding import Binding
 from textual.reactive import reactive
+from textual.strip import Strip
 from textual.widget import Widget
 from textual.widgets import DataTable, Log, Static
 
@@ -47,6 +51,10 @@ def marker_text(phase: dict[str, Any] | None) -> Text:
     return Text("-", style="dim")
 
 
+def _looks(cells: tuple[Text, ...]) -> tuple:
+    return tuple((c.plain, str(c.style), c.justify) for c in cells)
+
+
 class RunsTable(DataTable):
     """Every run in the workspace; the highlighted row is the selected run (enter: its plot)."""
 
@@ -56,8 +64,8 @@ class RunsTable(DataTable):
     def on_mount(self) -> None:
         self.cursor_type = "row"
         self.zebra_stripes = False
-        for key, label in self.COLUMNS:
-            self.add_column(label, key=key)
+        self._shown: dict[str, tuple] = {}  # run_id -> what its cells show now
+        self._widths: tuple[int, ...] = ()
 
     @staticmethod
     def cells(run: dict[str, Any]) -> tuple:
@@ -77,15 +85,31 @@ class RunsTable(DataTable):
         )
 
     def update_runs(self, runs: list[dict[str, Any]], selected: str | None) -> None:
+        """Columns get fixed widths that fit every cell, and only the cells that changed are
+        touched: letting the table re-measure its columns every second was most of a refresh with
+        many runs. The table is rebuilt when the runs change or a cell outgrows its column."""
         ids = [r["run_id"] for r in runs]
-        if ids != [str(k.value) for k in self.rows]:
-            self.clear()
-            for r in runs:
-                self.add_row(*self.cells(r), key=r["run_id"])
+        rows = [self.cells(r) for r in runs]
+        widths = tuple(max([len(label)] + [cells[i].cell_len for cells in rows])
+                       for i, (_, label) in enumerate(self.COLUMNS))
+        if ids != [str(k.value) for k in self.rows] or any(w > have for w, have in zip(widths, self._widths)) \
+                or not self._widths:
+            self.clear(columns=True)
+            self._widths = widths
+            for (key, label), width in zip(self.COLUMNS, widths):
+                self.add_column(label, key=key, width=width)
+            for rid, cells in zip(ids, rows):
+                self.add_row(*cells, key=rid)
+            self._shown = {rid: _looks(cells) for rid, cells in zip(ids, rows)}
         else:
-            for r in runs:
-                for (key, _), cell in zip(self.COLUMNS, self.cells(r)):
-                    self.update_cell(r["run_id"], key, cell, update_width=True)
+            for rid, cells in zip(ids, rows):
+                looks, was = _looks(cells), self._shown.get(rid)
+                if looks == was:
+                    continue
+                for i, ((key, _), cell) in enumerate(zip(self.COLUMNS, cells)):
+                    if was is None or looks[i] != was[i]:
+                        self.update_cell(rid, key, cell)
+                self._shown[rid] = looks
         if selected in ids and self.cursor_row != ids.index(selected):
             self.move_cursor(row=ids.index(selected), animate=False)
 
@@ -129,11 +153,18 @@ class CostBar(Static):
 
 class ChartsPanel(Widget, can_focus=True):
     """Sparklines of the run's key metrics over one shared step axis, with the phase marker in the
-    same column under each. Taller panels get taller sparklines."""
+    same column under each. Taller panels get taller sparklines.
+
+    Drawn with Textual's line API from strips built once per snapshot: going through a rich Text
+    for every line cost more than the rest of a refresh put together."""
 
     selected: reactive[int] = reactive(0)
     view: reactive[RunView | None] = reactive(None, always_update=True)
     LABEL = 16  # label (8) + last value (8)
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._strips: list[Strip] | None = None
 
     def cursor(self, delta: int) -> None:
         self.selected = (self.selected + delta) % len(CHARTS)
@@ -142,34 +173,48 @@ class ChartsPanel(Widget, can_focus=True):
     def selected_key(self) -> str:
         return CHARTS[self.selected][0]
 
-    def render(self) -> Text:
+    def watch_view(self) -> None:
+        self._strips = None
+
+    def watch_selected(self) -> None:
+        self._strips = None
+
+    def on_resize(self) -> None:
+        self._strips = None
+
+    def render_line(self, y: int) -> Strip:
+        if self._strips is None:
+            base, width = self.rich_style, self.size.width
+            self._strips = [Strip([Segment(text, base + _style(style)) for text, style in parts if text])
+                            .crop_extend(0, width, base) for parts in self.lines()]
+        if y < len(self._strips):
+            return self._strips[y]
+        return Strip.blank(self.size.width, self.rich_style)
+
+    def lines(self) -> list[list[tuple[str, str]]]:
+        """The panel as lines of (text, style) parts, top to bottom."""
         view, width, height = self.view, self.size.width, self.size.height
-        out = Text(no_wrap=True, overflow="crop")
         if view is None:
-            return Text("no data yet", style="dim")
+            return [[("no data yet", "dim")]]
         sw = max(4, width - self.LABEL - 1)
+        pad = " " * (self.LABEL + 1)
         x0, x1 = view.step_range
         phase = view.phase or {}
         status = phase.get("status")
         mcol = column_of(phase["step"], x0, x1, sw) if status in ("tentative", "confirmed") else None
         rows = max(1, (height - 2) // len(CHARTS) - 1)
         mstyle = "bold magenta" if status == "confirmed" else "magenta"
+        out: list[list[tuple[str, str]]] = []
         for i, (key, label) in enumerate(CHARTS):
             pts = view.series.get(key) or []
-            buckets = bucket_mean(pts, x0, x1, sw)
-            lines = spark_rows(buckets, rows)
+            spark = spark_rows(bucket_mean(pts, x0, x1, sw), rows)
             last = pts[-1][1] if pts else None
             sel = i == self.selected
-            for r, line in enumerate(lines):
-                head = f"{label:<8}{fmt_value(last):>8} " if r == 0 else " " * (self.LABEL + 1)
-                out.append(head, style="reverse" if sel and r == 0 else "bold" if r == 0 else "")
-                out.append(line, style="cyan" if sel else "green")
-                out.append("\n")
-            out.append(" " * (self.LABEL + 1))
-            out.append(marker_line(sw, mcol, status), style=mstyle)
-            out.append("\n")
-        axis = f"step {int(x0)}"
-        end = f"{int(x1)}"
+            for r, line in enumerate(spark):
+                head = (f"{label:<8}{fmt_value(last):>8} ", "reverse" if sel else "bold") if r == 0 else (pad, "")
+                out.append([head, (line, "cyan" if sel else "green")])
+            out.append([(pad, ""), (marker_line(sw, mcol, status), mstyle)])
+        axis, end = f"step {int(x0)}", f"{int(x1)}"
         pace = " ".join(p for p in (
             f"{view.run['seconds_per_step']:.2f} s/step" if view.run.get("seconds_per_step") else "",
             f"eta {duration(view.run['eta_s'])}" if view.run.get("eta_s") is not None else "") if p)
@@ -178,16 +223,20 @@ class ChartsPanel(Widget, can_focus=True):
             left = (gap - len(pace)) // 2
             axis += " " * left + pace
             gap -= left + len(pace)
-        out.append(" " * (self.LABEL + 1) + axis + " " * max(1, gap) + end + "\n", style="dim")
-        out.append(" " * (self.LABEL + 1))
+        out.append([(pad + axis + " " * max(1, gap) + end, "dim")])
         if status in ("tentative", "confirmed"):
             label = dict(CHARTS).get(phase.get("signal"), phase.get("signal") or "")
-            out.append(f"{MARK_TENTATIVE} tentative {MARK_CONFIRMED} confirmed  "[:sw], style="dim")
-            out.append(f"{status} @ {phase.get('step')}: {label} {phase.get('direction') or ''}"[
-                       :max(0, sw - 33)], style=mstyle)
+            out.append([(pad, ""), (f"{MARK_TENTATIVE} tentative {MARK_CONFIRMED} confirmed  "[:sw], "dim"),
+                        (f"{status} @ {phase.get('step')}: {label} {phase.get('direction') or ''}"[:max(0, sw - 33)],
+                         mstyle)])
         else:
-            out.append("no phase transition yet"[:sw], style="dim")
+            out.append([(pad, ""), ("no phase transition yet"[:sw], "dim")])
         return out
+
+
+@functools.lru_cache(maxsize=64)
+def _style(spec: str) -> Style:
+    return Style.parse(spec) if spec else Style()
 
 
 class CheckpointsTable(DataTable):
