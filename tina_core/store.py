@@ -14,6 +14,8 @@ open across TUI refreshes. The schema is documented in docs/schema.md.
 
 from __future__ import annotations
 
+import collections
+import copy
 import hashlib
 import json
 import os
@@ -25,7 +27,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import duckdb
 
@@ -82,6 +84,12 @@ QUALIFY row_number() OVER (PARTITION BY m.run_id, m.step, m.key
 """
 TABLES = ("runs", "metrics", "attempts", "checkpoints", "evaluations", "eval_samples", "events", "system",
           "quarantine", "ingest_state", "steps", "phase_cache")
+# Answers kept by Store._by_files, the most recently used: a live run's few, a cockpit's view of a
+# handful of runs (a long run's step clock holds a tuple per step, so not every run's is kept).
+ANSWERS_KEPT = 24
+# Where each source of a run sits in Store._signature's tuple (run.json, the tailed files, then
+# the checkpoint folders and the complete ones).
+_SIG_PARTS = {"metrics": 1, "events": 2, "system": 3, "checkpoints": slice(4, 6)}
 SCHEMA_VERSION = 3  # a file written with another version is dropped and read again
 # Rows that came from each tailed file, dropped when that file is found rewritten from scratch.
 _FILE_TABLES = {METRICS: ("metrics", "attempts", "steps", "phase_cache"), EVENTS: ("events", "evaluations", "eval_samples"), SYSTEM: ("system",)}
@@ -230,9 +238,10 @@ class Store:
         self._phase_cache: dict[tuple, Any] = {}
         self._phase_recent: dict[tuple, tuple[float, Any]] = {}  # (run, params) -> (when computed, result)
         self._series: dict[tuple, tuple[Any, list]] = {}
-        # Answers that stand for the rest of one session unless it writes: a refresh asks for the
-        # same run's checkpoints from the run object, the recommendation and the view.
+        # Answers that stand for the rest of one session unless it writes.
         self._in_session: dict[tuple, Any] = {}
+        # see _by_files: (what, run_id) -> (files' version, answer), the most recently used last
+        self._answers: collections.OrderedDict[tuple, tuple[tuple, Any]] = collections.OrderedDict()
 
     # --- connections ---------------------------------------------------------------------------
     def _open(self) -> duckdb.DuckDBPyConnection:
@@ -392,6 +401,7 @@ class Store:
         self._phase_recent.clear()
         self._series.clear()
         self._in_session.clear()
+        self._answers.clear()
         return self.ingest()
 
     def _forget(self, con, run_id: str) -> None:
@@ -752,28 +762,53 @@ class Store:
                 self._in_session[("version", run_id)] = hit
         return hit
 
+    def _by_files(self, what: str, run_id: str, files: tuple[str, ...], compute: Callable[[], Any],
+                  clone: Callable[[Any], Any] = copy.deepcopy) -> Any:
+        """``compute()``'s answer, kept while the run's ``files`` (metrics, events, system,
+        checkpoints) stay as this process last ingested them. The index is a function of the
+        files, so the answer only changes with them; another process's newer ingest is seen at
+        this one's next ingest. A cockpit refresh with one new metrics line then asks again only
+        what that line changes. Callers get a copy."""
+        seen = self._seen.get(run_id)
+        if seen is None:
+            return compute()
+        version = tuple(seen[_SIG_PARTS[f]] for f in files)
+        hit = self._answers.get((what, run_id))
+        if hit is None or hit[0] != version:
+            hit = (version, compute())
+            self._answers[(what, run_id)] = hit
+            while len(self._answers) > ANSWERS_KEPT:
+                self._answers.popitem(last=False)
+        self._answers.move_to_end((what, run_id))
+        return clone(hit[1])
+
     def last_metrics(self, run_id: str) -> dict[str, float]:
         """The latest finite value of every key (canonical names)."""
-        with self.session():
-            attempts = self._metrics_version(run_id)[0]
-            return dict(self._query(
-                "SELECT key, arg_max(value, step * 1e6 + attempt) FROM metrics m WHERE run_id = ? "
-                f"AND isfinite(value){_current(attempts)} GROUP BY key ORDER BY key", [run_id]))
+        def query() -> dict[str, float]:
+            with self.session():
+                attempts = self._metrics_version(run_id)[0]
+                return dict(self._query(
+                    "SELECT key, arg_max(value, step * 1e6 + attempt) FROM metrics m WHERE run_id = ? "
+                    f"AND isfinite(value){_current(attempts)} GROUP BY key ORDER BY key", [run_id]))
+        return self._by_files("last_metrics", run_id, ("metrics",), query)
 
     def step_clock(self, run_id: str) -> tuple[dict[int, tuple[float, int]], int | None]:
         """``({step: (ts, attempt)}, last step)``: cost.step_times of the run's metrics lines, and
         the step of the last one (the latest attempt's furthest), without reading the file."""
-        with self.session():
-            attempts = self._metrics_version(run_id)[0]
-            rows = self._query(
-                f"SELECT step, max(ts), attempt FROM steps m WHERE run_id = $1{_current(attempts)} "
-                "GROUP BY step, attempt "
-                "QUALIFY row_number() OVER (PARTITION BY step ORDER BY attempt DESC) = 1 ORDER BY step",
-                [run_id])
-        # the latest attempt's furthest step (rows are one per step, each its latest attempt), also
-        # for lines without a time (imported runs)
-        last = max(((a, s) for s, _, a in rows), default=(None, None))[1]
-        return {s: (ts, a) for s, ts, a in rows if ts is not None}, last
+        def query() -> tuple[dict[int, tuple[float, int]], int | None]:
+            with self.session():
+                attempts = self._metrics_version(run_id)[0]
+                rows = self._query(
+                    f"SELECT step, max(ts), attempt FROM steps m WHERE run_id = $1{_current(attempts)} "
+                    "GROUP BY step, attempt "
+                    "QUALIFY row_number() OVER (PARTITION BY step ORDER BY attempt DESC) = 1 ORDER BY step",
+                    [run_id])
+            # the latest attempt's furthest step (rows are one per step, each its latest attempt),
+            # also for lines without a time (imported runs)
+            last = max(((a, s) for s, _, a in rows), default=(None, None))[1]
+            return {s: (ts, a) for s, ts, a in rows if ts is not None}, last
+        # a shallow copy: a long run's clock has a tuple per step, and tuples are immutable
+        return self._by_files("step_clock", run_id, ("metrics",), query, lambda r: (dict(r[0]), r[1]))
 
     def last_step(self, run_id: str) -> int | None:
         return self._query("SELECT max(step) FROM metrics WHERE run_id = ?", [run_id])[0][0]
@@ -816,31 +851,28 @@ class Store:
     def checkpoints(self, run_id: str) -> list[dict]:
         """Complete checkpoints, ascending: [{step, evals: {task: score}, avg}] (latest score of
         each task; avg is the mean over the tasks evaluated, None when none were)."""
-        hit = self._in_session.get(("checkpoints", run_id))
-        if hit is not None and self._con is not None:
-            return [dict(c, evals=dict(c["evals"])) for c in hit]
-        with self.session():
-            steps = [s for (s,) in self._query(
-                "SELECT step FROM checkpoints WHERE run_id = ? AND complete ORDER BY step", [run_id])]
-            scores = self._query(
-                "SELECT checkpoint, task, arg_max(score, coalesce(ts, 0)) FROM evaluations "
-                "WHERE run_id = ? AND checkpoint IS NOT NULL AND isfinite(score) GROUP BY ALL", [run_id])
-        evals: dict[int, dict[str, float]] = {}
-        for ck, task, score in scores:
-            evals.setdefault(ck, {})[task] = score
-        out = []
-        for s in sorted(set(steps) | set(evals)):
-            e = dict(sorted(evals.get(s, {}).items()))
-            out.append({"step": s, "evals": e, "avg": sum(e.values()) / len(e) if e else None})
-        if self._con is not None:
-            self._in_session[("checkpoints", run_id)] = [dict(c, evals=dict(c["evals"])) for c in out]
-        return out
+        def query() -> list[dict]:
+            with self.session():
+                steps = [s for (s,) in self._query(
+                    "SELECT step FROM checkpoints WHERE run_id = ? AND complete ORDER BY step", [run_id])]
+                scores = self._query(
+                    "SELECT checkpoint, task, arg_max(score, coalesce(ts, 0)) FROM evaluations "
+                    "WHERE run_id = ? AND checkpoint IS NOT NULL AND isfinite(score) GROUP BY ALL", [run_id])
+            evals: dict[int, dict[str, float]] = {}
+            for ck, task, score in scores:
+                evals.setdefault(ck, {})[task] = score
+            out = []
+            for s in sorted(set(steps) | set(evals)):
+                e = dict(sorted(evals.get(s, {}).items()))
+                out.append({"step": s, "evals": e, "avg": sum(e.values()) / len(e) if e else None})
+            return out
+        return self._by_files("checkpoints", run_id, ("events", "checkpoints"), query)
 
     def base_evals(self, run_id: str) -> dict[str, float]:
         """The base model's latest score of each task (its evaluations have no checkpoint)."""
-        return dict(self._query(
+        return self._by_files("base_evals", run_id, ("events",), lambda: dict(self._query(
             "SELECT task, arg_max(score, coalesce(ts, 0)) FROM evaluations WHERE run_id = ? "
-            "AND checkpoint IS NULL AND isfinite(score) GROUP BY task ORDER BY task", [run_id]))
+            "AND checkpoint IS NULL AND isfinite(score) GROUP BY task ORDER BY task", [run_id])))
 
     def eval_samples(self, run_id: str, eval_id: str) -> list[dict]:
         """One evaluation's samples in lighteval's order: {sample, doc_id, prompt, gold, prediction, score}."""
@@ -865,9 +897,9 @@ class Store:
         return phase_mod.recommend(ph, cks)
 
     def system_latest(self, run_id: str) -> list[dict]:
-        rows = self._query(
+        rows = self._by_files("system_latest", run_id, ("system",), lambda: self._query(
             "SELECT gpu, util, mem_used, mem_total, power_w, ts FROM system WHERE run_id = $1 "
-            "AND ts = (SELECT max(ts) FROM system WHERE run_id = $1) ORDER BY gpu", [run_id])
+            "AND ts = (SELECT max(ts) FROM system WHERE run_id = $1) ORDER BY gpu", [run_id]))
         return [dict(zip(("index", "util", "mem_used", "mem_total", "power_w", "ts"), r)) for r in rows]
 
     def events(self, run_id: str, kinds: Iterable[str] | None = None) -> list[dict]:

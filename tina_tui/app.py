@@ -19,14 +19,14 @@ from textual import on, work
 from textual.app import App, ComposeResult
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static, TabbedContent, TabPane
+from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from tina_core.rundir import TinaError, find_run, tina_home
 from tina_tui.actions import bindings
 from tina_tui.commands import CockpitCommands
 from tina_tui.data import Collector, RunView, Snapshot
 from tina_tui.screens import ConfirmScreen, DetailScreen, HelpScreen, RecipePicker, TaskChooser
-from tina_tui.widgets import (ChartsPanel, CheckpointsTable, CostBar, GpuPanel, LogTail, RunsTable,
+from tina_tui.widgets import (ChartsPanel, CheckpointsTable, CostBar, GpuPanel, LogTail, Panel, RunsTable,
                               recommendation_line)
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -60,7 +60,7 @@ class MainScreen(Screen[None]):
             with TabPane("1 charts", id="charts"):
                 yield ChartsPanel(id="charts-panel")
             with TabPane("2 checkpoints", id="checkpoints"):
-                yield Static(id="ckpt-note")
+                yield Panel(id="ckpt-note")
                 yield CheckpointsTable(id="ckpts")
             with TabPane("3 log", id="log"):
                 yield LogTail(id="log-tail", max_lines=2000)
@@ -82,9 +82,9 @@ class MainScreen(Screen[None]):
         self.query_one(RunsTable).update_runs(snap.runs, view.run_id if view else self.app_.selected)
         self.query_one(CostBar).show(view.run if view else None, view.recommendation if view else None,
                                      view.checkpoints if view else [])
-        self.query_one(ChartsPanel).view = view
+        self.query_one(ChartsPanel).show(view)
         self.query_one(CheckpointsTable).update_rows(view.checkpoints if view else [], view.run_id if view else None)
-        self.query_one("#ckpt-note", Static).update(
+        self.query_one("#ckpt-note", Panel).set_text(
             recommendation_line(view.run if view else None, view.recommendation if view else None))
         self.query_one(GpuPanel).show(view.run if view else None, view.system if view else [])
         if view is not None:

@@ -42,6 +42,16 @@ def duration(seconds: float | None) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
+def eta_text(seconds: float | None) -> str:
+    """An ETA to the minute (to ten seconds in its last ten minutes): seconds that tick every
+    refresh say nothing an hour out, and redrawing them costs every refresh."""
+    if seconds is None:
+        return "-"
+    if seconds >= 600:
+        return duration(round(seconds / 60) * 60).replace("m00s", "m")
+    return duration(round(seconds / 10) * 10)
+
+
 def marker_text(phase: dict[str, Any] | None) -> Text:
     status = (phase or {}).get("status") or "none"
     if status == "confirmed":
@@ -78,7 +88,7 @@ class RunsTable(DataTable):
             # "r2": restarted twice after crashes
             Text(state + (f" r{restarts}" if restarts else ""), style=STATE_STYLE.get(state, "")),
             Text(step, justify="right"),
-            Text(duration(run.get("eta_s")), justify="right"),
+            Text(eta_text(run.get("eta_s")), justify="right"),
             Text(usd((run.get("cost_usd") or {}).get("total")), justify="right"),
             marker_text(run.get("phase_transition")),
             Text("-" if rec is None else str(rec), justify="right"),
@@ -142,13 +152,26 @@ def cost_line(run: dict[str, Any] | None, recommended: int | None, checkpoints: 
     return t
 
 
-class CostBar(Static):
+class Panel(Static):
+    """A Static that redraws only when its content changes (a refresh a second would otherwise
+    repaint every panel every second)."""
+
+    _shown: tuple | None = None
+
+    def set_text(self, text: Text) -> None:
+        looks = (text.plain, tuple(text.spans), str(text.style))
+        if looks != self._shown:
+            self._shown = looks
+            self.update(text)
+
+
+class CostBar(Panel):
     """The money line: always visible, on the main screen and the detail view."""
 
     def show(self, run: dict[str, Any] | None, recommendation: dict[str, Any] | None,
              checkpoints: list[dict[str, Any]]) -> None:
         rec = (recommendation or {}).get("recommended", (run or {}).get("recommended_checkpoint"))
-        self.update(cost_line(run, rec, checkpoints))
+        self.set_text(cost_line(run, rec, checkpoints))
 
 
 class ChartsPanel(Widget, can_focus=True):
@@ -159,12 +182,25 @@ class ChartsPanel(Widget, can_focus=True):
     for every line cost more than the rest of a refresh put together."""
 
     selected: reactive[int] = reactive(0)
-    view: reactive[RunView | None] = reactive(None, always_update=True)
     LABEL = 16  # label (8) + last value (8)
 
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
+        self.view: RunView | None = None
+        self._drawn: tuple | None = None
         self._strips: list[Strip] | None = None
+
+    def show(self, view: RunView | None) -> None:
+        """Draw a new snapshot's run, only if what the panel shows changed: a live run between
+        its steps brings the same series (the same objects) every second."""
+        self.view = view
+        drawn = None if view is None else (
+            view.run_id, id(view.series), repr(view.phase), view.step_range,
+            view.run.get("seconds_per_step"), eta_text(view.run.get("eta_s")))
+        if drawn != self._drawn:
+            self._drawn = drawn
+            self._strips = None
+            self.refresh()
 
     def cursor(self, delta: int) -> None:
         self.selected = (self.selected + delta) % len(CHARTS)
@@ -172,9 +208,6 @@ class ChartsPanel(Widget, can_focus=True):
     @property
     def selected_key(self) -> str:
         return CHARTS[self.selected][0]
-
-    def watch_view(self) -> None:
-        self._strips = None
 
     def watch_selected(self) -> None:
         self._strips = None
@@ -217,7 +250,7 @@ class ChartsPanel(Widget, can_focus=True):
         axis, end = f"step {int(x0)}", f"{int(x1)}"
         pace = " ".join(p for p in (
             f"{view.run['seconds_per_step']:.2f} s/step" if view.run.get("seconds_per_step") else "",
-            f"eta {duration(view.run['eta_s'])}" if view.run.get("eta_s") is not None else "") if p)
+            f"eta {eta_text(view.run['eta_s'])}" if view.run.get("eta_s") is not None else "") if p)
         gap = sw - len(axis) - len(end)
         if pace and gap >= len(pace) + 2:
             left = (gap - len(pace)) // 2
@@ -330,13 +363,13 @@ def meter(frac: float, width: int) -> str:
     return "[" + "|" * n + " " * (width - n) + "]"
 
 
-class GpuPanel(Static):
+class GpuPanel(Panel):
     """Utilisation and memory per GPU from the run's latest system sample (nvitop-style bars)."""
 
     def show(self, run: dict[str, Any] | None, system: list[dict[str, Any]]) -> None:
         t = Text(no_wrap=True, overflow="ellipsis")
         if not run:
-            self.update(t)
+            self.set_text(t)
             return
         gpus = run.get("gpu_count") or 0
         if not system:
@@ -344,7 +377,7 @@ class GpuPanel(Static):
             what = "CPU" if not gpus or str(device).lower() == "cpu" else f"{gpus}x {device} (no sample yet)"
             t.append(f"{what}\n", style="bold")
             t.append(f"{usd(run.get('gpu_hour_usd'))}/GPU-hour", style="dim")
-            self.update(t)
+            self.set_text(t)
             return
         bar = max(10, min(40, (self.size.width or 80) // 2 - 20))
         for g in system:
@@ -356,7 +389,7 @@ class GpuPanel(Static):
             if g.get("power_w") is not None:
                 t.append(f"  {g['power_w']:.0f}W", style="dim")
             t.append("\n")
-        self.update(t)
+        self.set_text(t)
 
 
 class LogTail(Log):
