@@ -203,7 +203,7 @@ async def test_checkpoints_table_and_evaluation_keys(home):
         await pilot.press("2")
         await pilot.pause()
         table = app.query_one(CheckpointsTable)
-        assert table.row_count == len(rd.checkpoint_steps())
+        assert table.row_count == 1 + len(rd.checkpoint_steps())     # the base model's row first
         text = screen_text(app)
         assert "aime24" in text and "avg" in text and "$ at" in text
         rec = app.view.recommendation["recommended"]
@@ -212,7 +212,14 @@ async def test_checkpoints_table_and_evaluation_keys(home):
         # the note over the table says what * and + mean, and that they disagree
         assert f"* {rec} recommended" in text and f"+ {best} best evaluated" in text and "disagree" in text
         assert table.selected_step == rec           # the table opens on the recommended checkpoint
-        await pilot.press("k", "k", "k", "j", "j", "k")
+        await pilot.press("k", "k", "k")           # the top row is the base model's
+        assert table.selected_step == "base"
+        await pilot.press("e")
+        await settle(app, pilot)
+        assert isinstance(app.screen, TaskChooser) and app.screen.what == "the base model"
+        await pilot.press("escape")
+        await pilot.pause()
+        await pilot.press("j", "j")
         assert table.selected_step == rd.checkpoint_steps()[1]
         # e: the selected checkpoint, through the task chooser
         await pilot.press("e")
@@ -465,8 +472,10 @@ async def test_notifications_for_events_while_watching(home):
         assert notes(app) == []                     # history is shown, not re-announced
         rd.event("restarted", attempt=2, delay_s=10, reason="exit code -9")
         rd.event("eval_finished", eval_id="x", checkpoint=100, task="aime24", score=0.4)
+        rd.event("write_failed", file="train.log", error="[Errno 28] No space left on device", attempt=2)
         await refreshed(app, pilot)
         got = notes(app)
+        assert any("cannot write train.log: [Errno 28] No space left on device" in m for m in got)
         assert any("crashed, restarting (attempt 2)" in m for m in got)
         assert any("aime24 of checkpoint 100 = 40.0" in m for m in got)
 

@@ -123,24 +123,26 @@ def test_event_tail_reports_only_new_events(tmp_path):
 def test_checkpoint_rows_join_cost_evals_curves_and_phase():
     run = {"checkpoints": [{"step": 50, "cost_usd_at": 1.5, "evals": {}},
                            {"step": 100, "cost_usd_at": 3.0, "evals": {"aime24": 0.4}}],
-           "dataset_size": 800}
+           "dataset_size": 800, "base": {"evals": {"aime24": 0.3}, "avg": 0.3}}
     store = [{"step": 100, "evals": {"aime24": 0.4, "math_500": 0.8}, "avg": 0.6}]
     series = {FORMAT: [(40.0, 0.1), (50.0, 0.2), (90.0, 0.9)], LENGTH: [(50.0, 2000.0), (100.0, 900.0)]}
     rows = checkpoint_rows(run, store, series, [(50.0, 0.5), (100.0, 1.0)],
                            {"step": 80, "status": "confirmed"}, recommended=50)
-    assert [r["step"] for r in rows] == [50, 100]
-    a, b = rows
+    assert [r["step"] for r in rows] == ["base", 50, 100]   # the base model first, to compare with
+    base, a, b = rows
+    assert base["evals"] == {"aime24": 0.3} and base["avg"] == 0.3 and not base["recommended"]
     assert a["format"] == 0.2 and a["length"] == 2000.0 and a["epoch_pct"] == 50.0
     assert a["phase"] == "before" and b["phase"] == "after"
     assert a["recommended"] and not b["recommended"]
     assert a["cost_usd_at"] == 1.5 and a["evals"] == {} and a["avg"] is None
     assert b["evals"] == {"aime24": 0.4, "math_500": 0.8} and b["avg"] == 0.6
     # without an epoch series the epoch comes from the dataset size (8 prompts per step)
-    (only,) = checkpoint_rows({"checkpoints": [{"step": 50}], "dataset_size": 800}, [], {}, [], None, None)
+    _, only = checkpoint_rows({"checkpoints": [{"step": 50}], "dataset_size": 800}, [], {}, [], None, None)
+    assert checkpoint_rows({"checkpoints": []}, [], {}, [], None, None) == []   # no checkpoint, no base row
     assert only["epoch_pct"] == pytest.approx(50.0) and only["phase"] is None
     # a checkpoint exactly at the transition is "at" it, and that is where the recommendation sits
     at = checkpoint_rows(run, store, series, [], {"step": 100, "status": "tentative"}, recommended=100)
-    assert [r["phase"] for r in at] == ["before", "at"] and at[1]["recommended"]
+    assert [r["phase"] for r in at] == [None, "before", "at"] and at[2]["recommended"]
 
 
 def test_demo_workspace_is_deterministic(tmp_path):

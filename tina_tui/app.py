@@ -364,7 +364,8 @@ class TinaApp(App[None]):
         except (TinaError, OSError, yaml.YAMLError) as e:
             self.post_message(ActionDone(f"tasks: {e}", ok=False))
             return
-        what = f"checkpoint {checkpoint}" if isinstance(checkpoint, int) else f"{checkpoint} checkpoint(s)"
+        what = (f"checkpoint {checkpoint}" if isinstance(checkpoint, int) else "the base model"
+                if checkpoint == "base" else f"{checkpoint} checkpoint(s)")
         self.call_from_thread(self.push_screen, TaskChooser(what, dict(evaluate.TASKS), defaults),
                               lambda tasks: self.queue_eval(run_id, checkpoint, tasks) if tasks else None)
 

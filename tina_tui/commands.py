@@ -40,7 +40,8 @@ class CockpitCommands(Provider):
                 yield f"Evaluate the recommended checkpoint of {name}", partial(app.choose_eval, "recommended"), ""
                 yield f"Evaluate all checkpoints of {name}", partial(app.choose_eval, "all"), ""
                 for c in view.checkpoints:
-                    yield f"Evaluate checkpoint {c['step']} of {name}", partial(app.choose_eval, c["step"]), ""
+                    what = "the base model" if c["step"] == "base" else f"checkpoint {c['step']}"
+                    yield f"Evaluate {what} of {name}", partial(app.choose_eval, c["step"]), ""
             for i, (key, label) in enumerate(CHARTS):
                 yield f"Plot {label}", partial(app.open_detail, i), key
         for run in (app.snapshot.runs if app.snapshot else []):

@@ -46,6 +46,8 @@ NOTIFY_EVENTS: dict[str, tuple[str, Callable[[str, dict[str, Any]], str]]] = {
     "stopped": ("information", lambda run, e: f"{run}: stopped"),
     "eval_finished": ("information", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of checkpoint "
                                                     f"{e.get('checkpoint')} = {_score(e.get('score'))}"),
+    "write_failed": ("error", lambda run, e: f"{run}: cannot write {e.get('file')}: {e.get('error')} "
+                                              "(is the disk full?)"),
     "eval_failed": ("error", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of checkpoint "
                                             f"{e.get('checkpoint')} failed: "
                                             f"{str(e.get('reason', '')).splitlines()[0] if e.get('reason') else ''}"),
@@ -219,6 +221,12 @@ def checkpoint_rows(run: dict[str, Any], store_ckpts: list[dict[str, Any]],
             "recommended": step == recommended,
             "best": step == best,
         })
+    if rows:
+        # The base model first, as Tina reports gains over it; e on it evaluates the base model.
+        base = (run.get("base") or {}).get("evals") or {}
+        rows.insert(0, {"step": "base", "epoch_pct": None, "format": None, "length": None, "phase": None,
+                        "cost_usd_at": None, "evals": base, "avg": sum(base.values()) / len(base) if base else None,
+                        "recommended": False, "best": False})
     return rows
 
 

@@ -322,16 +322,18 @@ class CheckpointsTable(DataTable):
         if new_run:
             self.select_step(next((r["step"] for r in rows if r["recommended"]), None))
 
-    def select_step(self, step: int | None) -> None:
+    def select_step(self, step: int | str | None) -> None:
         keys = [str(k.value) for k in self.rows]
         if step is not None and str(step) in keys:
             self.move_cursor(row=keys.index(str(step)), animate=False)
 
     @property
-    def selected_step(self) -> int | None:
+    def selected_step(self) -> int | str | None:
+        """The highlighted checkpoint's step, or "base" for the base model's row."""
         if not self.row_count:
             return None
-        return int(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+        key = str(self.coordinate_to_cell_key(self.cursor_coordinate).row_key.value)
+        return key if key == "base" else int(key)
 
 
 def recommendation_line(run: dict[str, Any] | None, rec: dict[str, Any] | None) -> Text:
