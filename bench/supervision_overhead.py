@@ -1,6 +1,6 @@
 """What supervision costs: `tina run` against the trainer run directly on an identical run directory.
 
-    python bench/supervision_overhead.py [--steps N] [--repeats 2] [--recipe recipes/tiny.yaml]
+    python bench/supervision_overhead.py [--steps N] [--repeats 5] [--recipe recipes/tiny.yaml]
 
 The run is the recipe as it stands (the tiny recipe: 100 steps) unless --steps stops it earlier.
 
@@ -89,7 +89,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", type=Path, default=ROOT / "recipes" / "tiny.yaml")
     ap.add_argument("--steps", type=int, default=None, help="stop_at_step (default: the recipe's)")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--set", dest="overrides", action="append", default=[], help="more recipe overrides")
     args = ap.parse_args()
     overrides = [*([f"stop_at_step={args.steps}"] if args.steps else []), *args.overrides]
