@@ -54,7 +54,7 @@ async def test_follows_a_real_tiny_run_live(home, tiny_model):
             assert "running" in seen_states
             assert len(set(seen_steps)) >= 2 and seen_steps == sorted(seen_steps)  # it moved while we watched
             assert [s for s, _ in view.series["rewards/format_reward/mean"]][-1] == 36
-            assert [c["step"] for c in view.checkpoints] == [12, 24, 36]
+            assert [c["step"] for c in view.checkpoints] == ["base", 12, 24, 36]   # the base model first
             assert any("live: finished" in n.message for n in app._notifications)
             text = screen_text(app)
             assert "finished" in text and "36/36" in text
