@@ -379,7 +379,11 @@ def test_series_many_matches_one_key_at_a_time(tmp_path):
     assert len(Store(tmp_path).metric_series_many("r1", ["loss"], max_points=7)["loss"]) == 7
 
 
-def test_phase_max_age_keeps_a_recent_result_until_it_expires(tmp_path):
+def test_phase_max_age_keeps_a_recent_result_until_it_expires(tmp_path, monkeypatch):
+    import tina_core.store as store_mod
+
+    # every detection counts as costly here, so max_age_s alone decides how long a result stands
+    monkeypatch.setattr(store_mod, "PHASE_SHARE", 1e-9)
     rd = make_run(tmp_path, "r1")
     flat = lambda s: {"step": s, "attempt": 1, "ts": 1e9 + s,  # noqa: E731
                       "rewards/format_reward/mean": 0.1, "completions/mean_length": 500.0}
@@ -398,6 +402,17 @@ def test_phase_max_age_keeps_a_recent_result_until_it_expires(tmp_path):
     after = store.phase("r1")                     # no leeway: the new steps count
     assert after == Store(tmp_path).phase("r1") and after["status"] != "none"
     assert store.phase("r1", max_age_s=60) == after
+    # a detection cheap next to the time since (any short run) is redone: its marker never lags
+    monkeypatch.setattr(store_mod, "PHASE_SHARE", 1e9)
+    short = make_run(tmp_path, "r2")
+    for s in range(1, 200):
+        append_jsonl(short.metrics, flat(s))
+    store.ingest()
+    assert store.phase("r2", max_age_s=60)["status"] == "none"
+    for s in range(200, 400):
+        append_jsonl(short.metrics, {**flat(s), "rewards/format_reward/mean": 0.9})
+    store.ingest()
+    assert store.phase("r2", max_age_s=60)["status"] != "none"
 
 
 def test_checkpoints_within_one_session_see_what_it_ingests(tmp_path):

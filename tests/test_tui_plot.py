@@ -156,3 +156,10 @@ def test_demo_workspace_is_deterministic(tmp_path):
         assert ra.checkpoint_steps() == rb.checkpoint_steps()
     first = json.loads(a[0].metrics.read_text().splitlines()[0])
     assert {"step", "attempt", "ts", FORMAT, LENGTH}.issubset(first)
+
+
+def test_eta_is_as_precise_as_it_is_near():
+    from tina_tui.widgets import eta_text
+
+    assert [eta_text(s) for s in (None, 0.4, 42, 61, 599, 601, 3 * 3600 + 29 * 60 + 40)] == \
+        ["-", "0s", "42s", "1m00s", "10m00s", "10m", "3h30m"]

@@ -84,6 +84,7 @@ QUALIFY row_number() OVER (PARTITION BY m.run_id, m.step, m.key
 """
 TABLES = ("runs", "metrics", "attempts", "checkpoints", "evaluations", "eval_samples", "events", "system",
           "quarantine", "ingest_state", "steps", "phase_cache")
+PHASE_SHARE = 0.02  # of a live run's time, at most, spent detecting its phase again (see Store.phase)
 # Answers kept by Store._by_files, the most recently used: a live run's few, a cockpit's view of a
 # handful of runs (a long run's step clock holds a tuple per step, so not every run's is kept).
 ANSWERS_KEPT = 24
@@ -236,7 +237,8 @@ class Store:
         # opening the database, which keeps the TUI's per-refresh ingest() cheap.
         self._seen: dict[str, tuple] = {}
         self._phase_cache: dict[tuple, Any] = {}
-        self._phase_recent: dict[tuple, tuple[float, Any]] = {}  # (run, params) -> (when computed, result)
+        # (run, params) -> (when computed, result, seconds it took)
+        self._phase_recent: dict[tuple, tuple[float, Any, float]] = {}
         self._series: dict[tuple, tuple[Any, list]] = {}
         # Answers that stand for the rest of one session unless it writes.
         self._in_session: dict[tuple, Any] = {}
@@ -816,17 +818,20 @@ class Store:
     def phase(self, run_id: str, params: Any = None, *, max_age_s: float = 0.0) -> dict | None:
         """The phase-transition object (see tina_core.phase), recomputed only when new metrics
         arrived: kept in the database (for every process) and in this one, keyed by the metrics
-        file's ingested offset. With ``max_age_s``, this process's last result for the run stands
-        for that long even though metrics arrived since: a live run gains a step a second and
-        detection reads its whole history."""
+        file's ingested offset. With ``max_age_s``, this process's last result for the run may
+        stand for up to that long even though metrics arrived since: a live run gains a step a
+        second and detection reads its whole history. It stands only as long as detection would
+        otherwise take more than a small share of the time (PHASE_SHARE of it), so a short run's
+        marker is never stale and a 13,000-step run's lags by seconds."""
         from tina_core import phase as phase_mod
 
         # by default the run's own format rewards (from its recipe snapshot) are watched
         params = params or phase_mod.params_for_run(runs_root(self.home) / run_id)
         recent = self._phase_recent.get((run_id, params))
-        if max_age_s > 0 and recent and time.monotonic() - recent[0] < max_age_s:
+        if max_age_s > 0 and recent and time.monotonic() - recent[0] < min(max_age_s, recent[2] / PHASE_SHARE):
             result = recent[1]
             return None if result is None else dict(result)
+        started = time.monotonic()
         with self.session() as con:
             version = self._query('SELECT "offset" FROM ingest_state WHERE run_id = ? AND file = ?',
                                   [run_id, METRICS])
@@ -842,9 +847,10 @@ class Store:
                     result = phase_mod.detect(series, params)
                     con.execute("INSERT OR REPLACE INTO phase_cache VALUES (?, ?, ?, ?)",
                                 [run_id, repr(params), version, json.dumps(result)])
+                took = time.monotonic() - started
                 self._phase_cache = {k: v for k, v in self._phase_cache.items() if k[0] != run_id}
                 self._phase_cache[cache_key] = result
-                self._phase_recent[(run_id, params)] = (time.monotonic(), result)
+                self._phase_recent[(run_id, params)] = (time.monotonic(), result, took)
         result = self._phase_cache[cache_key]
         return None if result is None else dict(result)
 

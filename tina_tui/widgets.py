@@ -43,13 +43,16 @@ def duration(seconds: float | None) -> str:
 
 
 def eta_text(seconds: float | None) -> str:
-    """An ETA to the minute (to ten seconds in its last ten minutes): seconds that tick every
-    refresh say nothing an hour out, and redrawing them costs every refresh."""
+    """An ETA to the minute (to ten seconds in its last ten minutes, to the second in its last
+    minute): seconds that tick every refresh say nothing an hour out, and redrawing them costs
+    every refresh."""
     if seconds is None:
         return "-"
     if seconds >= 600:
         return duration(round(seconds / 60) * 60).replace("m00s", "m")
-    return duration(round(seconds / 10) * 10)
+    if seconds >= 60:
+        return duration(round(seconds / 10) * 10)
+    return f"{max(0, round(seconds))}s"
 
 
 def marker_text(phase: dict[str, Any] | None) -> Text:
