@@ -84,7 +84,7 @@ QUALIFY row_number() OVER (PARTITION BY m.run_id, m.step, m.key
 """
 TABLES = ("runs", "metrics", "attempts", "checkpoints", "evaluations", "eval_samples", "events", "system",
           "quarantine", "ingest_state", "steps", "phase_cache")
-PHASE_SHARE = 0.02  # of a live run's time, at most, spent detecting its phase again (see Store.phase)
+PHASE_SHARE = 0.005  # of a live run's time, at most, spent detecting its phase again (see Store.phase)
 # Answers kept by Store._by_files, the most recently used: a live run's few, a cockpit's view of a
 # handful of runs (a long run's step clock holds a tuple per step, so not every run's is kept).
 ANSWERS_KEPT = 24
