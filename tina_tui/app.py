@@ -91,15 +91,14 @@ class MainScreen(Screen[None]):
             self.query_one(LogTail).add(view.log_lines, view.log_reset)
         self.sub_title = f"{len(snap.runs)} runs"
 
-    @on(DataTable.RowHighlighted, "#runs")
-    def _run_highlighted(self, event: DataTable.RowHighlighted) -> None:
-        rid = str(event.row_key.value)
-        if rid != self.app_.selected:
-            self.app_.selected = rid
+    @on(RunsTable.Highlighted)
+    def _run_highlighted(self, event: RunsTable.Highlighted) -> None:
+        if event.run_id != self.app_.selected:
+            self.app_.selected = event.run_id
             self.app_.refresh_data()
 
     # enter on a table row: the tables take enter themselves, so their selection events answer it
-    @on(DataTable.RowSelected, "#runs")
+    @on(RunsTable.Chosen)
     def _run_chosen(self) -> None:
         self.action_detail()
 
@@ -116,6 +115,8 @@ class MainScreen(Screen[None]):
         focused = self.focused
         if isinstance(focused, (ChartsPanel, LogTail)):
             focused.cursor(delta)
+        elif isinstance(focused, RunsTable):
+            focused.action_move(delta)
         elif isinstance(focused, DataTable):
             focused.move_cursor(row=focused.cursor_row + delta)
         else:
