@@ -123,10 +123,10 @@ class MainScreen(Screen[None]):
             self.query_one(ChartsPanel).cursor(delta)
 
     def action_prev_run(self) -> None:
-        self.query_one(RunsTable).action_cursor_up()
+        self.query_one(RunsTable).action_move(-1)
 
     def action_next_run(self) -> None:
-        self.query_one(RunsTable).action_cursor_down()
+        self.query_one(RunsTable).action_move(1)
 
     def action_detail(self) -> None:
         self.app_.open_detail(self.query_one(ChartsPanel).selected)

@@ -319,7 +319,8 @@ class Collector:
             dirs = list_run_dirs(self.home)
             sigs = {rd.run_id: run_signature(rd, with_heartbeat=False) for rd in dirs}
             changed = [rid for rid, sig in sigs.items() if self._ingested.get(rid) != sig]
-            target = selected if selected in sigs else (dirs[-1].run_id if dirs else None)
+            if selected not in sigs:  # none yet, or it has gone: the newest run
+                selected = dirs[-1].run_id if dirs else None
             deferred: set[str] = set()
             try:
                 with contextlib.ExitStack() as self._session:
@@ -329,8 +330,8 @@ class Collector:
                         # run in view first, then the others while the budget lasts. A first
                         # index build of a big workspace shows the run in view at once; the rest
                         # fills in over the next refreshes.
-                        for rid in sorted(changed, key=lambda r: r != target):
-                            if rid != target and time.perf_counter() - t0 > REFRESH_BUDGET_S:
+                        for rid in sorted(changed, key=lambda r: r != selected):
+                            if rid != selected and time.perf_counter() - t0 > REFRESH_BUDGET_S:
                                 deferred.add(rid)
                                 continue
                             self._ask("ingest", [rid])
@@ -373,8 +374,6 @@ class Collector:
         error = None
         now = self.clock()
         ids = [rd.run_id for rd in dirs]
-        if selected not in ids:
-            selected = ids[-1] if ids else None
         # The selected run first, then the others while the refresh's budget lasts (ingesting
         # counts against it too); rows not described yet are filled in by the refreshes that
         # follow (a big workspace's first frame shows at once instead of after every run is read).

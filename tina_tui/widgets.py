@@ -16,7 +16,7 @@ from textual.message import Message
 from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
-from textual.widgets import DataTable, Log, Static
+from textual.widgets import DataTable, Log
 
 from tina_tui.data import CHARTS, RunView
 from tina_tui.plot import (MARK_CONFIRMED, MARK_TENTATIVE, bucket_mean, column_of, fmt_value, marker_line,
@@ -67,8 +67,9 @@ def marker_text(phase: dict[str, Any] | None) -> Text:
     return Text("-", style="dim")
 
 
-def _looks(cells: tuple[Text, ...]) -> tuple:
-    return tuple((c.plain, str(c.style), c.justify) for c in cells)
+def _looks(text: Text) -> tuple:
+    """What a Text shows: equal for two that draw the same."""
+    return text.plain, str(text.style), tuple(text.spans)
 
 
 class RunsTable(Widget, can_focus=True):
@@ -77,8 +78,9 @@ class RunsTable(Widget, can_focus=True):
     run's row changes every second, and a DataTable renders every visible cell again whenever any
     one changes, which cost more than the rest of the refresh's drawing."""
 
-    COLUMNS = (("name", "run"), ("state", "state"), ("step", "step/stop"), ("eta", "eta"), ("cost", "$"),
-               ("marker", "marker"), ("ckpt", "rec"))
+    # (label, justify) of each column; the header and the cells below it align alike
+    COLUMNS = (("run", "left"), ("state", "left"), ("step/stop", "right"), ("eta", "right"), ("$", "right"),
+               ("marker", "left"), ("rec", "right"))
     BINDINGS = [Binding("up", "move(-1)", show=False), Binding("down", "move(1)", show=False),
                 Binding("pageup", "move(-5)", show=False), Binding("pagedown", "move(5)", show=False),
                 Binding("home", "move(-1000000)", show=False), Binding("end", "move(1000000)", show=False),
@@ -128,11 +130,11 @@ class RunsTable(Widget, can_focus=True):
             Text(str(run.get("name") or run["run_id"])[:20]),
             # "r2": restarted twice after crashes
             Text(state + (f" r{restarts}" if restarts else ""), style=STATE_STYLE.get(state, "")),
-            Text(step, justify="right"),
-            Text(eta_text(run.get("eta_s")), justify="right"),
-            Text(usd((run.get("cost_usd") or {}).get("total")), justify="right"),
+            Text(step),
+            Text(eta_text(run.get("eta_s"))),
+            Text(usd((run.get("cost_usd") or {}).get("total"))),
             marker_text(run.get("phase_transition")),
-            Text("-" if rec is None else str(rec), justify="right"),
+            Text("-" if rec is None else str(rec)),
         )
 
     @property
@@ -147,9 +149,9 @@ class RunsTable(Widget, can_focus=True):
         """New rows; only the lines that changed are drawn again (a column grows to fit)."""
         rows = [self.cells(r) for r in runs]
         widths = tuple(max([len(label)] + [cells[i].cell_len for cells in rows])
-                       for i, (_, label) in enumerate(self.COLUMNS))
+                       for i, (label, _) in enumerate(self.COLUMNS))
         changed = [i for i, cells in enumerate(rows)
-                   if i >= len(self._rows) or _looks(cells) != _looks(self._rows[i])]
+                   if i >= len(self._rows) or list(map(_looks, cells)) != list(map(_looks, self._rows[i]))]
         relayout = len(rows) != len(self._rows)
         whole = relayout or widths != self._widths or [r["run_id"] for r in runs] != self._ids
         self._ids, self._rows, self._widths = [r["run_id"] for r in runs], rows, widths
@@ -192,12 +194,6 @@ class RunsTable(Widget, can_focus=True):
         if self._ids:
             self.cursor_row = max(0, min(len(self._ids) - 1, self.cursor_row + delta))
 
-    def action_cursor_up(self) -> None:
-        self.action_move(-1)
-
-    def action_cursor_down(self) -> None:
-        self.action_move(1)
-
     def action_choose(self) -> None:
         if self._ids:
             self.post_message(self.Chosen(self._ids[self.cursor_row]))
@@ -221,9 +217,9 @@ class RunsTable(Widget, can_focus=True):
 
     def _line(self, cells: tuple[Text, ...], style: Style) -> Strip:
         line = Text(no_wrap=True)
-        for cell, width in zip(cells, self._widths):
+        for cell, width, (_, justify) in zip(cells, self._widths, self.COLUMNS):
             cell = cell.copy()
-            cell.align(cell.justify if cell.justify in ("left", "right", "center") else "left", width)
+            cell.align(justify, width)
             line.append(" ")
             line.append_text(cell)
             line.append(" ")
@@ -234,15 +230,12 @@ class RunsTable(Widget, can_focus=True):
         base = self.rich_style
         if y == 0:
             header = self.get_component_rich_style("runs-table--header")
-            labels = tuple(Text(label, justify=cell.justify if self._rows else "left")
-                           for (_, label), cell in zip(self.COLUMNS, self._rows[0] if self._rows else
-                                                        [Text()] * len(self.COLUMNS)))
-            return self._line(labels, base + header)
+            return self._line(tuple(Text(label) for label, _ in self.COLUMNS), base + header)
         row = self._top + y - 1
         if not 0 <= row < len(self._rows):
             return Strip.blank(self.size.width, base)
         cursor = row == self.cursor_row
-        key = (row, _looks(self._rows[row]), cursor, self.has_focus, self.size.width, self._widths)
+        key = (row, tuple(map(_looks, self._rows[row])), cursor, self.has_focus, self.size.width, self._widths)
         strip = self._strips.get(key)
         if strip is None:
             style = base + self.get_component_rich_style("runs-table--cursor") if cursor else base
@@ -291,7 +284,7 @@ class Panel(Widget):
         return self._text
 
     def set_text(self, text: Text) -> None:
-        looks = (text.plain, tuple(text.spans), str(text.style))
+        looks = _looks(text)
         if looks == self._shown:
             return
         layout = text.plain.count("\n") != self._text.plain.count("\n") or self._shown is None
