@@ -164,6 +164,14 @@ def _metrics_line_problem(rec: dict) -> str | None:
     return None
 
 
+def _metrics_values(rec: dict) -> tuple[int, int, float | None, dict[str, float]]:
+    """``(step, attempt, ts, {canonical key: number})`` of a checked metrics line (see
+    ``_metrics_line_problem``); keys without a number are left out."""
+    values = {k: x for k, v in metric_keys.normalise_record(rec).items()
+              if k not in metric_keys.RECORD_FIELDS and (x := _num(v)) is not None}
+    return _step_of(rec["step"]), _step_of(rec.get("attempt", 1)), _num(rec.get("ts")), values
+
+
 def _current(attempts: list | None) -> str:
     """SQL conditions keeping only the rows no later attempt superseded (a later attempt resumed at
     or before their step), with the run's few attempts as constants: a correlated NOT EXISTS over
@@ -523,12 +531,10 @@ class Store:
                 kinds = {"step": "DOUBLE", "attempt": "DOUBLE", "ts": "DOUBLE"}
                 with open(tmp_dir / "clean.jsonl", "w") as f:
                     for _, rec in parsed:
-                        out = {"step": rec["step"], "attempt": rec.get("attempt", 1), "ts": _num(rec.get("ts"))}
-                        for k, v in metric_keys.normalise_record(rec).items():
-                            if k not in metric_keys.RECORD_FIELDS and _num(v) is not None:
-                                out[k] = v
-                                kinds[k] = "DOUBLE"
-                        f.write(json.dumps(out, allow_nan=True) + "\n")
+                        step, attempt, ts, values = _metrics_values(rec)
+                        kinds.update(dict.fromkeys(values, "DOUBLE"))
+                        f.write(json.dumps({"step": step, "attempt": attempt, "ts": ts, **values},
+                                           allow_nan=True) + "\n")
                 self._stage(con, tmp_dir / "clean.jsonl", kinds)
             rows = self._insert_staged(con, run_id, [k for k, t in kinds.items() if t == "DOUBLE"])
             return IngestStats(lines=chunk.count(b"\n"), rows=rows, quarantined=quarantined)
@@ -541,11 +547,10 @@ class Store:
         """Parsed metrics records as steps, attempts and long metrics rows (canonical names)."""
         steps, first, long = [], {}, []
         for _, rec in parsed:
-            step, attempt, ts = _step_of(rec["step"]), _step_of(rec.get("attempt", 1)), _num(rec.get("ts"))
+            step, attempt, ts, values = _metrics_values(rec)
             steps.append((step, attempt, ts))
             first[attempt] = min(first.get(attempt, step), step)
-            long += [(step, attempt, k, x, ts) for k, v in metric_keys.normalise_record(rec).items()
-                     if k not in metric_keys.RECORD_FIELDS and (x := _num(v)) is not None]
+            long += [(step, attempt, k, x, ts) for k, x in values.items()]
         if not steps:
             return 0
         con.execute("INSERT INTO attempts SELECT $1, unnest($2::INTEGER[]), unnest($3::BIGINT[]) "
