@@ -27,9 +27,9 @@ def one_run(home: Path, steps: int, with_callback: bool) -> tuple[list[float], f
     """(wall seconds between consecutive step ends, seconds spent inside tina's callback)."""
     from transformers import TrainerCallback
 
-    from tina_core.recipe import load_recipe
+    from tina_core.recipe.loader import load_recipe
     from tina_core.rundir import create_run_dir
-    from tina_core.train import build_trainer, make_callback
+    from tina_core.train.trainer import build_trainer, make_callback
 
     rd = create_run_dir(home, "bench")
     recipe = load_recipe(ROOT / "recipes" / "tiny.yaml",
@@ -73,7 +73,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         os.environ.setdefault("TINA_CACHE", str(home / "cache"))
-        from tina_core.tiny import ensure_tiny_model
+        from tina_core.recipe.tiny_model import ensure_tiny_model
 
         ensure_tiny_model(log=lambda *_: None)
         gaps = {False: [], True: []}

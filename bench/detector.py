@@ -21,7 +21,8 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
 from synthetic import generate, scenarios  # noqa: E402
-from tina_core import metric_keys, phase  # noqa: E402
+from tina_core.analysis import phase  # noqa: E402
+from tina_core.analysis import metric_keys
 
 TINY_CURVE = Path(__file__).resolve().parent.parent / "tests" / "data" / "tiny_run_metrics.jsonl"
 

@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tina_core.rundir import RunDir, write_json_atomic  # noqa: E402
-from tina_core.store import Store  # noqa: E402
+from tina_core.store.index import Store  # noqa: E402
 
 KEYS = ["loss", "grad_norm", "learning_rate", "num_tokens", "completions/mean_length",
         "completions/min_length", "completions/max_length", "completions/clipped_ratio",

@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     a = ap.parse_args()
 
-    from tina_core import rewards
+    from tina_core.recipe import rewards
 
     completions, solutions = make_batch(a.groups, a.generations)
     baseline(completions[:2], solutions[:2])  # warm-up: imports and first sympy use

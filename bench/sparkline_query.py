@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
 from ingest import KEYS, line, write_workspace  # noqa: E402
-from tina_core.store import Store  # noqa: E402
+from tina_core.store.index import Store  # noqa: E402
 
 
 def pct(xs: list[float], q: float) -> float:

@@ -33,8 +33,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tina_core.launch import launch_env  # noqa: E402
-from tina_core.recipe import load_recipe  # noqa: E402
+from tina_core.train.launcher import launch_env  # noqa: E402
+from tina_core.recipe.loader import load_recipe  # noqa: E402
 from tina_core.rundir import RunDir, create_run_dir, read_json, write_json_atomic  # noqa: E402
 
 
@@ -74,7 +74,7 @@ def direct(home: Path, template: RunDir) -> float:
     return wall
 
 
-CHECK = "import sys; from tina_core.recipe import load_recipe, validate_recipe; validate_recipe(load_recipe(sys.argv[1]))"
+CHECK = "import sys; from tina_core.recipe.configs import validate_recipe; from tina_core.recipe.loader import load_recipe; validate_recipe(load_recipe(sys.argv[1]))"
 
 
 def recipe_check_s(recipe: Path, cache: Path) -> float:

@@ -35,15 +35,15 @@ def main() -> None:
     ap.add_argument("--set", dest="overrides", action="append", default=[])
     args = ap.parse_args()
 
-    from tina_core.launch import launch_command, launch_env
-    from tina_core.recipe import load_recipe
+    from tina_core.train.launcher import launch_command, launch_env
+    from tina_core.recipe.loader import load_recipe
     from tina_core.rundir import create_run_dir, iter_jsonl
 
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp)
         env_base = {**os.environ, "TINA_CACHE": str(home / "cache"), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
         t0 = time.time()
-        subprocess.run([sys.executable, "-m", "tina_core.tiny"], env=env_base, check=True, cwd=ROOT,
+        subprocess.run([sys.executable, "-m", "tina_core.recipe.tiny_model"], env=env_base, check=True, cwd=ROOT,
                        stdout=subprocess.DEVNULL)
         build_s = time.time() - t0
         curves, times = [], []

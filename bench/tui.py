@@ -177,7 +177,7 @@ def main() -> None:
     print(f"workspace: {args.runs} runs x {args.steps} steps in {time.perf_counter() - t:.1f}s ({home})")
     live = LiveWriter(home, period=1.0)
     cold = first_frame(home)
-    from tina_core.store import Store
+    from tina_core.store.index import Store
 
     Store(home).ingest()  # the cold probe exits at its first data, with the index part built
     warm = first_frame(home)

@@ -34,7 +34,7 @@ def tiny_cache(request) -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tiny_cache) -> Path:
     """The tiny model's folder (built on first use; a few tens of seconds)."""
-    from tina_core.tiny import ensure_tiny_model
+    from tina_core.recipe.tiny_model import ensure_tiny_model
 
     old = os.environ.get("TINA_CACHE")
     os.environ["TINA_CACHE"] = str(tiny_cache)

@@ -19,7 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from tina_core import cost, gpu, supervisor
+from tina_core.cli import runs as cli_runs
+from tina_core.supervise import lifecycle
+from tina_core import runstate
+from tina_core import gpu
+from tina_core.analysis import cost
+from tina_core.supervise import supervisor
 from tina_core.rundir import RunDir, TinaError, iter_jsonl
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,7 +66,7 @@ def test_recipe_asking_for_absent_gpus_is_refused_before_anything(tmp_path):
 def test_broken_recipe_names_the_key(home):
     # In-process: the full validation imports TRL once for the whole test session.
     with pytest.raises(TinaError, match="grpo.learning_rat"):
-        supervisor.cli_run(home, ROOT / "recipes/tina/open_rs2.yaml",
+        cli_runs.cli_run(home, ROOT / "recipes/tina/open_rs2.yaml",
                            overrides=["launch.gpus=0", "grpo.learning_rat=1e-6"])
     assert _runs(home) == []
 
@@ -108,7 +113,7 @@ def tiny_home(home, tiny_model, monkeypatch):
 
 
 def test_dry_run_prints_recipe_and_command_and_creates_nothing(tiny_home, capsys):
-    assert supervisor.cli_run(tiny_home, TINY, overrides=["stop_at_step=4"], dry_run=True) == 0
+    assert cli_runs.cli_run(tiny_home, TINY, overrides=["stop_at_step=4"], dry_run=True) == 0
     out = capsys.readouterr().out
     assert "stop_at_step: 4" in out
     assert out.splitlines()[-1].endswith("-m tina_core.train " + shlex.quote(str(tiny_home / "runs" / "<run_id>")))
@@ -139,12 +144,12 @@ def test_ctrl_c_resume_and_a_killed_trainer(tiny_home):
     assert rd.checkpoint_steps()[-1] == stopped_at  # saved at the step it stopped on
     assert [e["event"] for e in rd.read_events()][-3:] == ["stop_requested", "attempt_exited", "stopped"]
 
-    supervisor.resume_run(tiny_home, run_id)
+    lifecycle.resume_run(tiny_home, run_id)
     _wait(lambda: rd.checkpoint_steps()[-1] > stopped_at, 240, "a checkpoint of the resumed attempt")
     resumed = [e for e in rd.read_events() if e["event"] == "attempt_started"][-1]
     assert (resumed["attempt"], resumed["resume_from"]) == (2, stopped_at)
-    os.kill(supervisor.liveness(rd)["trainer_pid"], signal.SIGKILL)
-    _wait(lambda: supervisor.liveness(rd)["state"] not in ("running", "stopping"), 240, "the run to end")
+    os.kill(runstate.liveness(rd).trainer_pid, signal.SIGKILL)
+    _wait(lambda: runstate.liveness(rd).state not in ("running", "stopping"), 240, "the run to end")
 
     run = _status(tiny_home, run_id)
     assert RUN_FIELDS <= set(run)
@@ -240,17 +245,17 @@ def test_detached_run_stop_resume_and_a_killed_supervisor(tiny_home, monkeypatch
     _wait(lambda: len(_steps(rd, attempt=2)) >= 5, 120, "5 steps of the resumed attempt")
     assert min(_steps(rd, attempt=2)) == stopped_at + 1
 
-    os.kill(supervisor.liveness(rd)["supervisor_pid"], signal.SIGKILL)
+    os.kill(runstate.liveness(rd).supervisor_pid, signal.SIGKILL)
     killed = time.monotonic()
-    _wait(lambda: supervisor.liveness(rd)["state"] == "crashed", supervisor.HEARTBEAT_TIMEOUT_S, "crashed")
-    assert time.monotonic() - killed < supervisor.HEARTBEAT_TIMEOUT_S
+    _wait(lambda: runstate.liveness(rd).state == "crashed", runstate.HEARTBEAT_TIMEOUT_S, "crashed")
+    assert time.monotonic() - killed < runstate.HEARTBEAT_TIMEOUT_S
     assert _status(tiny_home, run_id)["state"] == "crashed"
     time.sleep(0.5)
-    assert supervisor._pid_alive(trainer)  # an orphan now, still training with nobody reading its output
+    assert runstate.pid_alive(trainer)  # an orphan now, still training with nobody reading its output
 
     out = tina(tiny_home, "resume", run_id, env={"HF_TOKEN": SECRET}, timeout=240)  # foreground, to the end
     assert out.returncode == 0, out.stderr
-    assert not supervisor._pid_alive(trainer)  # stopped, not left beside the new attempt
+    assert not runstate.pid_alive(trainer)  # stopped, not left beside the new attempt
     run = _status(tiny_home, run_id)
     assert (run["state"], run["step"], run["attempts"]) == ("finished", steps, 3)
     orphan = next(e for e in rd.read_events() if e["event"] == "attempt_exited" and e["attempt"] == 2)
@@ -259,7 +264,7 @@ def test_detached_run_stop_resume_and_a_killed_supervisor(tiny_home, monkeypatch
     third = _attempts(rd)[-1]
     assert third["resume_from"] == max(_steps(rd, attempt=2)) > stopped_at + 5
     # every step once in the index: the latest attempt's, the dead supervisor's leftovers superseded
-    from tina_core.store import Store
+    from tina_core.store.index import Store
 
     store = Store(tiny_home)
     store.ingest([run_id])

@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
 from test_cli import ROOT, tina
 from tina_core.rundir import iter_jsonl, list_run_dirs
-from tina_tui.data import Collector
+from tina_tui.collector import Collector
 
 DAMAGE = {
     "garbage": lambda good: os.urandom(len(good)),  # not a DuckDB file at all: refused on open

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tina_core import cost
+from tina_core.analysis import cost
 from tina_core.rundir import RunDir, TinaError, append_jsonl, create_run_dir, write_json_atomic
 
 

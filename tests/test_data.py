@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tina_core.data import KNOWN_DATASETS, check_section, dataset_size, prepare_dataset
-from tina_core.prompts import (
+from tina_core.recipe.datasets import KNOWN_DATASETS, check_section, dataset_size, prepare_dataset
+from tina_core.recipe.prompts import (
     OPEN_R1_SYSTEM_PROMPT,
     OPEN_RS_SYSTEM_PROMPT,
     REASON_CHAT_TEMPLATE,
@@ -33,7 +33,7 @@ def user_texts(ds) -> list[str]:
 
 # --- column rules --------------------------------------------------------------------------------
 def test_default_mapping_wraps_answers_and_renames_question(caplog):
-    with caplog.at_level(logging.WARNING, logger="tina_core.data"):
+    with caplog.at_level(logging.WARNING, logger="tina_core.recipe.datasets"):
         ds = prepare_dataset({"name": str(DATA / "default.jsonl")})
     assert ds.column_names == ["prompt", "solution"]
     # the row with a null answer is dropped and counted; the blank line is skipped
@@ -166,9 +166,9 @@ def _copy_model(src: Path, dest: Path, model_type: str | None = None) -> Path:
 def test_tinas_template_follows_the_model_config_not_its_name(tiny_model, tmp_path):
     """The trainer's tokenizer: Tina's template for any Qwen2-architecture base, whatever its folder
     is called; the tiny recipe keeps the template its model was warm-started on."""
-    from tina_core import tiny
-    from tina_core.recipe import RECIPES_DIR, load_recipe
-    from tina_core.train import load_tokenizer
+    from tina_core.recipe import tiny_model as tiny
+    from tina_core.recipe.loader import RECIPES_DIR, load_recipe
+    from tina_core.train.trainer import load_tokenizer
 
     msgs = [{"role": "system", "content": "SYS"}, {"role": "user", "content": "What is 3 + 4?"}]
     tiny_recipe = load_recipe(RECIPES_DIR / "tiny.yaml")
@@ -203,7 +203,7 @@ def test_max_prompt_tokens_drops_long_prompts(tmp_path, caplog):
     lengths = [n_tokens(p) for p in full["prompt"]]
     limit = max(lengths[0], lengths[2])
     assert lengths[1] > limit  # the fixture really has one long prompt
-    with caplog.at_level(logging.WARNING, logger="tina_core.data"):
+    with caplog.at_level(logging.WARNING, logger="tina_core.recipe.datasets"):
         kept = prepare_dataset({"name": str(path), "max_prompt_tokens": limit}, tokenizer=tok)
     assert user_texts(kept) == ["one plus two", "ten minus one"]
     assert f"dropped 1 of 3 prompts longer than {limit} tokens" in caplog.text

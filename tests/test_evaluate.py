@@ -17,7 +17,12 @@ from pathlib import Path
 import pytest
 from conftest import run_tiny_recipe
 
-from tina_core import evaluate
+from tina_core.cli import evals as cli_evals
+from tina_core.evaluate import job as ev_job
+from tina_core.evaluate import queue as ev_queue
+from tina_core.evaluate import tasks as ev_tasks
+from tina_core.evaluate import worker as ev_worker
+from tina_core import runstate
 from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, TinaError, create_run_dir, write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,13 +51,13 @@ def _fake_checkpoint(rd: RunDir, step: int, base: str, complete: bool = True) ->
 def _wait_states(rd: RunDir, ids: list[str], states: tuple[str, ...], timeout: float) -> dict:
     deadline = time.time() + timeout
     while time.time() < deadline:
-        evs = evaluate.evals_of(rd)
+        evs = runstate.evaluations(rd)
         if all(evs[i]["state"] in states for i in ids):
             return evs
         time.sleep(0.3)
     log = "\n".join(p.read_text()[-3000:] for p in rd.evals.glob("*.log"))
     raise AssertionError(f"evaluations {ids} not {states} after {timeout}s: "
-                         f"{ {i: evaluate.evals_of(rd)[i]['state'] for i in ids} }\n{log}")
+                         f"{ {i: runstate.evaluations(rd)[i]['state'] for i in ids} }\n{log}")
 
 
 def _events(rd: RunDir, kind: str) -> list[dict]:
@@ -83,14 +88,14 @@ def test_lighteval_and_math_verify_work_together():
 
 
 def test_custom_task_module_is_light_and_defines_the_missing_tasks():
-    probe = "import sys, tina_core.eval_tasks, tina_core.evaluate; print('lighteval' in sys.modules)"
+    probe = "import sys, tina_core.evaluate.lighteval_tasks, tina_core.evaluate.queue; print('lighteval' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # listing tina's modules stays light
-    from tina_core import eval_tasks
+    from tina_core.evaluate import lighteval_tasks as eval_tasks
 
     assert [t.name for t in eval_tasks.TASKS_TABLE] == ["tina_amc23", "tina_minerva", "tina_arith"]
     assert eval_tasks.TASKS_TABLE[2].hf_repo == str(eval_tasks.TINY_EVAL_DIR)
-    rows = [json.loads(line) for line in (evaluate.EVAL_TASKS_FILE.parent / "tiny_data/tiny_eval/test.jsonl").open()]
+    rows = [json.loads(line) for line in (eval_tasks.TINY_EVAL_DIR / "test.jsonl").open()]
     assert len(rows) == 40 and len({r["problem"] for r in rows}) == len(rows)
     import math_verify
 
@@ -103,7 +108,7 @@ def test_custom_task_module_is_light_and_defines_the_missing_tasks():
 def test_dry_run_prints_merge_and_the_six_lighteval_commands(tmp_path, capsys):
     rd = _make_run(tmp_path, gpu_count=2, recipe=REPO / "recipes/tina/open_rs2.yaml")
     _fake_checkpoint(rd, 450, "deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B")
-    assert evaluate.cli_eval(tmp_path, rd.run_id, checkpoint="450", dry_run=True) == 0
+    assert cli_evals.cli_eval(tmp_path, rd.run_id, checkpoint="450", dry_run=True) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln and not ln.startswith("#")]
     merges = [ln for ln in lines if " merge " in ln]
     runs = [ln for ln in lines if " vllm " in ln]
@@ -120,7 +125,7 @@ def test_dry_run_prints_merge_and_the_six_lighteval_commands(tmp_path, capsys):
         for part in ("data_parallel_size=2", "max_model_length=32768", "gpu_memory_utilization=0.7",
                      "generation_parameters={max_new_tokens:32768,temperature:0.6,top_p:0.95}"):
             assert part in args
-        assert argv[argv.index("--custom-tasks") + 1] == str(evaluate.EVAL_TASKS_FILE)
+        assert argv[argv.index("--custom-tasks") + 1] == str(ev_tasks.EVAL_TASKS_FILE)
         assert "--save-details" in argv
         specs.append(argv[4])
         assert argv[argv.index("--output-dir") + 1].startswith(str(rd.evals / "checkpoint-450"))
@@ -150,15 +155,15 @@ def test_bad_requests_are_clear_errors(tmp_path):
     rd = _make_run(tmp_path)
     _fake_checkpoint(rd, 10, "/nowhere")
     with pytest.raises(TinaError, match="unknown evaluation task 'aime2024'.*aime24"):
-        evaluate.queue_eval(tmp_path, rd.run_id, 10, ["aime2024"], start_worker=False)
+        ev_queue.queue_eval(tmp_path, rd.run_id, 10, ["aime2024"], start_worker=False)
     with pytest.raises(TinaError, match=r"no checkpoint-99; complete checkpoints: \[10\]"):
-        evaluate.queue_eval(tmp_path, rd.run_id, 99, ["arith"], start_worker=False)
+        ev_queue.queue_eval(tmp_path, rd.run_id, 99, ["arith"], start_worker=False)
     with pytest.raises(TinaError, match="aime24.*no GPUs.*--gpus"):
-        evaluate.queue_eval(tmp_path, rd.run_id, 10, ["aime24"], start_worker=False)
+        ev_queue.queue_eval(tmp_path, rd.run_id, 10, ["aime24"], start_worker=False)
     with pytest.raises(TinaError, match="--gpus: expected comma-separated GPU ids"):
-        evaluate.queue_eval(tmp_path, rd.run_id, 10, ["arith"], gpus="first", start_worker=False)
+        ev_queue.queue_eval(tmp_path, rd.run_id, 10, ["arith"], gpus="first", start_worker=False)
     with pytest.raises(TinaError, match="--checkpoint: expected a step N, recommended, all or base"):
-        evaluate.cli_eval(tmp_path, rd.run_id, checkpoint="best")
+        cli_evals.cli_eval(tmp_path, rd.run_id, checkpoint="best")
     assert not _events(rd, "eval_queued")  # nothing queued by a bad request
 
 
@@ -170,25 +175,25 @@ def test_bad_requests_are_clear_errors(tmp_path):
     ("amc23", {"extractive_match": 0.6, "extractive_match_stderr": 0.07}, "extractive_match"),
 ])
 def test_parse_results_picks_the_primary_metric(tmp_path, task, entry, metric):
-    lname = evaluate.lighteval_task(task)
+    lname = ev_tasks.lighteval_task(task)
     res = tmp_path / "results" / "w" / "merged" / "results_2025-01-01T00-00-00.json"
     res.parent.mkdir(parents=True)
     res.write_text(json.dumps({"results": {f"{lname}|0": entry, "all": entry}, "config_general": {}}))
     det = tmp_path / "details" / "w" / "merged" / "2025-01-01T00-00-00" / f"details_{lname}|0_2025.parquet"
     det.parent.mkdir(parents=True)
     det.write_bytes(b"PAR1")
-    got = evaluate.parse_results(tmp_path, task)
+    got = ev_job.parse_results(tmp_path, task)
     assert got["metric"] == metric and got["score"] == entry[metric]
     assert got["results_path"] == str(res) and got["details_path"] == str(det)
 
 
 def test_parse_results_without_a_results_file_says_where_it_looked(tmp_path):
-    with pytest.raises(evaluate.EvalError, match="no results file under"):
-        evaluate.parse_results(tmp_path, "arith")
+    with pytest.raises(ev_tasks.EvalError, match="no results file under"):
+        ev_job.parse_results(tmp_path, "arith")
 
 
 def test_unreadable_details_are_quarantined_and_the_score_kept(tmp_path):
-    from tina_core.store import Store
+    from tina_core.store.index import Store
 
     rd = _make_run(tmp_path)
     details = rd.evals / "details_tina_arith|0_x.parquet"
@@ -216,19 +221,19 @@ def test_gpu_evaluation_waits_for_the_runs_training_then_cancel(tmp_path):
         rd.event("supervisor_started", pid=sup.pid)
         rd.event("attempt_started", attempt=1, pid=sup.pid, gpus=2)
         write_json_atomic(rd.supervisor, {"pid": sup.pid, "pgid": sup.pid, "heartbeat": time.time() + 60})
-        assert evaluate.training_holds_gpus(rd)
-        [eid] = evaluate.queue_eval(tmp_path, rd.run_id, 50, ["aime24"])
+        assert runstate.training_holds_gpus(rd)
+        [eid] = ev_queue.queue_eval(tmp_path, rd.run_id, 50, ["aime24"])
         time.sleep(4)
-        assert evaluate.worker_running(tmp_path)
-        assert evaluate.evals_of(rd)[eid]["state"] == "queued"
-        assert [e["eval_id"] for e in evaluate.eval_queue(tmp_path)] == [eid]
-        assert evaluate.cancel_eval(tmp_path, rd.run_id) == [eid]
+        assert ev_worker.worker_running(tmp_path)
+        assert runstate.evaluations(rd)[eid]["state"] == "queued"
+        assert [e["eval_id"] for e in runstate.eval_queue(tmp_path)] == [eid]
+        assert ev_queue.cancel_eval(tmp_path, rd.run_id) == [eid]
         deadline = time.time() + 15
-        while evaluate.worker_running(tmp_path) and time.time() < deadline:
+        while ev_worker.worker_running(tmp_path) and time.time() < deadline:
             time.sleep(0.2)
-        assert not evaluate.worker_running(tmp_path)
-        assert evaluate.evals_of(rd)[eid]["state"] == "cancelled" and not _events(rd, "eval_started")
-        assert evaluate.eval_queue(tmp_path) == []
+        assert not ev_worker.worker_running(tmp_path)
+        assert runstate.evaluations(rd)[eid]["state"] == "cancelled" and not _events(rd, "eval_started")
+        assert runstate.eval_queue(tmp_path) == []
     finally:
         sup.kill()
         sup.wait()
@@ -238,7 +243,7 @@ def test_missing_base_model_and_incomplete_checkpoint_fail_with_the_reason(home)
     rd = _make_run(home)
     _fake_checkpoint(rd, 2, "/nowhere/base")
     _fake_checkpoint(rd, 4, "/nowhere/base", complete=False)
-    ids = evaluate.queue_eval(home, rd.run_id, 2, ["arith"]) + evaluate.queue_eval(home, rd.run_id, 4, ["arith"])
+    ids = ev_queue.queue_eval(home, rd.run_id, 2, ["arith"]) + ev_queue.queue_eval(home, rd.run_id, 4, ["arith"])
     evs = _wait_states(rd, ids, ("failed",), 60)
     assert evs[ids[0]]["reason"].startswith("merging checkpoint-2 failed: base model not found: /nowhere/base (named by ")
     assert evs[ids[1]]["reason"].startswith("checkpoint-4 is incomplete: no tina-complete.json")
@@ -249,12 +254,12 @@ def test_timeout_fails_the_evaluation_with_its_log(home, monkeypatch, tmp_path):
     rd = _make_run(home)
     _fake_checkpoint(rd, 2, str(tmp_path))  # an existing base: the job goes on to load torch
     monkeypatch.setenv("TINA_EVAL_TIMEOUT_S", "0.5")
-    [eid] = evaluate.queue_eval(home, rd.run_id, 2, ["arith"])
+    [eid] = ev_queue.queue_eval(home, rd.run_id, 2, ["arith"])
     evs = _wait_states(rd, [eid], ("failed",), 60)
     assert evs[eid]["reason"].startswith("timed out after 0.5s")
     started, failed = _events(rd, "eval_started")[0], _events(rd, "eval_failed")[0]
     assert started["gpus"] == [] and isinstance(started["pid"], int) and failed["gpus"] == []
-    assert evaluate.log_path(rd, eid).exists()
+    assert rd.eval_log(eid).exists()
 
 
 # --- for real: a tiny run long enough for its phase transition, on CPU ----------------------------------
@@ -303,8 +308,8 @@ def _untouched(rd: RunDir) -> tuple:
 
 def _wait_log(rd: RunDir, eid: str, text: str, timeout: float = 60) -> None:
     deadline = time.time() + timeout
-    while text not in (evaluate.log_path(rd, eid).read_text(errors="replace")
-                       if evaluate.log_path(rd, eid).exists() else ""):
+    while text not in (rd.eval_log(eid).read_text(errors="replace")
+                       if rd.eval_log(eid).exists() else ""):
         assert time.time() < deadline, f"{text!r} not in the log of {eid} after {timeout}s"
         time.sleep(0.05)
 
@@ -316,7 +321,7 @@ def test_recommended_checkpoint_and_base_for_real(home, transition_run):
     worker and lighteval; the scores reach `tina status --json` and `tina report`, the per-sample
     details reach the index and come back the same from `tina ingest --rebuild`. A cancelled
     evaluation and a corrupt adapter fail cleanly without disturbing the others; queueing retries."""
-    from tina_core.store import Store
+    from tina_core.store.index import Store
 
     rd = _copy_run(home, transition_run)
     assert not (home / "tina.duckdb").exists()  # nothing has indexed the run, as after a headless run
@@ -330,19 +335,19 @@ def test_recommended_checkpoint_and_base_for_real(home, transition_run):
     before = _untouched(rd)
 
     # Cancel a running evaluation: its process group dies, the event says cancelled.
-    [first] = evaluate.queue_eval(home, rd.run_id, "base", ["arith"])
+    [first] = ev_queue.queue_eval(home, rd.run_id, "base", ["arith"])
     pid = _wait_states(rd, [first], ("running",), 60)[first]["pid"]
-    assert evaluate.cancel_eval(home, rd.run_id, first) == [first]
+    assert ev_queue.cancel_eval(home, rd.run_id, first) == [first]
     deadline = time.time() + 10
-    while time.time() < deadline and evaluate._pid_alive(pid):
+    while time.time() < deadline and runstate.eval_process_alive(pid):
         time.sleep(0.1)
-    assert not evaluate._pid_alive(pid)
+    assert not runstate.eval_process_alive(pid)
 
     # The default checkpoint is the recommended one; --wait prints the score table.
     out = _tina(home, "eval", rd.run_id, "--tasks", "arith", "--wait").stdout
     good = out.split("\t")[0]
-    [bad] = evaluate.queue_eval(home, rd.run_id, bad_step, ["arith"])
-    [base] = evaluate.queue_eval(home, rd.run_id, "base", ["arith"])  # the retry of the cancelled one
+    [bad] = ev_queue.queue_eval(home, rd.run_id, bad_step, ["arith"])
+    [base] = ev_queue.queue_eval(home, rd.run_id, "base", ["arith"])  # the retry of the cancelled one
     evs = _wait_states(rd, [first, good, bad, base], ("finished", "failed", "cancelled"), 300)
 
     run = json.loads(_tina(home, "status", rd.run_id, "--json").stdout)
@@ -356,7 +361,7 @@ def test_recommended_checkpoint_and_base_for_real(home, transition_run):
     assert evs[bad]["state"] == "failed"
     assert evs[bad]["reason"].startswith(f"merging checkpoint-{bad_step} failed: ")
     assert "adapter_model.safetensors is corrupt" in evs[bad]["reason"]
-    assert "last lines of" in evs[bad]["reason"] and evaluate.log_path(rd, bad).exists()
+    assert "last lines of" in evs[bad]["reason"] and rd.eval_log(bad).exists()
     for eid in (good, base):
         e = evs[eid]
         assert e["state"] == "finished", e
@@ -364,9 +369,9 @@ def test_recommended_checkpoint_and_base_for_real(home, transition_run):
         fin = [x for x in _events(rd, "eval_finished") if x["eval_id"] == eid][0]
         assert fin["scores"] == {"arith": e["score"]} and fin["gpus"] == [] and isinstance(fin["pid"], int)
         assert Path(fin["results_path"]).is_file()
-    assert (rd.evals / "merged" / f"checkpoint-{rec}" / evaluate.MERGED_MARK).exists()
+    assert (rd.evals / "merged" / f"checkpoint-{rec}" / ev_job.MERGED_MARK).exists()
     assert _untouched(rd) == before  # the checkpoints and the run's own lifecycle
-    assert evaluate.eval_queue(home) == []
+    assert runstate.eval_queue(home) == []
     score, base_score = evs[good]["score"], evs[base]["score"]
 
     # tina status --json: the checkpoint's score, and the base model as its own entry.
@@ -428,9 +433,9 @@ def test_a_lighteval_crash_and_an_oom_kill_fail_only_their_evaluation(home, tran
         cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "base_model_name_or_path": str(model)}))
     before = {rd.run_id: _untouched(rd) for rd in (a, b)}
 
-    [crash] = evaluate.queue_eval(home, b.run_id, "base", ["arith"])
-    [oom] = evaluate.queue_eval(home, a.run_id, "base", ["arith"])
-    [other] = evaluate.queue_eval(home, a.run_id, 40, ["arith"])
+    [crash] = ev_queue.queue_eval(home, b.run_id, "base", ["arith"])
+    [oom] = ev_queue.queue_eval(home, a.run_id, "base", ["arith"])
+    [other] = ev_queue.queue_eval(home, a.run_id, 40, ["arith"])
     pid = _wait_states(a, [oom], ("running",), 120)[oom]["pid"]
     _wait_log(a, oom, f"evaluation {oom}: ")  # the job is up and loading lighteval
     os.kill(pid, signal.SIGKILL)
@@ -440,14 +445,14 @@ def test_a_lighteval_crash_and_an_oom_kill_fail_only_their_evaluation(home, tran
     assert reason.startswith("lighteval crashed: SafetensorError: ") and "--- last lines of" in reason, reason
     assert evs[oom]["reason"].startswith("evaluation process killed by signal SIGKILL (out of memory?)")
     assert evs[other]["state"] == "finished" and 0.0 <= evs[other]["score"] <= 1.0
-    worker_log = (home / evaluate.WORKER_LOG).read_text()
+    worker_log = (home / ev_worker.WORKER_LOG).read_text()
     assert f"ended {b.run_id}/{crash} rc 1 -> failed" in worker_log  # the crash: a non-zero exit
     assert f"ended {a.run_id}/{oom} rc -9 -> failed" in worker_log
-    assert set(evaluate.evals_of(a)) == {oom, other} and set(evaluate.evals_of(b)) == {crash}
+    assert set(runstate.evaluations(a)) == {oom, other} and set(runstate.evaluations(b)) == {crash}
     assert {rd.run_id: _untouched(rd) for rd in (a, b)} == before
 
     weights.write_bytes(whole)  # the cause of the crash fixed
-    retries = [*evaluate.queue_eval(home, b.run_id, "base", ["arith"]), *evaluate.queue_eval(home, a.run_id, "base", ["arith"])]
+    retries = [*ev_queue.queue_eval(home, b.run_id, "base", ["arith"]), *ev_queue.queue_eval(home, a.run_id, "base", ["arith"])]
     done = {**_wait_states(b, retries[:1], ("finished", "failed"), 120), **_wait_states(a, retries[1:], ("finished", "failed"), 120)}
     assert [done[e]["state"] for e in retries] == ["finished", "finished"], done
     assert done[retries[0]]["score"] == done[retries[1]]["score"]  # the same base model, greedy
@@ -458,25 +463,25 @@ def test_a_dead_workers_evaluation_costs_until_its_last_sign_of_life(home, trans
     """Worker and job both die (kill -9) mid-evaluation: nobody records its end, yet its cost stops
     at the job's last sign of life (its log, touched by the job's heartbeat) instead of running on
     until a later worker reaps it; the reaping records that end."""
-    from tina_core import cost
+    from tina_core.analysis import cost
 
     rd = _copy_run(home, transition_run)
     write_json_atomic(rd.run_json, {**rd.info(), "cpu_hour_usd": 3600.0})  # $1 a second: dollars read as seconds
-    [eid] = evaluate.queue_eval(home, rd.run_id, "base", ["arith"])
+    [eid] = ev_queue.queue_eval(home, rd.run_id, "base", ["arith"])
     ev = _wait_states(rd, [eid], ("running",), 60)[eid]
     _wait_log(rd, eid, f"evaluation {eid}: ")
-    assert cost.open_eval_ends(rd)[eid] == pytest.approx(time.time(), abs=1)  # alive: it costs up to now
-    os.kill(int((home / evaluate.WORKER_LOCK).read_text()), signal.SIGKILL)
+    assert runstate.open_eval_ends(rd)[eid] == pytest.approx(time.time(), abs=1)  # alive: it costs up to now
+    os.kill(int((home / ev_worker.WORKER_LOCK).read_text()), signal.SIGKILL)
     os.killpg(ev["pid"], signal.SIGKILL)
-    while evaluate._pid_alive(ev["pid"]):
+    while runstate.eval_process_alive(ev["pid"]):
         time.sleep(0.05)
-    last = evaluate.log_path(rd, eid).stat().st_mtime
+    last = rd.eval_log(eid).stat().st_mtime
     time.sleep(1.5)
-    assert evaluate.evals_of(rd)[eid]["state"] == "running"  # nobody recorded its end
+    assert runstate.evaluations(rd)[eid]["state"] == "running"  # nobody recorded its end
     charged = json.loads(_tina(home, "status", rd.run_id, "--json").stdout)["cost_usd"]["eval"]
     assert charged == pytest.approx(last - ev["started_ts"], abs=2e-4)
 
-    assert evaluate.ensure_worker(home)  # a later worker reaps it, ending it where it ended
+    assert ev_worker.ensure_worker(home)  # a later worker reaps it, ending it where it ended
     _wait_states(rd, [eid], ("failed",), 30)
     failed = _events(rd, "eval_failed")[-1]
     assert failed["end_ts"] == pytest.approx(last, abs=1e-3) and failed["ts"] > last + 1.5
@@ -485,11 +490,11 @@ def test_a_dead_workers_evaluation_costs_until_its_last_sign_of_life(home, trans
 
 
 def test_the_jobs_heartbeat_keeps_its_log_fresh(tmp_path, monkeypatch):
-    monkeypatch.setattr(evaluate, "JOB_HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(ev_job, "JOB_HEARTBEAT_S", 0.05)
     log = tmp_path / "e.log"
     log.write_text("output\n")
     os.utime(log, (1000.0, 1000.0))
-    stop = evaluate._heartbeat(log)
+    stop = ev_job._heartbeat(log)
     try:
         time.sleep(0.3)
         assert time.time() - log.stat().st_mtime < 1 and log.read_text() == "output\n"
@@ -498,7 +503,7 @@ def test_the_jobs_heartbeat_keeps_its_log_fresh(tmp_path, monkeypatch):
 
 
 def test_evaluation_gpu_time_counts_as_eval_cost(tmp_path):
-    from tina_core.cost import intervals
+    from tina_core.analysis.cost import intervals
 
     rd = _make_run(tmp_path, gpu_count=2)
     rd.event("eval_started", eval_id="e1", gpus=[0, 1], pid=1)

@@ -19,7 +19,7 @@ import pytest
 from conftest import TINY_RUN_OVERRIDES
 from test_cli import TINY, tina
 from tina_core.rundir import RunDir, iter_jsonl, list_run_dirs
-from tina_core.store import Store
+from tina_core.store.index import Store
 
 pytestmark = pytest.mark.slow
 

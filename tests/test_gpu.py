@@ -11,9 +11,10 @@ import types
 
 import pytest
 
-from tina_core import gpu, supervisor
+from tina_core import gpu
+from tina_core.supervise import supervisor
 from tina_core.rundir import create_run_dir, iter_jsonl, write_json_atomic
-from tina_core.store import Store
+from tina_core.store.index import Store
 
 GPU_FIELDS = {"index", "util", "mem_used", "mem_total", "power_w"}
 

@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import import_graph  # noqa: E402
+
 HEAVY = ["torch", "transformers", "trl", "peft", "datasets", "vllm", "lighteval", "deepspeed", "accelerate"]
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,7 +52,23 @@ def test_tui_start_up_is_light(tmp_path):
 
 
 def test_core_never_imports_textual(tmp_path):
-    modules = sorted(p.stem for p in (REPO / "tina_core").glob("*.py") if p.stem != "__init__")
-    code = "import importlib\n" + "".join(f"importlib.import_module('tina_core.{m}')\n" for m in modules)
+    # every module of the core (the __main__ entry points run when imported)
+    modules = sorted(m for m in import_graph.modules() if m.startswith("tina_core") and not m.endswith("__main__"))
+    code = "import importlib\n" + "".join(f"importlib.import_module('{m}')\n" for m in modules)
     loaded = _loaded_after(code, tmp_path)
     assert not any(m.split(".")[0] == "textual" for m in loaded)
+
+
+def test_no_import_circles_and_no_upward_imports():
+    """``python tests/import_graph.py`` prints the graph this reads."""
+    edges = import_graph.graph()
+    assert "tina_core.runstate" in edges and "tina_core.report.runs" in edges  # it sees the packages
+    assert import_graph.problems(edges) == []
+
+
+def test_readers_ask_the_run_state_module_never_a_daemon():
+    edges = import_graph.graph()
+    daemons = {"tina_core.supervise.supervisor", "tina_core.supervise.lifecycle", "tina_core.evaluate.worker",
+               "tina_core.evaluate.job"}
+    for reader in ("tina_core.report.runs", "tina_core.analysis.cost", "tina_core.report.table", "tina_tui.collector"):
+        assert not edges[reader] & daemons, reader

@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from tina_core.cli import app
-from tina_core.importer import IMPORTING, import_run
+from tina_core.importer.readers import IMPORTING, import_run
 from tina_core.rundir import RunDir, TinaError, list_run_dirs
-from tina_core.runs import list_runs
-from tina_core.store import Store
+from tina_core.report.runs import list_runs
+from tina_core.store.index import Store
 
 DATA = Path(__file__).parent / "data"
 
@@ -120,7 +120,7 @@ def test_clear_errors_and_nothing_half_made(tmp_path, name, content, expect):
 
 CRASHING_IMPORT = """
 import os, signal, sys
-from tina_core import importer
+from tina_core.importer import readers as importer
 from tina_core.rundir import RunDir
 
 write_event = RunDir.event
@@ -165,7 +165,9 @@ def test_import_is_atomic_a_crash_midway_leaves_no_run(tmp_path, monkeypatch):
 TIMED_TINA = """
 import sys, time
 import ruptures
-from tina_core import phase, runs, store
+from tina_core.analysis import phase
+from tina_core.report import runs
+from tina_core.store import index as store
 from tina_core.cli import app
 t0 = time.perf_counter()
 try:

@@ -15,12 +15,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
 
 from synthetic import Scenario, generate, scenarios  # noqa: E402
 
-from tina_core import phase  # noqa: E402
-from tina_core.metric_keys import COMPLETION_LENGTH, FORMAT_REWARD, TAG_COUNT_REWARD  # noqa: E402
-from tina_core.recipe import RECIPES_DIR, load_recipe  # noqa: E402
+from tina_core.analysis import phase  # noqa: E402
+from tina_core.analysis.metric_keys import COMPLETION_LENGTH, FORMAT_REWARD, TAG_COUNT_REWARD  # noqa: E402
+from tina_core.recipe.loader import RECIPES_DIR, load_recipe  # noqa: E402
 from tina_core.rundir import RunDir, write_json_atomic  # noqa: E402
-from tina_core.runs import describe  # noqa: E402
-from tina_core.store import Store  # noqa: E402
+from tina_core.report.runs import describe  # noqa: E402
+from tina_core.store.index import Store  # noqa: E402
 
 SEEDS = 8
 

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tina_core import launch
-from tina_core.recipe import RECIPES_DIR, RecipeError, list_recipes, load_recipe, masked_override, validate_recipe
+from tina_core.cli import runs as cli_runs
+from tina_core.train import launcher as launch
+from tina_core.recipe.configs import validate_recipe
+from tina_core.recipe.loader import RECIPES_DIR, RecipeError, list_recipes, load_recipe, masked_override
 from tina_core.rundir import RunDir, TinaError, redact_text
 
 ALL_RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml") if p.relative_to(RECIPES_DIR).parts[0] not in ("base", "accelerate"))
@@ -56,7 +58,7 @@ def test_every_recipe_validates_against_the_real_configs(path):
 
 
 def test_tina_semantics_on_trl_1x():
-    from tina_core.recipe import build_grpo_config, build_lora_config
+    from tina_core.recipe.configs import build_grpo_config, build_lora_config
 
     rs2 = load_recipe(TINA / "open_rs2.yaml")
     cfg = build_grpo_config(rs2, "/nonexistent", neutralise_device=True)
@@ -151,13 +153,12 @@ def test_flash_attention_without_its_package_stops_a_real_run_before_anything(tm
     real run that asks for it where the package is missing fails before any process or file."""
     if _flash_attn_installed():
         pytest.skip("flash-attn (or the kernels fallback) is installed here")
-    from tina_core import supervisor
 
     home = tmp_path / "home"
     path = tiny_variant(tmp_path, model={"attn_implementation": "flash_attention_2"})
     with pytest.raises(RecipeError, match=r"variant.yaml: model.attn_implementation: flash_attention_2 needs "
                                           r"the flash-attn package, which is not installed here.*or use sdpa"):
-        supervisor.cli_run(home, path)
+        cli_runs.cli_run(home, path)
     assert not (home / "runs").exists()
 
 
@@ -166,9 +167,8 @@ def test_dry_run_of_a_gpu_recipe_with_flash_attention_on_a_machine_without_gpus(
     where the recipe can run (its GPUs are there), as the device-bound GRPO settings are."""
     if launch.visible_gpus()[0]:
         pytest.skip("this machine has GPUs")
-    from tina_core import supervisor
 
-    assert supervisor.cli_run(tmp_path / "home", TINA / "open_rs2.yaml", dry_run=True,
+    assert cli_runs.cli_run(tmp_path / "home", TINA / "open_rs2.yaml", dry_run=True,
                               overrides=["model.attn_implementation=flash_attention_2"]) == 0
     assert "attn_implementation: flash_attention_2" in capsys.readouterr().out
 
@@ -190,7 +190,7 @@ def test_dry_run_of_every_tina_recipe_shows_the_accelerate_deepspeed_command(tmp
     recipe = load_recipe(path)
     assert shlex.split(command) == launch.launch_command(RunDir(home / "runs" / "<run_id>"), recipe)
     assert shlex.split(command)[1:11] == [
-        "-m", "tina_core.launch", "accelerate", "launch", "--config_file", str(RECIPES_DIR / "accelerate" / "zero2.yaml"),
+        "-m", "tina_core.train.launcher", "accelerate", "launch", "--config_file", str(RECIPES_DIR / "accelerate" / "zero2.yaml"),
         "--num_processes", "2", "--main_process_port", "29500"]
     assert not (home / "runs").exists()
 
@@ -288,7 +288,7 @@ def test_gpu_launch_command_is_accelerate_with_deepspeed(tmp_path):
     rd = RunDir(tmp_path / "run")
     r = load_recipe(TINA / "open_rs2.yaml")
     cmd = launch.launch_command(rd, r)
-    assert cmd == [sys.executable, "-m", "tina_core.launch", "accelerate", "launch",
+    assert cmd == [sys.executable, "-m", "tina_core.train.launcher", "accelerate", "launch",
                    "--config_file", str(RECIPES_DIR / "accelerate" / "zero2.yaml"),
                    "--num_processes", "2", "--main_process_port", "29500",
                    "-m", "tina_core.train", str(rd.path)]
@@ -306,7 +306,7 @@ def test_accelerate_parses_the_generated_command(tmp_path):
     from accelerate.commands.launch import launch_command_parser
 
     cmd = launch.launch_command(RunDir(tmp_path / "run"), load_recipe(TINA / "limr.yaml"))
-    assert cmd[1:5] == ["-m", "tina_core.launch", "accelerate", "launch"]
+    assert cmd[1:5] == ["-m", "tina_core.train.launcher", "accelerate", "launch"]
     args = launch_command_parser().parse_args(cmd[5:])
     assert args.module and args.training_script == "tina_core.train" and args.training_script_args == [str(tmp_path / "run")]
     assert args.num_processes == 2 and args.config_file.endswith("zero2.yaml")
@@ -335,7 +335,8 @@ def test_gpu_recipe_on_a_machine_without_gpus():
 
 VALIDATE_TWICE = """
 import sys
-from tina_core.recipe import load_recipe, validate_recipe
+from tina_core.recipe.configs import validate_recipe
+from tina_core.recipe.loader import load_recipe
 validate_recipe(load_recipe(sys.argv[1], sys.argv[2:]))
 print(int("trl" in sys.modules))
 """

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from tina_core import paper
-from tina_core.recipe import load_recipe
-from tina_core.report import build_report, cli_report
+from tina_core.report import paper
+from tina_core.recipe.loader import load_recipe
+from tina_core.cli.workspace import cli_report
+from tina_core.report.table import build_report
 from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, append_jsonl, write_json_atomic
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"

@@ -7,8 +7,8 @@ import threading
 
 import pytest
 
-from tina_core import rewards as R
-from tina_core.rewards import (
+from tina_core.recipe import rewards as R
+from tina_core.recipe.rewards import (
     FORMAT_REWARD_KEYS,
     FORMAT_REWARD_METRICS,
     FUNC_NAMES,
@@ -235,7 +235,7 @@ def test_trl_grpo_logs_every_reward_under_tina_s_name(tmp_path):
     from transformers import Qwen2Config, Qwen2ForCausalLM
     from trl import GRPOConfig, GRPOTrainer
 
-    from tina_core.data import prepare_dataset
+    from tina_core.recipe.datasets import prepare_dataset
 
     torch.manual_seed(0)
     tok = _tokenizer()

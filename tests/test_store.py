@@ -16,7 +16,7 @@ import duckdb
 import pytest
 
 from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, append_jsonl, write_json_atomic
-from tina_core.store import Store
+from tina_core.store.index import Store
 
 KEYS = ("loss", "reward", "rewards/format_reward/mean", "completions/mean_length", "kl")
 
@@ -237,7 +237,7 @@ def test_vanished_and_rewritten_files(tmp_path):
 INGEST_LOOP = textwrap.dedent("""
     import sys, time
     from pathlib import Path
-    from tina_core.store import Store
+    from tina_core.store.index import Store
     store = Store(Path(sys.argv[1]))
     mode = sys.argv[2]
     if mode.startswith("hold"):
@@ -331,7 +331,7 @@ def test_two_processes_hammering_side_by_side(tmp_path):
 
 
 def test_cli_ingest(tmp_path, capsys):
-    from tina_core.store import cli_ingest
+    from tina_core.cli.workspace import cli_ingest
 
     rd = make_run(tmp_path, "r1")
     write_metrics(rd, range(1, 4))
@@ -380,7 +380,7 @@ def test_series_many_matches_one_key_at_a_time(tmp_path):
 
 
 def test_phase_max_age_keeps_a_recent_result_until_it_expires(tmp_path, monkeypatch):
-    import tina_core.store as store_mod
+    import tina_core.store.index as store_mod
 
     # every detection counts as costly here, so max_age_s alone decides how long a result stands
     monkeypatch.setattr(store_mod, "PHASE_SHARE", 1e-9)
@@ -397,7 +397,7 @@ def test_phase_max_age_keeps_a_recent_result_until_it_expires(tmp_path, monkeypa
         append_jsonl(rd.metrics, {**flat(s), "rewards/format_reward/mean": 0.9})
     store.ingest()
     assert store.phase("r1", max_age_s=60) == before
-    from tina_core.phase import recommend
+    from tina_core.analysis.phase import recommend
     assert store.recommendation("r1", max_age_s=60) == recommend(before, store.checkpoints("r1"))
     after = store.phase("r1")                     # no leeway: the new steps count
     assert after == Store(tmp_path).phase("r1") and after["status"] != "none"
@@ -433,7 +433,7 @@ def test_checkpoints_within_one_session_see_what_it_ingests(tmp_path):
 
 
 def test_small_and_large_chunks_give_the_same_rows(tmp_path):
-    from tina_core.store import SMALL_CHUNK_LINES
+    from tina_core.store.ingest import SMALL_CHUNK_LINES
 
     lines = [metric_line(s, extra_metric=s / 2) for s in range(1, 3 * SMALL_CHUNK_LINES)]
     lines[5] = {"step": 6, "attempt": 1, "ts": 5.0, "completion_length": 3.0,          # a legacy name

@@ -15,7 +15,11 @@ import time
 
 import pytest
 
-from tina_core import cost, runs, supervisor
+from tina_core.supervise import lifecycle
+from tina_core import runstate
+from tina_core.analysis import cost
+from tina_core.report import runs
+from tina_core.supervise import supervisor
 from tina_core.rundir import RunDir, TinaError, create_run_dir, iter_jsonl, write_json_atomic
 
 CONTRACT_TRAINER = r'''
@@ -86,7 +90,7 @@ def _events(rd: RunDir) -> list[str]:
 def _wait_state(rd: RunDir, states, timeout=30.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        state = supervisor.liveness(rd)["state"]
+        state = runstate.liveness(rd).state
         if state in states:
             return state
         time.sleep(0.1)
@@ -106,7 +110,7 @@ def test_crash_is_restarted_and_each_step_counted_once(make_run, monkeypatch):
     times = cost.step_times(iter_jsonl(rd.metrics))
     assert list(times) == list(range(1, 11))
     assert all(a == 2 for s, (_, a) in times.items() if s > 3)
-    run = runs.describe(supervisor.home_of(rd), rd)
+    run = runs.describe(runstate.run_home(rd), rd)
     assert (run["state"], run["restarts"], run["attempts"], run["step"]) == ("finished", 1, 2, 10)
     # $3.60/h on CPU is $0.001/s: the cost covers both attempts' lifetimes
     lifetimes = sum(x["ts"] - s["ts"] for s, x in zip(started, exited))
@@ -123,7 +127,7 @@ def test_gives_up_after_max_restarts(make_run, monkeypatch):
     assert sum(e["event"] == "attempt_started" for e in ev) == 3
     assert [e["delay_s"] for e in ev if e["event"] == "restarted"] == [0.2, 0.4]  # back-off doubles
     assert "gave up after 2 restarts" in ev[-1]["reason"]
-    assert supervisor.liveness(rd)["state"] == "failed"
+    assert runstate.liveness(rd).state == "failed"
 
 
 def test_trainer_failing_before_any_step_is_not_restarted(make_run):
@@ -140,12 +144,12 @@ def test_stop_kills_the_whole_group_of_a_trainer_deaf_to_sigterm(make_run, monke
     monkeypatch.setenv("FT_STOP", "100000")
     monkeypatch.setenv("TINA_STOP_TIMEOUT_S", "1")
     rd = make_run()
-    pid = supervisor.spawn_daemon(rd)
+    pid = lifecycle.spawn_daemon(rd)
     _wait_for(lambda: (rd.path / "child.pid").exists())
     child = int((rd.path / "child.pid").read_text())
-    assert supervisor.stop_run(supervisor.home_of(rd), rd.run_id, wait=True, timeout=20) == "stopped"
-    assert not supervisor._pid_alive(child)
-    _wait_for(lambda: not supervisor._pid_alive(pid), timeout=10)  # the daemon exits after "stopped"
+    assert lifecycle.stop_run(runstate.run_home(rd), rd.run_id, wait=True, timeout=20) == "stopped"
+    assert not runstate.pid_alive(child)
+    _wait_for(lambda: not runstate.pid_alive(pid), timeout=10)  # the daemon exits after "stopped"
     kinds = _events(rd)
     assert kinds[-3:] == ["stop_requested", "attempt_exited", "stopped"]
     assert rd.read_events()[-2]["signal"] == "SIGKILL"
@@ -155,24 +159,24 @@ def test_stale_heartbeat_is_crashed_never_running(make_run):
     rd = make_run()
     rd.event("supervisor_started", pid=os.getpid())
     write_json_atomic(rd.supervisor, {"pid": os.getpid(), "heartbeat": time.time()})
-    assert supervisor.liveness(rd)["state"] == "running"
+    assert runstate.liveness(rd).state == "running"
     write_json_atomic(rd.supervisor, {"pid": os.getpid(), "heartbeat": time.time() - 20})
-    assert supervisor.liveness(rd)["state"] == "crashed"
+    assert runstate.liveness(rd).state == "crashed"
 
 
 def test_one_supervisor_per_run(make_run, monkeypatch):
     monkeypatch.setenv("FT_STOP", "100000")
     rd = make_run()
-    supervisor.spawn_daemon(rd)
+    lifecycle.spawn_daemon(rd)
     before = rd.events.read_bytes()
-    second = subprocess.run([sys.executable, "-m", "tina_core.supervisor", str(rd.path)],
+    second = subprocess.run([sys.executable, "-m", "tina_core.supervise", str(rd.path)],
                             capture_output=True, text=True, timeout=30)
     assert second.returncode == 2 and "already supervised" in second.stderr
     with pytest.raises(TinaError, match="is running"):
-        supervisor.resume_run(supervisor.home_of(rd), rd.run_id)
+        lifecycle.resume_run(runstate.run_home(rd), rd.run_id)
     assert rd.events.read_bytes().startswith(before)
     assert _events(rd).count("supervisor_started") == 1
-    supervisor.stop_run(supervisor.home_of(rd), rd.run_id, wait=True, timeout=20)
+    lifecycle.stop_run(runstate.run_home(rd), rd.run_id, wait=True, timeout=20)
 
 
 def test_secrets_never_reach_the_run_directory(make_run, monkeypatch):
@@ -199,7 +203,7 @@ def _wait_for(cond, timeout=30.0):
 def test_logs_follow_ends_with_the_run(make_run, monkeypatch):
     monkeypatch.setenv("FT_SLEEP", "0.1")
     rd = make_run()
-    supervisor.spawn_daemon(rd)
+    lifecycle.spawn_daemon(rd)
     out = subprocess.run([sys.executable, "-m", "tina_core.cli", "--home", str(make_run.home), "logs", "-f",
                           rd.run_id], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0
@@ -209,17 +213,17 @@ def test_logs_follow_ends_with_the_run(make_run, monkeypatch):
 def test_stop_without_a_supervisor_stops_the_orphan(make_run, monkeypatch):
     monkeypatch.setenv("FT_STOP", "100000")
     rd = make_run()
-    pid = supervisor.spawn_daemon(rd)
-    _wait_for(lambda: supervisor.liveness(rd)["trainer_pid"])
-    trainer = supervisor.liveness(rd)["trainer_pid"]
+    pid = lifecycle.spawn_daemon(rd)
+    _wait_for(lambda: runstate.liveness(rd).trainer_pid)
+    trainer = runstate.liveness(rd).trainer_pid
     os.kill(pid, signal.SIGKILL)
     _wait_state(rd, ["crashed"])
-    assert supervisor.stop_run(supervisor.home_of(rd), rd.run_id) == "stopped"
-    assert not supervisor._pid_alive(trainer)
-    assert supervisor.liveness(rd)["state"] == "stopped"
+    assert lifecycle.stop_run(runstate.run_home(rd), rd.run_id) == "stopped"
+    assert not runstate.pid_alive(trainer)
+    assert runstate.liveness(rd).state == "stopped"
     assert _events(rd)[-3:] == ["attempt_exited", "stop_requested", "stopped"]
     with pytest.raises(TinaError, match="nothing to stop"):
-        supervisor.stop_run(supervisor.home_of(rd), rd.run_id)
+        lifecycle.stop_run(runstate.run_home(rd), rd.run_id)
 
 
 def test_a_full_disk_under_train_log_neither_stalls_nor_hides(make_run, monkeypatch):
@@ -231,11 +235,11 @@ def test_a_full_disk_under_train_log_neither_stalls_nor_hides(make_run, monkeypa
     monkeypatch.setenv("FT_SPAM", str(2_000_000))
     monkeypatch.setenv("FT_STOP", "4")
     rd = make_run()
-    proc = subprocess.run([sys.executable, "-m", "tina_core.supervisor", str(rd.path)], capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "tina_core.supervise", str(rd.path)], capture_output=True,
                           text=True, timeout=60,
                           preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert supervisor.liveness(rd)["state"] == "finished"
+    assert runstate.liveness(rd).state == "finished"
     assert [r["step"] for r in iter_jsonl(rd.metrics)] == [1, 2, 3, 4]
     assert rd.train_log.stat().st_size <= limit
     ev = rd.read_events()
@@ -243,7 +247,7 @@ def test_a_full_disk_under_train_log_neither_stalls_nor_hides(make_run, monkeypa
     assert [(e["file"], e["error"], e["attempt"]) for e in failed] == [("train.log", "File too large while writing train.log", 1)]
     lost = [e for e in ev if e["event"] == "attempt_exited"][0]["lost_log_bytes"]
     assert 2_000_000 - limit <= lost <= 2_000_000
-    run = runs.describe(supervisor.home_of(rd), rd)
+    run = runs.describe(runstate.run_home(rd), rd)
     assert run["write_errors"] == [{"file": "train.log", "error": "File too large while writing train.log",
                                     "attempt": 1, "lost_bytes": lost}]
     shown = subprocess.run([sys.executable, "-m", "tina_core.cli", "--home", str(make_run.home), "status", rd.run_id],
@@ -266,9 +270,9 @@ def test_the_daemon_log_masks_credentials(make_run, monkeypatch, tmp_path):
     monkeypatch.setenv("HF_TOKEN", token)
     monkeypatch.setenv("FT_STOP", "2")
     rd = make_run()
-    pid = supervisor.spawn_daemon(rd)
+    pid = lifecycle.spawn_daemon(rd)
     _wait_state(rd, ["finished"])
-    _wait_for(lambda: not supervisor._pid_alive(pid))
+    _wait_for(lambda: not runstate.pid_alive(pid))
     log = rd.path / supervisor.LOG_NAME
     _wait_for(lambda: "and at fd 2" in log.read_text())  # its writer outlives the daemon
     assert "leaving with ***\nand at fd 2: ***\n" in log.read_text()
@@ -286,7 +290,7 @@ def test_an_event_the_disk_cut_short_goes_in_whole_once_there_is_room(make_run):
 import resource
 from pathlib import Path
 from tina_core.rundir import RunDir
-from tina_core.supervisor import Supervisor
+from tina_core.supervise.supervisor import Supervisor
 sup = Supervisor(RunDir(Path({str(rd.path)!r})))
 resource.setrlimit(resource.RLIMIT_FSIZE, ({rd.events.stat().st_size} + 30, resource.RLIM_INFINITY))
 sup.event("stop_requested", by="test")

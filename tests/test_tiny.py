@@ -15,10 +15,10 @@ import pytest
 from conftest import ROOT, run_tiny_recipe
 from test_train import TRL_KEYS
 
-from tina_core import tiny
-from tina_core.metric_keys import FORMAT_REWARD
+from tina_core.recipe import tiny_model as tiny
+from tina_core.analysis.metric_keys import FORMAT_REWARD
 from tina_core.rundir import CHECKPOINT_COMPLETE, iter_jsonl
-from tina_core.tiny import MANIFEST, TinyParams, ensure_tiny_model
+from tina_core.recipe.tiny_model import MANIFEST, TinyParams, ensure_tiny_model
 
 QUICK = {"sft_steps": 3, "sft_batch_size": 4}  # a build in seconds, for cache and lock behaviour
 
@@ -56,7 +56,7 @@ def test_distilled_base_adds_but_rarely_formats(tiny_model):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tina_core.rewards import accuracy_reward, format_reward
+    from tina_core.recipe.rewards import accuracy_reward, format_reward
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tiny_model)

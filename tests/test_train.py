@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from tina_core.launch import launch_command, launch_env
-from tina_core.recipe import RECIPES_DIR, load_recipe
+from tina_core.train.launcher import launch_command, launch_env
+from tina_core.recipe.loader import RECIPES_DIR, load_recipe
 from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, create_run_dir, iter_jsonl
-from tina_core.train import EXIT_FINISHED, EXIT_STOPPED
+from tina_core.train.trainer import EXIT_FINISHED, EXIT_STOPPED
 
 pytestmark = pytest.mark.slow
 ROOT = RECIPES_DIR.parent
@@ -144,7 +144,7 @@ def test_sigterm_through_the_accelerate_launcher(home, tiny_cache, tmp_path):
     rd = make_run(home, "grpo.max_steps=500", "grpo.save_steps=100", "stop_at_step=500", "launch.gpus=1",
                   f"launch.accelerate_config={cfg}", "launch.main_process_port=29533")
     cmd, env = _cmd_env(rd, 1, tiny_cache)
-    assert cmd[1:5] == ["-m", "tina_core.launch", "accelerate", "launch"]
+    assert cmd[1:5] == ["-m", "tina_core.train.launcher", "accelerate", "launch"]
     with open(rd.train_log, "w") as log:
         proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         try:

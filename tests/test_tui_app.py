@@ -9,13 +9,23 @@ import time
 import pytest
 from textual.widgets import OptionList, SelectionList, TabbedContent
 
+from tina_core.evaluate import queue as ev_queue
 from tina_core.rundir import find_run
 from tina_tui.actions import ACTIONS, key_label
-from tina_tui.app import MainScreen, Refreshed, main
-from tina_tui.data import CHARTS
+from tina_tui.app import Refreshed, main
+from tina_tui.collector import CHARTS
 from tina_tui.demo import SyntheticRun
-from tina_tui.screens import ConfirmScreen, DetailScreen, HelpScreen, PlotView, RecipePicker, TaskChooser
-from tina_tui.widgets import ChartsPanel, CheckpointsTable, CostBar, LogTail, RunsTable
+from tina_tui.screens.confirm import ConfirmScreen
+from tina_tui.screens.detail import DetailScreen, PlotView
+from tina_tui.screens.help import HelpScreen
+from tina_tui.screens.main import MainScreen
+from tina_tui.screens.recipe_picker import RecipePicker
+from tina_tui.screens.task_chooser import TaskChooser
+from tina_tui.widgets.charts import ChartsPanel
+from tina_tui.widgets.checkpoints import CheckpointsTable
+from tina_tui.widgets.cost_bar import CostBar
+from tina_tui.widgets.log_view import LogView
+from tina_tui.widgets.runs_list import RunsTable
 
 from test_tui_support import FROZEN, make_app, refreshed, screen_text, settle, workspace
 
@@ -98,7 +108,7 @@ async def test_tab_keys_switch_and_focus(home):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app, pilot)
         tabs = app.query_one(TabbedContent)
-        for key, name, widget in (("2", "checkpoints", CheckpointsTable), ("3", "log", LogTail),
+        for key, name, widget in (("2", "checkpoints", CheckpointsTable), ("3", "log", LogView),
                                   ("4", "system", None), ("1", "charts", ChartsPanel)):
             await pilot.press(key)
             await pilot.pause()
@@ -262,9 +272,8 @@ async def test_checkpoints_table_and_evaluation_keys(home):
         queued = [e for e in rd.read_events()[n_events:] if e["event"] == "eval_queued"]
         assert {e["task"] for e in queued} == {"aime24", "amc23", "minerva"}, "\n".join(notes(app))
         assert {e["checkpoint"] for e in queued if e["task"] == "minerva"} == set(rd.checkpoint_steps())
-    from tina_core import evaluate
 
-    evaluate.cancel_eval(home, rd.run_id)
+    ev_queue.cancel_eval(home, rd.run_id)
 
 
 async def test_e_away_from_the_checkpoints_shows_them_first(home):
@@ -524,7 +533,7 @@ async def test_log_follow_switches_off_on_scroll_up(home):
         await settle(app, pilot)
         await pilot.press("3")
         await pilot.pause()
-        log = app.query_one(LogTail)
+        log = app.query_one(LogView)
         assert log.follow and log.line_count > 20
         last = rd.train_log.read_text().splitlines()[-1]
         assert log.lines[-1] == last and log.is_vertical_scroll_end
@@ -556,7 +565,7 @@ async def test_switching_runs_replaces_the_log(home):
     app = make_app(home, run=a.run_id, clock=lambda: FROZEN)
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app, pilot)
-        log = app.query_one(LogTail)
+        log = app.query_one(LogView)
         assert log.lines[-1] == a.train_log.read_text().splitlines()[-1]
         app.selected = b.run_id
         await refreshed(app, pilot)
@@ -591,7 +600,7 @@ async def test_quit_leaves_runs_alone(home):
 
 def test_every_registry_action_has_a_handler():
     from tina_tui.app import TinaApp
-    from tina_tui.screens import DetailScreen
+    from tina_tui.screens.detail import DetailScreen
 
     owners = {"global": [TinaApp], "main": [MainScreen], "detail": [DetailScreen]}
     for a in ACTIONS:

@@ -14,6 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tina_core.evaluate import queue as ev_queue
+from tina_core.supervise import lifecycle
+from tina_core import runstate
 from tina_core.rundir import list_run_dirs
 
 from test_tui_support import make_app, screen_text, settle
@@ -28,9 +31,8 @@ def anyio_backend():
 
 
 async def test_follows_a_real_tiny_run_live(home, tiny_model):
-    from tina_core import supervisor
 
-    rd = supervisor.start_run(home, ROOT / "recipes" / "tiny.yaml", name="live",
+    rd = lifecycle.start_run(home, ROOT / "recipes" / "tiny.yaml", name="live",
                               overrides=("grpo.max_steps=36", "grpo.save_steps=12", "stop_at_step=36"))
     try:
         # A tiny step takes ~0.1 s: 36 of them give a few seconds of training to watch.
@@ -62,8 +64,8 @@ async def test_follows_a_real_tiny_run_live(home, tiny_model):
             await pilot.pause()
             assert app.query_one("#log-tail").line_count > 0
     finally:
-        if supervisor.liveness(rd)["state"] in ("running", "stopping"):
-            supervisor.stop_run(home, rd.run_id, wait=True)
+        if runstate.liveness(rd).state in ("running", "stopping"):
+            lifecycle.stop_run(home, rd.run_id, wait=True)
 
 
 def _tmux(sock: str, *args: str) -> str:
@@ -94,7 +96,6 @@ MARKER_LINE = re.compile(r"(tentative|confirmed) @ \d+")
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_real_app_in_tmux_from_recipe_to_marker_to_evaluation(home, tiny_model, tiny_cache):
-    from tina_core import evaluate, supervisor
 
     sock = f"tina-test-{os.getpid()}"
     _cockpit(sock, home, tiny_cache)
@@ -108,7 +109,7 @@ def test_real_app_in_tmux_from_recipe_to_marker_to_evaluation(home, tiny_model, 
         # Lose the cockpit the hard way (a dropped SSH connection): the run goes on without it.
         os.kill(int(_tmux(sock, "display-message", "-p", "-t", "tui", "#{pane_pid}")), signal.SIGKILL)
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
-        assert supervisor.liveness(run)["state"] == "running"
+        assert runstate.liveness(run).state == "running"
         steps_then = len(run.metrics.read_text().splitlines()) if run.metrics.exists() else 0
         time.sleep(2)
         _cockpit(sock, home, tiny_cache)
@@ -134,8 +135,8 @@ def test_real_app_in_tmux_from_recipe_to_marker_to_evaluation(home, tiny_model, 
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
         for rd in list_run_dirs(home):
             try:
-                evaluate.cancel_eval(home, rd.run_id)
+                ev_queue.cancel_eval(home, rd.run_id)
             except Exception:
                 pass
-            if supervisor.liveness(rd)["state"] in ("running", "stopping"):
-                supervisor.stop_run(home, rd.run_id, wait=True)
+            if runstate.liveness(rd).state in ("running", "stopping"):
+                lifecycle.stop_run(home, rd.run_id, wait=True)

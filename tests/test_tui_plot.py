@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tina_core.rundir import RunDir
-from tina_tui.data import FORMAT, LENGTH, EventTail, LogTail, checkpoint_rows
+from tina_tui.collector import FORMAT, LENGTH, EventTail, FileTail, checkpoint_rows
 from tina_tui.plot import (BARS, MARK_CONFIRMED, MARK_TENTATIVE, braille_plot, bucket_mean, column_of, ema,
                            fmt_value, marker_line, spark_rows, value_at)
 
@@ -83,7 +83,7 @@ def test_value_at_and_fmt_value():
 
 def test_log_tail_reads_whole_lines_and_restarts_when_truncated(tmp_path):
     p = tmp_path / "train.log"
-    tail = LogTail(p)
+    tail = FileTail(p)
     assert tail.read() == ([], False)              # no file yet
     p.write_text("a\nb\npart")
     assert tail.read() == (["a", "b"], True)       # first read replaces, partial line waits
@@ -96,12 +96,12 @@ def test_log_tail_reads_whole_lines_and_restarts_when_truncated(tmp_path):
 
 
 def test_log_tail_backfill_starts_on_a_line_boundary(tmp_path, monkeypatch):
-    import tina_tui.data as data
+    import tina_tui.collector as data
 
     monkeypatch.setattr(data, "LOG_BACKFILL", 10)
     p = tmp_path / "train.log"
     p.write_text("".join(f"line{i:03d}\n" for i in range(20)))
-    lines, reset = LogTail(p).read()
+    lines, reset = FileTail(p).read()
     assert reset and lines == ["line019"]
 
 
@@ -159,7 +159,7 @@ def test_demo_workspace_is_deterministic(tmp_path):
 
 
 def test_eta_is_as_precise_as_it_is_near():
-    from tina_tui.widgets import eta_text
+    from tina_tui.widgets.text import eta_text
 
     assert [eta_text(s) for s in (None, 0.4, 42, 61, 599, 601, 3 * 3600 + 29 * 60 + 40)] == \
         ["-", "0s", "42s", "1m00s", "10m00s", "10m", "3h30m"]

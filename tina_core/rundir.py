@@ -282,6 +282,10 @@ class RunDir:
     def checkpoint_path(self, step: int) -> Path:
         return self.checkpoints / f"checkpoint-{step}"
 
+    def eval_log(self, eval_id: str) -> Path:
+        """One evaluation's output (its job touches it while alive: see runstate.eval_last_alive)."""
+        return self.evals / f"{eval_id}.log"
+
 
 def runs_root(home: Path) -> Path:
     return home / "runs"

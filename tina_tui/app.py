@@ -15,23 +15,24 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from textual import on, work
-from textual.app import App, ComposeResult
+from textual import work
+from textual.app import App
 from textual.message import Message
 from textual.screen import Screen
-from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from tina_core.rundir import TinaError, find_run, tina_home
 from tina_tui.actions import bindings
 from tina_tui.commands import CockpitCommands
-from tina_tui.data import Collector, RunView, Snapshot
-from tina_tui.screens import ConfirmScreen, DetailScreen, HelpScreen, RecipePicker, TaskChooser
-from tina_tui.widgets import (ChartsPanel, CheckpointsTable, CostBar, GpuPanel, LogTail, Panel, RunsTable,
-                              recommendation_line)
+from tina_tui.collector import Collector, RunView, Snapshot
+from tina_tui.screens.confirm import ConfirmScreen
+from tina_tui.screens.detail import DetailScreen
+from tina_tui.screens.help import HelpScreen
+from tina_tui.screens.main import MainScreen
+from tina_tui.screens.recipe_picker import RecipePicker
+from tina_tui.screens.task_chooser import TaskChooser
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 LOW_COLOUR_SYSTEMS = ("standard", "windows")
-TABS = {"charts": ChartsPanel, "checkpoints": CheckpointsTable, "log": LogTail, "system": GpuPanel}
 
 
 class Refreshed(Message):
@@ -48,120 +49,6 @@ class ActionDone(Message):
     def __init__(self, text: str, ok: bool = True) -> None:
         super().__init__()
         self.text, self.ok = text, ok
-
-
-class MainScreen(Screen[None]):
-    BINDINGS = bindings("main")
-
-    def compose(self) -> ComposeResult:
-        yield RunsTable(id="runs")
-        yield CostBar(id="cost")
-        with TabbedContent(id="tabs", initial="charts"):
-            with TabPane("1 charts", id="charts"):
-                yield ChartsPanel(id="charts-panel")
-            with TabPane("2 checkpoints", id="checkpoints"):
-                yield Panel(id="ckpt-note")
-                yield CheckpointsTable(id="ckpts")
-            with TabPane("3 log", id="log"):
-                yield LogTail(id="log-tail", max_lines=2000)
-            with TabPane("4 gpu", id="system"):
-                yield GpuPanel(id="gpu")
-        yield Footer()
-
-    def on_mount(self) -> None:
-        self.query_one(RunsTable).focus()
-        # Every widget a snapshot goes to is mounted now (not yet when the app itself mounts).
-        self.app_.start_refreshing()
-
-    @property
-    def app_(self) -> "TinaApp":
-        return self.app  # type: ignore[return-value]
-
-    def apply(self, snap: Snapshot) -> None:
-        view = snap.view
-        self.query_one(RunsTable).update_runs(snap.runs, view.run_id if view else self.app_.selected)
-        self.query_one(CostBar).show(view.run if view else None, view.recommendation if view else None,
-                                     view.checkpoints if view else [])
-        self.query_one(ChartsPanel).show(view)
-        self.query_one(CheckpointsTable).update_rows(view.checkpoints if view else [], view.run_id if view else None)
-        self.query_one("#ckpt-note", Panel).set_text(
-            recommendation_line(view.run if view else None, view.recommendation if view else None))
-        self.query_one(GpuPanel).show(view.run if view else None, view.system if view else [])
-        if view is not None:
-            self.query_one(LogTail).add(view.log_lines, view.log_reset)
-        self.sub_title = f"{len(snap.runs)} runs"
-
-    @on(RunsTable.Highlighted)
-    def _run_highlighted(self, event: RunsTable.Highlighted) -> None:
-        if event.run_id != self.app_.selected:
-            self.app_.selected = event.run_id
-            self.app_.refresh_data()
-
-    # enter on a table row: the tables take enter themselves, so their selection events answer it
-    @on(RunsTable.Chosen)
-    def _run_chosen(self) -> None:
-        self.action_detail()
-
-    @on(DataTable.RowSelected, "#ckpts")
-    def _checkpoint_chosen(self) -> None:
-        self.action_eval_selected()
-
-    # --- actions (keys come from the registry) ---------------------------------------------
-    def action_tab(self, name: str) -> None:
-        self.query_one(TabbedContent).active = name
-        self.query_one(TABS[name]).focus()
-
-    def action_cursor(self, delta: int) -> None:
-        focused = self.focused
-        if isinstance(focused, (ChartsPanel, LogTail)):
-            focused.cursor(delta)
-        elif isinstance(focused, RunsTable):
-            focused.action_move(delta)
-        elif isinstance(focused, DataTable):
-            focused.move_cursor(row=focused.cursor_row + delta)
-        else:
-            self.query_one(ChartsPanel).cursor(delta)
-
-    def action_prev_run(self) -> None:
-        self.query_one(RunsTable).action_move(-1)
-
-    def action_next_run(self) -> None:
-        self.query_one(RunsTable).action_move(1)
-
-    def action_detail(self) -> None:
-        self.app_.open_detail(self.query_one(ChartsPanel).selected)
-
-    def action_follow(self) -> None:
-        log = self.query_one(LogTail)
-        log.follow = not log.follow
-
-    def action_new_run(self) -> None:
-        self.app_.pick_recipe()
-
-    def action_stop_run(self) -> None:
-        self.app_.confirm_stop()
-
-    def action_resume_run(self) -> None:
-        self.app_.resume()
-
-    def action_eval_selected(self) -> None:
-        table = self.query_one(CheckpointsTable)
-        if self.query_one(TabbedContent).active != "checkpoints":
-            # The table is out of sight: show it, on the recommended row, rather than evaluate a
-            # checkpoint the user cannot see.
-            self.action_tab("checkpoints")
-            view = self.app_.view
-            table.select_step((view.recommendation or {}).get("recommended") if view else None)
-            self.notify("choose a checkpoint (j/k), then e or enter; E: the recommended one, A: all")
-            return
-        step = table.selected_step
-        if step is None:
-            self.notify("no complete checkpoint yet", severity="warning")
-            return
-        self.app_.choose_eval(step)
-
-    def action_eval(self, which: str) -> None:
-        self.app_.choose_eval(which)
 
 
 class TinaApp(App[None]):
@@ -271,7 +158,7 @@ class TinaApp(App[None]):
 
     @work(thread=True, group="actions", exit_on_error=False)
     def pick_recipe(self) -> None:
-        from tina_core.recipe import list_recipes
+        from tina_core.recipe.loader import list_recipes
 
         try:
             recipes = list_recipes(self.recipes_root)
@@ -320,10 +207,10 @@ class TinaApp(App[None]):
 
     @work(thread=True, group="actions", exit_on_error=False)
     def stop(self, run_id: str) -> None:
-        from tina_core import supervisor
+        from tina_core.supervise import lifecycle
 
         try:
-            state = supervisor.stop_run(self.home, run_id)
+            state = lifecycle.stop_run(self.home, run_id)
             self.post_message(ActionDone(f"{run_id}: {state}"))
         except TinaError as e:
             self.post_message(ActionDone(str(e), ok=False))
@@ -335,10 +222,10 @@ class TinaApp(App[None]):
 
     @work(thread=True, group="actions", exit_on_error=False)
     def _resume(self, run_id: str) -> None:
-        from tina_core import supervisor
+        from tina_core.supervise import lifecycle
 
         try:
-            supervisor.resume_run(self.home, run_id)
+            lifecycle.resume_run(self.home, run_id)
             self.post_message(ActionDone(f"{run_id}: resuming"))
         except TinaError as e:
             self.post_message(ActionDone(str(e), ok=False))
@@ -356,7 +243,7 @@ class TinaApp(App[None]):
     def _eval_tasks(self, run_id: str, checkpoint: int | str) -> None:
         import yaml
 
-        from tina_core import evaluate
+        from tina_core.evaluate import tasks as evaluate
         from tina_core.rundir import RunDir
 
         try:  # the run's resolved recipe snapshot says whether it trains on GPUs
@@ -372,7 +259,7 @@ class TinaApp(App[None]):
 
     @work(thread=True, group="actions", exit_on_error=False)
     def queue_eval(self, run_id: str, checkpoint: int | str, tasks: list[str]) -> None:
-        from tina_core import evaluate
+        from tina_core.evaluate import queue as evaluate
 
         try:
             ids = evaluate.queue_eval(self.home, run_id, checkpoint, tasks)

@@ -7,14 +7,13 @@ from typing import Callable, Iterator
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from tina_tui.data import CHARTS
+from tina_tui.collector import CHARTS
+from tina_tui.screens.detail import DetailScreen
+from tina_tui.screens.main import MainScreen
 
 
 class CockpitCommands(Provider):
     def _commands(self) -> Iterator[tuple[str, Callable[[], object], str]]:
-        from tina_tui.app import MainScreen
-        from tina_tui.screens import DetailScreen
-
         app = self.app
         screen = self.screen
         view = app.view

@@ -1,0 +1,252 @@
+"""The cost meter: GPU-seconds x $/GPU-hour, computed from a run's events alone.
+
+Every GPU process (a trainer attempt, an evaluation) appears in ``events.jsonl`` as a start and an
+end with the number of GPUs it held. Summing those intervals survives restarts of the trainer, the
+supervisor and the cockpit, because nothing is kept in memory. An attempt still open counts up
+to ``open_until`` (now while the run is live, else its supervisor's last heartbeat); an evaluation
+still open up to its job's last sign of life (now while the job lives, else its log's last write).
+
+CPU runs hold no GPU: they cost ``cpu_hour_usd`` per hour of process time (``$0`` unless priced).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from tina_core import runstate
+from tina_core.rundir import RunDir, TinaError, iter_jsonl
+
+CHECK_PROVIDER = "default, check your provider"
+# $/GPU-hour. L40S is the paper's figure; the others are typical on-demand cloud prices.
+BUILTIN_PRICES: dict[str, tuple[float, str]] = {
+    "L40S": (1.00, "Tina paper: 2x L40S at about $1/GPU-hour"),
+    "H200": (3.50, CHECK_PROVIDER),
+    "H100": (2.50, CHECK_PROVIDER),
+    "A100": (1.50, CHECK_PROVIDER),
+    "A10G": (1.00, CHECK_PROVIDER),
+    "L4": (0.70, CHECK_PROVIDER),
+    "RTX 4090": (0.40, CHECK_PROVIDER),
+}
+
+
+@dataclass(frozen=True)
+class Price:
+    gpu_hour_usd: float
+    cpu_hour_usd: float
+    source: str
+
+
+def _model_key(device: str, table: Iterable[str]) -> str | None:
+    """The table entry naming this GPU model ("NVIDIA L40S" -> "L40S"; "L4" never matches "L40S")."""
+    name = device.upper()
+    for key in sorted(table, key=len, reverse=True):
+        if re.search(rf"(?<![A-Z0-9]){re.escape(key.upper())}(?![A-Z0-9])", name):
+            return key
+    return None
+
+
+def user_prices(home: Path) -> dict[str, float]:
+    """``prices:`` from ``$TINA_HOME/config.yaml`` (``{L40S: 1.0, cpu: 0.1}``)."""
+    path = home / "config.yaml"
+    if not path.exists():
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise TinaError(f"{path}: not valid YAML ({e})") from e
+    prices = data.get("prices", {}) if isinstance(data, dict) else None
+    if not isinstance(prices, dict) or not all(isinstance(v, (int, float)) for v in prices.values()):
+        raise TinaError(f"{path}: 'prices' must map a GPU model (or 'cpu') to $/hour, e.g. prices: {{L40S: 1.0}}")
+    return {str(k): float(v) for k, v in prices.items()}
+
+
+def resolve_price(home: Path, device: str, *, cli_gpu_hour_usd: float | None = None,
+                  recipe_gpu_hour_usd: float | None = None,
+                  recipe_cpu_hour_usd: float | None = None) -> Price:
+    """The price of this run, first match wins: command line, recipe, config.yaml, built-in table."""
+    prices = user_prices(home)
+    cpu = recipe_cpu_hour_usd if recipe_cpu_hour_usd is not None else prices.get("cpu", 0.0)
+    if device == "cpu":
+        return Price(0.0, float(cpu), "recipe price.cpu_hour_usd" if recipe_cpu_hour_usd is not None
+                     else "config.yaml" if "cpu" in prices else "cpu (free unless priced)")
+    if cli_gpu_hour_usd is not None:
+        return Price(float(cli_gpu_hour_usd), cpu, "--gpu-hour-usd")
+    if recipe_gpu_hour_usd is not None:
+        return Price(float(recipe_gpu_hour_usd), cpu, "recipe price.gpu_hour_usd")
+    key = _model_key(device, prices)
+    if key is not None:
+        return Price(prices[key], cpu, f"{home / 'config.yaml'}")
+    key = _model_key(device, BUILTIN_PRICES)
+    if key is not None:
+        usd, note = BUILTIN_PRICES[key]
+        return Price(usd, cpu, f"built-in {key} ${usd:.2f} ({note})")
+    return Price(0.0, cpu, f"unknown GPU {device!r}: no price (use --gpu-hour-usd)")
+
+
+# --- metrics: the step clock ---------------------------------------------------------------------
+def step_times(records: Iterable[dict[str, Any]]) -> dict[int, tuple[float, int]]:
+    """``{step: (ts, attempt)}`` with each step once, the latest attempt's record. A new attempt
+    resumes from a checkpoint, so its first step supersedes everything the dead one logged from
+    that step on."""
+    out: dict[int, tuple[float, int]] = {}
+    attempt = None
+    for rec in records:
+        step, ts = rec.get("step"), rec.get("ts")
+        if not isinstance(step, int) or not isinstance(ts, (int, float)):
+            continue
+        a = rec.get("attempt", 1)
+        if a != attempt:
+            if attempt is not None and isinstance(a, int) and isinstance(attempt, int) and a > attempt:
+                for s in [s for s in out if s >= step]:
+                    del out[s]
+            attempt = a
+        out[step] = (float(ts), a)
+    return dict(sorted(out.items()))
+
+
+def seconds_per_step(times: dict[int, tuple[float, int]], window: int = 20) -> float | None:
+    """Recent wall seconds per step, from the latest attempt's last ``window`` steps."""
+    if not times:
+        return None
+    last_attempt = times[max(times)][1]
+    recent = [(s, ts) for s, (ts, a) in times.items() if a == last_attempt][-window:]
+    if len(recent) < 2 or recent[-1][0] == recent[0][0]:
+        return None
+    return max(0.0, (recent[-1][1] - recent[0][1]) / (recent[-1][0] - recent[0][0]))
+
+
+# --- GPU intervals --------------------------------------------------------------------------------
+@dataclass
+class Interval:
+    kind: str          # "train" or "eval"
+    key: Any           # attempt number or eval id
+    start: float
+    end: float | None  # None while the process is alive (or its end was never recorded)
+    gpus: int
+
+
+def intervals(events: Iterable[dict[str, Any]]) -> list[Interval]:
+    out: list[Interval] = []
+    open_: dict[tuple[str, Any], Interval] = {}
+    for ev in events:
+        kind, ts = ev.get("event"), ev.get("ts")
+        if not isinstance(ts, (int, float)):
+            continue
+        if kind in ("attempt_started", "eval_started"):
+            iv = Interval("train" if kind == "attempt_started" else "eval",
+                          ev.get("attempt") if kind == "attempt_started" else ev.get("eval_id"),
+                          float(ts), None,  # gpus: a count (trainer) or a list of ids (evaluations)
+                          len(g) if isinstance(g := ev.get("gpus"), list) else int(g or 0))
+            open_[(iv.kind, iv.key)] = iv
+            out.append(iv)
+        elif kind == "attempt_exited" or kind in ("eval_finished", "eval_failed", "eval_cancelled"):
+            k = ("train", ev.get("attempt")) if kind == "attempt_exited" else ("eval", ev.get("eval_id"))
+            iv = open_.pop(k, None)
+            if iv is not None:  # end_ts: when a dead supervisor's attempt really ended
+                end = ev.get("end_ts", ts)
+                iv.end = float(end if isinstance(end, (int, float)) else ts)
+    return out
+
+
+class Meter:
+    """Cost figures for one run, computed from its events and metrics."""
+
+    def __init__(self, info: dict[str, Any], events: list[dict[str, Any]],
+                 times: dict[int, tuple[float, int]], *, open_until: float | None = None,
+                 eval_open_until: float | None = None, eval_ends: dict[Any, float] | None = None) -> None:
+        self.gpu_hour_usd = float(info.get("gpu_hour_usd") or 0.0)
+        self.cpu_hour_usd = float(info.get("cpu_hour_usd") or 0.0)
+        self.stop_at_step = info.get("stop_at_step") or info.get("max_steps")
+        self.intervals = intervals(events)
+        self.times = times
+        now = time.time()
+        self.open_until = now if open_until is None else open_until
+        self.eval_open_until = now if eval_open_until is None else eval_open_until
+        self.eval_ends = eval_ends or {}  # eval id -> where its open interval ends (open_eval_ends)
+
+    @classmethod
+    def for_run(cls, run_dir: RunDir, **kw: Any) -> "Meter":
+        events = run_dir.read_events()
+        if "eval_open_until" not in kw:
+            kw.setdefault("eval_ends", runstate.open_eval_ends(run_dir, events))
+        return cls(run_dir.info(), events, step_times(iter_jsonl(run_dir.metrics)), **kw)
+
+    def usd_per_hour(self, iv: Interval) -> float:
+        return iv.gpus * self.gpu_hour_usd if iv.gpus > 0 else self.cpu_hour_usd
+
+    def _end(self, iv: Interval) -> float:
+        if iv.end is not None:
+            return iv.end
+        if iv.kind == "eval" and iv.key in self.eval_ends:
+            return max(iv.start, self.eval_ends[iv.key])
+        return max(iv.start, self.open_until if iv.kind == "train" else self.eval_open_until)
+
+    def spent(self, kind: str, until: float | None = None) -> float:
+        total = 0.0
+        for iv in self.intervals:
+            if iv.kind != kind:
+                continue
+            end = self._end(iv) if until is None else min(self._end(iv), until)
+            total += max(0.0, end - iv.start) * self.usd_per_hour(iv) / 3600
+        return total
+
+    def seconds(self, kind: str) -> float:
+        """Wall seconds the processes of this kind were alive (all attempts)."""
+        return sum(max(0.0, self._end(iv) - iv.start) for iv in self.intervals if iv.kind == kind)
+
+    def gpu_hours(self, kind: str) -> float:
+        return sum(max(0.0, self._end(iv) - iv.start) * iv.gpus for iv in self.intervals
+                   if iv.kind == kind) / 3600
+
+    def cost_usd(self) -> dict[str, float]:
+        train, ev = self.spent("train"), self.spent("eval")
+        return {"train": round(train, 4), "eval": round(ev, 4), "total": round(train + ev, 4)}
+
+    def cost_at_step(self, step: int) -> float | None:
+        """Training cost when ``step`` was logged (None if it never was)."""
+        hit = self.times.get(step)
+        return None if hit is None else round(self.spent("train", until=hit[0]), 4)
+
+    def usd_per_hour_now(self) -> float:
+        """What the processes alive now cost per hour."""
+        return sum(self.usd_per_hour(iv) for iv in self.intervals if iv.end is None)
+
+    def seconds_per_step(self) -> float | None:
+        return seconds_per_step(self.times)
+
+    def eta_s(self, step: int | None) -> float | None:
+        sps = self.seconds_per_step()
+        if sps is None or not self.stop_at_step or step is None:
+            return None
+        return max(0, self.stop_at_step - step) * sps
+
+    def projected_usd(self, step: int | None, *, finished: bool = False) -> float | None:
+        """Total cost when training reaches ``stop_at_step`` at the recent pace and price, plus the
+        evaluations so far."""
+        now = self.cost_usd()
+        if finished:
+            return now["total"]
+        eta = self.eta_s(step)
+        trains = [iv for iv in self.intervals if iv.kind == "train"]
+        if eta is None or not trains:
+            return None
+        return round(now["total"] + eta * self.usd_per_hour(trains[-1]) / 3600, 4)
+
+
+def run_cost(run_dir: RunDir, **kw: Any) -> dict[str, float]:
+    """``{train, eval, total}`` in dollars."""
+    return Meter.for_run(run_dir, **kw).cost_usd()
+
+
+def cost_at_step(run_dir: RunDir, step: int, **kw: Any) -> float | None:
+    return Meter.for_run(run_dir, **kw).cost_at_step(step)
+
+
+def usd_per_hour_now(run_dir: RunDir) -> float:
+    return Meter.for_run(run_dir).usd_per_hour_now()

@@ -1,0 +1,195 @@
+"""`tina run/stop/resume/logs/ls/status` as printed on a terminal (the lifecycle itself lives in
+tina_core.supervise, the run object in tina_core.report.runs)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+from tina_core import runstate
+from tina_core.report.runs import _session, describe, list_runs, open_store
+from tina_core.rundir import find_run, redact_text
+from tina_core.supervise.lifecycle import (check_resumable, create_run, plan_run, spawn_daemon, start_run, stop_run,
+                                           supervise_foreground)
+from tina_core.supervise.logpump import tail_text
+from tina_core.supervise.supervisor import EXIT_CODES
+
+
+def cli_run(home: Path, recipe: Path, *, name: str | None = None, detach: bool = False,
+            overrides: Sequence[str] = (), dry_run: bool = False, gpu_hour_usd: float | None = None) -> int:
+    if dry_run:
+        resolved, command = plan_run(home, recipe, overrides=overrides)
+        print(redact_text(f"{resolved.to_yaml().rstrip()}\n# launch command:\n{shlex.join(command)}"))
+        return 0
+    if detach:
+        run_dir = start_run(home, recipe, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
+        print(run_dir.run_id)
+        print(f"supervising in the background: tina logs -f {run_dir.run_id} | tina status {run_dir.run_id} "
+              f"| tina stop {run_dir.run_id}", file=sys.stderr)
+        return 0
+    run_dir, secret_env = create_run(home, recipe, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
+    print(run_dir.run_id, flush=True)
+    return EXIT_CODES.get(supervise_foreground(run_dir, secret_env=secret_env), 1)
+
+
+def cli_stop(home: Path, run_ref: str, *, wait: bool = True) -> int:
+    state = stop_run(home, run_ref, wait=wait)
+    print(state)
+    return 0 if state in ("stopped", "stopping", "finished") else 1
+
+
+def cli_resume(home: Path, run_ref: str, *, detach: bool = False) -> int:
+    run_dir = check_resumable(home, run_ref)
+    if detach:
+        spawn_daemon(run_dir, resume=True)
+        print(run_dir.run_id)
+        return 0
+    print(run_dir.run_id, flush=True)
+    return EXIT_CODES.get(supervise_foreground(run_dir, resume=True), 1)
+
+
+def cli_logs(home: Path, run_ref: str, *, follow: bool = False, lines: int = 40) -> int:
+    run_dir = find_run(home, run_ref)
+    path = run_dir.train_log
+    text = tail_text(path, lines)
+    if text:
+        print(text, flush=True)
+    if not follow:
+        return 0
+    try:
+        offset = path.stat().st_size if path.exists() else 0
+        buf = b""
+        while True:
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except FileNotFoundError:
+                chunk = b""
+            offset += len(chunk)
+            buf += chunk
+            *done, buf = buf.split(b"\n")
+            for raw in done:
+                print(redact_text(raw.decode(errors="replace")), flush=True)
+            if not chunk:
+                if not runstate.is_live(runstate.liveness(run_dir).state):
+                    if buf:
+                        print(redact_text(buf.decode(errors="replace")), flush=True)
+                    return 0
+                time.sleep(0.5)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _money(v: float | None) -> str:
+    return "-" if v is None else f"${v:.2f}" if v >= 1 else f"${v:.4f}"
+
+
+def _phase(p: dict | None) -> str:
+    if not p or p.get("status") in (None, "none"):
+        return "-"
+    return f"{p.get('step')} {p.get('signal', '')} ({p.get('status')})"
+
+
+def _duration(s: float | None) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def _console():
+    from rich.console import Console
+
+    # Piped output (scripts, CI logs) is not cut to 80 columns.
+    return Console(width=None if sys.stdout.isatty() else 220)
+
+
+STATE_STYLE = {"running": "green", "stopping": "yellow", "finished": "blue", "stopped": "yellow",
+               "failed": "red", "crashed": "bold red"}
+
+
+def cli_ls(home: Path, *, as_json: bool = False) -> int:
+    runs = list_runs(home)
+    if as_json:
+        print(json.dumps(runs, indent=2, default=str))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    if not runs:
+        console.print(f"no runs in {home} yet: tina run recipes/tiny.yaml")
+        return 0
+    table = Table(box=None, header_style="bold")
+    for col in ("run", "state", "step", "restarts", "time", "device", "cost", "projected", "phase", "recommended"):
+        table.add_column(col, justify="right" if col in ("step", "restarts", "cost", "projected") else "left")
+    for r in runs:
+        style = STATE_STYLE.get(r["state"], "")
+        table.add_row(r["run_id"], f"[{style}]{r['state']}[/{style}]" if style else r["state"],
+                      f"{r['step'] if r['step'] is not None else '-'}/{r['stop_at_step'] or '?'}",
+                      str(r["restarts"]), _duration(r["elapsed_s"]),
+                      f"{r['gpu_count']}x {r['device']}" if r["gpu_count"] else r["device"],
+                      _money(r["cost_usd"]["total"]), _money(r["projected_cost_usd"]),
+                      _phase(r["phase_transition"]),
+                      str(r["recommended_checkpoint"]) if r["recommended_checkpoint"] is not None else "-")
+    console.print(table)
+    return 0
+
+
+def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
+    run_dir = find_run(home, run_ref)
+    store = open_store(home)
+    with _session(store):
+        run = describe(home, run_dir, store)
+    if as_json:
+        print(json.dumps(run, indent=2, default=str))
+        return 0
+    from rich.table import Table
+
+    console = _console()
+    c = run["cost_usd"]
+    style = STATE_STYLE.get(run["state"], "")
+    console.print(f"[bold]{run['run_id']}[/bold]  [{style}]{run['state']}[/{style}]  ({run['recipe']})")
+    if run["failure"]:
+        console.print(f"failed: {run['failure']}", markup=False, style="red")
+    for w in run["write_errors"]:
+        console.print(f"warning: attempt {w['attempt']}: {w['error']}"
+                      + (f" ({w['lost_bytes']} bytes of trainer output lost)" if w["lost_bytes"] else ""),
+                      markup=False, style="yellow")
+    console.print(f"step {run['step'] if run['step'] is not None else '-'}/{run['stop_at_step'] or '?'}"
+                  f"  restarts {run['restarts']}  trained {_duration(run['elapsed_s'])}"
+                  + (f"  {run['seconds_per_step']:.2f} s/step" if run["seconds_per_step"] else "")
+                  + (f"  ETA {_duration(run['eta_s'])}" if run["eta_s"] is not None else ""))
+    device = f"{run['gpu_count']}x {run['device']}" if run["gpu_count"] else run["device"]
+    rate = f"{_money(run['gpu_hour_usd'])}/GPU-hour" if run["gpu_count"] else f"{_money(run.get('cpu_hour_usd'))}/hour"
+    console.print(f"{device} at {rate} ({run['price_source'] or 'no price'})")
+    console.print(f"cost {_money(c['total'])} (train {_money(c['train'])}, eval {_money(c['eval'])})"
+                  f"  projected {_money(run['projected_cost_usd'])}")
+    console.print(f"phase transition {_phase(run['phase_transition'])}  recommended checkpoint "
+                  f"{run['recommended_checkpoint'] if run['recommended_checkpoint'] is not None else '-'}")
+    if run["checkpoints"] or run["base"]["evals"]:
+        table = Table(box=None, header_style="bold")
+        table.add_column("checkpoint", justify="right")
+        table.add_column("cost at", justify="right")
+        table.add_column("evals")
+        rows = [("base", None, run["base"]["evals"])] if run["base"]["evals"] else []
+        for name, usd, evals in rows + [(str(c["step"]), c["cost_usd_at"], c["evals"]) for c in run["checkpoints"]]:
+            table.add_row(name, _money(usd), "  ".join(f"{t} {s:.3f}" if isinstance(s, (int, float)) else f"{t} {s}"
+                                                       for t, s in evals.items()) or "-")
+        console.print(table)
+    for ev in run["evaluations"]:
+        if ev["state"] in ("queued", "running", "failed"):
+            why = f": {(ev['reason'] or '').splitlines()[0]}" if ev["state"] == "failed" else ""
+            console.print(f"eval {ev['eval_id']} {ev['task']} {ev['state']}{why}", markup=False)
+    if run["last_metrics"]:
+        keys = [k for k in ("rewards/format_reward/mean", "rewards/accuracy_reward/mean",
+                            "completions/mean_length", "reward", "kl", "loss") if k in run["last_metrics"]]
+        console.print("  ".join(f"{k} {run['last_metrics'][k]:.4g}" for k in keys
+                                if isinstance(run["last_metrics"][k], (int, float))))
+    return 0
+
+

@@ -1,0 +1,131 @@
+"""Queueing evaluations: what to evaluate (a step, the recommended checkpoint, all, the base model),
+on which GPUs, and cancelling. The CLI and the cockpit only queue and read; the worker runs them.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Sequence
+
+from tina_core import runstate
+from tina_core.evaluate.tasks import CUSTOM_TASKS, TINA_TASKS, _task_slug, task_name
+from tina_core.rundir import RunDir, TinaError, find_run, tina_home
+
+
+def _run_gpus(rd: RunDir) -> list[int]:
+    return list(range(int(rd.info().get("gpu_count") or 0)))
+
+
+def _parse_gpus(gpus: str | Sequence[int] | None) -> list[int] | None:
+    if gpus is None:
+        return None
+    parts = gpus.split(",") if isinstance(gpus, str) else list(gpus)
+    try:
+        ids = [int(str(p).strip()) for p in parts if str(p).strip() != ""]
+    except ValueError:
+        raise TinaError(f"--gpus: expected comma-separated GPU ids such as 0,1, got {gpus!r}") from None
+    if not ids or any(i < 0 for i in ids):
+        raise TinaError(f"--gpus: expected comma-separated GPU ids such as 0,1, got {gpus!r}")
+    return ids
+
+
+def _store(home: Path, rd: RunDir):
+    """The index with this run caught up: nothing ingests behind a headless ``tina run``, so an
+    index read as it stands may not know the run's transition or newest checkpoints at all."""
+    from tina_core.store.index import Store
+
+    store = Store(home)
+    store.ingest([rd.run_id])
+    return store
+
+
+def _recommended(home: Path, rd: RunDir) -> int:
+    step = _store(home, rd).recommendation(rd.run_id).get("recommended")
+    if step is None:
+        raise TinaError(f"run {rd.run_id} has no recommended checkpoint yet; "
+                        f"pass --checkpoint N, all or base (complete checkpoints: {rd.checkpoint_steps() or 'none'})")
+    return int(step)
+
+
+def resolve_checkpoints(home: Path, rd: RunDir, checkpoint: int | str) -> list[int | str]:
+    """``N``, ``"recommended"``, ``"all"`` or ``"base"`` -> checkpoint steps (or ``"base"``).
+    A step with no directory at all is a user error; an incomplete one is queued and fails with
+    that reason (it may still be being written)."""
+    if isinstance(checkpoint, str):
+        c = checkpoint.strip().lower()
+        if c == "base":
+            return ["base"]
+        if c == "all":
+            steps = rd.checkpoint_steps()
+            if not steps:
+                raise TinaError(f"run {rd.run_id} has no complete checkpoint yet")
+            return list(steps)
+        if c == "recommended":
+            return [_recommended(home, rd)]
+        if not c.removeprefix("checkpoint-").isdigit():
+            raise TinaError(f"--checkpoint: expected a step N, recommended, all or base, got {checkpoint!r}")
+        checkpoint = int(c.removeprefix("checkpoint-"))
+    step = int(checkpoint)
+    if not rd.checkpoint_path(step).is_dir():
+        raise TinaError(f"run {rd.run_id} has no checkpoint-{step}; complete checkpoints: "
+                        f"{rd.checkpoint_steps() or 'none'}")
+    return [step]
+
+
+def _check_backend(task: str, gpus: list[int]) -> None:
+    if not gpus and task not in CUSTOM_TASKS:
+        raise TinaError(f"task {task!r} is evaluated with vLLM on GPUs (lighteval's built-in task needs the hub); "
+                        f"this run has no GPUs: pass --gpus ids, or use a CPU task ({', '.join(CUSTOM_TASKS)})")
+
+
+def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | str = "recommended",
+               tasks: Sequence[str] | None = None, *, gpus: str | Sequence[int] | None = None,
+               start_worker: bool = True) -> list[str]:
+    """Queue evaluations of a run's checkpoint(s) x tasks; returns their eval ids (an identical
+    evaluation already queued or running is reused, not queued twice). Starts the worker."""
+    h = tina_home(home)
+    rd = find_run(h, run_ref)
+    explicit = _parse_gpus(gpus)
+    use_gpus = explicit if explicit is not None else _run_gpus(rd)
+    names = [task_name(t) for t in tasks] if tasks else (list(TINA_TASKS) if use_gpus else ["arith"])
+    for t in names:
+        _check_backend(t, use_gpus)
+    active = {(e["checkpoint"], e["task"]): e["eval_id"] for e in runstate.evaluations(rd).values()
+              if e["state"] in ("queued", "running")}
+    ids = []
+    for ckpt in resolve_checkpoints(h, rd, checkpoint):
+        for t in dict.fromkeys(names):
+            if (ckpt, t) in active:
+                ids.append(active[(ckpt, t)])
+                continue
+            eid = f"{'base' if ckpt == 'base' else f'ckpt{ckpt}'}-{_task_slug(t)}-{secrets.token_hex(3)}"
+            rd.event("eval_queued", eval_id=eid, checkpoint=ckpt, task=t, tasks=[t], gpus=use_gpus,
+                     gpus_explicit=explicit is not None)
+            ids.append(eid)
+    if start_worker:
+        from tina_core.evaluate.worker import ensure_worker
+
+        ensure_worker(h)
+    return ids
+
+
+def cancel_eval(home: str | os.PathLike | None, run_ref: str, eval_id: str | None = None) -> list[str]:
+    """Cancel one queued or running evaluation of a run (all of them when ``eval_id`` is None);
+    a running one has its whole process group killed. Returns the ids cancelled."""
+    rd = find_run(tina_home(home), run_ref)
+    evs = runstate.evaluations(rd)
+    if eval_id is not None and eval_id not in evs:
+        raise TinaError(f"run {rd.run_id} has no evaluation {eval_id!r}")
+    targets = [e for e in evs.values() if e["state"] in ("queued", "running")
+               and (eval_id is None or e["eval_id"] == eval_id)]
+    for e in targets:
+        # The event first: the worker then knows the job's death was asked for, not a failure.
+        rd.event("eval_cancelled", eval_id=e["eval_id"], checkpoint=e["checkpoint"], task=e["task"],
+                 gpus=e["gpus"] if e["state"] == "running" else [], was=e["state"])
+        if e["state"] == "running" and isinstance(e.get("pid"), int):
+            runstate.end_group(e["pid"], 5.0)
+    return [e["eval_id"] for e in targets]
+
+

@@ -1,0 +1,104 @@
+"""What an evaluation is: the tasks tina knows, Tina's settings, and where its files go.
+
+An evaluation is one (run, checkpoint, task). Its whole life is in the run's ``events.jsonl``
+(``eval_queued`` -> ``eval_started`` -> ``eval_finished`` | ``eval_failed`` | ``eval_cancelled``;
+folded by ``tina_core.runstate.evaluations``). Output: ``RUN/evals/<eval_id>.log`` (the job's
+output), ``RUN/evals/<checkpoint-N|base>/<task>/`` (lighteval's results JSON and per-sample details
+parquet), merged models under ``RUN/evals/merged/checkpoint-N/``. Light: no heavy imports.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from tina_core.rundir import RunDir, TinaError, redact_text
+
+
+TASKS: dict[str, str] = {
+    "aime24": "AIME 2024, 30 problems (HuggingFaceH4/aime_2024), Pass@1",
+    "aime25": "AIME 2025, 30 problems (yentinglin/aime_2025), Pass@1",
+    "amc23": "AMC 2023, 40 problems (knoveleng/AMC-23), Pass@1",
+    "math_500": "MATH-500 (HuggingFaceH4/MATH-500), Pass@1",
+    "minerva": "Minerva math, 272 problems (knoveleng/Minerva-Math), Pass@1",
+    "gpqa:diamond": "GPQA diamond, 198 multiple-choice questions (Idavidrein/gpqa), Pass@1",
+    "arith": "tiny arithmetic benchmark shipped with tina (offline, CPU), Pass@1",
+}
+
+
+TINA_TASKS = ["aime24", "aime25", "amc23", "math_500", "minerva", "gpqa:diamond"]
+
+
+# Tasks lighteval lacks, defined in lighteval_tasks.py under names that never clash with built-ins.
+CUSTOM_TASKS = {"amc23": "tina_amc23", "minerva": "tina_minerva", "arith": "tina_arith"}
+
+
+EVAL_TASKS_FILE = Path(__file__).resolve().parent / "lighteval_tasks.py"
+
+
+# Tina's evaluation settings (scripts/eval/eval_post_train.sh), in lighteval 0.13's spelling.
+GPU_SETTINGS = {"dtype": "bfloat16", "max_model_length": 32768, "gpu_memory_utilization": 0.7,
+                "max_new_tokens": 32768, "temperature": 0.6, "top_p": 0.95}
+
+
+# The tiny model answers in a few dozen tokens; greedy decoding keeps CPU scores reproducible.
+CPU_SETTINGS = {"dtype": "float32", "max_new_tokens": 64, "temperature": 0.0, "batch_size": 16}
+
+
+LOG_TAIL_LINES = 12
+
+
+class EvalError(Exception):
+    """An evaluation failed for a reason worth showing as is (no traceback needed)."""
+
+
+def task_name(task: str) -> str:
+    """Canonical user-facing task name (accepts lighteval's ``tina_amc23`` spelling too)."""
+    t = task.strip()
+    for name, lname in CUSTOM_TASKS.items():
+        if t == lname:
+            return name
+    if t not in TASKS:
+        raise TinaError(f"unknown evaluation task {t!r}; known tasks: {', '.join(TASKS)}")
+    return t
+
+
+def lighteval_task(task: str) -> str:
+    return CUSTOM_TASKS.get(task, task)
+
+
+def default_tasks(recipe: Any) -> list[str]:
+    """Tina's six benchmarks for a GPU recipe, the tiny arithmetic benchmark on CPU."""
+    gpus = getattr(recipe, "gpus", None)
+    if gpus is None and isinstance(recipe, dict):
+        gpus = (recipe.get("launch") or {}).get("gpus")
+    return list(TINA_TASKS) if int(gpus or 0) > 0 else ["arith"]
+
+
+def _task_slug(task: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", task)
+
+
+def _label(checkpoint: int | str) -> str:
+    return "base" if checkpoint == "base" else f"checkpoint-{checkpoint}"
+
+
+def merged_dir(rd: RunDir, step: int) -> Path:
+    return rd.evals / "merged" / f"checkpoint-{step}"
+
+
+def output_dir(rd: RunDir, checkpoint: int | str, task: str) -> Path:
+    return rd.evals / _label(checkpoint) / _task_slug(task)
+
+
+def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return ""
+    # Progress bars redraw with \r: keep each line's last state.
+    rows = [r.split("\r")[-1].rstrip()[:400] for r in text.split("\n")]
+    return redact_text("\n".join([r for r in rows if r.strip()][-lines:]))
+
+

@@ -1,0 +1,173 @@
+"""The worker: ``python -m tina_core.evaluate worker HOME``, detached, one per workspace (an fcntl
+lock), started by ``queue_eval`` when none runs; it exits when the queue is empty.
+
+It runs evaluations one after the other, each as a job in its own process group (so cancelling
+kills the whole tree), enforces the timeout, and records the failures a job cannot record itself
+(a crash, an OOM kill, a timeout). It holds back a GPU evaluation while the run's own training holds
+the GPUs, unless the user assigned GPUs explicitly.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from tina_core import runstate
+from tina_core.evaluate.commands import _child_env, _gpu_env, _python
+from tina_core.evaluate.tasks import log_tail
+from tina_core.rundir import RunDir, tina_home
+
+WORKER_LOCK = "eval-worker.lock"
+WORKER_LOG = "eval-worker.log"
+BLOCKED_POLL_S = 3.0
+
+
+def _timeout_s(ev: dict[str, Any]) -> float:
+    default = 6 * 3600 if ev["gpus"] else 1800
+    try:
+        return float(os.environ.get("TINA_EVAL_TIMEOUT_S") or default)
+    except ValueError:
+        return default
+
+
+class _Lock:
+    """The workspace's worker lock (fcntl, released by the kernel if the worker dies)."""
+
+    def __init__(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self.path = home / WORKER_LOCK
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def worker_running(home: str | os.PathLike | None = None) -> bool:
+    lock = _Lock(tina_home(home))
+    if lock.acquire():
+        lock.release()
+        return False
+    return True
+
+
+def ensure_worker(home: str | os.PathLike | None = None) -> bool:
+    """Start the detached worker unless one runs; True when one was started."""
+    h = tina_home(home)
+    if worker_running(h):
+        return False
+    with open(h / WORKER_LOG, "ab") as log:
+        subprocess.Popen([_python(), "-m", "tina_core.evaluate", "worker", str(h)], stdin=subprocess.DEVNULL,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
+                         cwd=str(h), env=_child_env())
+    return True
+
+
+def _wlog(msg: str) -> None:
+    print(f"{time.strftime('%Y-%m-%d %H:%M:%S')} [{os.getpid()}] {msg}", flush=True)
+
+
+def _run_one(home: Path, rd: RunDir, ev: dict[str, Any]) -> None:
+    eid = ev["eval_id"]
+    log = rd.eval_log(eid)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    env = _child_env(**_gpu_env(ev["gpus"]), PYTHONUNBUFFERED="1")
+    with open(log, "ab") as f:
+        proc = subprocess.Popen([_python(), "-m", "tina_core.evaluate", "job", str(home), rd.run_id, eid],
+                                stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True, cwd=str(rd.path))
+    common = dict(eval_id=eid, checkpoint=ev["checkpoint"], task=ev["task"], gpus=ev["gpus"], pid=proc.pid)
+    rd.event("eval_started", **common, device="gpu" if ev["gpus"] else "cpu", log=str(log))
+    _wlog(f"started {rd.run_id}/{eid} pid {proc.pid}")
+    timeout = _timeout_s(ev)
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        runstate.end_group(proc.pid, 5.0, proc=proc)
+        proc.wait()
+        if runstate.evaluations(rd)[eid]["state"] == "running":
+            rd.event("eval_failed", **common, reason=f"timed out after {timeout:g}s\n--- last lines of {log.name} ---\n"
+                     + log_tail(log))
+        _wlog(f"timed out {rd.run_id}/{eid}")
+        return
+    runstate.end_group(proc.pid, 0.5)  # anything the job left behind in its group
+    if runstate.evaluations(rd)[eid]["state"] == "running":  # the job died before recording its end
+        why = f"exited with code {rc}" if rc >= 0 else f"killed by signal {signal.Signals(-rc).name}"
+        hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
+        rd.event("eval_failed", **common, reason=f"evaluation process {why}{hint}\n--- last lines of {log.name} ---\n"
+                 + log_tail(log))
+    _wlog(f"ended {rd.run_id}/{eid} rc {rc} -> {runstate.evaluations(rd)[eid]['state']}")
+
+
+def _reap_orphans(home: Path, items: list[dict[str, Any]]) -> bool:
+    """Running evaluations left by a previous worker: wait for a live job, fail a vanished one.
+    Returns True if one is still alive (the GPUs are not free)."""
+    alive = False
+    for ev in items:
+        if ev["state"] != "running":
+            continue
+        rd = RunDir(tina_home(home) / "runs" / ev["run_id"])
+        if runstate.eval_process_alive(ev.get("pid")):
+            alive = True
+            continue
+        if runstate.evaluations(rd).get(ev["eval_id"], {}).get("state") == "running":
+            rd.event("eval_failed", eval_id=ev["eval_id"], checkpoint=ev["checkpoint"], task=ev["task"],
+                     gpus=ev["gpus"], pid=ev.get("pid"), end_ts=runstate.eval_last_alive(rd, ev),
+                     reason="evaluation process ended without recording a result (its worker stopped)\n"
+                            + log_tail(rd.eval_log(ev["eval_id"])))
+    return alive
+
+
+def worker_main(home: str | os.PathLike) -> int:
+    h = tina_home(home)
+    lock = _Lock(h)
+    if not lock.acquire():
+        return 0
+    _wlog("worker up")
+    try:
+        while True:
+            items = runstate.eval_queue(h)
+            if _reap_orphans(h, items):
+                time.sleep(BLOCKED_POLL_S)
+                continue
+            pending = [e for e in items if e["state"] == "queued"]
+            if not pending:
+                # Release, then look once more: an evaluation queued while we were deciding to
+                # exit saw the lock held and started no worker.
+                lock.release()
+                if not any(e["state"] == "queued" for e in runstate.eval_queue(h)) or not lock.acquire():
+                    break
+                continue
+            for ev in pending:
+                rd = RunDir(h / "runs" / ev["run_id"])
+                if ev["gpus"] and not ev["gpus_explicit"] and runstate.training_holds_gpus(rd):
+                    continue
+                _run_one(h, rd, ev)
+                break
+            else:
+                time.sleep(BLOCKED_POLL_S)  # every queued GPU evaluation waits for its training
+    finally:
+        lock.release()
+        _wlog("worker exits: queue empty")
+    return 0
+
+

@@ -1,0 +1,361 @@
+"""Recipes: YAML files that say everything a run needs (model, LoRA, GRPO, data, rewards, launch).
+
+A recipe may ``extends`` a base recipe (deep-merged, child wins, chains allowed) and is then
+adjusted with ``--set a.b=value`` overrides (values parsed as YAML). ``load_recipe`` checks tina's
+own sections cheaply; ``tina_core.recipe.configs.validate_recipe`` builds the real
+``trl.GRPOConfig`` and ``peft.LoraConfig`` so a bad key fails before any process starts.
+
+Light at import time (only yaml): the CLI and the TUI import this at start-up.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from tina_core.rundir import MASK, TinaError, is_secret_name, remember_secrets
+
+
+class RecipeError(TinaError):
+    """A recipe problem; the message names the file, the key path and what was expected."""
+
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RECIPES_DIR = REPO_ROOT / "recipes"
+ACCELERATE_DIR = RECIPES_DIR / "accelerate"
+DEFAULT_ACCELERATE_CONFIG = "zero2.yaml"
+
+
+# PyYAML follows YAML 1.1, where `1e-6` (no dot) is a string: learning rates would silently become
+# text. This loader reads any float literal as a float.
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+# --- tina's own sections -----------------------------------------------------------------------
+# key -> expected type(s); a nested dict is a section whose keys are checked in turn. `grpo` and
+# `lora` are checked against the real GRPOConfig / LoraConfig in validate_recipe.
+_NUM = (int, float)
+SCHEMA: dict[str, Any] = {
+    "extends": str,
+    "name": str,
+    "description": str,
+    "model": {"name_or_path": str, "dtype": str, "attn_implementation": (str, type(None)),
+              "tiny": dict},
+    "lora": dict,
+    "grpo": dict,
+    "dataset": {"name": str, "config": (str, type(None)), "split": str, "mapping": (str, dict),
+                "system_prompt": (str, type(None)), "max_prompt_tokens": (int, type(None)),
+                "limit": (int, type(None)), "shuffle_seed": (int, type(None))},
+    "rewards": dict,
+    "reward_options": dict,  # checked by rewards.resolve_options
+    "stop_at_step": int,
+    "launch": {"gpus": int, "accelerate_config": (str, type(None)), "main_process_port": int,
+               "num_machines": int, "machine_rank": int, "main_process_ip": str, "env": dict,
+               "max_restarts": int, "stop_timeout_s": _NUM},
+    "price": {"gpu_hour_usd": (_NUM + (type(None),)), "cpu_hour_usd": (_NUM + (type(None),))},
+}
+TINY_MODEL = "tiny"  # model.name_or_path of the locally built tiny model
+
+
+def _type_name(t: Any) -> str:
+    ts = t if isinstance(t, tuple) else (t,)
+    names = {int: "an integer", float: "a number", str: "a string", dict: "a mapping", bool: "true/false",
+             list: "a list", type(None): "null"}
+    return " or ".join(dict.fromkeys(names.get(x, x.__name__) for x in ts))
+
+
+def _isinstance(value: Any, t: Any) -> bool:
+    ts = t if isinstance(t, tuple) else (t,)
+    if isinstance(value, bool) and bool not in ts:
+        return False
+    return isinstance(value, ts)
+
+
+def _suggest(key: str, options: Sequence[str]) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _check_section(data: dict, schema: dict, where: str, prefix: str = "") -> None:
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in schema:
+            raise RecipeError(f"{where}: {path}: unknown key{_suggest(str(key), list(schema))}; "
+                              f"expected one of: {', '.join(schema)}")
+        expected = schema[key]
+        if isinstance(expected, dict):
+            if not isinstance(value, dict):
+                raise RecipeError(f"{where}: {path}: expected a mapping, got {value!r}")
+            _check_section(value, expected, where, path + ".")
+        elif not _isinstance(value, expected):
+            raise RecipeError(f"{where}: {path}: expected {_type_name(expected)}, got {value!r}")
+    if prefix == "" and "rewards" in data:
+        for k, w in data["rewards"].items():
+            if not _isinstance(w, _NUM):
+                raise RecipeError(f"{where}: rewards.{k}: expected a number (the reward's weight), got {w!r}")
+
+
+def deep_merge(base: dict, child: dict) -> dict:
+    out = copy.deepcopy(base)
+    for k, v in child.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = deep_merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read(path: Path, chain: tuple[Path, ...] = ()) -> dict:
+    path = path.resolve()
+    if path in chain:
+        raise RecipeError(f"{path}: extends loops back: " + " -> ".join(str(p) for p in chain + (path,)))
+    try:
+        data = parse_yaml(path.read_text())
+    except FileNotFoundError:
+        where = f"{chain[-1]}: extends" if chain else "recipe"
+        raise RecipeError(f"{where}: no such file {path}") from None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path}: not valid YAML: {e}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: expected a mapping of sections at the top level, got {type(data).__name__}")
+    _absolutise(data, path.parent)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise RecipeError(f"{path}: extends: expected a relative path to a base recipe, got {parent!r}")
+    return deep_merge(_read(path.parent / parent, chain + (path,)), data)
+
+
+def apply_override(data: dict, override: str, where: str = "--set") -> None:
+    """Apply one ``a.b.c=value`` override in place (value parsed as YAML: 5e-4, true, [a, b])."""
+    key, sep, raw = override.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not p for p in key.split(".")):
+        raise RecipeError(f"{where} {override!r}: expected key.path=value, e.g. grpo.learning_rate=5e-4")
+    try:
+        value = parse_yaml(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{where} {override!r}: value is not valid YAML: {e}") from None
+    node = data
+    parts = key.split(".")
+    for i, p in enumerate(parts[:-1]):
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise RecipeError(f"{where} {override!r}: {'.'.join(parts[:i + 1])} is not a section")
+        node = nxt
+    node[parts[-1]] = value
+
+
+def _looks_local(ref: str) -> bool:
+    return ref.startswith(("/", "./", "../", "~"))
+
+
+def _absolutise(data: dict, base: Path) -> None:
+    """Local paths in a recipe are relative to the file that names them (to the working directory
+    for --set values); make them absolute so the snapshot in a run directory still points at the
+    same files."""
+    for section, key in (("dataset", "name"), ("model", "name_or_path"), ("launch", "accelerate_config")):
+        sec = data.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and _looks_local(sec[key]):
+            sec[key] = str((base / os.path.expanduser(sec[key])).resolve())
+
+
+@dataclass(frozen=True)
+class Recipe:
+    source: Path
+    data: dict
+
+    def get(self, dotted: str, default: Any = None) -> Any:
+        node: Any = self.data
+        for p in dotted.split("."):
+            if not isinstance(node, dict) or p not in node:
+                return default
+            node = node[p]
+        return node
+
+    @property
+    def name(self) -> str:
+        stem = self.source.stem
+        return self.data.get("name") or stem
+
+    @property
+    def description(self) -> str:
+        return self.data.get("description") or ""
+
+    @property
+    def grpo(self) -> dict:
+        return self.data.get("grpo") or {}
+
+    @property
+    def max_steps(self) -> int:
+        """Optimizer steps that shape the LR schedule (-1: unset, one epoch)."""
+        return int(self.grpo.get("max_steps", -1))
+
+    @property
+    def stop_at_step(self) -> int:
+        """Where training ends (after saving); ``max_steps`` unless the recipe stops earlier."""
+        return int(self.data.get("stop_at_step") or self.max_steps)
+
+    @property
+    def save_steps(self) -> int:
+        return int(self.grpo.get("save_steps", 500))  # TrainingArguments' default
+
+    @property
+    def gpus(self) -> int:
+        return int(self.get("launch.gpus", 0) or 0)
+
+    @property
+    def gpu_hour_usd(self) -> float | None:
+        v = self.get("price.gpu_hour_usd")
+        return None if v is None else float(v)
+
+    @property
+    def cpu_hour_usd(self) -> float:
+        return float(self.get("price.cpu_hour_usd") or 0.0)
+
+    @property
+    def rewards(self) -> dict[str, float]:
+        return {k: float(v) for k, v in (self.data.get("rewards") or {}).items()}
+
+    @property
+    def format_reward_keys(self) -> list[str]:
+        """The recipe's reward keys that score format (their curves show the phase transition)."""
+        from tina_core.recipe.rewards import FORMAT_REWARD_KEYS
+
+        return [k for k in self.rewards if k in FORMAT_REWARD_KEYS]
+
+    @property
+    def dataset_size(self) -> int | None:
+        """Rows in the training data (counted locally, Tina's figure for hub datasets), or None."""
+        from tina_core.recipe.datasets import dataset_size
+
+        section = self.data.get("dataset")
+        try:
+            return dataset_size(section) if section else None
+        except TinaError:
+            return None
+
+    @property
+    def prompts_per_step(self) -> float:
+        """Unique prompts per optimizer step (TRL counts completions per device)."""
+        g = self.grpo
+        return (int(g.get("per_device_train_batch_size", 8)) * int(g.get("gradient_accumulation_steps", 1))
+                * max(1, self.gpus) * int(self.get("launch.num_machines") or 1)) / int(g.get("num_generations", 8))
+
+    @property
+    def steps_per_epoch(self) -> float | None:
+        """Optimizer steps in one pass over the data (Tina's "% of 1 epoch"): rows / prompts per step."""
+        rows = self.dataset_size
+        per_step = self.prompts_per_step
+        return rows / per_step if rows and per_step else None
+
+    @property
+    def is_tiny(self) -> bool:
+        return self.get("model.name_or_path") == TINY_MODEL
+
+    @property
+    def secret_env(self) -> dict[str, str]:
+        """``launch.env`` entries whose names look like credentials (HF_TOKEN...), with their values;
+        entries a snapshot withheld (``***``) are not here."""
+        env = self.get("launch.env") or {}
+        return {str(k): str(v) for k, v in env.items() if is_secret_name(str(k)) and v != MASK}
+
+    def to_yaml(self) -> str:
+        """The fully resolved recipe (no ``extends``), as written to a run directory or shown:
+        credential values in ``launch.env`` are withheld as ``***`` (the supervisor hands them to
+        the trainer through its environment; see launch_env)."""
+        out = {"name": self.name, **{k: v for k, v in self.data.items() if k != "name"}}
+        if self.secret_env:
+            out["launch"] = {**out["launch"], "env": {**out["launch"]["env"], **dict.fromkeys(self.secret_env, MASK)}}
+        return yaml.safe_dump(out, sort_keys=False, default_flow_style=False)
+
+
+def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
+    """Read a recipe, resolve ``extends``, apply ``--set`` overrides and check tina's sections."""
+    src = Path(path).expanduser()
+    where = str(src)
+    if not src.is_file():
+        raise RecipeError(f"{where}: no such recipe file")
+    data = _read(src)
+    for o in overrides:
+        apply_override(data, o)
+    _check_section(data, SCHEMA, where)
+    if "output_dir" in (data.get("grpo") or {}):
+        raise RecipeError(f"{where}: grpo.output_dir: not allowed; tina saves checkpoints to RUN_DIR/checkpoints")
+    _absolutise(data, Path.cwd())
+    recipe = Recipe(source=src.resolve(), data=data)
+    remember_secrets(recipe.secret_env.values())  # whatever this process writes from now on masks them
+    return recipe
+
+
+def masked_override(override: str) -> str:
+    """A ``--set`` override as it may be recorded: a credential-looking ``launch.env`` value masked
+    by its name (its text may differ from the parsed value that ``secret_env`` knows)."""
+    key, sep, _ = override.partition("=")
+    parts = key.strip().split(".")
+    if sep and len(parts) == 3 and parts[:2] == ["launch", "env"] and is_secret_name(parts[2]):
+        return f"{key}={MASK}"
+    return override
+
+
+def list_recipes(root: str | os.PathLike = RECIPES_DIR) -> list[tuple[Path, str]]:
+    """(path, description) of every recipe under ``root`` (the TUI picker); bases and accelerate
+    configs are not recipes. Unreadable files are listed with the error as description."""
+    root = Path(root)
+    out = []
+    for p in sorted(root.rglob("*.yaml")):
+        rel = p.relative_to(root).parts
+        if rel[0] in ("base", "accelerate"):
+            continue
+        try:
+            desc = load_recipe(p).description
+        except TinaError as e:
+            desc = f"(invalid: {e})"
+        out.append((p, desc))
+    return out
+
+
+def accelerate_config_path(recipe: Recipe) -> Path:
+    """``launch.accelerate_config``: a file name in recipes/accelerate/ or a path."""
+    ref = recipe.get("launch.accelerate_config") or DEFAULT_ACCELERATE_CONFIG
+    path = Path(ref) if os.sep in ref else ACCELERATE_DIR / ref
+    if not path.is_file():
+        raise RecipeError(f"{recipe.source}: launch.accelerate_config: no such file {path} "
+                          f"(expected a name in {ACCELERATE_DIR} or a path)")
+    return path.resolve()
+
+
+def resolve_base_model(recipe: Recipe, home: str | os.PathLike | None = None) -> str:
+    """Where the base model comes from: the tiny model's cache folder (built on first use), or
+    ``model.name_or_path`` (a hub id or local path)."""
+    if recipe.is_tiny:
+        from tina_core.recipe.tiny_model import ensure_tiny_model
+
+        return str(ensure_tiny_model(recipe.get("model.tiny") or {}, home=home))
+    return str(recipe.get("model.name_or_path"))

@@ -1,0 +1,175 @@
+"""The run object of `tina ls/status --json` and the TUI: state, progress, cost, phase, checkpoints.
+
+Built from the run directory (the truth) and, when the store is available, from its index for the
+phase transition, the recommendation and evaluation scores. Light: no heavy imports.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from tina_core import runstate
+from tina_core.analysis import cost
+from tina_core.rundir import RunDir, iter_jsonl, list_run_dirs
+
+LIVE_PHASE_MAX_AGE_S = 5.0  # a live run gains a step a second; detection reads all of them
+_SUMMARY_KEYS = ("train_runtime", "train_loss")  # the trainer's final summary log, not a step
+_EVAL_FIELDS = ("eval_id", "checkpoint", "task", "state", "score", "metric", "reason", "gpus")
+
+
+def _normalise(metrics: dict[str, Any]) -> dict[str, Any]:
+    try:
+        from tina_core.analysis.metric_keys import normalise_key
+    except ImportError:
+        return metrics
+    return {normalise_key(k): v for k, v in metrics.items()}
+
+
+def _scores_by_checkpoint(evals: dict[str, dict[str, Any]]) -> dict[Any, dict[str, float]]:
+    """``{checkpoint or "base": {task: score}}`` of the finished evaluations, the latest winning."""
+    out: dict[Any, dict[str, float]] = {}
+    for e in sorted((e for e in evals.values() if e["state"] == "finished"), key=lambda e: e.get("ended_ts") or 0):
+        out.setdefault(e["checkpoint"], {}).update(e["scores"])
+    return out
+
+
+def _store_call(store: Any, method: str, run_id: str, **kw: Any) -> Any:
+    if store is None:
+        return None
+    try:
+        return getattr(store, method)(run_id, **kw)
+    except Exception as e:  # the index is an optimisation; the run directory still answers
+        print(f"tina: warning: store.{method}({run_id}): {e}", file=sys.stderr)
+        return None
+
+
+def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | None = None) -> dict[str, Any]:
+    """The run object (design.md fields, plus a few more)."""
+    now = time.time() if now is None else now
+    info = run_dir.info()
+    events = run_dir.read_events()
+    live = runstate.liveness(run_dir, events, now)
+    state = live.state
+    is_live = runstate.is_live(state)
+    last_ts = max((e.get("ts", 0) for e in events), default=0) or None
+    # A dead supervisor's open attempt counts up to its last heartbeat, not up to now.
+    open_until = now if is_live else (live.heartbeat or last_ts or now)
+    # The step clock from the index when there is one: re-reading metrics.jsonl costs seconds.
+    clock = _store_call(store, "step_clock", run_dir.run_id)
+    last_metrics = _store_call(store, "last_metrics", run_dir.run_id)
+    records = [] if clock is not None and last_metrics is not None else list(iter_jsonl(run_dir.metrics))
+    steps = [r for r in records if isinstance(r.get("step"), int)]
+    if clock is not None:
+        times, step = clock
+    else:
+        times, step = cost.step_times(records), (steps[-1]["step"] if steps else None)
+    meter = cost.Meter(info, events, times, open_until=open_until,
+                       eval_ends=runstate.open_eval_ends(run_dir, events, now))
+    if last_metrics is None:
+        per_step = [r for r in steps if not any(k in r for k in _SUMMARY_KEYS)]
+        last_metrics = _normalise({k: v for k, v in (per_step[-1] if per_step else {}).items()
+                                   if k not in ("time", "ts", "attempt")})
+    # A live run's phase may lag its newest steps by a few seconds (see Store.phase).
+    age = {"max_age_s": LIVE_PHASE_MAX_AGE_S} if is_live else {}
+    phase = _store_call(store, "phase", run_dir.run_id, **age)
+    rec = _store_call(store, "recommendation", run_dir.run_id, **age) or {}
+    evals = runstate.evaluations(run_dir, events)
+    event_scores = _scores_by_checkpoint(evals)
+    listed = _store_call(store, "checkpoints", run_dir.run_id)
+    if listed is None:
+        listed = [{"step": s, "evals": event_scores.get(s, {})} for s in run_dir.checkpoint_steps()]
+    checkpoints = [{"step": c["step"], "cost_usd_at": meter.cost_at_step(c["step"]), "evals": c.get("evals") or {}}
+                   for c in listed]
+    # The base model is its own entry: Tina reports gains over it.
+    base = _store_call(store, "base_evals", run_dir.run_id)
+    base = dict(sorted(((event_scores.get("base") or {}) if base is None else base).items()))
+
+    trains = [iv for iv in meter.intervals if iv.kind == "train"]
+    stop_at = info.get("stop_at_step") or info.get("max_steps")
+    failed = [e for e in events if e.get("event") == "failed"]
+    lost = {e.get("attempt"): e["lost_log_bytes"] for e in events
+            if e.get("event") == "attempt_exited" and e.get("lost_log_bytes")}
+    return {
+        "run_id": run_dir.run_id,
+        "name": info.get("name", run_dir.run_id),
+        "recipe": info.get("recipe"),
+        "state": state,
+        "step": step,
+        "stop_at_step": stop_at,
+        "max_steps": info.get("max_steps"),
+        "restarts": sum(1 for e in events if e.get("event") == "restarted"),
+        "attempts": len(trains),
+        "started_at": info.get("created"),
+        "elapsed_s": round(meter.seconds("train"), 1),
+        "device": info.get("device", "cpu"),
+        "gpu_count": info.get("gpu_count", 0),
+        "gpu_hour_usd": info.get("gpu_hour_usd"),
+        "cpu_hour_usd": info.get("cpu_hour_usd", 0.0),
+        "price_source": info.get("price_source"),
+        "cost_usd": meter.cost_usd(),
+        "usd_per_hour_now": round(meter.usd_per_hour_now(), 4) if is_live else 0.0,
+        "projected_cost_usd": meter.projected_usd(step, finished=state == "finished"),
+        "seconds_per_step": meter.seconds_per_step(),
+        "eta_s": meter.eta_s(step) if is_live else None,
+        "phase_transition": phase,
+        "recommended_checkpoint": rec.get("recommended"),
+        "best_evaluated_checkpoint": rec.get("best_evaluated"),
+        "recommendation_disagrees": bool(rec.get("disagree", False)),
+        "checkpoints": checkpoints,
+        "base": {"evals": base, "avg": sum(base.values()) / len(base) if base else None},
+        "evals_pending": sum(1 for e in evals.values() if e["state"] in runstate.EVAL_ACTIVE_STATES),
+        "evaluations": [{k: e.get(k) for k in _EVAL_FIELDS} for e in evals.values()],
+        "last_metrics": last_metrics,
+        "failure": failed[-1].get("reason") if state == "failed" and failed else None,
+        # writes a full disk refused (the supervisor's own: what the trainer could not write ends it)
+        "write_errors": [{"file": e.get("file"), "error": e.get("error"), "attempt": e.get("attempt"),
+                          "lost_bytes": lost.get(e.get("attempt")) if e.get("file") == "train.log" else None}
+                         for e in events if e.get("event") == "write_failed"],
+        "supervisor_pid": live.supervisor_pid if is_live else None,
+        "imported": bool(info.get("imported", False)),
+        "path": str(run_dir.path),
+    }
+
+
+def open_store(home: Path) -> Any:
+    """The ingested store, or None when it is unavailable (``tina ls`` still works without it)."""
+    try:
+        from tina_core.store.index import Store
+    except ImportError:
+        return None
+    try:
+        store = Store(home)
+        store.ingest()
+        return store
+    except Exception as e:
+        print(f"tina: warning: the index at {home} is unavailable ({e}); showing run directories only",
+              file=sys.stderr)
+        return None
+
+
+def list_runs(home: Path, store: Any = None) -> list[dict[str, Any]]:
+    run_dirs = list_run_dirs(home)
+    if store is None and run_dirs:
+        store = open_store(home)
+    now = time.time()
+    with _session(store):
+        return [describe(home, rd, store, now=now) for rd in run_dirs]
+
+
+def _session(store: Any):
+    """One database connection for all the queries of one listing (opening one costs ~0.2 s)."""
+    if store is not None and hasattr(store, "session"):
+        try:
+            return store.session()
+        except Exception:
+            pass
+    return contextlib.nullcontext()
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+

@@ -1,0 +1,254 @@
+"""`tina report`: a Tina-style table over the workspace's runs, beside the paper's rows.
+
+Per run: recipe, the phase transition, the recommended checkpoint (latest complete one at or before
+the transition) and the best evaluated one, each as a step and a % of one epoch, their benchmark
+scores and average, the base model's scores as an entry of its own with each checkpoint's gain over
+it (Tina reports gains over the base model), and the dollars: train / eval / total, and training up
+to the recommended checkpoint (the paper's "$9" is that figure for its best recipe, plus one
+evaluation).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+from tina_core.analysis import metric_keys
+from tina_core.report import paper
+from tina_core.rundir import RunDir, list_run_dirs
+from tina_core.store.index import Store
+
+
+def _recipe_info(rd: RunDir) -> tuple[str | None, float | None]:
+    """(recipe file stem, optimizer steps per epoch) from the run's recipe snapshot."""
+    info = rd.info()
+    stem = Path(info["recipe"]).stem if info.get("recipe") else None
+    if not rd.recipe.exists():
+        return stem, None
+    try:
+        from tina_core.recipe.loader import load_recipe
+
+        recipe = load_recipe(rd.recipe)
+        rows = info.get("dataset_size") or recipe.dataset_size
+        per_step = recipe.prompts_per_step
+    except Exception:  # an unreadable snapshot only costs the epoch percentages
+        return stem, None
+    return stem, (rows / per_step if rows and per_step else None)
+
+
+def _cost(rd: RunDir, step: int | None) -> tuple[dict, float | None, str]:
+    try:
+        from tina_core.analysis import cost
+    except ImportError:
+        return {"train": 0.0, "eval": 0.0, "total": 0.0}, None, "no cost module: $0 shown"
+    meter = cost.Meter.for_run(rd)
+    to_rec = meter.cost_at_step(step) if step is not None else None
+    return meter.cost_usd(), to_rec, "GPU-seconds x $/GPU-hour from the run's events"
+
+
+def _pct(step: int | None, per_epoch: float | None) -> float | None:
+    return round(100 * step / per_epoch, 1) if step is not None and per_epoch else None
+
+
+def _avg(scores: dict[str, float]) -> float | None:
+    return sum(scores.values()) / len(scores) if scores else None
+
+
+def gain_over_base(scores: dict[str, float], base: dict[str, float]) -> float | None:
+    """Mean gain over the base model on the tasks both were evaluated on (None when none are)."""
+    common = [t for t in scores if t in base]
+    return round(sum(scores[t] - base[t] for t in common) / len(common), 4) if common else None
+
+
+def run_row(store: Store, rd: RunDir) -> dict[str, Any]:
+    info = rd.info()
+    stem, per_epoch = _recipe_info(rd)
+    ph = store.phase(rd.run_id)
+    rec = store.recommendation(rd.run_id)
+    cks = {c["step"]: c for c in store.checkpoints(rd.run_id)}
+    base = store.base_evals(rd.run_id)
+    cost_usd, to_rec, cost_source = _cost(rd, rec["recommended"])
+
+    def ck(step: int | None) -> dict | None:
+        if step is None:
+            return None
+        c = cks.get(step, {"evals": {}, "avg": None})
+        return {"step": step, "pct_epoch": _pct(step, per_epoch), "scores": c["evals"], "avg": c["avg"],
+                "vs_base": gain_over_base(c["evals"], base)}
+
+    return {
+        "run_id": rd.run_id, "name": info.get("name"), "recipe": info.get("recipe"),
+        "recipe_stem": stem, "imported": bool(info.get("imported")),
+        "last_step": store.last_step(rd.run_id), "steps_per_epoch": per_epoch,
+        "phase_transition": ph, "phase_pct_epoch": _pct(ph and ph.get("step"), per_epoch),
+        "base": {"scores": base, "avg": _avg(base)} if base else None,
+        "recommended": ck(rec["recommended"]), "best_evaluated": ck(rec["best_evaluated"]),
+        "disagree": rec["disagree"], "reason": rec["reason"],
+        "cost_usd": cost_usd, "train_usd_to_recommended": to_rec, "cost_source": cost_source,
+        "paper": paper.rows_for(stem),
+    }
+
+
+def build_report(home: Path) -> dict[str, Any]:
+    store = Store(home)
+    with store.session():
+        store.ingest()
+        runs = [run_row(store, rd) for rd in list_run_dirs(home)]
+    return {"runs": runs, "paper": {"benchmarks": list(paper.BENCHMARKS), "main_results": paper.MAIN_RESULTS,
+                                    "ablations": paper.ABLATIONS, "costs": paper.COSTS}}
+
+
+# --- rendering ---------------------------------------------------------------------------------
+def _f(v: Any, fmt: str = "{:.2f}") -> str:
+    if v is None:
+        return "-"
+    return fmt.format(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else str(v)
+
+
+def _ck(c: dict | None) -> str:
+    if not c:
+        return "-"
+    return f"{c['step']}" + (f" ({c['pct_epoch']:.0f}%)" if c.get("pct_epoch") is not None else "")
+
+
+def _tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
+    ours = []
+    for r in report["runs"]:
+        ph = r["phase_transition"]
+        best = r["best_evaluated"] or r["recommended"]
+        ours.append([
+            r["name"] or r["run_id"], r["recipe_stem"] or "-",
+            "-" if not ph or ph["status"] == "none" else f"{ph['step']} {ph['status']}",
+            _ck(r["recommended"]), _ck(r["best_evaluated"]),
+            _f(best and best["avg"], "{:.4f}"),
+            _f(r["cost_usd"]["train"]), _f(r["cost_usd"]["eval"]), _f(r["cost_usd"]["total"]),
+            _f(r["train_usd_to_recommended"]),
+        ])
+    main = [[m["model"], m["recipe"], f"{m['best_pct_epoch']}%", _f(m["aime24"]), _f(m["avg"]),
+             _f(m["full_sota_avg"])] for m in report["paper"]["main_results"]]
+    costs = [[c["experiment"], _f(c["train"], "${}"), _f(c["eval"], "${}"), _f(c["total"], "${}")]
+             for c in report["paper"]["costs"]]
+    tasks = _tasks(report)
+    scored = [[r["name"] or r["run_id"], label, *[_f(e["scores"].get(t), "{:.4f}") for t in tasks],
+               _f(e["avg"], "{:.4f}"), _f(e.get("vs_base"), "{:+.4f}")]
+              for r in report["runs"] for label, e in _entries(r)]
+    evals = [("Our evaluations (vs base: mean gain over the base model on the same tasks)",
+              ["run", "model", *tasks, "avg", "vs base"], scored)] if scored else []
+    return [
+        ("Our runs", ["run", "recipe", "transition", "recommended (% epoch)", "best evaluated (% epoch)",
+                      "avg", "train $", "eval $", "total $", "train $ to rec."], ours),
+        *evals,
+        ("Paper: main results", ["model", "recipe", "best %", "AIME24", "avg", "full-param SOTA avg"], main),
+        ("Paper: cost (2x L40S, ~$1/GPU-h)", ["experiment", "train", "eval", "total"], costs),
+    ]
+
+
+def _entries(r: dict) -> list[tuple[str, dict]]:
+    """A run's evaluated entries: its base model, recommended and (when another) best checkpoint."""
+    out = [("base", r["base"])] if r.get("base") else []
+    rec, best = r["recommended"], r["best_evaluated"]
+    if rec and rec["scores"]:
+        out.append((f"checkpoint-{rec['step']} (recommended)", rec))
+    if best and best["scores"] and (not rec or best["step"] != rec["step"]):
+        out.append((f"checkpoint-{best['step']} (best evaluated)", best))
+    return out
+
+
+def _tasks(report: dict) -> list[str]:
+    """Every task scored in the report: the paper's benchmarks in its order, then the others."""
+    seen = {t for r in report["runs"] for _, e in _entries(r) for t in e["scores"]}
+    return [t for t in paper.BENCHMARKS if t in seen] + sorted(seen - set(paper.BENCHMARKS))
+
+
+def render_text(report: dict, markdown: bool) -> str:
+    out = []
+    for title, head, rows in _tables(report):
+        if markdown:
+            out += [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+            out += ["| " + " | ".join(r) + " |" for r in rows] or ["| " + " | ".join("-" * len(head)) + " |"]
+        else:
+            widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(head)]
+            out += [title, "  ".join(h.ljust(w) for h, w in zip(head, widths))]
+            out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows] or ["(no runs)"]
+        out.append("")
+    notes = [f"{r['name']}: {r['reason']}" for r in report["runs"]]
+    notes += sorted({f"cost: {r['cost_source']}" for r in report["runs"]})
+    out += notes
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_csv(report: dict) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    bench = report["paper"]["benchmarks"]
+    extra = [t for t in _tasks(report) if t not in bench]  # tasks of our own (arith), after the rest
+    w.writerow(["source", "name", "recipe", "transition_step", "transition_status", "recommended_step",
+                "recommended_pct_epoch", "best_step", "best_pct_epoch", *bench, "avg", "train_usd",
+                "eval_usd", "total_usd", "train_usd_to_recommended", "vs_base", *extra])
+    for r in report["runs"]:
+        ph = r["phase_transition"] or {}
+        best = r["best_evaluated"] or r["recommended"] or {}
+        rec = r["recommended"] or {}
+        scores = best.get("scores") or {}
+        w.writerow(["ours", r["name"], r["recipe_stem"], ph.get("step"), ph.get("status"), rec.get("step"),
+                    rec.get("pct_epoch"), (r["best_evaluated"] or {}).get("step"),
+                    (r["best_evaluated"] or {}).get("pct_epoch"), *[scores.get(b) for b in bench],
+                    best.get("avg"), r["cost_usd"]["train"], r["cost_usd"]["eval"], r["cost_usd"]["total"],
+                    r["train_usd_to_recommended"], best.get("vs_base"), *[scores.get(t) for t in extra]])
+        if r.get("base"):  # the base model, its own row: the gains above are over it
+            b = r["base"]["scores"]
+            w.writerow(["base", r["name"], r["recipe_stem"], *[None] * 6, *[b.get(t) for t in bench],
+                        r["base"]["avg"], *[None] * 5, *[b.get(t) for t in extra]])
+    costs = {c.get("recipe"): c for c in report["paper"]["costs"] if c.get("recipe")}
+    for m in report["paper"]["main_results"]:
+        c = costs.get(m["recipe"], {})
+        w.writerow(["paper", m["model"], m["recipe"], None, None, None, None, None, m["best_pct_epoch"],
+                    m["aime24"], *[None] * (len(bench) - 1), m["avg"], c.get("train"), c.get("eval"),
+                    c.get("total"), None, None, *[None] * len(extra)])
+    return buf.getvalue()
+
+
+def write_plots(report: dict, store: Store, folder: Path) -> list[Path]:
+    """One PNG per run: format reward(s) and completion length, with the transition marker and the
+    checkpoints (the recommended one highlighted)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    written = []
+    for r in report["runs"]:
+        keys = set(store.metric_keys(r["run_id"]))
+        panels = [[k for k in (metric_keys.FORMAT_REWARD, metric_keys.TAG_COUNT_REWARD) if k in keys],
+                  [metric_keys.COMPLETION_LENGTH] if metric_keys.COMPLETION_LENGTH in keys else []]
+        panels = [p for p in panels if p]
+        if not panels:
+            continue
+        fig, axes = plt.subplots(len(panels), 1, figsize=(8, 2.6 * len(panels)), sharex=True, squeeze=False)
+        ph = r["phase_transition"]
+        rec = r["recommended"] and r["recommended"]["step"]
+        cks = [c["step"] for c in store.checkpoints(r["run_id"])]
+        for ax, panel in zip(axes[:, 0], panels):
+            for key in panel:
+                pts = store.metric_series(r["run_id"], key, max_points=None)
+                ax.plot([s for s, _ in pts], [v for _, v in pts], lw=1, label=key)
+            for s in cks:
+                ax.axvline(s, color="grey", lw=0.6, alpha=0.5, ymax=0.08)
+            if rec is not None:
+                ax.axvline(rec, color="tab:green", lw=1.2, label=f"recommended checkpoint-{rec}")
+            if ph and ph.get("step") is not None:
+                ax.axvline(ph["step"], color="tab:red", lw=1.2, ls="-" if ph["status"] == "confirmed" else "--",
+                           label=f"{ph['status']} transition @ {ph['step']}")
+            ax.legend(fontsize=7, loc="best")
+            ax.grid(alpha=0.3)
+        axes[-1, 0].set_xlabel("step")
+        fig.suptitle(f"{r['name']} ({r['recipe_stem'] or 'imported'})", fontsize=10)
+        fig.tight_layout()
+        path = folder / f"{r['run_id']}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+    return written

@@ -1,0 +1,229 @@
+"""What state a run and its evaluations are in, read from their events and the processes they name.
+
+The one place that knows: the run's state (from ``events.jsonl``, the supervisor's heartbeat and
+its pid), each evaluation's state (folded from its ``eval_*`` events), whether a pid is still the
+process that was started, and how a process group is ended. Readers (``tina ls/status``, the cost
+meter, the report, the cockpit) and the daemons (the supervisor, the eval worker) all ask here, so
+no reader imports a daemon.
+
+Light: the standard library and psutil.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable
+
+from tina_core.rundir import RunDir, list_run_dirs, read_json, tina_home
+
+# --- states -------------------------------------------------------------------------------------
+LIVE_STATES = ("running", "stopping")
+# The events that end a supervisor's watch; the run's state is then the event's name.
+ENDED_STATES = ("finished", "stopped", "failed")
+RUN_STATES = (*LIVE_STATES, *ENDED_STATES, "crashed")
+EVAL_ACTIVE_STATES = ("queued", "running")
+EVAL_ENDED_EVENTS = ("eval_finished", "eval_failed", "eval_cancelled")
+
+HEARTBEAT_S = 2.0           # the supervisor rewrites supervisor.json this often
+HEARTBEAT_TIMEOUT_S = 15.0  # a heartbeat older than this: the supervisor is gone
+EVAL_PROCESS_MARK = "tina_core.evaluate"  # in the command line of every evaluation process
+
+
+def is_live(state: str | None) -> bool:
+    return state in LIVE_STATES
+
+
+def can_stop(state: str | None) -> bool:
+    """A stop can be asked of a live run, and of a crashed one (its orphans are then stopped)."""
+    return state in (*LIVE_STATES, "crashed")
+
+
+def can_resume(state: str | None) -> bool:
+    return state in ("stopped", "failed", "crashed")
+
+
+# --- processes ----------------------------------------------------------------------------------
+def pid_alive(pid: Any, *, started: float | None = None, cmdline_has: str | None = None) -> bool:
+    """True for a running (not zombie) process; with ``started`` (epoch s), only if it was created
+    then (a recycled pid is another process); with ``cmdline_has``, only if its command line says so."""
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        import psutil
+
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        if isinstance(started, (int, float)) and abs(p.create_time() - started) >= 5:
+            return False
+        return cmdline_has is None or cmdline_has in " ".join(p.cmdline())
+    except Exception:  # NoSuchProcess, AccessDenied on another user's pid...
+        return False
+
+
+def send_signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL to a whole process group at once (vLLM workers and other children included)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def end_group(pgid: int, grace: float, *, term_group: bool = True, proc: subprocess.Popen | None = None) -> None:
+    """SIGTERM, then SIGKILL to whatever of the group is left once its leader is gone or after
+    ``grace`` seconds. ``term_group`` False sends the SIGTERM to the leader only (a trainer handles
+    it by saving a checkpoint, and stops its own children). ``proc``: the leader, when it is our
+    child, reaped as we wait (a zombie leader would keep the group looking alive)."""
+    try:
+        (os.killpg if term_group else os.kill)(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline:
+        if proc is not None:
+            proc.poll()
+        if not pid_alive(pgid):
+            break
+        time.sleep(0.1)
+    kill_group(pgid)
+
+
+# --- a run --------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Liveness:
+    """A run's state and the processes behind it (from its heartbeat file)."""
+
+    state: str                    # one of RUN_STATES
+    supervisor_pid: int | None
+    trainer_pid: int | None
+    heartbeat: float | None       # epoch s of the supervisor's last heartbeat
+
+
+def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
+             now: float | None = None) -> Liveness:
+    """The run's state from its events, its heartbeat and the pids in it."""
+    events = run_dir.read_events() if events is None else events
+    now = time.time() if now is None else now
+    hb = read_json(run_dir.supervisor, {}) or {}
+
+    def out(state: str) -> Liveness:
+        return Liveness(state, hb.get("pid"), hb.get("trainer_pid"), hb.get("heartbeat"))
+
+    if run_dir.info().get("imported"):
+        return out("finished")
+    last_start = max((i for i, e in enumerate(events) if e.get("event") in ("supervisor_started", "launched")),
+                     default=-1)
+    since = events[last_start + 1:] if last_start >= 0 else events
+    terminal = [e["event"] for e in since if e.get("event") in ENDED_STATES]
+    if terminal:
+        return out(terminal[-1])
+    fresh = isinstance(hb.get("heartbeat"), (int, float)) and now - hb["heartbeat"] <= HEARTBEAT_TIMEOUT_S
+    started_ts = events[last_start].get("ts", 0) if last_start >= 0 else 0
+    if last_start >= 0 and events[last_start].get("event") == "launched":
+        # Created, supervisor not up yet: give it the heartbeat timeout to appear.
+        alive = now - started_ts <= HEARTBEAT_TIMEOUT_S or (fresh and pid_alive(hb.get("pid")))
+    else:
+        alive = fresh and pid_alive(hb.get("pid")) and hb.get("heartbeat", 0) >= started_ts - 1
+    if not alive:
+        return out("crashed")
+    stopping = any(e.get("event") == "stop_requested" for e in since)
+    return out("stopping" if stopping else "running")
+
+
+def open_attempts(events: Iterable[dict[str, Any]]) -> list[int]:
+    """Trainer attempts started and never recorded as exited."""
+    started, exited = [], set()
+    for e in events:
+        if e.get("event") == "attempt_started":
+            started.append(e.get("attempt"))
+        elif e.get("event") == "attempt_exited":
+            exited.add(e.get("attempt"))
+    return [a for a in started if a not in exited]
+
+
+def training_holds_gpus(rd: RunDir) -> bool:
+    """Whether the run's own training is running on GPUs right now (heartbeat fresh, an attempt
+    started and not exited)."""
+    if int(rd.info().get("gpu_count") or 0) <= 0:
+        return False
+    events = rd.read_events()
+    return is_live(liveness(rd, events).state) and bool(open_attempts(events))
+
+
+# --- its evaluations ----------------------------------------------------------------------------
+def evaluations(rd: RunDir, events: Iterable[dict[str, Any]] | None = None) -> dict[str, dict[str, Any]]:
+    """Every evaluation of a run by id: ``{eval_id, run_id, checkpoint, task, state, gpus, ...}``
+    with ``state`` queued, running, finished, failed or cancelled (the first terminal event wins)."""
+    out: dict[str, dict[str, Any]] = {}
+    for ev in rd.read_events() if events is None else events:
+        kind, eid = ev.get("event"), ev.get("eval_id")
+        if not (isinstance(kind, str) and kind.startswith("eval_")) or not eid:
+            continue
+        if kind == "eval_queued":
+            out[eid] = {"eval_id": eid, "run_id": rd.run_id, "checkpoint": ev.get("checkpoint"),
+                        "task": ev.get("task"), "state": "queued", "gpus": ev.get("gpus") or [],
+                        "gpus_explicit": bool(ev.get("gpus_explicit")), "queued_ts": ev.get("ts"),
+                        "started_ts": None, "ended_ts": None, "pid": None, "score": None,
+                        "metric": None, "reason": None, "scores": {}}
+            continue
+        rec = out.get(eid)
+        if rec is None or rec["state"] not in EVAL_ACTIVE_STATES:
+            continue
+        if kind == "eval_started":
+            rec.update(state="running", started_ts=ev.get("ts"), pid=ev.get("pid"))
+        elif kind in EVAL_ENDED_EVENTS:
+            rec.update(state=kind.removeprefix("eval_"), ended_ts=ev.get("ts"),
+                       score=ev.get("score"), metric=ev.get("metric"), reason=ev.get("reason"),
+                       results_path=ev.get("results_path"), details_path=ev.get("details_path"),
+                       scores=ev.get("scores") if isinstance(ev.get("scores"), dict) else {})
+    return out
+
+
+def eval_queue(home: str | os.PathLike | None = None) -> list[dict[str, Any]]:
+    """Queued and running evaluations across the workspace, oldest first."""
+    h = tina_home(home)
+    items = [e for rd in list_run_dirs(h) for e in evaluations(rd).values() if e["state"] in EVAL_ACTIVE_STATES]
+    return sorted(items, key=lambda e: (e.get("queued_ts") or 0, e["eval_id"]))
+
+
+def eval_process_alive(pid: Any) -> bool:
+    return pid_alive(pid, cmdline_has=EVAL_PROCESS_MARK)
+
+
+def eval_last_alive(rd: RunDir, ev: dict[str, Any], now: float | None = None) -> float:
+    """When a running evaluation's job was last alive: now while its process lives, else its log's
+    last write (the job touches it every few seconds), never before it started. A dead worker's
+    evaluation costs up to there, not up to whenever a later worker reaps it."""
+    now = time.time() if now is None else now
+    start = float(ev.get("started_ts") or now)
+    if eval_process_alive(ev.get("pid")):
+        return now
+    try:
+        seen = rd.eval_log(ev["eval_id"]).stat().st_mtime
+    except OSError:
+        return start
+    return max(start, min(seen, now))
+
+
+def open_eval_ends(rd: RunDir, events: list[dict[str, Any]] | None = None,
+                   now: float | None = None) -> dict[Any, float]:
+    """``{eval_id: ts}`` for the run's evaluations still open in its events: where the cost meter
+    ends each (see eval_last_alive)."""
+    return {eid: eval_last_alive(rd, e, now) for eid, e in evaluations(rd, events).items()
+            if e["state"] == "running"}
+
+
+def run_home(rd: RunDir) -> Path:
+    return rd.path.parent.parent

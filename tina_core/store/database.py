@@ -1,0 +1,193 @@
+"""The index's database file: one DuckDB file per workspace, shared by every tina process.
+
+DuckDB lets one process at a time open the file for writing, and a reader cannot open it while a
+writer holds it. The TUI and the CLI run side by side, so every operation opens a short-lived
+connection, retries on the lock with jittered back-off, and closes it again; nothing keeps the file
+open across TUI refreshes. A damaged file is named with the way to mend it (it is only a cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator
+
+import duckdb
+
+from tina_core.rundir import TinaError
+from tina_core.store.schema import SCHEMA, SCHEMA_VERSION, TABLES
+
+DB_NAME = "tina.duckdb"
+LOCK_TIMEOUT_S = 5.0
+WAIT_NOTICE_S, WAIT_YIELD_S = 0.3, 0.03  # a waiter's notice counts this long; a holder yields this
+
+
+def _is_lock_error(e: Exception) -> bool:
+    msg = str(e).lower()
+    # "unique file handle conflict": this process already has the file open another way
+    return "lock" in msg or "different configuration" in msg or "file handle conflict" in msg
+
+
+def _sql_str(s: str) -> str:
+    return "'" + s.replace("'", "''") + "'"
+
+
+def _ident(s: str) -> str:
+    return '"' + s.replace('"', '""') + '"'
+
+
+# What reading a damaged database file raises (a truncated file, garbage inside it).
+_DAMAGE_ERRORS = (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException, duckdb.FatalException)
+
+
+class _Attachments:
+    """The process's one in-memory DuckDB instance and the database files attached to it, counted
+    so that overlapping sessions (threads, several Store objects) share one attachment and the
+    file is detached, its lock released, when the last session ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._instance: duckdb.DuckDBPyConnection | None = None
+        self._users: dict[Path, int] = {}
+
+    @staticmethod
+    def alias(path: Path) -> str:
+        return "ws_" + hashlib.sha1(str(path).encode()).hexdigest()[:16]
+
+    def acquire(self, path: Path) -> duckdb.DuckDBPyConnection:
+        path = path.resolve()
+        alias = self.alias(path)
+        with self._lock:
+            if self._instance is None:
+                self._instance = duckdb.connect(":memory:")
+            if not self._users.get(path):
+                self._instance.execute(f"ATTACH {_sql_str(str(path))} AS {alias}")
+            self._users[path] = self._users.get(path, 0) + 1
+            con = self._instance.cursor()
+        con.execute(f"USE {alias}")
+        return con
+
+    def release(self, path: Path, con: duckdb.DuckDBPyConnection) -> None:
+        path = path.resolve()
+        con.close()
+        with self._lock:
+            self._users[path] -= 1
+            if not self._users[path]:
+                del self._users[path]
+                self._instance.execute(f"DETACH {self.alias(path)}")
+
+
+_ATTACHED = _Attachments()
+
+
+class Database:
+    """Connections to one workspace's index file. Holds none between calls."""
+
+    def __init__(self, home: Path):
+        self.home = Path(home)
+        self.path = self.home / DB_NAME
+        self._waiting = self.home / (DB_NAME + ".waiting")  # pid of a process waiting for the lock
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._schema_ok = False
+        # Answers that stand for the rest of one session unless it writes.
+        self._in_session: dict[tuple, Any] = {}
+
+    def _schema_recreated(self) -> None:
+        """The file was found written by another schema version and emptied (subclasses forget
+        what they knew of it)."""
+
+    # --- connections ---------------------------------------------------------------------------
+    def _open(self) -> duckdb.DuckDBPyConnection:
+        """A connection with the workspace file attached and in use. Starting a DuckDB instance
+        costs tens of milliseconds; attaching a file to a running one costs about one, so the
+        process keeps one in-memory instance and attaches the file per session. Detaching releases
+        the file lock just as closing a connection did."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        self._let_waiter_in()
+        deadline = time.monotonic() + LOCK_TIMEOUT_S
+        delay = 0.005
+        while True:
+            try:
+                con = _ATTACHED.acquire(self.path)
+                break
+            except duckdb.Error as e:
+                if not _is_lock_error(e):
+                    raise TinaError(f"cannot open {self.path}: {e} (try `tina ingest --rebuild`)") from e
+                if time.monotonic() >= deadline:
+                    raise TinaError(f"{self.path} is busy (another tina process holds it); try again") from e
+                self._waiting.write_text(str(os.getpid()))
+                time.sleep(delay * (0.5 + random.random()))
+                delay = min(delay * 2, 0.05)
+        if not self._schema_ok:
+            try:
+                with self._damage_said(con):
+                    self._create(con)
+            except BaseException:
+                _ATTACHED.release(self.path, con)
+                raise
+            self._schema_ok = True
+        return con
+
+    @contextmanager
+    def _damage_said(self, con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+        """A damaged file attaches fine and fails once the damaged part is read: say so, and how
+        to mend it (as a TinaError, which every reader answers by showing the run directories),
+        and end the transaction it broke, so the rest of a refresh gets that message too."""
+        try:
+            yield
+        except duckdb.Error as e:
+            # a bad checksum comes as a bare duckdb.Error
+            if not isinstance(e, _DAMAGE_ERRORS) and type(e) is not duckdb.Error:
+                raise
+            try:
+                con.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            raise TinaError(f"cannot read {self.path}: {e} (try `tina ingest --rebuild`)") from e
+
+    def _create(self, con) -> None:
+        con.execute(SCHEMA)
+        if con.execute("SELECT max(schema_version) FROM meta").fetchone()[0] != SCHEMA_VERSION:
+            con.execute("BEGIN")
+            for t in (*TABLES, "meta"):
+                con.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
+            con.execute(SCHEMA)
+            con.execute("INSERT INTO meta VALUES (?)", [SCHEMA_VERSION])
+            con.execute("COMMIT")
+            self._schema_recreated()
+
+    def _let_waiter_in(self) -> None:
+        """A process that just let the file go would take it straight back before a waiting one
+        polls again: when another process said it is waiting, give it a moment first."""
+        try:
+            if time.time() - os.stat(self._waiting).st_mtime < WAIT_NOTICE_S \
+                    and self._waiting.read_text() != str(os.getpid()):
+                time.sleep(WAIT_YIELD_S)
+        except (FileNotFoundError, ValueError):
+            pass
+
+    @contextmanager
+    def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
+        """One connection for several calls (one TUI refresh); the file is let go when it ends."""
+        if self._con is not None:
+            with self._damage_said(self._con):
+                yield self._con
+            return
+        self._con = self._open()
+        self._in_session.clear()
+        try:
+            with self._damage_said(self._con):
+                yield self._con
+        finally:
+            con, self._con = self._con, None
+            _ATTACHED.release(self.path, con)
+
+    def _query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
+        with self.session() as con:
+            return con.execute(sql, params).fetchall()
+

@@ -1,0 +1,471 @@
+"""Ingestion: the run directories' files into the index, exactly once.
+
+Each tailed file is read from the byte offset it reached last time, complete lines only (a partly
+written last line waits for its newline), and the new rows are committed together with the new
+offset, so a crash or ``kill -9`` at any point neither loses nor duplicates a line. Lines that
+cannot be read are kept in ``quarantine``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+import duckdb
+
+from tina_core.analysis import metric_keys
+from tina_core.rundir import RunDir, TinaError, list_run_dirs
+from tina_core.store.database import Database, _ident, _sql_str
+from tina_core.store.schema import _FILE_TABLES, EVENTS, METRICS, SCHEMA, SYSTEM, TABLES, TAILED
+
+SMALL_CHUNK_LINES = 64  # metrics lines parsed in Python rather than staged for DuckDB's JSON reader
+
+
+@dataclass
+class IngestStats:
+    runs: int = 0          # runs looked at
+    updated: int = 0       # runs with anything new
+    lines: int = 0         # complete lines read
+    rows: int = 0          # metric/event/system rows written
+    quarantined: int = 0   # lines set aside
+    seconds: float = 0.0
+
+    def __iadd__(self, other: "IngestStats") -> "IngestStats":
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
+
+
+def _num(v: Any) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    return float(v)
+
+
+def _step_of(v: Any) -> int | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, int):
+        return v
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    return None
+
+
+class _SlowPath(Exception):
+    """The fast path cannot take this chunk as is."""
+
+
+def _sample_kinds(chunk: bytes) -> dict[str, str]:
+    """Column types from the chunk's first and last lines: DOUBLE for numbers, VARCHAR else."""
+    kinds: dict[str, str] = {}
+    first = chunk[: chunk.find(b"\n")]
+    last = chunk[chunk.rfind(b"\n", 0, len(chunk) - 1) + 1:]
+    for raw in (first, last):
+        try:
+            rec = json.loads(raw)
+        except ValueError:
+            raise _SlowPath from None
+        if not isinstance(rec, dict) or "step" not in rec:
+            raise _SlowPath
+        for k, v in rec.items():
+            kind = "DOUBLE" if _num(v) is not None else "VARCHAR"
+            if kinds.setdefault(k, kind) != kind or (kind == "VARCHAR" and not isinstance(v, str)):
+                raise _SlowPath
+    return kinds
+
+
+def _metrics_line_problem(rec: dict) -> str | None:
+    if _step_of(rec.get("step")) is None:
+        return "no integer 'step'"
+    if _step_of(rec.get("attempt", 1)) is None:
+        return "'attempt' is not an integer"
+    return None
+
+
+def _metrics_values(rec: dict) -> tuple[int, int, float | None, dict[str, float]]:
+    """``(step, attempt, ts, {canonical key: number})`` of a checked metrics line (see
+    ``_metrics_line_problem``); keys without a number are left out."""
+    values = {k: x for k, v in metric_keys.normalise_record(rec).items()
+              if k not in metric_keys.RECORD_FIELDS and (x := _num(v)) is not None}
+    return _step_of(rec["step"]), _step_of(rec.get("attempt", 1)), _num(rec.get("ts")), values
+
+
+class Ingestion(Database):
+    """Bringing the index up to date with the run directories."""
+
+    def __init__(self, home: Path):
+        super().__init__(home)
+        # What this process last saw ingested, per run: an unchanged run is skipped without
+        # opening the database, which keeps the TUI's per-refresh ingest() cheap.
+        self._seen: dict[str, tuple] = {}
+
+    def _schema_recreated(self) -> None:
+        self._seen.clear()
+
+    def _forget_answers(self, run_id: str | None = None) -> None:
+        """Answers derived from the index (one run's, or all) no longer stand (see Store)."""
+
+    # --- ingestion -----------------------------------------------------------------------------
+    def _signature(self, rd: RunDir) -> tuple:
+        sizes = []
+        for name in ("run.json", *TAILED):
+            try:
+                st = os.stat(rd.path / name)
+                sizes.append((st.st_size, st.st_mtime_ns) if name == "run.json" else st.st_size)
+            except FileNotFoundError:
+                sizes.append(None)
+        return (*sizes, tuple(rd.checkpoint_steps(complete_only=False)),
+                tuple(rd.checkpoint_steps()))
+
+    def ingest(self, run_ids: Iterable[str] | None = None) -> IngestStats:
+        """Catch up with the run directories: new lines, run.json, checkpoints, vanished runs."""
+        t0 = time.perf_counter()
+        runs = list_run_dirs(self.home)
+        wanted = None if run_ids is None else set(run_ids)
+        if wanted is not None:
+            runs = [r for r in runs if r.run_id in wanted]
+        stats = IngestStats(runs=len(runs))
+        todo = []
+        for rd in runs:
+            sig = self._signature(rd)
+            if self._seen.get(rd.run_id) != sig:
+                todo.append((rd, sig))
+        present = {r.run_id for r in runs}
+        gone = [] if wanted is not None else [r for r in self._seen if r not in present]
+        if wanted is None and (todo or gone or not self._seen):
+            with self.session() as con:
+                known = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
+                for run_id in sorted(known - present):
+                    self._forget(con, run_id)
+            for run_id in gone:
+                self._seen.pop(run_id, None)
+        for rd, sig in todo:
+            # A connection per run (unless the caller holds a session): a long catch-up lets
+            # other tina processes in between runs instead of locking them out throughout.
+            with self.session() as con:
+                s = self._ingest_run(con, rd, self._seen.get(rd.run_id), sig)
+            stats += s
+            stats.updated += 1 if (s.lines or s.quarantined) else 0
+            self._seen[rd.run_id] = sig
+        stats.runs = len(runs)
+        stats.seconds = time.perf_counter() - t0
+        return stats
+
+    def rebuild(self) -> IngestStats:
+        """Drop everything and ingest all run directories again from byte 0."""
+        try:
+            with self.session() as con:
+                con.execute("BEGIN")
+                for t in TABLES:
+                    con.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
+                con.execute("DROP VIEW IF EXISTS metrics_latest")
+                con.execute(SCHEMA)
+                con.execute("COMMIT")
+        except TinaError as e:
+            if "busy" in str(e):
+                raise
+            # An unreadable database file (corrupt, another DuckDB version): it is only a cache.
+            for p in (self.path, self.path.with_name(self.path.name + ".wal")):
+                p.unlink(missing_ok=True)
+            self._schema_ok = False
+        self._seen.clear()
+        self._in_session.clear()
+        self._forget_answers()
+        return self.ingest()
+
+    def _forget(self, con, run_id: str) -> None:
+        self._in_session.clear()
+        con.execute("BEGIN")
+        for t in TABLES:
+            con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
+        con.execute("COMMIT")
+
+    def _ingest_run(self, con, rd: RunDir, prev: tuple | None, sig: tuple) -> IngestStats:
+        """Bring one run up to date; ``prev`` is what this process saw last time (parts that have
+        not changed since are skipped)."""
+        self._in_session.clear()
+        stats = IngestStats()
+        run_id = rd.run_id
+        if prev is None or prev[0] != sig[0] or prev[4:] != sig[4:]:
+            info = rd.info()
+            all_ck, done = sig[4], set(sig[5])
+            con.execute("BEGIN")
+            con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                run_id, info.get("name"), info.get("recipe"), info.get("created"),
+                bool(info.get("imported", False)), _step_of(info.get("dataset_size")),
+                json.dumps(info, default=str)])
+            con.execute("DELETE FROM checkpoints WHERE run_id = ?", [run_id])
+            if all_ck:
+                con.execute("INSERT INTO checkpoints SELECT ?, unnest($2::BIGINT[]), unnest($3::BOOLEAN[])",
+                            [run_id, list(all_ck), [s in done for s in all_ck]])
+            con.execute("COMMIT")
+        for i, name in enumerate(TAILED, start=1):
+            if prev is None or prev[i] != sig[i]:
+                stats += self._tail(con, rd, name)
+        return stats
+
+    def _tail(self, con, rd: RunDir, name: str) -> IngestStats:
+        path = rd.path / name
+        try:
+            size = path.stat().st_size
+        except FileNotFoundError:
+            return IngestStats()
+        row = con.execute('SELECT "offset" FROM ingest_state WHERE run_id = ? AND file = ?',
+                          [rd.run_id, name]).fetchone()
+        offset = row[0] if row else 0
+        if size < offset:
+            # Rewritten from scratch (append-only files never shrink): start that file over.
+            con.execute("BEGIN")
+            for t in _FILE_TABLES[name]:
+                con.execute(f"DELETE FROM {t} WHERE run_id = ?", [rd.run_id])
+            con.execute("DELETE FROM quarantine WHERE run_id = ? AND file = ?", [rd.run_id, name])
+            con.execute("DELETE FROM ingest_state WHERE run_id = ? AND file = ?", [rd.run_id, name])
+            con.execute("COMMIT")
+            self._forget_answers(rd.run_id)
+            offset = 0
+        if size == offset:
+            return IngestStats()
+        with open(path, "rb") as f:
+            f.seek(offset)
+            data = f.read(size - offset)
+        end = data.rfind(b"\n")
+        if end < 0:
+            return IngestStats()  # only a partial line so far: it waits for its newline
+        chunk = data[: end + 1]
+        handler = {METRICS: self._metrics_chunk, EVENTS: self._events_chunk, SYSTEM: self._system_chunk}[name]
+        for fast in (True, False):
+            con.execute("BEGIN")
+            try:
+                stats = handler(con, rd.run_id, chunk, offset, fast)
+                con.execute("INSERT OR REPLACE INTO ingest_state VALUES (?, ?, ?)",
+                            [rd.run_id, name, offset + end + 1])
+                con.execute("COMMIT")
+                return stats
+            except (duckdb.Error, _SlowPath):
+                con.execute("ROLLBACK")
+                if not fast:
+                    raise
+        raise AssertionError("unreachable")
+
+    # --- per-file handlers (run inside the caller's transaction) -----------------------------
+    def _quarantine(self, con, run_id: str, file: str, bad: list[tuple[int, str, str]]) -> None:
+        if bad:
+            con.execute("INSERT INTO quarantine SELECT ?, ?, unnest($3::BIGINT[]), unnest($4::VARCHAR[]), "
+                        "unnest($5::VARCHAR[])", [run_id, file, [b[0] for b in bad],
+                                                   [b[1] for b in bad], [b[2] for b in bad]])
+
+    def _metrics_chunk(self, con, run_id: str, chunk: bytes, offset: int, fast: bool) -> IngestStats:
+        """Metrics lines, parsed by DuckDB's JSON reader (several times faster than Python's).
+
+        The fast path declares the keys of the chunk's first and last lines and reads every line
+        once into a staging table. It is taken only when that provably saw every key of every
+        line: each ``"key":`` in the bytes must be matched by a non-null value read, and every step
+        must be an integer. Anything else (a malformed line, an unexpected key, a string where a
+        number was) fails it, and the lines go through Python one by one instead, which sets bad
+        lines aside and hands the good ones back to DuckDB re-encoded."""
+        if chunk.count(b"\n") <= SMALL_CHUNK_LINES:
+            # A live run's few new lines: parsed here and inserted as arrays, three statements in
+            # all (staging a file for DuckDB's reader costs more than reading these lines).
+            parsed, bad = self._parse_lines(chunk, offset, _metrics_line_problem)
+            self._quarantine(con, run_id, METRICS, bad)
+            return IngestStats(lines=chunk.count(b"\n"), rows=self._insert_parsed(con, run_id, parsed),
+                               quarantined=len(bad))
+        tmp_dir = Path(tempfile.mkdtemp(prefix="tina-ingest-"))
+        try:
+            quarantined = 0
+            if fast:
+                kinds = _sample_kinds(chunk)
+                # DuckDB reads a copy of exactly these bytes: the file itself may have grown since.
+                (tmp_dir / "chunk.jsonl").write_bytes(chunk)
+                self._stage(con, tmp_dir / "chunk.jsonl", kinds)
+                counts = con.execute(
+                    "SELECT count(*) FILTER (step IS NULL OR step <> floor(step) OR attempt <> floor(attempt)), "
+                    + ", ".join(f"count({_ident(k)})" for k in kinds) + " FROM _chunk").fetchone()
+                if counts[0] or sum(counts[1:]) != chunk.count(b'":'):
+                    raise _SlowPath
+            else:
+                parsed, bad = self._parse_lines(chunk, offset, _metrics_line_problem)
+                self._quarantine(con, run_id, METRICS, bad)
+                quarantined = len(bad)
+                kinds = {"step": "DOUBLE", "attempt": "DOUBLE", "ts": "DOUBLE"}
+                with open(tmp_dir / "clean.jsonl", "w") as f:
+                    for _, rec in parsed:
+                        step, attempt, ts, values = _metrics_values(rec)
+                        kinds.update(dict.fromkeys(values, "DOUBLE"))
+                        f.write(json.dumps({"step": step, "attempt": attempt, "ts": ts, **values},
+                                           allow_nan=True) + "\n")
+                self._stage(con, tmp_dir / "clean.jsonl", kinds)
+            rows = self._insert_staged(con, run_id, [k for k, t in kinds.items() if t == "DOUBLE"])
+            return IngestStats(lines=chunk.count(b"\n"), rows=rows, quarantined=quarantined)
+        finally:
+            con.execute("DROP TABLE IF EXISTS _chunk")
+            shutil.rmtree(tmp_dir, ignore_errors=True)
+
+    @staticmethod
+    def _insert_parsed(con, run_id: str, parsed: list[tuple[int, dict]]) -> int:
+        """Parsed metrics records as steps, attempts and long metrics rows (canonical names)."""
+        steps, first, long = [], {}, []
+        for _, rec in parsed:
+            step, attempt, ts, values = _metrics_values(rec)
+            steps.append((step, attempt, ts))
+            first[attempt] = min(first.get(attempt, step), step)
+            long += [(step, attempt, k, x, ts) for k, x in values.items()]
+        if not steps:
+            return 0
+        con.execute("INSERT INTO attempts SELECT $1, unnest($2::INTEGER[]), unnest($3::BIGINT[]) "
+                    "ON CONFLICT DO UPDATE SET first_step = least(first_step, excluded.first_step)",
+                    [run_id, list(first), list(first.values())])
+        con.execute("INSERT INTO steps SELECT $1, unnest($2::BIGINT[]), unnest($3::INTEGER[]), unnest($4::DOUBLE[])",
+                    [run_id, *map(list, zip(*steps))])
+        if long:
+            con.execute("INSERT INTO metrics SELECT $1, unnest($2::BIGINT[]), unnest($3::INTEGER[]), "
+                        "unnest($4::VARCHAR[]), unnest($5::DOUBLE[]), unnest($6::DOUBLE[])",
+                        [run_id, *map(list, zip(*long))])
+        return len(long)
+
+    @staticmethod
+    def _stage(con, path: Path, kinds: dict[str, str]) -> None:
+        cols = {"step": "DOUBLE", "attempt": "DOUBLE", **kinds}
+        spec = "{" + ", ".join(f"{_sql_str(k)}: {_sql_str(t)}" for k, t in cols.items()) + "}"
+        con.execute(f"CREATE OR REPLACE TEMP TABLE _chunk AS SELECT * FROM read_json("
+                    f"{_sql_str(str(path))}, format='newline_delimited', columns={spec})")
+
+    @staticmethod
+    def _insert_staged(con, run_id: str, keys: list[str]) -> int:
+        """The staging table's values as long metrics rows, under canonical names."""
+        values = [k for k in keys if k not in metric_keys.RECORD_FIELDS]
+        # Legacy names go in under canonical ones; a line carrying both keeps the canonical value.
+        sources: dict[str, list[str]] = {}
+        for k in sorted(values, key=lambda k: metric_keys.normalise_key(k) != k):
+            sources.setdefault(metric_keys.normalise_key(k), []).append(_ident(k))
+        pairs = [(f"coalesce({', '.join(src)})" if len(src) > 1 else src[0], c) for c, src in sources.items()]
+        con.execute(
+            "INSERT INTO attempts SELECT $1, coalesce(attempt, 1), min(step) FROM _chunk GROUP BY ALL "
+            "ON CONFLICT DO UPDATE SET first_step = least(first_step, excluded.first_step)", [run_id])
+        ts = "TRY_CAST(ts AS DOUBLE)" if "ts" in keys else "NULL::DOUBLE"
+        con.execute(f"INSERT INTO steps SELECT $1, step::BIGINT, coalesce(attempt, 1)::INTEGER, {ts} FROM _chunk",
+                    [run_id])
+        if not pairs:
+            return 0
+        # One SELECT per key, so the rows of a key land together: a series query then reads a
+        # few row groups instead of every one of the run's (and this is cheaper than sorting).
+        parts = [f"SELECT step::BIGINT, coalesce(attempt, 1)::INTEGER, {_sql_str(c)}, {expr}, {ts} "
+                 f"FROM _chunk WHERE {expr} IS NOT NULL" for expr, c in pairs]
+        return con.execute(f"INSERT INTO metrics SELECT $1, * FROM ({' UNION ALL '.join(parts)})",
+                           [run_id]).fetchone()[0]
+
+    @staticmethod
+    def _parse_lines(chunk: bytes, offset: int, check) -> tuple[list, list]:
+        """(offset, record) of good lines and (offset, text, reason) of bad ones."""
+        good, bad = [], []
+        pos = offset
+        for raw in chunk.split(b"\n")[:-1]:
+            here, pos = pos, pos + len(raw) + 1
+            if not raw.strip():
+                continue
+            text = raw.decode("utf-8", "replace")
+            try:
+                rec = json.loads(text)
+            except ValueError as e:
+                bad.append((here, text, f"not JSON: {e}"))
+                continue
+            reason = "not a JSON object" if not isinstance(rec, dict) else check(rec)
+            if reason:
+                bad.append((here, text, reason))
+            else:
+                good.append((here, rec))
+        return good, bad
+
+    def _events_chunk(self, con, run_id, chunk, offset, fast) -> IngestStats:
+        good, bad = self._parse_lines(
+            chunk, offset,
+            lambda r: None if isinstance(r.get("event"), str) else "no 'event' name")
+        self._quarantine(con, run_id, EVENTS, bad)
+        if good:
+            con.execute("INSERT INTO events SELECT ?, unnest($2::BIGINT[]), unnest($3::DOUBLE[]), "
+                        "unnest($4::VARCHAR[]), unnest($5::JSON[])",
+                        [run_id, [o for o, _ in good], [_num(r.get("ts")) for _, r in good],
+                         [r["event"] for _, r in good],
+                         [json.dumps(r, default=str) for _, r in good]])
+        evals, samples = [], 0
+        for here, r in good:
+            if r["event"] != "eval_finished" or not isinstance(r.get("scores"), dict):
+                continue
+            ck = r.get("checkpoint")
+            details = r.get("details") or r.get("details_path")
+            for task, score in r["scores"].items():
+                d = details.get(task) if isinstance(details, dict) else details
+                evals.append((str(r.get("eval_id", "")), _step_of(ck), str(task), _num(score),
+                              None if d is None else str(d), _num(r.get("ts"))))
+                if d is not None:
+                    samples += self._eval_samples(con, run_id, here, evals[-1], str(d), r.get("metric"))
+        if evals:
+            con.execute("INSERT INTO evaluations SELECT ?, " + ", ".join(
+                f"unnest(${i + 2}::{t}[])" for i, t in enumerate(
+                    ("VARCHAR", "BIGINT", "VARCHAR", "DOUBLE", "VARCHAR", "DOUBLE"))),
+                [run_id, *map(list, zip(*evals))])
+        return IngestStats(lines=chunk.count(b"\n"), rows=len(good) + len(evals) + samples, quarantined=len(bad))
+
+    def _eval_samples(self, con, run_id: str, offset: int, ev: tuple, details: str, metric: Any) -> int:
+        """One evaluation's per-sample rows from lighteval's details parquet (the run directory's
+        file stays the truth). An unreadable file goes to quarantine, naming the event's line."""
+        path = Path(details)
+        if not path.exists() and f"/{run_id}/" in details:  # the workspace was moved since
+            path = self.home / "runs" / run_id / details.split(f"/{run_id}/", 1)[1]
+        try:
+            # Its own connection: a failed read must not abort the ingest's transaction.
+            with con.cursor() as cur:
+                rows = cur.execute(
+                    "SELECT file_row_number, doc.id, doc.query, doc.choices, doc.gold_index, model_response.text, "
+                    "to_json(metric) FROM read_parquet(?, file_row_number = true) ORDER BY file_row_number",
+                    [str(path)]).fetchall()
+        except duckdb.Error as e:
+            self._quarantine(con, run_id, EVENTS, [(offset, details, f"per-sample details not readable: {e}")])
+            return 0
+
+        def first(v: Any) -> Any:  # lighteval keeps lists: one text per sample drawn, golds per doc
+            return (v[0] if v else None) if isinstance(v, list) else v
+
+        out = []
+        for n, doc_id, prompt, choices, gold_index, text, metrics in rows:
+            scores = json.loads(metrics) if metrics else {}
+            gi = first(gold_index)
+            gold = choices[gi] if isinstance(choices, list) and isinstance(gi, int) and 0 <= gi < len(choices) else None
+            nums = [v for v in scores.values() if _num(v) is not None]
+            score = scores.get(metric) if metric in scores else (nums[0] if len(nums) == 1 else None)
+            out.append((n, None if doc_id is None else str(doc_id), prompt, gold, first(text), _num(score),
+                        json.dumps(scores)))
+        if out:
+            eval_id, ck, task = ev[:3]
+            con.execute("INSERT INTO eval_samples SELECT ?, ?, ?, ?, " + ", ".join(
+                f"unnest(${i + 5}::{t}[])" for i, t in enumerate(
+                    ("BIGINT", "VARCHAR", "VARCHAR", "VARCHAR", "VARCHAR", "DOUBLE", "JSON"))),
+                [run_id, eval_id, ck, task, *map(list, zip(*out))])
+        return len(out)
+
+    def _system_chunk(self, con, run_id, chunk, offset, fast) -> IngestStats:
+        good, bad = self._parse_lines(
+            chunk, offset,
+            lambda r: None if isinstance(r.get("gpus"), list) else "no 'gpus' list")
+        self._quarantine(con, run_id, SYSTEM, bad)
+        rows = []
+        for _, r in good:
+            for i, g in enumerate(r["gpus"]):
+                if isinstance(g, dict):
+                    idx = _step_of(g.get("index"))
+                    rows.append((_num(r.get("ts")), i if idx is None else idx, _num(g.get("util")),
+                                 _num(g.get("mem_used")), _num(g.get("mem_total")), _num(g.get("power_w"))))
+        if rows:
+            con.execute("INSERT INTO system SELECT ?, " + ", ".join(
+                f"unnest(${i + 2}::{t}[])" for i, t in enumerate(
+                    ("DOUBLE", "INTEGER", "DOUBLE", "DOUBLE", "DOUBLE", "DOUBLE"))),
+                [run_id, *map(list, zip(*rows))])
+        return IngestStats(lines=chunk.count(b"\n"), rows=len(rows), quarantined=len(bad))
+

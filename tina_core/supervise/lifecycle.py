@@ -1,0 +1,232 @@
+"""Creating, starting, stopping and resuming runs: what `tina run/stop/resume` and the cockpit ask.
+
+A run is created (recipe checked completely, run directory written) before any process starts;
+then a supervisor (``tina_core.supervise.supervisor``) runs it, in the foreground with a progress
+display or as a detached daemon that survives the terminal, SSH and the cockpit.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from tina_core import runstate
+from tina_core.rundir import RunDir, TinaError, create_run_dir, find_run, now_iso, read_json, runs_root, write_json_atomic
+from tina_core.supervise.logpump import tail_text
+from tina_core.supervise.progress import Display
+from tina_core.supervise.supervisor import (DEFAULT_MAX_RESTARTS, DEFAULT_STOP_TIMEOUT_S, LOG_NAME, Supervisor,
+                                            recover_orphan, stop_timeout_s)
+
+
+def _recipe_value(recipe: Any, attr: str, default: Any = None) -> Any:
+    value = getattr(recipe, attr, None)
+    return default if value is None else value
+
+
+def _load_validated(recipe_path: Path, overrides: Sequence[str], *, hardware: bool = True):
+    """The resolved recipe, checked completely (heavy: imports TRL) before anything is created.
+    Missing GPUs are reported first: that check is instant, validation is not."""
+    from tina_core.train.launcher import check_hardware
+    from tina_core.recipe.configs import validate_recipe
+    from tina_core.recipe.loader import load_recipe
+
+    path = Path(recipe_path)
+    if not path.is_file():
+        raise TinaError(f"recipe {path}: no such file (try recipes/tiny.yaml)")
+    recipe = load_recipe(path, list(overrides))
+    if hardware:
+        check_hardware(recipe)
+    validate_recipe(recipe)
+    return recipe
+
+
+def plan_run(home: Path, recipe_path: Path, *, overrides: Sequence[str] = ()):
+    """``(recipe, command)`` for a dry run: the resolved recipe and the exact launch command with a
+    placeholder run directory. Creates nothing."""
+    from tina_core.train.launcher import launch_command
+
+    recipe = _load_validated(recipe_path, overrides, hardware=False)
+    return recipe, launch_command(RunDir(runs_root(home) / "<run_id>"), recipe)
+
+
+def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overrides: Sequence[str] = (),
+               gpu_hour_usd: float | None = None) -> tuple[RunDir, dict[str, str]]:
+    """Validate the recipe and the hardware, then create the run directory with its recipe
+    snapshot, ``run.json`` and the ``launched`` event. Nothing is created if any check fails.
+
+    Returns the run directory and the recipe's credential-looking ``launch.env`` entries: the
+    snapshot withholds their values, so the caller hands them to the supervisor (``secret_env``),
+    whose environment is then the only place they are kept."""
+    from tina_core import gpu
+    from tina_core.analysis import cost
+    from tina_core.train.launcher import launch_command
+    from tina_core.recipe.loader import masked_override
+
+    recipe = _load_validated(recipe_path, overrides)
+    gpus = int(_recipe_value(recipe, "gpus", 0))
+    found = gpu.gpus() if gpus else []
+    device = found[0]["name"] if found else "cpu"
+    price = cost.resolve_price(home, device, cli_gpu_hour_usd=gpu_hour_usd,
+                               recipe_gpu_hour_usd=recipe.get("price.gpu_hour_usd"),
+                               recipe_cpu_hour_usd=recipe.get("price.cpu_hour_usd"))
+
+    run_dir = create_run_dir(home, name or _recipe_value(recipe, "name", Path(recipe_path).stem))
+    run_dir.recipe.write_text(recipe.to_yaml())
+    command = launch_command(run_dir, recipe)
+    recorded = [masked_override(o) for o in overrides]
+    info = {
+        "run_id": run_dir.run_id,
+        "name": name or _recipe_value(recipe, "name", run_dir.run_id),
+        "recipe": str(recipe_path),
+        "overrides": recorded,
+        # how to make this run again (credentials masked: give them again to run it again)
+        "tina_command": shlex.join(["tina", "run", str(recipe_path), *(["--name", name] if name else []),
+                                    *[a for o in recorded for a in ("--set", o)],
+                                    *(["--gpu-hour-usd", str(gpu_hour_usd)] if gpu_hour_usd is not None else [])]),
+        "created": now_iso(),
+        "hardware": {"gpus": found, "cpu_count": os.cpu_count(), "host": os.uname().nodename},
+        "device": device,
+        "gpu_count": gpus,
+        "gpu_hour_usd": price.gpu_hour_usd,
+        "cpu_hour_usd": price.cpu_hour_usd,
+        "price_source": price.source,
+        "command": command,
+        "cwd": os.getcwd(),
+        "stop_at_step": getattr(recipe, "stop_at_step", None),
+        "max_steps": getattr(recipe, "max_steps", None),
+        "save_steps": getattr(recipe, "save_steps", None),
+        "dataset_size": getattr(recipe, "dataset_size", None),
+        "max_restarts": int(recipe.get("launch.max_restarts", DEFAULT_MAX_RESTARTS)),
+        "stop_timeout_s": float(recipe.get("launch.stop_timeout_s", DEFAULT_STOP_TIMEOUT_S)),
+        "imported": False,
+    }
+    write_json_atomic(run_dir.run_json, info)
+    run_dir.event("launched", recipe=str(recipe_path), command=command, gpus=gpus,
+                  gpu_hour_usd=price.gpu_hour_usd, device=device)
+    return run_dir, recipe.secret_env
+
+
+def spawn_daemon(run_dir: RunDir, *, resume: bool = False, secret_env: dict[str, str] | None = None,
+                 wait_s: float = 30.0) -> int:
+    """Start a detached supervisor for ``run_dir`` and return its pid once its heartbeat is up.
+    It forks away from this process, so it survives the terminal, SSH and the TUI. ``secret_env``
+    (withheld launch.env credentials) goes into its environment only."""
+    cmd = [sys.executable, "-m", "tina_core.supervise", str(run_dir.path), "--daemon"]
+    if resume:
+        cmd.append("--resume")
+    proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          env={**os.environ, **(secret_env or {})}, start_new_session=True, timeout=wait_s)
+    if proc.returncode != 0:
+        msg = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
+        raise TinaError(msg.removeprefix("tina: error: "))
+    pid = int(proc.stdout.strip())
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        if (read_json(run_dir.supervisor, {}) or {}).get("pid") == pid:
+            return pid
+        if not runstate.pid_alive(pid):
+            tail = tail_text(run_dir.path / LOG_NAME, 5)
+            raise TinaError(f"the supervisor of {run_dir.run_id} exited at start:\n{tail}")
+        time.sleep(0.05)
+    raise TinaError(f"the supervisor of {run_dir.run_id} (pid {pid}) did not start within {wait_s:g} s")
+
+
+def start_run(home: Path, recipe_path: Path, *, name: str | None = None, overrides: Sequence[str] = (),
+              gpu_hour_usd: float | None = None) -> RunDir:
+    """Validate, create and start a run under a detached supervisor (``tina run --detach``).
+    Validation imports TRL into the calling process: a cockpit should run ``tina run --detach``
+    as a child process instead."""
+    run_dir, secret_env = create_run(home, recipe_path, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
+    spawn_daemon(run_dir, secret_env=secret_env)
+    return run_dir
+
+
+def supervise_foreground(run_dir: RunDir, *, resume: bool = False, secret_env: dict[str, str] | None = None) -> str:
+    """Supervise in this process with a progress display; Ctrl-C stops the run cleanly."""
+    tty = sys.stderr.isatty()
+    display = Display(run_dir, live=tty)
+    sup = Supervisor(run_dir, display=display, secret_env=secret_env)
+    sup.acquire()
+    old = sup.install_signals(foreground=True)
+    try:
+        state = sup.run(resume=resume)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+        sup.release()
+        display.close()
+    if state == "failed" and not display.quiet:
+        print(tail_text(run_dir.train_log, 15), file=sys.stderr)
+    return state
+
+
+def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None = None) -> str:
+    """Ask a run to stop (save at the end of its step, then exit); returns its state afterwards."""
+    run_dir = find_run(home, run_ref)
+    live = runstate.liveness(run_dir)
+    state = live.state
+    if state in runstate.ENDED_STATES:
+        raise TinaError(f"run {run_dir.run_id} is {state}: nothing to stop")
+    stop_timeout = stop_timeout_s(run_dir.info())
+    if state == "crashed":
+        # No supervisor to ask: stop what it left behind ourselves, under its lock.
+        sup = Supervisor(run_dir)
+        sup.acquire()
+        try:
+            recover_orphan(run_dir, stop_timeout, read_json(run_dir.supervisor, {}) or {})
+            run_dir.event("stop_requested", by="tina stop (no supervisor)")
+            run_dir.event("stopped", step=None)
+        finally:
+            sup.release()
+        return "stopped"
+    pid = live.supervisor_pid
+    if isinstance(pid, int) and state == "running":
+        runstate.send_signal(pid, signal.SIGTERM)
+    if not wait:
+        return "stopping"
+    deadline = time.monotonic() + (timeout if timeout is not None else stop_timeout + 30)
+    while time.monotonic() < deadline:
+        state = runstate.liveness(run_dir).state
+        if state in runstate.ENDED_STATES or state == "crashed":
+            return state
+        time.sleep(0.2)
+    raise TinaError(f"run {run_dir.run_id} did not stop within the wait; it is still {state}")
+
+
+def resume_run(home: Path, run_ref: str, *, detach: bool = True) -> RunDir:
+    """Continue a stopped, failed or crashed run from its latest complete checkpoint (detached)."""
+    run_dir = check_resumable(home, run_ref)
+    if detach:
+        spawn_daemon(run_dir, resume=True)
+    return run_dir
+
+
+def check_resumable(home: Path, run_ref: str) -> RunDir:
+    run_dir = find_run(home, run_ref)
+    info = run_dir.info()
+    if info.get("imported"):
+        raise TinaError(f"run {run_dir.run_id} was imported; there is nothing to resume")
+    state = runstate.liveness(run_dir).state
+    if runstate.is_live(state):
+        pid = (read_json(run_dir.supervisor, {}) or {}).get("pid")
+        raise TinaError(f"run {run_dir.run_id} is {state} (supervisor pid {pid}); nothing to resume")
+    if state == "finished":
+        raise TinaError(f"run {run_dir.run_id} is finished (reached step {info.get('stop_at_step')})")
+    from tina_core.train.launcher import withheld_env
+    from tina_core.recipe.loader import load_recipe
+
+    # The supervisor that was given these is gone, and tina never wrote them down.
+    missing = [k for k in withheld_env(load_recipe(run_dir.recipe)) if k not in os.environ]
+    if missing:
+        raise TinaError(f"run {run_dir.run_id} was given {', '.join(missing)} through launch.env, which tina keeps "
+                        f"out of the run directory: set {'it' if len(missing) == 1 else 'them'} in this shell "
+                        f"(export {missing[0]}=...) and resume again")
+    return run_dir
+
+

@@ -1,0 +1,118 @@
+"""The trainer's exact command line and environment.
+
+CPU recipes (``launch.gpus: 0``) run ``python -m tina_core.train RUN_DIR``; GPU recipes run the same
+module under ``accelerate launch`` with DeepSpeed ZeRO-2 (Tina's launcher, §1 of the recipe notes),
+through this module's ``__main__`` so that a stop request reaches the trainer ranks intact:
+torch's elastic agent would answer SIGTERM by killing the ranks 30 s later, mid-step or mid-save.
+The launcher ignores SIGTERM instead, and the ranks (which handle it) save and exit.
+Light: no torch here; NVML is asked only by ``check_hardware``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from tina_core.recipe.loader import Recipe, RecipeError, accelerate_config_path
+from tina_core.rundir import MASK, RunDir, TinaError
+
+DEFAULT_PORT = 29500
+
+
+def launch_command(run_dir: RunDir, recipe: Recipe) -> list[str]:
+    entry = ["-m", "tina_core.train", str(run_dir.path)]
+    if recipe.gpus == 0:
+        return [sys.executable, *entry]
+    machines = int(recipe.get("launch.num_machines") or 1)
+    cmd = [sys.executable, "-m", "tina_core.train.launcher", "accelerate", "launch",
+           "--config_file", str(accelerate_config_path(recipe)),
+           # accelerate counts processes over all machines; launch.gpus is per machine
+           "--num_processes", str(recipe.gpus * machines),
+           "--main_process_port", str(recipe.get("launch.main_process_port") or DEFAULT_PORT)]
+    if machines > 1:
+        cmd += ["--num_machines", str(machines)]
+        # Per-node values: from the recipe (--set launch.machine_rank=1) or this node's environment.
+        rank = recipe.get("launch.machine_rank", os.environ.get("TINA_MACHINE_RANK"))
+        ip = recipe.get("launch.main_process_ip", os.environ.get("TINA_MAIN_PROCESS_IP"))
+        if rank is None or ip is None:
+            raise RecipeError(f"{recipe.source}: launch.machine_rank / launch.main_process_ip: a multi-node "
+                              "launch needs both (--set launch.machine_rank=0 --set launch.main_process_ip=10.0.0.1, "
+                              "or env TINA_MACHINE_RANK / TINA_MAIN_PROCESS_IP)")
+        cmd += ["--machine_rank", str(rank), "--main_process_ip", str(ip)]
+    return cmd + entry
+
+
+def withheld_env(recipe: Recipe) -> list[str]:
+    """Names of ``launch.env`` credentials that a run's snapshot withholds (``***``): only the
+    supervisor's environment holds their values."""
+    return [str(k) for k, v in (recipe.get("launch.env") or {}).items() if v == MASK]
+
+
+def launch_env(recipe: Recipe, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The trainer's environment: ``base`` (default os.environ) plus the recipe's ``launch.env``.
+    A withheld credential (``***`` in a snapshot) is not set here: its value comes from ``base``,
+    where the supervisor was given it."""
+    env = dict(os.environ if base is None else base)
+    env.update({str(k): str(v) for k, v in (recipe.get("launch.env") or {}).items() if v != MASK})
+    if recipe.gpus > 0 and "CUDA_VISIBLE_DEVICES" not in env:
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(recipe.gpus))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    if recipe.gpus > 0:
+        env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"  # SIGTERM is the ranks' (see top)
+    return env
+
+
+def visible_gpus() -> tuple[int, str]:
+    """(GPU count, why) as NVML sees it; no driver or library means 0."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        try:
+            n = pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+        return n, "nvidia-ml-py"
+    except ImportError:
+        return 0, "nvidia-ml-py is not installed"
+    except Exception as e:  # pynvml.NVMLError_LibraryNotFound / DriverNotLoaded ...
+        return 0, f"nvidia-ml-py found no driver: {type(e).__name__}"
+
+
+def check_hardware(recipe: Recipe) -> None:
+    if recipe.gpus == 0:
+        return
+    have, why = visible_gpus()
+    if have < recipe.gpus:
+        raise TinaError(f"recipe asks for {recipe.gpus} GPUs; this machine has {have} ({why}). "
+                        f"On CPU use recipes/tiny.yaml or --set launch.gpus=0")
+
+
+def _accelerate_launch(argv: list[str]) -> None:
+    """``python -m tina_core.train.launcher accelerate launch ARGS``: accelerate's launcher, deaf to SIGTERM.
+    The ranks inherit the ignored disposition until the trainer installs its own handler."""
+    import signal
+
+    if argv[:2] != ["accelerate", "launch"]:
+        raise SystemExit("usage: python -m tina_core.train.launcher accelerate launch [accelerate launch arguments]")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    import subprocess
+
+    from accelerate.commands.launch import main
+
+    sys.argv = ["accelerate launch", *argv[2:]]
+    try:
+        main()
+    except subprocess.CalledProcessError as e:  # one process: accelerate's simple launcher
+        sys.exit(e.returncode)
+    except Exception as e:  # torch elastic's ChildFailedError: pass the ranks' exit code on
+        codes = {f.exitcode for f in getattr(e, "failures", {}).values()}
+        if len(codes) == 1:
+            code = codes.pop()
+            sys.exit(code if code >= 0 else 128 - code)  # killed by a signal: the shell's convention
+        raise
+
+
+if __name__ == "__main__":
+    _accelerate_launch(sys.argv[1:])

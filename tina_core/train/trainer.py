@@ -1,0 +1,319 @@
+"""The trainer process: ``python -m tina_core.train RUN_DIR`` (or under ``accelerate launch``).
+
+Reads ``RUN_DIR/recipe.yaml`` and trains a LoRA adapter with TRL's own ``GRPOTrainer``. The
+``TinaCallback`` is the run directory's writer: one ``metrics.jsonl`` line per log call (rank 0),
+a ``tina-complete.json`` marker in each fully saved checkpoint, the stop at ``stop_at_step``, and a
+graceful stop on SIGTERM (save at the end of the current step, exit 75). Resumes from the latest
+complete checkpoint; a half-written one is moved aside.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from tina_core.recipe.configs import build_grpo_config, build_lora_config
+from tina_core.recipe.loader import Recipe, load_recipe, resolve_base_model
+from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, DISK_FULL_ERRNOS, RunDir, TinaError, append_jsonl,
+                              now_iso, tina_home, write_error_text, write_json_atomic)
+
+EXIT_FINISHED = 0
+EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving; `tina resume` continues
+EXIT_ERROR = 2
+EXIT_DISK_FULL = 74  # EX_IOERR: the run directory could not be written; resume once there is room
+PROBE_BYTES = 64 * 1024
+
+# Keys worth a glance in the one-line-per-step stdout summary.
+_SUMMARY_KEYS = (("reward", "reward"), ("kl", "kl"), ("completions/mean_length", "len"), ("loss", "loss"),
+                 ("learning_rate", "lr"), ("step_time", "s/step"))
+
+
+def _is_rank0() -> bool:
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _home_for(run_dir: RunDir) -> Path:
+    """The workspace of a run: $TINA_HOME, else the folder holding runs/<id>/."""
+    if os.environ.get("TINA_HOME"):
+        return tina_home()
+    return run_dir.path.parent.parent
+
+
+class StopRequest:
+    """The SIGTERM handler: it only raises a flag, so the step in flight finishes; the callback then
+    saves and stops at the end of it."""
+
+    def __init__(self) -> None:
+        self.requested = False
+
+    def __call__(self, signum=None, frame=None) -> None:
+        self.requested = True
+
+    def install(self) -> "StopRequest":
+        signal.signal(signal.SIGTERM, self)
+        return self
+
+
+def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopRequest | None = None):
+    """The ``TrainerCallback`` that writes the run directory (built lazily: transformers is heavy)."""
+    from transformers import TrainerCallback
+
+    class TinaCallback(TrainerCallback):
+        def __init__(self) -> None:
+            self.stop_at = recipe.stop_at_step
+            self.stop = stop or StopRequest()
+            self.stopped_by_signal = False
+            self.metrics_path = run_dir.metrics
+
+        def _stop_agreed(self, args) -> bool:
+            """Every rank must stop at the same step or the collectives hang: agree on the flag."""
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+                return self.stop.requested
+            import torch
+
+            flag = torch.tensor([1.0 if self.stop.requested else 0.0], device=args.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            return bool(flag.item())
+
+        def on_step_end(self, args, state, control, **kwargs):
+            asked = self._stop_agreed(args)  # a collective: every rank, every step
+            at_stop = state.global_step >= self.stop_at
+            self.stopped_by_signal = asked and not at_stop  # a stop asked at the last step is a finish
+            if asked or at_stop:
+                # Save here even when the step is not a multiple of save_steps.
+                control.should_save = True
+                control.should_training_stop = True
+            return control
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not state.is_world_process_zero or not logs:
+                return
+            now = time.time()
+            record = {"step": state.global_step, "attempt": attempt, "time": now_iso(), "ts": now, **logs}
+            append_jsonl(self.metrics_path, record)
+            if "train_runtime" not in logs:
+                parts = [f"{short} {logs[k]:.4g}" for k, short in _SUMMARY_KEYS if isinstance(logs.get(k), (int, float))]
+                fmt = [f"{k.split('/')[1]} {v:.3f}" for k, v in logs.items()
+                       if k.startswith("rewards/") and k.endswith("/mean") and isinstance(v, (int, float))]
+                print(f"step {state.global_step}/{self.stop_at} " + " ".join(fmt + parts), flush=True)
+
+        def on_save(self, args, state, control, **kwargs):
+            import torch.distributed as dist
+
+            # Every rank has written its part of the checkpoint (optimizer shards under ZeRO) once
+            # all reach here; only then is it marked complete.
+            if dist.is_available() and dist.is_initialized():
+                dist.barrier()
+            if state.is_world_process_zero:
+                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+                if ckpt.is_dir():
+                    write_json_atomic(ckpt / CHECKPOINT_COMPLETE, {
+                        "step": state.global_step, "attempt": attempt, "time": now_iso(),
+                        "files": sorted(p.name for p in ckpt.iterdir())})
+                    print(f"saved checkpoint-{state.global_step}", flush=True)
+            return control
+
+    return TinaCallback()
+
+
+def set_aside_partial_checkpoints(run_dir: RunDir) -> list[Path]:
+    """Move checkpoints without the completion marker out of Trainer's sight (its resume and
+    rotation glob ``checkpoint-*``): they were cut off mid-save. Kept under ``.partial/``."""
+    moved = []
+    if not run_dir.checkpoints.is_dir():
+        return moved
+    complete = set(run_dir.checkpoint_steps())
+    for p in sorted(run_dir.checkpoints.iterdir()):
+        m = CHECKPOINT_RE.match(p.name)
+        if m and p.is_dir() and int(m.group(1)) not in complete:
+            dest = run_dir.checkpoints / ".partial" / p.name
+            dest.parent.mkdir(exist_ok=True)
+            shutil.rmtree(dest, ignore_errors=True)
+            os.replace(p, dest)
+            moved.append(dest)
+    return moved
+
+
+QWEN_PAD_TOKEN = "<|fim_pad|>"
+
+
+def load_tokenizer(recipe: Recipe, model_path: str):
+    """The model's tokenizer, with Tina's choices for a Qwen2-architecture base (as the distilled
+    model is): a pad token distinct from EOS, and the open-r1 template without a "<think>" prefill
+    (the format reward must see the tag). Decided by the model's config, not its name: a local
+    copy or a fine-tune has any name. The tiny model is a Qwen2 too, but keeps its own template,
+    which its warm start was trained on."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if not recipe.is_tiny and AutoConfig.from_pretrained(model_path).model_type == "qwen2":
+        from tina_core.recipe.prompts import REASON_CHAT_TEMPLATE
+
+        if QWEN_PAD_TOKEN in tok.get_vocab():  # every Qwen2 vocabulary has it; a pruned one keeps its pad
+            tok.pad_token = QWEN_PAD_TOKEN
+        tok.chat_template = REASON_CHAT_TEMPLATE
+    return tok
+
+
+def build_trainer(run_dir: RunDir, recipe: Recipe, callbacks: list = ()):
+    """TRL's GRPOTrainer for a recipe, saving into ``run_dir/checkpoints`` (heavy imports here)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        torch.set_flush_denormal(True)  # denormals in softmax gradients slow CPU steps by ~40x
+    from transformers import AutoModelForCausalLM, set_seed
+    from trl import GRPOTrainer
+
+    from tina_core.recipe.datasets import prepare_dataset
+    from tina_core.recipe.rewards import build_reward_funcs
+
+    config = build_grpo_config(recipe, run_dir.checkpoints)
+    set_seed(config.seed)
+    model_path = resolve_base_model(recipe, _home_for(run_dir))
+    tokenizer = load_tokenizer(recipe, model_path)
+    model = AutoModelForCausalLM.from_pretrained(
+        model_path, dtype=recipe.get("model.dtype", "auto"),
+        attn_implementation=recipe.get("model.attn_implementation"),
+        use_cache=not config.gradient_checkpointing)
+    funcs, weights = build_reward_funcs(recipe.rewards, dict(recipe.data.get("reward_options") or {}))
+    config.reward_weights = weights
+    dataset = prepare_dataset(recipe.data["dataset"], tokenizer)
+    return GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=dataset,
+                       processing_class=tokenizer, peft_config=build_lora_config(recipe), callbacks=list(callbacks))
+
+
+def train(run_dir: RunDir) -> int:
+    if not run_dir.recipe.is_file():
+        raise TinaError(f"{run_dir.recipe}: no recipe snapshot in the run directory")
+    stop = StopRequest().install()  # from the start: a stop during set-up is not a crash
+    recipe = load_recipe(run_dir.recipe)
+    attempt = int(os.environ.get("TINA_ATTEMPT", "1"))
+    rank0 = _is_rank0()
+    run_dir.checkpoints.mkdir(exist_ok=True)
+
+    if rank0:
+        for p in set_aside_partial_checkpoints(run_dir):
+            print(f"set aside half-written {p.name} (no {CHECKPOINT_COMPLETE}) -> {p}", flush=True)
+    done = run_dir.checkpoint_steps()
+    resume = run_dir.checkpoint_path(done[-1]) if done else None
+    if done and done[-1] >= recipe.stop_at_step:
+        print(f"already at step {done[-1]} >= stop_at_step {recipe.stop_at_step}: nothing to do", flush=True)
+        return EXIT_FINISHED
+
+    callback = make_callback(run_dir, recipe, attempt, stop)
+    trainer = build_trainer(run_dir, recipe, callbacks=[callback])
+    if stop.requested:
+        print("stopped on request before the first step", flush=True)
+        return EXIT_STOPPED
+    print(f"training {recipe.name}: attempt {attempt}, "
+          f"{'resuming from ' + resume.name if resume else 'from scratch'}, stop at step {recipe.stop_at_step} "
+          f"of {recipe.max_steps}", flush=True)
+    trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+    if callback.stopped_by_signal:
+        print(f"stopped on request at step {trainer.state.global_step}", flush=True)
+        return EXIT_STOPPED
+    return EXIT_FINISHED
+
+
+def disk_full(run_dir: RunDir, exc: BaseException) -> str | None:
+    """The reason to give when ``exc`` ended training because the disk is full, else None.
+
+    An OSError in the exception's chain says so with its errno; torch.save does not ("unexpected
+    pos 576 vs 534"), so then a small probe write into the run directory asks the disk itself."""
+    cause, seen = None, exc
+    for _ in range(16):
+        if seen is None:
+            break
+        if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
+            cause = seen
+            break
+        seen = seen.__cause__ or seen.__context__
+    if cause is None:
+        probe = run_dir.path / f".tina-probe-{os.getpid()}"
+        try:
+            with open(probe, "wb") as f:
+                f.write(b"\0" * PROBE_BYTES)
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            if e.errno in DISK_FULL_ERRNOS:
+                e.filename = None  # the probe is no file of the run's
+                cause = e
+        finally:
+            probe.unlink(missing_ok=True)
+    if cause is None:
+        return None
+    # A checkpoint without its marker is this attempt's (earlier ones were set aside at start).
+    partial = sorted(set(run_dir.checkpoint_steps(complete_only=False)) - set(run_dir.checkpoint_steps()))
+    if partial and (not cause.filename or run_dir.checkpoint_path(partial[-1]) in Path(cause.filename).parents):
+        what = write_error_text(cause, f"checkpoint-{partial[-1]}", doing="saving")
+    elif cause.filename:
+        what = write_error_text(cause)
+    else:
+        what = write_error_text(cause, run_dir.path, doing="writing into")
+    return (f"{what}: make room on the disk of {run_dir.path}, then `tina resume {run_dir.run_id}` "
+            "continues from the latest complete checkpoint")
+
+
+class _OutputThatMayVanish:
+    """The trainer's stdout/stderr is a pipe to its supervisor (which masks credentials into
+    train.log). If the supervisor is killed, the next write would raise BrokenPipeError and end
+    training mid-step; instead the output is dropped and training goes on, so the next `tina
+    resume` can stop this orphan at a checkpoint of its current step. Metrics still reach
+    metrics.jsonl."""
+
+    def __init__(self, stream) -> None:
+        self._stream = stream
+        self._lost = False
+
+    def write(self, text: str) -> int:
+        if not self._lost:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._lost = True
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._lost:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._lost = True
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    # Before transformers and tqdm are imported: they keep a reference to the streams they find.
+    sys.stdout, sys.stderr = _OutputThatMayVanish(sys.stdout), _OutputThatMayVanish(sys.stderr)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m tina_core.train RUN_DIR", file=sys.stderr)
+        return EXIT_ERROR
+    run_dir = RunDir(Path(argv[0]).resolve())
+    try:
+        return train(run_dir)
+    except TinaError as e:
+        print(f"tina train: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as e:
+        why = disk_full(run_dir, e)
+        if why is None:
+            raise
+        traceback.print_exc()
+        # last, so the supervisor takes it as the reason (it reads our output even when train.log is full)
+        print(f"tina train: error: {why}", file=sys.stderr, flush=True)
+        return EXIT_DISK_FULL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

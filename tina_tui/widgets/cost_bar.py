@@ -1,0 +1,20 @@
+"""The money line of the run in view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+from tina_tui.widgets.text import cost_line
+from tina_tui.widgets.panel import Panel
+
+
+class CostBar(Panel):
+    """The money line: always visible, on the main screen and the detail view."""
+
+    def show(self, run: dict[str, Any] | None, recommendation: dict[str, Any] | None,
+             checkpoints: list[dict[str, Any]]) -> None:
+        rec = (recommendation or {}).get("recommended", (run or {}).get("recommended_checkpoint"))
+        self.set_text(cost_line(run, rec, checkpoints))
+
+

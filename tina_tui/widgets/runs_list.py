@@ -1,0 +1,193 @@
+"""The runs list: one line per run (state, step of stop_at_step, ETA, dollars, marker), a strip per row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.style import Style
+from rich.text import Text
+from textual import events
+from textual.binding import Binding
+from textual.geometry import Region
+from textual.message import Message
+from textual.reactive import reactive
+from textual.strip import Strip
+from textual.widget import Widget
+
+from tina_tui.widgets.text import STATE_STYLE, usd, eta_text, marker_text, _looks
+
+
+class RunsTable(Widget, can_focus=True):
+    """Every run in the workspace, one line each under a header; the highlighted row is the
+    selected run (enter: its plot). Drawn with the line API from a strip kept per row: a live
+    run's row changes every second, and a DataTable renders every visible cell again whenever any
+    one changes, which cost more than the rest of the refresh's drawing."""
+
+    # (label, justify) of each column; the header and the cells below it align alike
+    COLUMNS = (("run", "left"), ("state", "left"), ("step/stop", "right"), ("eta", "right"), ("$", "right"),
+               ("marker", "left"), ("rec", "right"))
+    BINDINGS = [Binding("up", "move(-1)", show=False), Binding("down", "move(1)", show=False),
+                Binding("pageup", "move(-5)", show=False), Binding("pagedown", "move(5)", show=False),
+                Binding("home", "move(-1000000)", show=False), Binding("end", "move(1000000)", show=False),
+                Binding("enter", "choose", show=False)]
+    COMPONENT_CLASSES = {"runs-table--header", "runs-table--cursor"}
+    DEFAULT_CSS = """
+    RunsTable { height: auto; }
+    RunsTable > .runs-table--header { text-style: bold; }
+    RunsTable > .runs-table--cursor { background: $block-cursor-blurred-background; }
+    RunsTable:focus > .runs-table--cursor {
+        background: $block-cursor-background; color: $block-cursor-foreground;
+        text-style: $block-cursor-text-style;
+    }
+    """
+
+    class Highlighted(Message):
+        """The cursor is on another run."""
+
+        def __init__(self, run_id: str) -> None:
+            super().__init__()
+            self.run_id = run_id
+
+    class Chosen(Message):
+        """Enter (or a click) on a run."""
+
+        def __init__(self, run_id: str) -> None:
+            super().__init__()
+            self.run_id = run_id
+
+    cursor_row: reactive[int] = reactive(0)
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._ids: list[str] = []
+        self._rows: list[tuple[Text, ...]] = []
+        self._widths: tuple[int, ...] = ()
+        self._top = 0                                  # first run row on screen
+        self._strips: dict[tuple, Strip] = {}          # (row, looks, cursor, focus, width) -> strip
+
+    @staticmethod
+    def cells(run: dict[str, Any]) -> tuple[Text, ...]:
+        state = run.get("state", "?")
+        restarts = run.get("restarts") or 0
+        step = f"{run.get('step') or 0}/{run.get('stop_at_step') or run.get('max_steps') or '?'}"
+        rec = run.get("recommended_checkpoint")
+        return (
+            Text(str(run.get("name") or run["run_id"])[:20]),
+            # "r2": restarted twice after crashes
+            Text(state + (f" r{restarts}" if restarts else ""), style=STATE_STYLE.get(state, "")),
+            Text(step),
+            Text(eta_text(run.get("eta_s"))),
+            Text(usd((run.get("cost_usd") or {}).get("total"))),
+            marker_text(run.get("phase_transition")),
+            Text("-" if rec is None else str(rec)),
+        )
+
+    @property
+    def row_count(self) -> int:
+        return len(self._ids)
+
+    @property
+    def selected_id(self) -> str | None:
+        return self._ids[self.cursor_row] if self._ids else None
+
+    def update_runs(self, runs: list[dict[str, Any]], selected: str | None) -> None:
+        """New rows; only the lines that changed are drawn again (a column grows to fit)."""
+        rows = [self.cells(r) for r in runs]
+        widths = tuple(max([len(label)] + [cells[i].cell_len for cells in rows])
+                       for i, (label, _) in enumerate(self.COLUMNS))
+        changed = [i for i, cells in enumerate(rows)
+                   if i >= len(self._rows) or list(map(_looks, cells)) != list(map(_looks, self._rows[i]))]
+        relayout = len(rows) != len(self._rows)
+        whole = relayout or widths != self._widths or [r["run_id"] for r in runs] != self._ids
+        self._ids, self._rows, self._widths = [r["run_id"] for r in runs], rows, widths
+        if selected in self._ids:
+            self.cursor_row = self._ids.index(selected)
+        self.cursor_row = min(self.cursor_row, max(0, len(rows) - 1))
+        if relayout:
+            self.refresh(layout=True)
+        elif whole:
+            self.refresh()
+        else:
+            for i in changed:
+                self._refresh_line(1 + i - self._top)
+
+    def get_content_height(self, container: Any, viewport: Any, width: int) -> int:
+        return 1 + len(self._rows)
+
+    def _scroll_to_cursor(self) -> bool:
+        """Keep the cursor's row on screen and the screen full; True if the window moved."""
+        visible = max(1, self.size.height - 1)
+        top = min(max(self._top, self.cursor_row - visible + 1), self.cursor_row,
+                  max(0, len(self._rows) - visible))
+        moved, self._top = top != self._top, max(0, top)
+        return moved
+
+    def watch_cursor_row(self, old: int, new: int) -> None:
+        if self._scroll_to_cursor():
+            self.refresh()
+        else:
+            self._refresh_line(1 + old - self._top)
+            self._refresh_line(1 + new - self._top)
+        if self._ids:
+            self.post_message(self.Highlighted(self._ids[new]))
+
+    def on_resize(self) -> None:
+        self._scroll_to_cursor()
+        self.refresh()
+
+    def action_move(self, delta: int) -> None:
+        if self._ids:
+            self.cursor_row = max(0, min(len(self._ids) - 1, self.cursor_row + delta))
+
+    def action_choose(self) -> None:
+        if self._ids:
+            self.post_message(self.Chosen(self._ids[self.cursor_row]))
+
+    def on_click(self, event: events.Click) -> None:
+        row = self._top + event.y - 1
+        if event.y >= 1 and 0 <= row < len(self._ids):
+            if row == self.cursor_row and event.chain > 1:
+                self.action_choose()
+            self.cursor_row = row
+
+    def _refresh_line(self, y: int) -> None:
+        if 0 <= y < self.size.height:
+            self.refresh(Region(0, y, self.size.width, 1))
+
+    def on_focus(self) -> None:
+        self.refresh()
+
+    def on_blur(self) -> None:
+        self.refresh()
+
+    def _line(self, cells: tuple[Text, ...], style: Style) -> Strip:
+        line = Text(no_wrap=True)
+        for cell, width, (_, justify) in zip(cells, self._widths, self.COLUMNS):
+            cell = cell.copy()
+            cell.align(justify, width)
+            line.append(" ")
+            line.append_text(cell)
+            line.append(" ")
+        segments = list(line.render(self.app.console))
+        return Strip(segments).apply_style(style).crop_extend(0, self.size.width, style)
+
+    def render_line(self, y: int) -> Strip:
+        base = self.rich_style
+        if y == 0:
+            header = self.get_component_rich_style("runs-table--header")
+            return self._line(tuple(Text(label) for label, _ in self.COLUMNS), base + header)
+        row = self._top + y - 1
+        if not 0 <= row < len(self._rows):
+            return Strip.blank(self.size.width, base)
+        cursor = row == self.cursor_row
+        key = (row, tuple(map(_looks, self._rows[row])), cursor, self.has_focus, self.size.width, self._widths)
+        strip = self._strips.get(key)
+        if strip is None:
+            style = base + self.get_component_rich_style("runs-table--cursor") if cursor else base
+            strip = self._line(self._rows[row], style)
+            if len(self._strips) > 4 * (len(self._rows) + 8):
+                self._strips.clear()
+            self._strips[key] = strip
+        return strip
+
+

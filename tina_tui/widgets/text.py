@@ -1,0 +1,119 @@
+"""How the cockpit writes figures: dollars, durations, states, the marker, the cost and recommendation lines."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from rich.style import Style
+from rich.text import Text
+
+from tina_tui.plot import (MARK_CONFIRMED, MARK_TENTATIVE)
+
+
+STATE_STYLE = {"running": "bold green", "stopping": "yellow", "finished": "cyan", "stopped": "yellow",
+               "failed": "bold red", "crashed": "bold red", "unreadable": "red"}
+
+
+def amount(v: float | None) -> str:
+    if v is None:
+        return "-"
+    return f"{v:,.2f}" if v < 1000 else f"{v:,.0f}"
+
+
+def usd(v: float | None) -> str:
+    return "-" if v is None else "$" + amount(v)
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+
+
+def eta_text(seconds: float | None) -> str:
+    """An ETA to the minute (to ten seconds in its last ten minutes, to the second in its last
+    minute): seconds that tick every refresh say nothing an hour out, and redrawing them costs
+    every refresh."""
+    if seconds is None:
+        return "-"
+    if seconds >= 600:
+        return duration(round(seconds / 60) * 60).replace("m00s", "m")
+    if seconds >= 60:
+        return duration(round(seconds / 10) * 10)
+    return f"{max(0, round(seconds))}s"
+
+
+def marker_text(phase: dict[str, Any] | None) -> Text:
+    status = (phase or {}).get("status") or "none"
+    if status == "confirmed":
+        return Text(f"{MARK_CONFIRMED} {phase.get('step')}", style="bold magenta")
+    if status == "tentative":
+        return Text(f"{MARK_TENTATIVE} {phase.get('step')}?", style="magenta")
+    return Text("-", style="dim")
+
+
+def _looks(text: Text) -> tuple:
+    """What a Text shows: equal for two that draw the same."""
+    return text.plain, str(text.style), tuple(text.spans)
+
+
+def cost_line(run: dict[str, Any] | None, recommended: int | None, checkpoints: list[dict[str, Any]]) -> Text:
+    """The selected run's money in one line, most important first so a narrow terminal keeps it:
+    spent so far (train / eval / total), the rate now, the projection to stop_at_step and the cost
+    up to the recommended checkpoint (the paper's "$9" figure)."""
+    if not run:
+        return Text("no run selected: press n to start one", style="dim")
+    cost = run.get("cost_usd") or {}
+    per_hour = run.get("usd_per_hour_now")
+    if per_hour is None:
+        live = run.get("state") in ("running", "stopping")
+        per_hour = (run.get("gpu_count") or 0) * (run.get("gpu_hour_usd") or 0) if live else 0.0
+    rec_cost = next((c.get("cost_usd_at") for c in checkpoints if c["step"] == recommended), None)
+    t = Text(no_wrap=True, overflow="ellipsis")
+    t.append(f"total {usd(cost.get('total'))}", style="bold")
+    t.append(f" (train {amount(cost.get('train'))} eval {amount(cost.get('eval'))})")
+    t.append(f"  {usd(per_hour)}/h")
+    t.append(f"  at stop {usd(run.get('projected_cost_usd'))}")
+    t.append("  to rec: -" if recommended is None else f"  to rec {recommended}: {usd(rec_cost)}", style="green")
+    t.append(f"  {duration(run.get('elapsed_s'))} on {run.get('device') or 'cpu'}", style="dim")
+    return t
+
+
+def recommendation_line(run: dict[str, Any] | None, rec: dict[str, Any] | None) -> Text:
+    """What the checkpoint marks mean for this run: the recommended one (Tina's rule), the best
+    evaluated one, and whether they disagree."""
+    t = Text(no_wrap=True, overflow="ellipsis")
+    if not run:
+        return t
+    rec = rec or {}
+    recommended = rec.get("recommended", run.get("recommended_checkpoint"))
+    best = rec.get("best_evaluated", run.get("best_evaluated_checkpoint"))
+    phase = run.get("phase_transition") or {}
+    if recommended is not None:
+        t.append(f"* {recommended} recommended", style="bold green")
+        t.append(f" (latest at or before the transition @ {phase.get('step', '?')})", style="dim")
+    else:
+        t.append("* none recommended yet: " + (rec.get("reason") or "no phase transition yet").split(";")[0],
+                 style="dim")
+    if best is not None:
+        t.append(f"   + {best} best evaluated", style="bold")
+        if best != recommended and recommended is not None:
+            t.append("  (they disagree: evaluate both)", style="yellow")
+    return t
+
+
+def meter(frac: float, width: int) -> str:
+    frac = max(0.0, min(1.0, frac))
+    n = int(round(frac * width))
+    return "[" + "|" * n + " " * (width - n) + "]"
+
+
+@functools.lru_cache(maxsize=64)
+def _style(spec: str) -> Style:
+    return Style.parse(spec) if spec else Style()
+
+
