@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-gpu cockpit run test bench clean
+.PHONY: setup setup-gpu cockpit run test test-extended bench clean
 
 setup: $(STAMP)
 
@@ -38,8 +38,13 @@ cockpit: setup
 run: setup
 	$(VENV)/bin/tina run recipes/tiny.yaml --name tiny
 
+# The README's test command: the whole suite but the long end-to-end checks (under 5 minutes on 2 cores).
 test: setup
-	$(VENV)/bin/pytest -q -n 2 --dist loadgroup $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not extended" $(PYTEST_ARGS)
+
+# CI's second lane: the long end-to-end checks (several real trainings, ranks, kills).
+test-extended: setup
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m extended $(PYTEST_ARGS)
 
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
