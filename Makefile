@@ -44,7 +44,7 @@ test: setup
 
 # CI's second lane: the long end-to-end checks (several real trainings, ranks, kills).
 test-extended: setup
-	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m extended $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m extended $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: none collected
 
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
