@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-import tina_tui.data
+import tina_tui.collector
 
 from tina_core.rundir import find_run
 
@@ -21,7 +21,7 @@ SIZES = [(80, 24), (160, 48)]
 def _whole_frames(monkeypatch):
     # On a slow machine a refresh describes only the runs its time budget allows and fills in the rest
     # later; a snapshot must not depend on machine speed, so every refresh here describes every run.
-    monkeypatch.setattr(tina_tui.data, "REFRESH_BUDGET_S", float("inf"))
+    monkeypatch.setattr(tina_tui.collector, "REFRESH_BUDGET_S", float("inf"))
 
 
 @pytest.fixture(scope="module")
