@@ -150,6 +150,17 @@ def report(
 
 
 @app.command()
+def diff(
+    refs: list[str] = typer.Argument(..., metavar="RUN RUN...", help="Runs (id, prefix or name) or recipe files."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The recipe keys whose values differ between runs (the ablation axis), nothing else."""
+    from tina_core.cli import workspace
+
+    raise typer.Exit(workspace.cli_diff(state.home, refs, as_json=as_json))
+
+
+@app.command()
 def ingest(rebuild: bool = typer.Option(False, "--rebuild", help="Recreate the database from the run directories.")) -> None:
     """Bring the DuckDB index up to date with the run directories."""
     from tina_core.cli import workspace

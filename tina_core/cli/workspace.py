@@ -1,4 +1,4 @@
-"""`tina import`, `tina report` and `tina ingest` as printed on a terminal."""
+"""`tina import`, `tina report`, `tina diff` and `tina ingest` as printed on a terminal."""
 
 from __future__ import annotations
 
@@ -35,6 +35,17 @@ def cli_report(home: Path, fmt: str = "table", plots: Path | None = None) -> int
     if plots is not None:
         for p in write_plots(report, Store(home), Path(plots)):
             print(f"wrote {p}", file=sys.stderr)
+    return 0
+
+
+def cli_diff(home: Path, refs: list[str], as_json: bool = False) -> int:
+    from tina_core.recipe import diff
+
+    sides, diffs = diff.diff_refs(home, refs)
+    if as_json:
+        sys.stdout.write(json.dumps(diff.as_json(sides, diffs), indent=2, default=str) + "\n")
+    else:
+        sys.stdout.write(diff.render_text(sides, diffs))
     return 0
 
 
