@@ -137,16 +137,18 @@ def eval_(
 
 @app.command()
 def report(
+    refs: Optional[list[str]] = typer.Argument(None, metavar="[RUN]...", help="Only these runs (default: all)."),
     as_json: bool = typer.Option(False, "--json"),
     as_csv: bool = typer.Option(False, "--csv"),
     as_md: bool = typer.Option(False, "--md"),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write a PNG per run into this folder."),
 ) -> None:
-    """A Tina-style table over runs, beside the paper's rows."""
+    """A Tina-style table over runs, beside the paper's rows; first the ablation table (what
+    differs between the runs and what each bought)."""
     from tina_core.cli import workspace
 
     fmt = "json" if as_json else "csv" if as_csv else "md" if as_md else "table"
-    raise typer.Exit(workspace.cli_report(state.home, fmt=fmt, plots=plots))
+    raise typer.Exit(workspace.cli_report(state.home, fmt=fmt, plots=plots, refs=refs or []))
 
 
 @app.command()

@@ -24,8 +24,8 @@ def cli_import(home: Path, path: Path, name: str | None = None) -> int:
     return 0
 
 
-def cli_report(home: Path, fmt: str = "table", plots: Path | None = None) -> int:
-    report = build_report(home)
+def cli_report(home: Path, fmt: str = "table", plots: Path | None = None, refs: list[str] = ()) -> int:
+    report = build_report(home, refs)
     if fmt == "json":
         sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
     elif fmt == "csv":

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from tina_core.rundir import TinaError, find_run
+from tina_core.rundir import RunDir, TinaError, find_run
 
 # Labels, not settings: they differ between any two runs and say nothing about the ablation.
 LABEL_KEYS = frozenset({"name", "description"})
@@ -76,15 +76,10 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def load_side(home: Path, ref: str) -> Side:
-    """A run (id, id prefix or name) or, when ``ref`` is a YAML file, the recipe it resolves to."""
-    from tina_core.recipe.loader import load_recipe, parse_yaml
+def run_side(rd: RunDir, ref: str | None = None) -> Side:
+    """A run's side: its recipe snapshot, what actually ran."""
+    from tina_core.recipe.loader import parse_yaml
 
-    path = Path(ref).expanduser()
-    if path.suffix in (".yaml", ".yml") and path.is_file():
-        recipe = load_recipe(path)
-        return Side(path.stem, ref, None, parse_yaml(recipe.to_yaml()) or {})
-    rd = find_run(home, ref)
     name = rd.info().get("name") or rd.run_id
     try:
         data = parse_yaml(rd.recipe.read_text())
@@ -93,7 +88,18 @@ def load_side(home: Path, ref: str) -> Side:
                         + (" (it was imported)" if rd.info().get("imported") else "")) from None
     if not isinstance(data, dict):
         raise TinaError(f"{rd.recipe}: not a recipe (a YAML mapping)")
-    return Side(name, ref, rd.run_id, data)
+    return Side(name, ref or rd.run_id, rd.run_id, data)
+
+
+def load_side(home: Path, ref: str) -> Side:
+    """A run (id, id prefix or name) or, when ``ref`` is a YAML file, the recipe it resolves to."""
+    from tina_core.recipe.loader import load_recipe, parse_yaml
+
+    path = Path(ref).expanduser()
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        recipe = load_recipe(path)
+        return Side(path.stem, ref, None, parse_yaml(recipe.to_yaml()) or {})
+    return run_side(find_run(home, ref), ref)
 
 
 def diff_refs(home: Path, refs: Sequence[str]) -> tuple[list[Side], list[KeyDiff]]:

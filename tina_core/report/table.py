@@ -6,6 +6,12 @@ scores and average, the base model's scores as an entry of its own with each che
 it (Tina reports gains over the base model), and the dollars: train / eval / total, and training up
 to the recommended checkpoint (the paper's "$9" is that figure for its best recipe, plus one
 evaluation).
+
+The ablation table (first in every format) is the same runs read as a study: the recipe keys that
+differ between them (``tina_core.recipe.diff``) and, per run, the transition (step, % of an epoch),
+the recommended checkpoint, the dollars to it, its evaluation average and gain over the base model,
+beside the paper's figures where the recipe is one of Tina's. ``tina report RUN...`` (and the
+cockpit's ``T``, on the marked runs) limits it to some runs.
 """
 
 from __future__ import annotations
@@ -13,11 +19,12 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from tina_core.analysis import metric_keys
+from tina_core.recipe import diff
 from tina_core.report import paper
-from tina_core.rundir import RunDir, list_run_dirs
+from tina_core.rundir import RunDir, TinaError, find_run, list_run_dirs
 from tina_core.store.index import Store
 
 
@@ -91,13 +98,82 @@ def run_row(store: Store, rd: RunDir) -> dict[str, Any]:
     }
 
 
-def build_report(home: Path) -> dict[str, Any]:
-    store = Store(home)
+def build_report(home: Path, refs: Sequence[str] = (), store: Store | None = None) -> dict[str, Any]:
+    """The report over every run, or over the runs ``refs`` names (ids, prefixes or names)."""
+    dirs = [find_run(home, r) for r in refs] if refs else list_run_dirs(home)
+    dirs = list({rd.run_id: rd for rd in dirs}.values())  # a run named twice counts once
+    store = store or Store(home)
     with store.session():
-        store.ingest()
-        runs = [run_row(store, rd) for rd in list_run_dirs(home)]
-    return {"runs": runs, "paper": {"benchmarks": list(paper.BENCHMARKS), "main_results": paper.MAIN_RESULTS,
-                                    "ablations": paper.ABLATIONS, "costs": paper.COSTS}}
+        store.ingest([rd.run_id for rd in dirs] if refs else None)
+        runs = [run_row(store, rd) for rd in dirs]
+    return {"runs": runs, "ablation": ablation(runs, dirs),
+            "paper": {"benchmarks": list(paper.BENCHMARKS), "main_results": paper.MAIN_RESULTS,
+                      "ablations": paper.ABLATIONS, "costs": paper.COSTS}}
+
+
+def ablation(runs: list[dict[str, Any]], dirs: list[RunDir]) -> dict[str, Any]:
+    """``{"axis": [recipe keys that differ], "rows": [one per run]}``. A row's ``settings`` holds its
+    values of the axis keys (a key it does not set is left out); ``avg`` and ``vs_base`` are its
+    recommended checkpoint's (fractions, as every score here), ``paper`` the paper's row for its
+    recipe (``avg_pct`` in percent, as the paper prints it) or None."""
+    sides: dict[str, diff.Side] = {}
+    for rd in dirs:
+        try:
+            sides[rd.run_id] = diff.run_side(rd)
+        except TinaError:  # an imported run has no recipe: no settings, still a row
+            pass
+    axis = diff.differing([s.recipe for s in sides.values()]) if len(sides) > 1 else []
+    settings: dict[str, dict[str, Any]] = {rid: {} for rid in sides}
+    for d in axis:
+        for rid, v in zip(sides, d.values):
+            if v is not diff.ABSENT:
+                settings[rid][d.key] = v
+    rows = []
+    for r in runs:
+        ph = r["phase_transition"] or {}
+        found = ph.get("status") in ("tentative", "confirmed")
+        rec = r["recommended"] or {}
+        theirs = r["paper"]["main"] or r["paper"]["ablation"]
+        rows.append({
+            "run_id": r["run_id"], "name": r["name"], "recipe_stem": r["recipe_stem"],
+            "settings": settings.get(r["run_id"], {}),
+            "transition_step": ph.get("step") if found else None,
+            "transition_status": ph.get("status") or "none",
+            "transition_pct_epoch": r["phase_pct_epoch"] if found else None,
+            "recommended_step": rec.get("step"), "recommended_pct_epoch": rec.get("pct_epoch"),
+            "usd_to_recommended": r["train_usd_to_recommended"],
+            "avg": rec.get("avg"), "vs_base": rec.get("vs_base"),
+            "paper": None if theirs is None else {
+                "row": theirs.get("model") or theirs.get("configuration"),
+                "best_pct_epoch": theirs.get("best_pct_epoch"), "avg_pct": theirs.get("avg")},
+        })
+    return {"axis": [d.key for d in axis], "rows": rows}
+
+
+ABLATION_HEAD = ["transition (% ep)", "rec (% ep)", "$ to rec", "avg", "vs base", "paper best %", "paper avg"]
+
+
+def ablation_cells(abl: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
+    """The ablation table as text cells (the report's text/Markdown and the cockpit's ``T``):
+    ``run, <axis keys>, transition, recommended, $ to it, avg, vs base, the paper's best % and avg``."""
+    head = ["run", *abl["axis"], *ABLATION_HEAD]
+    rows = []
+    for r in abl["rows"]:
+        p = r["paper"] or {}
+        tr = "-" if r["transition_step"] is None else (
+            f"{r['transition_step']}{'' if r['transition_status'] == 'confirmed' else '?'}"
+            + (f" ({r['transition_pct_epoch']:.0f}%)" if r["transition_pct_epoch"] is not None else ""))
+        rec = "-" if r["recommended_step"] is None else f"{r['recommended_step']}" + (
+            f" ({r['recommended_pct_epoch']:.0f}%)" if r["recommended_pct_epoch"] is not None else "")
+        rows.append([
+            r["name"] or r["run_id"],
+            *[diff.show_value(r["settings"].get(k, diff.ABSENT)) if r["settings"] else "-" for k in abl["axis"]],
+            tr, rec, _f(r["usd_to_recommended"], "${:.2f}"),
+            _f(r["avg"] if r["avg"] is None else 100 * r["avg"], "{:.1f}"),
+            _f(r["vs_base"] if r["vs_base"] is None else 100 * r["vs_base"], "{:+.1f}"),
+            _f(p.get("best_pct_epoch"), "{}%"), _f(p.get("avg_pct"), "{:.2f}"),
+        ])
+    return head, rows
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -136,7 +212,11 @@ def _tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
               for r in report["runs"] for label, e in _entries(r)]
     evals = [("Our evaluations (vs base: mean gain over the base model on the same tasks)",
               ["run", "model", *tasks, "avg", "vs base"], scored)] if scored else []
+    abl_head, abl_rows = ablation_cells(report["ablation"])
+    axis = ", ".join(report["ablation"]["axis"]) or "nothing: the recipes are the same"
     return [
+        (f"Ablation (what differs: {axis}; avg and vs base in points, of the recommended checkpoint)",
+         abl_head, abl_rows),
         ("Our runs", ["run", "recipe", "transition", "recommended (% epoch)", "best evaluated (% epoch)",
                       "avg", "train $", "eval $", "total $", "train $ to rec."], ours),
         *evals,
@@ -179,15 +259,30 @@ def render_text(report: dict, markdown: bool) -> str:
     return "\n".join(out).rstrip() + "\n"
 
 
+ABLATION_CSV = ("run_id", "transition_pct_epoch", "recommended_avg", "recommended_vs_base", "paper_best_pct_epoch",
+                "paper_avg_pct")
+
+
+def _csv_value(v: Any) -> Any:
+    return None if v is diff.ABSENT else diff.show_value(v) if isinstance(v, (list, dict, bool)) else v
+
+
 def render_csv(report: dict) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
     bench = report["paper"]["benchmarks"]
+    axis = report["ablation"]["axis"]
+    ablation_rows = {a["run_id"]: a for a in report["ablation"]["rows"]}
+    pad = [None] * (len(ABLATION_CSV) + len(axis))
     extra = [t for t in _tasks(report) if t not in bench]  # tasks of our own (arith), after the rest
     w.writerow(["source", "name", "recipe", "transition_step", "transition_status", "recommended_step",
                 "recommended_pct_epoch", "best_step", "best_pct_epoch", *bench, "avg", "train_usd",
-                "eval_usd", "total_usd", "train_usd_to_recommended", "vs_base", *extra])
+                "eval_usd", "total_usd", "train_usd_to_recommended", "vs_base", *extra,
+                # the ablation table's: the recommended checkpoint's avg and gain, the paper's row,
+                # and the run's value of every recipe key that differs between the runs
+                *ABLATION_CSV, *[f"recipe:{k}" for k in axis]])
     for r in report["runs"]:
+        a = ablation_rows[r["run_id"]]
         ph = r["phase_transition"] or {}
         best = r["best_evaluated"] or r["recommended"] or {}
         rec = r["recommended"] or {}
@@ -196,17 +291,20 @@ def render_csv(report: dict) -> str:
                     rec.get("pct_epoch"), (r["best_evaluated"] or {}).get("step"),
                     (r["best_evaluated"] or {}).get("pct_epoch"), *[scores.get(b) for b in bench],
                     best.get("avg"), r["cost_usd"]["train"], r["cost_usd"]["eval"], r["cost_usd"]["total"],
-                    r["train_usd_to_recommended"], best.get("vs_base"), *[scores.get(t) for t in extra]])
+                    r["train_usd_to_recommended"], best.get("vs_base"), *[scores.get(t) for t in extra],
+                    r["run_id"], a["transition_pct_epoch"], a["avg"], a["vs_base"],
+                    (a["paper"] or {}).get("best_pct_epoch"), (a["paper"] or {}).get("avg_pct"),
+                    *[_csv_value(a["settings"].get(k, diff.ABSENT)) for k in axis]])
         if r.get("base"):  # the base model, its own row: the gains above are over it
             b = r["base"]["scores"]
             w.writerow(["base", r["name"], r["recipe_stem"], *[None] * 6, *[b.get(t) for t in bench],
-                        r["base"]["avg"], *[None] * 5, *[b.get(t) for t in extra]])
+                        r["base"]["avg"], *[None] * 5, *[b.get(t) for t in extra], r["run_id"], *pad[1:]])
     costs = {c.get("recipe"): c for c in report["paper"]["costs"] if c.get("recipe")}
     for m in report["paper"]["main_results"]:
         c = costs.get(m["recipe"], {})
         w.writerow(["paper", m["model"], m["recipe"], None, None, None, None, None, m["best_pct_epoch"],
                     m["aime24"], *[None] * (len(bench) - 1), m["avg"], c.get("train"), c.get("eval"),
-                    c.get("total"), None, None, *[None] * len(extra)])
+                    c.get("total"), None, None, *[None] * len(extra), *pad])
     return buf.getvalue()
 
 
