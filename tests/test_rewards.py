@@ -17,7 +17,9 @@ from tina_core.recipe.rewards import (
     build_reward_funcs,
     format_reward,
     len_reward,
+    make_accuracy_reward,
     make_cosine_scaled_reward,
+    make_len_reward,
     make_repetition_penalty_reward,
     reasoning_steps_reward,
     tag_count_reward,
@@ -78,12 +80,31 @@ def test_format_keys_and_metric_names():
         ("<answer></answer>", "$7$", 0.0),
     ],
 )
-def test_accuracy_reward(completion, gold, expected):
-    assert accuracy_reward(conv(completion), solution=[gold]) == [expected]
+def test_accuracy_reward_reading_the_answer_tag(completion, gold, expected):
+    """``reward_options.read_answer_tag: true`` (the tiny recipe's): <answer> first, then Tina's parse."""
+    assert make_accuracy_reward(read_answer_tag=True)(conv(completion), solution=[gold]) == [expected]
+
+
+@pytest.mark.parametrize(
+    "completion, expected",
+    [
+        ("<think>\nhalf\n</think>\nSo the answer is \\boxed{0.5}.", 1.0),
+        ("The final answer is $\\frac{1}{2}$", 1.0),
+        # an <answer> block without \boxed scores nothing under Tina's parse
+        ("<think>\nhalf\n</think>\n<answer>\n0.5\n</answer>", 0.0),
+        ("<answer>\\boxed{0.5}</answer>", 1.0),
+        ("<answer>\\frac{1}{2}</answer>", 1.0),  # but LaTeX itself is found with or without the tag
+    ],
+)
+def test_accuracy_reward_default_is_tina_s_boxed_only_parse(completion, expected):
+    """What Tina scored, and what every Tina recipe scores (none sets read_answer_tag)."""
+    assert accuracy_reward(conv(completion), solution=["$\\frac{1}{2}$"]) == [expected]
+    (built,), _ = build_reward_funcs({"accuracy": 1.0}, {})
+    assert built(conv(completion), solution=["$\\frac{1}{2}$"]) == [expected]
 
 
 def test_accuracy_reward_is_none_for_unparseable_gold():
-    out = accuracy_reward(conv(WELL_FORMED, WELL_FORMED), solution=["no math in here", "$7$"])
+    out = accuracy_reward(conv(WELL_FORMED, "\\boxed{7}"), solution=["no math in here", "$7$"])
     assert out == [None, 1.0]
 
 
@@ -103,8 +124,8 @@ def test_accuracy_from_a_non_main_thread():
 
     def work():
         try:
-            box["acc"] = accuracy_reward(completions, solution=gold)
-            box["cos"] = make_cosine_scaled_reward()(completions, solution=gold)
+            box["acc"] = make_accuracy_reward(read_answer_tag=True)(completions, solution=gold)
+            box["cos"] = make_cosine_scaled_reward(read_answer_tag=True)(completions, solution=gold)
         except BaseException as e:  # surfaced below: a thread swallows exceptions
             box["error"] = e
 
@@ -113,7 +134,7 @@ def test_accuracy_from_a_non_main_thread():
     t.join(30)
     assert "error" not in box, box.get("error")
     assert box["acc"] == [1.0, 1.0, 0.0, None]
-    assert box["cos"][:2] == make_cosine_scaled_reward()(completions[:2], solution=gold[:2])
+    assert box["cos"][:2] == make_cosine_scaled_reward(read_answer_tag=True)(completions[:2], solution=gold[:2])
     assert box["cos"][0] > 0.5 and box["cos"][2] <= 0.0 and box["cos"][3] == 1.0
 
 
@@ -129,12 +150,41 @@ def test_len_reward_kimi_lambda():
     short_wrong = "<answer>8</answer>"
     long_wrong = "<think>\n" + "x" * 100 + "\n</think>\n<answer>8</answer>"
     mid_wrong = "y" * ((len(short_right) + len(long_right)) // 2) + "<answer>8</answer>"
-    out = len_reward(conv(short_right, long_right, short_wrong, long_wrong), solution=["$7$"] * 4)
+    lenient = make_len_reward(read_answer_tag=True)
+    out = lenient(conv(short_right, long_right, short_wrong, long_wrong), solution=["$7$"] * 4)
     assert out == [0.5, -0.5, 0.0, -0.5]  # wrong answers never gain: min(0, lambda)
-    # lambda is linear in characters between the batch's shortest and longest
+    # lambda is linear in characters between the group's shortest and longest
     lo, hi = len(short_right), len(long_right)
-    out = len_reward(conv(short_right, long_right, mid_wrong), solution=["$7$"] * 3)
+    out = lenient(conv(short_right, long_right, mid_wrong), solution=["$7$"] * 3)
     assert out[2] == pytest.approx(min(0.0, 0.5 - (len(mid_wrong) - lo) / (hi - lo)))
+    # Tina's parse needs \boxed: the same right answers in bare <answer> tags count as wrong
+    assert len_reward(conv(short_right, long_right), solution=["$7$"] * 2) == [0.0, -0.5]
+
+
+def test_len_reward_ranks_lengths_within_each_prompt_group():
+    """TRL 1.x passes a process's whole local batch (here two prompt groups of 2) in one call; the
+    min and max are each group's, as in Tina's one-group calls."""
+    right = ["\\boxed{7}", "\\boxed{7}" + " so" * 10]  # group 1: 10 and 40 characters
+    long_group = ["x" * 200 + "\\boxed{9}", "x" * 300 + "\\boxed{9}"]  # group 2: longer overall
+    prompts = ["p1", "p1", "p2", "p2"]
+    f = make_len_reward(num_generations=2)
+    out = f(conv(*right, *long_group), solution=["$7$", "$7$", "$9$", "$9$"], prompts=prompts)
+    assert out == [0.5, -0.5, 0.5, -0.5]
+    # each group alone, as Tina called it, gives the same
+    assert out == len_reward(conv(*right), solution=["$7$"] * 2) + len_reward(conv(*long_group), solution=["$9$"] * 2)
+    # the batch-wide reading this replaces would have ranked group 2's shorter answer below group 1's
+    assert len_reward(conv(*right, *long_group), solution=["$7$", "$7$", "$9$", "$9$"])[2] < 0
+    # through the registry, with the recipe's group size
+    (built,), _ = build_reward_funcs({"length": 1.0}, {}, num_generations=2)
+    assert built(conv(*right, *long_group), solution=["$7$", "$7$", "$9$", "$9$"], prompts=prompts) == out
+
+
+def test_len_reward_refuses_a_batch_that_splits_a_group():
+    f = make_len_reward(num_generations=2)
+    with pytest.raises(ValueError, match="not whole groups of 2"):
+        f(conv("a", "b", "c"), solution=["$1$"] * 3)
+    with pytest.raises(ValueError, match="completions 0..1 are not one prompt's group"):
+        f(conv("a", "b"), solution=["$1$"] * 2, prompts=["p1", "p2"])
 
 
 def test_len_reward_unparseable_gold_counts_as_correct():
@@ -143,7 +193,7 @@ def test_len_reward_unparseable_gold_counts_as_correct():
 
 
 def test_cosine_at_zero_and_max_len():
-    right, wrong = "<answer>7</answer>", "<answer>8</answer>"
+    right, wrong = "\\boxed{7}", "\\boxed{8}"
     n = len(right)
     at_max = make_cosine_scaled_reward(max_len=n)
     assert at_max(conv(right, wrong), solution=["$7$", "$7$"]) == pytest.approx([0.5, -0.5])
@@ -157,7 +207,7 @@ def test_cosine_at_zero_and_max_len():
 
 
 def test_cosine_default_max_len_is_tina_s():
-    text = "<answer>7</answer>"
+    text = "\\boxed{7}"
     expected = 0.5 + 0.25 * (1 + math.cos(math.pi * len(text) / 1000))
     assert make_cosine_scaled_reward()(conv(text), solution=["$7$"]) == [pytest.approx(expected)]
 
@@ -196,7 +246,7 @@ def test_build_reward_funcs_order_weights_and_options():
     funcs, weights = build_reward_funcs({"format": 1, "cosine": 2.0}, {"cosine_max_len": 3584})
     assert [f.__name__ for f in funcs] == ["format_reward", "cosine_scaled_reward"]
     assert weights == [1.0, 2.0]
-    text = "<answer>7</answer>"
+    text = "\\boxed{7}"
     assert funcs[1](conv(text), solution=["$7$"]) == [
         pytest.approx(0.5 + 0.25 * (1 + math.cos(math.pi * len(text) / 3584)))
     ]
@@ -213,6 +263,7 @@ def test_build_reward_funcs_order_weights_and_options():
         ({"cosine": 1}, {"cosine_max_len": 0}, "cosine_max_len must be >= 1"),
         ({"cosine": 1}, {"cosine_max_len": "long"}, "cosine_max_len must be an integer"),
         ({"repetition_penalty": 1}, {"repetition_max_penalty": 1.0}, "must be <= 0"),
+        ({"accuracy": 1}, {"read_answer_tag": "yes"}, "read_answer_tag must be true or false"),
     ],
 )
 def test_build_reward_funcs_errors(rewards, options, message):
@@ -222,7 +273,7 @@ def test_build_reward_funcs_errors(rewards, options, message):
 
 def test_import_stays_light():
     """The cockpit imports this module for FORMAT_REWARD_KEYS: no sympy / math-verify at import."""
-    code = "import sys, tina_core.rewards; print(sorted(m for m in ('sympy', 'math_verify', 'torch') if m in sys.modules))"
+    code = "import sys, tina_core.recipe.rewards; print(sorted(m for m in ('sympy', 'math_verify', 'torch') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"
 

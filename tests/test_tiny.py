@@ -56,7 +56,7 @@ def test_distilled_base_adds_but_rarely_formats(tiny_model):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from tina_core.recipe.rewards import accuracy_reward, format_reward
+    from tina_core.recipe.rewards import format_reward, make_accuracy_reward
 
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(tiny_model)
@@ -68,6 +68,7 @@ def test_distilled_base_adds_but_rarely_formats(tiny_model):
     out = model.generate(**batch, do_sample=True, temperature=1.0, max_new_tokens=32)
     texts = tok.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
     fmt = sum(format_reward(texts)) / len(texts)
+    accuracy_reward = make_accuracy_reward(read_answer_tag=True)  # as recipes/tiny.yaml scores it
     acc = sum(accuracy_reward(texts, solution=[f"${r['answer']}$" for r in rows])) / len(texts)
     assert fmt < 0.15, texts[:4]
     assert acc > 0.5, texts[:4]

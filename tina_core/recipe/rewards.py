@@ -5,11 +5,16 @@ float (or ``None``, which TRL turns into NaN and leaves out of the mean) per com
 may be conversational (``[[{"role": "assistant", "content": ...}]]``) or plain strings. The
 ``__name__`` of each function is Tina's, so TRL logs them as ``rewards/<name>/mean``.
 
-Semantics follow Tina's ``rewards.py`` (lengths are in characters; ``len_reward`` is relative to
-the whole batch TRL passes in one call, as in Tina), with two additions:
-- if a completion has an ``<answer>...</answer>`` block, the answer is read from its content first
-  (math-verify finds nothing in a bare ``<answer>7</answer>``), then from the whole text with Tina's
-  boxed-first config, exactly as Tina does;
+Semantics follow Tina's ``rewards.py`` (lengths are in characters), with these differences:
+- ``len_reward`` takes its shortest and longest per prompt group (``num_generations`` consecutive
+  completions). Tina's TRL 0.15.2 called a reward function on one group at a time; TRL 1.x calls
+  it once per process on the whole local batch (several groups), so a batch-wide min/max would rank
+  lengths across prompts.
+- ``reward_options.read_answer_tag: true`` reads an answer from the last ``<answer>...</answer>``
+  block first (math-verify finds nothing in a bare ``<answer>7</answer>``), then Tina's boxed-only
+  parse of the whole text. Off by default: Tina's recipes score what Tina scored (a ``\\boxed``
+  answer, or "the final answer is ..."); the tiny recipe, whose model writes ``<answer>`` tags,
+  turns it on.
 - math-verify also works off the main thread (see ``_math_verify``).
 
 math-verify (sympy) is imported on first use: this module is imported by the cockpit for
@@ -52,6 +57,7 @@ DEFAULT_OPTIONS: dict[str, float | int] = {
     "cosine_max_len": 1000,
     "repetition_n_grams": 3,
     "repetition_max_penalty": -1.0,
+    "read_answer_tag": False,  # Tina's parse: boxed only (see the module's docstring)
 }
 
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
@@ -131,11 +137,11 @@ def _parse_gold(solution: str, latex_only: bool) -> tuple:
     return tuple(parsed)
 
 
-def _parse_answer(text: str, boxed) -> list:
+def _parse_answer(text: str, boxed, read_answer_tag: bool) -> list:
     mv = _math_verify()
     parse, (tina, bare) = mv["parse"], mv["answer"][boxed]
     kw = dict(extraction_mode="first_match", **_timeouts()[0])
-    blocks = _ANSWER_RE.findall(text)
+    blocks = _ANSWER_RE.findall(text) if read_answer_tag else []
     inner = blocks[-1].strip() if blocks else ""
     if inner:
         # Bare content is read as one LaTeX expression first ("\sqrt{2}", "x = 3"), then as text.
@@ -151,13 +157,13 @@ def _verify(gold, answer) -> bool:
     return bool(mv["verify"](list(gold), answer, **_timeouts()[1]))
 
 
-def _correct_or_none(text: str, solution: str, boxed) -> bool | None:
+def _correct_or_none(text: str, solution: str, read_answer_tag: bool) -> bool | None:
     """Whether ``text`` answers ``solution`` (Tina's len/cosine reading); None if the gold won't parse."""
     gold = _parse_gold(str(solution), True)
     if not gold:
         return None
     try:
-        return _verify(gold, _parse_answer(text, boxed))
+        return _verify(gold, _parse_answer(text, True, read_answer_tag))
     except Exception as e:  # math-verify's own errors: count as not verified
         log.warning("verify failed: %s", e)
         return False
@@ -172,22 +178,29 @@ def _need_solution(solution, completions, name: str) -> list:
 
 
 # --- the rewards ---------------------------------------------------------------------------------
-def accuracy_reward(completions, solution=None, **kwargs) -> list[float | None]:
+def make_accuracy_reward(read_answer_tag: bool = False) -> RewardFunc:
     """1.0 if the answer math-verifies against the gold, else 0.0; None if the gold won't parse or
     verification throws (TRL then leaves the sample out of the mean)."""
-    solutions = _need_solution(solution, completions, "accuracy_reward")
-    rewards: list[float | None] = []
-    for text, sol in zip(_texts(completions), solutions):
-        gold = _parse_gold(str(sol), False)
-        if not gold:
-            rewards.append(None)
-            continue
-        try:
-            rewards.append(float(_verify(gold, _parse_answer(text, "all"))))
-        except Exception as e:
-            log.warning("verify failed: %s", e)
-            rewards.append(None)
-    return rewards
+
+    def accuracy_reward(completions, solution=None, **kwargs) -> list[float | None]:
+        solutions = _need_solution(solution, completions, "accuracy_reward")
+        rewards: list[float | None] = []
+        for text, sol in zip(_texts(completions), solutions):
+            gold = _parse_gold(str(sol), False)
+            if not gold:
+                rewards.append(None)
+                continue
+            try:
+                rewards.append(float(_verify(gold, _parse_answer(text, "all", read_answer_tag))))
+            except Exception as e:
+                log.warning("verify failed: %s", e)
+                rewards.append(None)
+        return rewards
+
+    return accuracy_reward
+
+
+accuracy_reward = make_accuracy_reward()  # Tina's reading
 
 
 def format_reward(completions, solution=None, **kwargs) -> list[float]:
@@ -201,22 +214,40 @@ def tag_count_reward(completions, solution=None, **kwargs) -> list[float]:
     return [0.5 * (t.count("<think>\n") == 1) + 0.5 * (t.count("\n</think>\n") == 1) for t in _texts(completions)]
 
 
-def len_reward(completions, solution=None, **kwargs) -> list[float]:
-    """Kimi-1.5 length reward over the batch: lambda = 0.5 - (len - min) / (max - min) in characters;
-    correct answers get lambda, wrong ones min(0, lambda); all-equal lengths give 0. A gold that
-    won't parse counts as correct, as in Tina."""
-    texts = _texts(completions)
-    solutions = _need_solution(solution, completions, "len_reward")
-    lengths = [len(t) for t in texts]
-    lo, hi = min(lengths, default=0), max(lengths, default=0)
-    if hi == lo:
-        return [0.0] * len(texts)
-    rewards = []
-    for text, sol, n in zip(texts, solutions, lengths):
-        lam = 0.5 - (n - lo) / (hi - lo)
-        correct = _correct_or_none(text, sol, True)
-        rewards.append(float(lam if correct is not False else min(0.0, lam)))
-    return rewards
+def make_len_reward(num_generations: int | None = None, read_answer_tag: bool = False) -> RewardFunc:
+    """Kimi-1.5 length reward within each prompt group: lambda = 0.5 - (len - min) / (max - min) in
+    characters, min and max over the group's ``num_generations`` completions (consecutive in TRL's
+    batch; None: the whole call is one group, as Tina's calls were); correct answers get lambda,
+    wrong ones min(0, lambda); all-equal lengths give 0. A gold that won't parse counts as correct,
+    as in Tina."""
+
+    def len_reward(completions, solution=None, prompts=None, **kwargs) -> list[float]:
+        texts = _texts(completions)
+        solutions = _need_solution(solution, completions, "len_reward")
+        size = num_generations or len(texts) or 1
+        if len(texts) % size:
+            raise ValueError(f"len_reward: {len(texts)} completions are not whole groups of {size} "
+                             "(num_generations): each prompt's group must reach one call whole")
+        rewards: list[float] = []
+        for start in range(0, len(texts), size):
+            group = range(start, start + size)
+            if prompts is not None and any(prompts[i] != prompts[start] for i in group):
+                raise ValueError(f"len_reward: completions {start}..{start + size - 1} are not one prompt's group")
+            lengths = [len(texts[i]) for i in group]
+            lo, hi = min(lengths), max(lengths)
+            for i, n in zip(group, lengths):
+                if hi == lo:
+                    rewards.append(0.0)
+                    continue
+                lam = 0.5 - (n - lo) / (hi - lo)
+                correct = _correct_or_none(texts[i], solutions[i], read_answer_tag)
+                rewards.append(float(lam if correct is not False else min(0.0, lam)))
+        return rewards
+
+    return len_reward
+
+
+len_reward = make_len_reward()  # one call, one group (Tina's)
 
 
 def reasoning_steps_reward(completions, solution=None, **kwargs) -> list[float]:
@@ -231,6 +262,7 @@ def make_cosine_scaled_reward(
     min_value_correct: float = 0.5,
     max_value_correct: float = 1.0,
     max_len: int = 1000,
+    read_answer_tag: bool = False,
 ) -> RewardFunc:
     """Tina's cosine length reward: r = lo + 0.5 (hi - lo)(1 + cos(pi * chars / max_len)), with
     [lo, hi] = [min_correct, max_correct] for correct answers and [max_wrong, min_wrong] for wrong
@@ -240,7 +272,7 @@ def make_cosine_scaled_reward(
         solutions = _need_solution(solution, completions, "cosine_scaled_reward")
         rewards = []
         for text, sol in zip(_texts(completions), solutions):
-            correct = _correct_or_none(text, sol, True)
+            correct = _correct_or_none(text, sol, read_answer_tag)
             if correct is None:
                 rewards.append(1.0)
                 continue
@@ -280,6 +312,7 @@ def _cosine(o: dict) -> RewardFunc:
         min_value_correct=o["cosine_min_value_correct"],
         max_value_correct=o["cosine_max_value_correct"],
         max_len=o["cosine_max_len"],
+        read_answer_tag=o["read_answer_tag"],
     )
 
 
@@ -287,16 +320,18 @@ def _repetition(o: dict) -> RewardFunc:
     return make_repetition_penalty_reward(o["repetition_n_grams"], o["repetition_max_penalty"])
 
 
-# Recipe key -> factory(options) -> reward function.
-REWARDS: dict[str, Callable[[dict], RewardFunc]] = {
-    "format": lambda o: format_reward,
-    "accuracy": lambda o: accuracy_reward,
-    "tag_count": lambda o: tag_count_reward,
-    "length": lambda o: len_reward,
-    "cosine": _cosine,
-    "reasoning_steps": lambda o: reasoning_steps_reward,
-    "repetition_penalty": _repetition,
+# Recipe key -> factory(options, num_generations) -> reward function.
+REWARDS: dict[str, Callable[[dict, int | None], RewardFunc]] = {
+    "format": lambda o, g: format_reward,
+    "accuracy": lambda o, g: make_accuracy_reward(o["read_answer_tag"]),
+    "tag_count": lambda o, g: tag_count_reward,
+    "length": lambda o, g: make_len_reward(g, o["read_answer_tag"]),
+    "cosine": lambda o, g: _cosine(o),
+    "reasoning_steps": lambda o, g: reasoning_steps_reward,
+    "repetition_penalty": lambda o, g: _repetition(o),
 }
+# Rewards that compare the completions of one prompt group with each other.
+GROUP_REWARDS = ("length",)
 
 
 def resolve_options(options: dict | None) -> dict[str, Any]:
@@ -307,7 +342,12 @@ def resolve_options(options: dict | None) -> dict[str, Any]:
         raise ValueError(f"unknown reward option(s) {unknown}; valid: {sorted(DEFAULT_OPTIONS)}")
     out = {**DEFAULT_OPTIONS, **options}
     for key, value in out.items():
-        want_int = isinstance(DEFAULT_OPTIONS[key], int)
+        default = DEFAULT_OPTIONS[key]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ValueError(f"reward option {key} must be true or false, got {value!r}")
+            continue
+        want_int = isinstance(default, int)
         ok = isinstance(value, int) if want_int else isinstance(value, (int, float))
         if not ok or isinstance(value, bool):
             raise ValueError(f"reward option {key} must be {'an integer' if want_int else 'a number'}, got {value!r}")
@@ -319,8 +359,10 @@ def resolve_options(options: dict | None) -> dict[str, Any]:
     return out
 
 
-def build_reward_funcs(rewards: dict[str, float], options: dict | None = None) -> tuple[list[RewardFunc], list[float]]:
-    """The reward functions and weights for a recipe's ``{key: weight}`` mapping, in its order."""
+def build_reward_funcs(rewards: dict[str, float], options: dict | None = None,
+                       num_generations: int | None = None) -> tuple[list[RewardFunc], list[float]]:
+    """The reward functions and weights for a recipe's ``{key: weight}`` mapping, in its order.
+    ``num_generations`` (the GRPO group size) is what group-relative rewards compare within."""
     if not rewards:
         raise ValueError(f"no rewards given; valid keys: {sorted(REWARDS)}")
     unknown = [k for k in rewards if k not in REWARDS]
@@ -330,4 +372,4 @@ def build_reward_funcs(rewards: dict[str, float], options: dict | None = None) -
         if isinstance(weight, bool) or not isinstance(weight, (int, float)):
             raise ValueError(f"reward weight for {key!r} must be a number, got {weight!r}")
     opts = resolve_options(options)
-    return [REWARDS[k](opts) for k in rewards], [float(w) for w in rewards.values()]
+    return [REWARDS[k](opts, num_generations) for k in rewards], [float(w) for w in rewards.values()]

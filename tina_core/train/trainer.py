@@ -182,7 +182,8 @@ def build_trainer(run_dir: RunDir, recipe: Recipe, callbacks: list = ()):
         model_path, dtype=recipe.get("model.dtype", "auto"),
         attn_implementation=recipe.get("model.attn_implementation"),
         use_cache=not config.gradient_checkpointing)
-    funcs, weights = build_reward_funcs(recipe.rewards, dict(recipe.data.get("reward_options") or {}))
+    funcs, weights = build_reward_funcs(recipe.rewards, dict(recipe.data.get("reward_options") or {}),
+                                        num_generations=config.num_generations)
     config.reward_weights = weights
     dataset = prepare_dataset(recipe.data["dataset"], tokenizer)
     return GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=dataset,
