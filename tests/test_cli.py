@@ -292,6 +292,7 @@ def test_detached_run_stop_resume_and_a_killed_supervisor(tiny_home, monkeypatch
 
 # --- a foreground run: the progress display, and credentials kept off disk and screen -------------
 ENV_SECRET = "wandb_cliENVkey0123456789"  # in the environment of `tina run`, as a user exports it
+HUB_SECRET = "hf_hubtokCLI0123456789"  # in a recipe field other than launch.env
 _PLAIN_LINE = re.compile(r"^step (\d+)/(\d+)  format (\d\.\d{3})  accuracy (\d\.\d{3})  length (\d+\.\d)  "
                          r"(\d+\.\d\d) s/step  ETA (\d+:\d\d:\d\d)  \$(\d+\.\d{4}) \(projected \$(\d+\.\d{4})\)$")
 _SECRET_ARGS = ("--set", f"launch.env.HF_TOKEN={SECRET}", "--set", "price.cpu_hour_usd=3.6")
@@ -299,19 +300,41 @@ _SECRET_ARGS = ("--set", f"launch.env.HF_TOKEN={SECRET}", "--set", "price.cpu_ho
 
 def _no_secret(*texts: str) -> None:
     for text in texts:
-        assert SECRET not in text and ENV_SECRET not in text
+        assert SECRET not in text and ENV_SECRET not in text and HUB_SECRET not in text
+
+
+def _no_secret_in_the_index(db: Path) -> None:
+    """No text column of any table of the index holds a credential (DuckDB may compress strings,
+    so the file's bytes alone do not tell)."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        columns = con.execute("SELECT table_name, column_name FROM duckdb_columns() WHERE NOT internal "
+                              "AND data_type IN ('VARCHAR', 'JSON')").fetchall()
+        assert ("runs", "info") in columns and ("events", "data") in columns
+        for table, column in columns:
+            for value in (SECRET, ENV_SECRET, HUB_SECRET):
+                n = con.execute(f'SELECT count(*) FROM "{table}" WHERE CAST("{column}" AS VARCHAR) LIKE ?',
+                                [f"%{value}%"]).fetchone()[0]
+                assert n == 0, (table, column)
+    finally:
+        con.close()
 
 
 @pytest.mark.slow
 def test_foreground_run_prints_plain_progress_and_no_credential(tiny_home):
     """`tina run` with its output piped: plain progress lines with every figure. A token given with
-    --set launch.env and a key in tina's environment reach the trainer's environment, and no file of
-    the workspace, no output of run / --dry-run / status --json / logs. No GPU here: no system.jsonl."""
+    --set launch.env and a key in tina's environment reach the trainer's environment; they and a
+    token in another recipe field (grpo.hub_token) reach no file of the workspace (nor the index, nor
+    the checkpoint's training_args.bin), no output of run / --dry-run / status --json / logs. No GPU
+    here: no system.jsonl."""
     env = {"WANDB_API_KEY": ENV_SECRET}
-    dry = tina(tiny_home, "run", *_tiny_args(6, 3), *_SECRET_ARGS, "--dry-run", env=env)
-    assert dry.returncode == 0 and "HF_TOKEN: '***'" in dry.stdout
+    hub = ("--set", f"grpo.hub_token={HUB_SECRET}")
+    dry = tina(tiny_home, "run", *_tiny_args(6, 3), *_SECRET_ARGS, *hub, "--dry-run", env=env)
+    assert dry.returncode == 0 and "HF_TOKEN: '***'" in dry.stdout and "hub_token: '***'" in dry.stdout
     proc = subprocess.Popen([sys.executable, "-m", "tina_core.cli", "--home", str(tiny_home), "run",
-                             *_tiny_args(6, 3), *_SECRET_ARGS], cwd=ROOT, stdout=subprocess.PIPE,
+                             *_tiny_args(6, 3), *_SECRET_ARGS, *hub], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     run_id = proc.stdout.readline().strip()
     rd = RunDir(tiny_home / "runs" / run_id)
@@ -336,6 +359,12 @@ def test_foreground_run_prints_plain_progress_and_no_credential(tiny_home):
     for path in tiny_home.rglob("*"):  # the run directory and the index
         if path.is_file():
             _no_secret(path.read_bytes().decode(errors="replace"))
+    _no_secret_in_the_index(tiny_home / "tina.duckdb")
+    assert rd.info()["overrides"][-1] == "grpo.hub_token=***" and "grpo.hub_token=***" in rd.info()["tina_command"]
+    import torch
+
+    args = torch.load(rd.checkpoint_path(6) / "training_args.bin", weights_only=False)
+    assert args.hub_token is None and HUB_SECRET not in repr(vars(args))
 
 
 def _run_on_a_terminal(home: Path, args: list[str], columns: int = 120) -> str:

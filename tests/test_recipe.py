@@ -17,7 +17,8 @@ from tina_core.cli import runs as cli_runs
 from tina_core.train import launcher as launch
 from tina_core.recipe.configs import validate_recipe
 from tina_core.recipe.loader import RECIPES_DIR, RecipeError, list_recipes, load_recipe, masked_override
-from tina_core.rundir import RunDir, TinaError, redact_text
+from tina_core.credentials import redact_text
+from tina_core.rundir import RunDir, TinaError
 
 ALL_RECIPES = sorted(p for p in RECIPES_DIR.rglob("*.yaml") if p.relative_to(RECIPES_DIR).parts[0] not in ("base", "accelerate"))
 TINA = RECIPES_DIR / "tina"
@@ -222,12 +223,44 @@ def test_launch_env_credentials_are_withheld_from_the_snapshot(tmp_path):
     text = r.to_yaml()
     assert token not in text and yaml.safe_load(text)["launch"]["env"]["HF_TOKEN"] == "***"
     snap = load_recipe(write(tmp_path / "recipe.yaml", yaml.safe_load(text)))
-    assert snap.secret_env == {} and launch.withheld_env(snap) == ["HF_TOKEN"]
+    assert snap.secret_env == {} and snap.withheld_env == ["HF_TOKEN"]
     assert launch.launch_env(snap, {"HF_TOKEN": token})["HF_TOKEN"] == token
     assert "HF_TOKEN" not in launch.launch_env(snap, {})
     assert masked_override(f"launch.env.HF_TOKEN={token}") == "launch.env.HF_TOKEN=***"
     assert masked_override("launch.env.OMP_NUM_THREADS=2") == "launch.env.OMP_NUM_THREADS=2"
     assert redact_text(f"--set launch.env.X={token}") == "--set launch.env.X=***"  # this process saw it
+
+
+def test_a_credential_in_any_recipe_field_is_withheld(tmp_path):
+    """grpo.hub_token (or any *_token, *_key, *secret*, *password* field) is masked in the snapshot,
+    in the recorded override and in error messages, reaches the trainer as an environment variable
+    (hub_token as HF_TOKEN) and never the real GRPOConfig, which every checkpoint saves."""
+    from tina_core.credentials import is_secret_name
+    from tina_core.recipe.configs import build_grpo_config
+
+    token = "hf_hubtokANY0123456789"
+    r = load_recipe(RECIPES_DIR / "tiny.yaml", [f"grpo.hub_token={token}"])
+    assert r.credentials == {"grpo.hub_token": token} and r.secret_env == {"HF_TOKEN": token}
+    assert launch.launch_env(r, {})["HF_TOKEN"] == token
+    text = r.to_yaml()
+    assert token not in text and yaml.safe_load(text)["grpo"]["hub_token"] == "***"
+    snap = load_recipe(write(tmp_path / "recipe.yaml", yaml.safe_load(text)))
+    assert snap.withheld_env == ["HF_TOKEN"] and snap.secret_env == {}
+    assert build_grpo_config(snap, tmp_path / "out", neutralise_device=True).hub_token is None
+    assert masked_override(f"grpo.hub_token={token}") == "grpo.hub_token=***"
+    assert token not in masked_override(f"grpo={{hub_token: {token}, seed: 3}}")
+    # an explicit launch.env entry wins over the field that names the same variable
+    both = load_recipe(RECIPES_DIR / "tiny.yaml", [f"grpo.hub_token={token}", "launch.env.HF_TOKEN=hf_other0123"])
+    assert both.secret_env == {"HF_TOKEN": "hf_other0123"}
+    with pytest.raises(RecipeError) as e:  # a wrong type is said without the value
+        validate_recipe(load_recipe(RECIPES_DIR / "tiny.yaml", ["grpo.hub_token=[1, 2]"]))
+    assert "grpo.hub_token" in str(e.value) and "[1, 2]" not in str(e.value)
+    for name in ("HF_TOKEN", "WANDB_API_KEY", "hub_token", "db_password", "client_secret", "AWS_ACCESS_KEY_ID",
+                 "hubToken"):
+        assert is_secret_name(name), name
+    for name in ("TOKENIZERS_PARALLELISM", "max_prompt_tokens", "trainable_token_indices", "num_tokens",
+                 "average_tokens_across_devices", "rewards/format_reward/mean"):
+        assert not is_secret_name(name), name
 
 
 def test_extends_chain_merge_and_loop(tmp_path):

@@ -18,7 +18,9 @@ import re
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
+
+from tina_core.credentials import redact
 
 DEFAULT_HOME = Path("~/.tina")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
@@ -48,65 +50,6 @@ def now_iso() -> str:
 def slug(text: str) -> str:
     s = re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-._")
     return s[:60] or "run"
-
-
-# --- secrets -----------------------------------------------------------------------------------
-# Names that look like credentials. Their values never reach a file or screen that tina writes.
-# (TOKENIZERS_PARALLELISM is a setting, not a token.)
-_SECRET_NAME_RE = re.compile(
-    r"(TOKEN(?!IZER)|SECRET|PASSWORD|PASSWD|API_?KEY|ACCESS_?KEY|PRIVATE_?KEY|CREDENTIAL|AUTH|_KEY$|^KEY$)",
-    re.IGNORECASE,
-)
-MASK = "***"
-# Shorter values are not masked inside text: "1" or "true" would be replaced everywhere.
-_MIN_SECRET_LEN = 6
-# Credential values this process learnt from elsewhere than its environment: a recipe's
-# launch.env (load_recipe remembers them), so everything this process writes masks them too.
-_remembered: set[str] = set()
-
-
-def is_secret_name(name: str) -> bool:
-    return bool(_SECRET_NAME_RE.search(name))
-
-
-def remember_secrets(values: Iterable[str]) -> None:
-    """Mask these values in everything this process writes or shows from now on."""
-    _remembered.update(v for v in values if len(v) >= _MIN_SECRET_LEN)
-
-
-def secret_values(environ: dict[str, str] | None = None) -> list[str]:
-    """The credential values to mask: those of credential-named variables in ``environ`` (default
-    os.environ) and the remembered ones, longest first (so a value containing another goes whole)."""
-    env = os.environ if environ is None else environ
-    found = {v for k, v in env.items() if is_secret_name(k) and len(v) >= _MIN_SECRET_LEN} | _remembered
-    return sorted(found, key=len, reverse=True)
-
-
-def redact_text(text: str, environ: dict[str, str] | None = None) -> str:
-    """Replace every credential value (``secret_values``) with ``***``."""
-    for value in secret_values(environ):
-        text = text.replace(value, MASK)
-    return text
-
-
-def redact(obj: Any, environ: dict[str, str] | None = None) -> Any:
-    """A copy of ``obj`` (JSON-like) with credential values and credential-named keys masked."""
-    if isinstance(obj, dict):
-        return {
-            k: (MASK if isinstance(k, str) and is_secret_name(k) and isinstance(v, str) else redact(v, environ))
-            for k, v in obj.items()
-        }
-    if isinstance(obj, (list, tuple)):
-        return [redact(v, environ) for v in obj]
-    if isinstance(obj, str):
-        return redact_text(obj, environ)
-    return obj
-
-
-def safe_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment without credential-looking variables (for records, never for launching)."""
-    env = os.environ if environ is None else environ
-    return {k: v for k, v in env.items() if not is_secret_name(k)}
 
 
 # --- writing on a disk that may be full ----------------------------------------------------------

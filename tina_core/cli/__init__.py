@@ -13,7 +13,8 @@ from typing import Optional
 
 import typer
 
-from tina_core.rundir import TinaError, redact_text, tina_home
+from tina_core.credentials import redact_text
+from tina_core.rundir import TinaError, tina_home
 
 app = typer.Typer(
     name="tina",

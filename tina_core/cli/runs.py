@@ -12,7 +12,8 @@ from typing import Sequence
 
 from tina_core import runstate
 from tina_core.report.runs import _session, describe, list_runs, open_store
-from tina_core.rundir import find_run, redact_text
+from tina_core.credentials import redact_text
+from tina_core.rundir import find_run
 from tina_core.supervise.lifecycle import (check_resumable, create_run, plan_run, spawn_daemon, start_run, stop_run,
                                            supervise_foreground)
 from tina_core.supervise.logpump import tail_text

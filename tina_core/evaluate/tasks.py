@@ -13,7 +13,8 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tina_core.rundir import RunDir, TinaError, redact_text
+from tina_core.credentials import redact_text
+from tina_core.rundir import RunDir, TinaError
 
 
 TASKS: dict[str, str] = {

@@ -18,7 +18,8 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
-from tina_core.recipe.loader import Recipe, RecipeError, _looks_local, _suggest, accelerate_config_path
+from tina_core.credentials import is_secret_name
+from tina_core.recipe.loader import Recipe, RecipeError, _looks_local, _suggest, accelerate_config_path, shown_value
 from tina_core.rundir import TinaError
 
 
@@ -69,11 +70,18 @@ def _check_fields(values: dict, cls: type, section: str, where: str) -> None:
             raise RecipeError(f"{where}: {section}.{key}: unknown {cls.__name__} field{_suggest(key, names)}")
         if not _type_ok(value, hints.get(key, Any)):
             hint = _hint_name(hints.get(key))
-            raise RecipeError(f"{where}: {section}.{key}: expected {hint}, got {value!r}")
+            raise RecipeError(f"{where}: {section}.{key}: expected {hint}, got {shown_value(key, value)}")
 
 
 def _key_in_message(msg: str, keys: Sequence[str]) -> str | None:
     return next((k for k in sorted(keys, key=len, reverse=True) if k in msg), None)
+
+
+def config_fields(section: dict) -> dict:
+    """A ``grpo`` or ``lora`` section as its config is built from it: without credentials
+    (``hub_token``), which reach the trainer through its environment and would otherwise be
+    saved with every checkpoint (``training_args.bin``)."""
+    return {k: v for k, v in section.items() if not is_secret_name(k)}
 
 
 def build_grpo_config(recipe: Recipe, output_dir: str | os.PathLike, *, neutralise_device: bool = False):
@@ -82,9 +90,9 @@ def build_grpo_config(recipe: Recipe, output_dir: str | os.PathLike, *, neutrali
     bf16/fp16 are switched off for the check; every field name and type was checked beforehand."""
     from trl import GRPOConfig
 
-    kwargs = dict(recipe.grpo)
     where = str(recipe.source)
-    _check_fields(kwargs, GRPOConfig, "grpo", where)
+    _check_fields(recipe.grpo, GRPOConfig, "grpo", where)
+    kwargs = config_fields(recipe.grpo)
     if neutralise_device:
         kwargs.update(bf16=False, fp16=False, tf32=None, use_cpu=True)
     kwargs.setdefault("report_to", "none")
@@ -99,8 +107,8 @@ def build_lora_config(recipe: Recipe):
     from peft import LoraConfig
 
     where = str(recipe.source)
-    kwargs = dict(recipe.data.get("lora") or {})
-    _check_fields(kwargs, LoraConfig, "lora", where)
+    _check_fields(recipe.data.get("lora") or {}, LoraConfig, "lora", where)
+    kwargs = config_fields(recipe.data.get("lora") or {})
     kwargs.setdefault("task_type", "CAUSAL_LM")
     try:
         return LoraConfig(**kwargs)
@@ -132,7 +140,8 @@ def _library_verdict_path(recipe: Recipe) -> Path | None:
         versions = {d: importlib.metadata.version(d) for d in _CONFIG_LIBRARIES}
     except importlib.metadata.PackageNotFoundError:
         return None
-    what = {"grpo": recipe.grpo, "lora": recipe.data.get("lora") or {}, "versions": versions,
+    what = {"grpo": config_fields(recipe.grpo), "lora": config_fields(recipe.data.get("lora") or {}),
+            "versions": versions,
             "gpu": bool(gpu.gpus()),
             "checks": hashlib.sha256(Path(__file__).read_bytes()).hexdigest()}  # this module's own rules
     key = hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]

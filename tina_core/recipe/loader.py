@@ -20,7 +20,8 @@ from typing import Any, Sequence
 
 import yaml
 
-from tina_core.rundir import MASK, TinaError, is_secret_name, remember_secrets
+from tina_core.credentials import MASK, is_secret_name, redact, remember_secrets, secret_fields
+from tina_core.rundir import TinaError
 
 
 class RecipeError(TinaError):
@@ -111,11 +112,16 @@ def _check_section(data: dict, schema: dict, where: str, prefix: str = "") -> No
                 raise RecipeError(f"{where}: {path}: expected a mapping, got {value!r}")
             _check_section(value, expected, where, path + ".")
         elif not _isinstance(value, expected):
-            raise RecipeError(f"{where}: {path}: expected {_type_name(expected)}, got {value!r}")
+            raise RecipeError(f"{where}: {path}: expected {_type_name(expected)}, got {shown_value(key, value)}")
     if prefix == "" and "rewards" in data:
         for k, w in data["rewards"].items():
             if not _isinstance(w, _NUM):
                 raise RecipeError(f"{where}: rewards.{k}: expected a number (the reward's weight), got {w!r}")
+
+
+def shown_value(key: Any, value: Any) -> str:
+    """A value as an error message may quote it: a credential's never."""
+    return MASK if is_secret_name(str(key)) else repr(value)
 
 
 def deep_merge(base: dict, child: dict) -> dict:
@@ -156,18 +162,20 @@ def apply_override(data: dict, override: str, where: str = "--set") -> None:
     """Apply one ``a.b.c=value`` override in place (value parsed as YAML: 5e-4, true, [a, b])."""
     key, sep, raw = override.partition("=")
     key = key.strip()
+    shown = masked_override(override)
     if not sep or not key or any(not p for p in key.split(".")):
-        raise RecipeError(f"{where} {override!r}: expected key.path=value, e.g. grpo.learning_rate=5e-4")
+        raise RecipeError(f"{where} {shown!r}: expected key.path=value, e.g. grpo.learning_rate=5e-4")
     try:
         value = parse_yaml(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise RecipeError(f"{where} {override!r}: value is not valid YAML: {e}") from None
+        raise RecipeError(f"{where} {shown!r}: value is not valid YAML"
+                          + ("" if shown != override else f": {e}")) from None
     node = data
     parts = key.split(".")
     for i, p in enumerate(parts[:-1]):
         nxt = node.setdefault(p, {})
         if not isinstance(nxt, dict):
-            raise RecipeError(f"{where} {override!r}: {'.'.join(parts[:i + 1])} is not a section")
+            raise RecipeError(f"{where} {shown!r}: {'.'.join(parts[:i + 1])} is not a section")
         node = nxt
     node[parts[-1]] = value
 
@@ -280,20 +288,43 @@ class Recipe:
         return self.get("model.name_or_path") == TINY_MODEL
 
     @property
+    def credentials(self) -> dict[str, Any]:
+        """Every credential-named field (``launch.env.HF_TOKEN``, ``grpo.hub_token``...) by dotted
+        path, with its value; fields a snapshot withheld (``***``) are not here."""
+        return {p: v for p, v in secret_fields(self.data).items() if v != MASK}
+
+    @property
     def secret_env(self) -> dict[str, str]:
-        """``launch.env`` entries whose names look like credentials (HF_TOKEN...), with their values;
-        entries a snapshot withheld (``***``) are not here."""
-        env = self.get("launch.env") or {}
-        return {str(k): str(v) for k, v in env.items() if is_secret_name(str(k)) and v != MASK}
+        """The recipe's credentials as the trainer's environment gets them (``credential_env_name``);
+        a ``launch.env`` entry wins over another field naming the same variable."""
+        found = sorted(self.credentials.items(), key=lambda pv: pv[0].startswith("launch.env."))
+        return {credential_env_name(p): str(v) for p, v in found}
+
+    @property
+    def withheld_env(self) -> list[str]:
+        """Variables whose values a run's snapshot withholds (``***``): only the supervisor's
+        environment holds them."""
+        return list(dict.fromkeys(credential_env_name(p) for p, v in secret_fields(self.data).items() if v == MASK))
 
     def to_yaml(self) -> str:
         """The fully resolved recipe (no ``extends``), as written to a run directory or shown:
-        credential values in ``launch.env`` are withheld as ``***`` (the supervisor hands them to
-        the trainer through its environment; see launch_env)."""
+        every credential withheld as ``***`` (the supervisor hands them to the trainer through its
+        environment; see launch_env)."""
         out = {"name": self.name, **{k: v for k, v in self.data.items() if k != "name"}}
-        if self.secret_env:
-            out["launch"] = {**out["launch"], "env": {**out["launch"]["env"], **dict.fromkeys(self.secret_env, MASK)}}
-        return yaml.safe_dump(out, sort_keys=False, default_flow_style=False)
+        return yaml.safe_dump(redact(out, {}), sort_keys=False, default_flow_style=False)
+
+
+# A recipe's credential reaches the trainer as an environment variable, never through a file:
+# launch.env's under its own name, grpo.hub_token as HF_TOKEN (the Hugging Face token, as the hub
+# libraries read it), any other under its key in capitals.
+_CREDENTIAL_ENV = {"grpo.hub_token": "HF_TOKEN"}
+
+
+def credential_env_name(path: str) -> str:
+    """The environment variable that carries the recipe credential at ``path`` to the trainer."""
+    if path.startswith("launch.env."):
+        return path.removeprefix("launch.env.")
+    return _CREDENTIAL_ENV.get(path) or path.rsplit(".", 1)[-1].upper()
 
 
 def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
@@ -305,22 +336,30 @@ def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recip
     data = _read(src)
     for o in overrides:
         apply_override(data, o)
+    # before any check, so no error message shows them either
+    remember_secrets(v for p, v in secret_fields(data).items())
     _check_section(data, SCHEMA, where)
     if "output_dir" in (data.get("grpo") or {}):
         raise RecipeError(f"{where}: grpo.output_dir: not allowed; tina saves checkpoints to RUN_DIR/checkpoints")
     _absolutise(data, Path.cwd())
-    recipe = Recipe(source=src.resolve(), data=data)
-    remember_secrets(recipe.secret_env.values())  # whatever this process writes from now on masks them
-    return recipe
+    return Recipe(source=src.resolve(), data=data)
 
 
 def masked_override(override: str) -> str:
-    """A ``--set`` override as it may be recorded: a credential-looking ``launch.env`` value masked
-    by its name (its text may differ from the parsed value that ``secret_env`` knows)."""
-    key, sep, _ = override.partition("=")
-    parts = key.strip().split(".")
-    if sep and len(parts) == 3 and parts[:2] == ["launch", "env"] and is_secret_name(parts[2]):
+    """A ``--set`` override as it may be recorded or shown: a credential's value masked by its key
+    (``grpo.hub_token=***``; its text may differ from the parsed value), and by name inside a
+    mapping given whole (``launch.env={HF_TOKEN: ***}``)."""
+    key, sep, raw = override.partition("=")
+    if not sep:
+        return override
+    if is_secret_name(key.strip().rsplit(".", 1)[-1]):
         return f"{key}={MASK}"
+    try:
+        value = parse_yaml(raw)
+    except yaml.YAMLError:
+        return override
+    if isinstance(value, dict) and secret_fields(value):
+        return f"{key}={yaml.safe_dump(redact(value, {}), default_flow_style=True).strip()}"
     return override
 
 

@@ -218,13 +218,12 @@ def check_resumable(home: Path, run_ref: str) -> RunDir:
         raise TinaError(f"run {run_dir.run_id} is {state} (supervisor pid {pid}); nothing to resume")
     if state == "finished":
         raise TinaError(f"run {run_dir.run_id} is finished (reached step {info.get('stop_at_step')})")
-    from tina_core.train.launcher import withheld_env
     from tina_core.recipe.loader import load_recipe
 
     # The supervisor that was given these is gone, and tina never wrote them down.
-    missing = [k for k in withheld_env(load_recipe(run_dir.recipe)) if k not in os.environ]
+    missing = [k for k in load_recipe(run_dir.recipe).withheld_env if k not in os.environ]
     if missing:
-        raise TinaError(f"run {run_dir.run_id} was given {', '.join(missing)} through launch.env, which tina keeps "
+        raise TinaError(f"run {run_dir.run_id} was given {', '.join(missing)} through its recipe, which tina keeps "
                         f"out of the run directory: set {'it' if len(missing) == 1 else 'them'} in this shell "
                         f"(export {missing[0]}=...) and resume again")
     return run_dir

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from tina_core.rundir import APPEND_FLAGS, append_bytes, now_iso, redact_text, secret_values, write_error_text
+from tina_core.credentials import MASK, redact_text, secret_values
+from tina_core.rundir import APPEND_FLAGS, append_bytes, now_iso, write_error_text
 
 
 class LogPump:
@@ -49,7 +50,7 @@ class LogPump:
                 if out:
                     text = out.decode(errors="replace")
                     for value in secrets:
-                        text = text.replace(value, "***")
+                        text = text.replace(value, MASK)
                     self.tail.extend(text.splitlines()[-self.TAIL_LINES:])
                     self._write(text.encode())
                 if not chunk:

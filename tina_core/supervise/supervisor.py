@@ -32,8 +32,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tina_core import runstate
+from tina_core.credentials import redact, redact_text, remember_secrets
 from tina_core.rundir import (APPEND_FLAGS, RunDir, TinaError, append_bytes, append_jsonl, iter_jsonl, now_iso,
-                              read_json, redact, redact_text, remember_secrets, write_error_text, write_json_atomic)
+                              read_json, write_error_text, write_json_atomic)
 from tina_core.runstate import HEARTBEAT_S, end_group, kill_group, pid_alive, send_signal
 from tina_core.supervise.logpump import LogPump, output_to_log
 from tina_core.supervise.progress import Display
@@ -229,12 +230,12 @@ class Supervisor:
 
     def _trainer_env(self, attempt: int) -> dict[str, str]:
         if self._env is None:
-            from tina_core.train.launcher import launch_env, withheld_env
+            from tina_core.train.launcher import launch_env
             from tina_core.recipe.loader import load_recipe
 
             recipe = load_recipe(self.run_dir.recipe, [])
             base = {**os.environ, **self.secret_env}
-            missing = [k for k in withheld_env(recipe) if k not in base]
+            missing = [k for k in recipe.withheld_env if k not in base]
             if missing:
                 self.log(f"launch.env {', '.join(missing)}: withheld from the snapshot and not in the "
                          "supervisor's environment; the trainer runs without")

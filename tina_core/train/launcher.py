@@ -14,7 +14,8 @@ import os
 import sys
 
 from tina_core.recipe.loader import Recipe, RecipeError, accelerate_config_path
-from tina_core.rundir import MASK, RunDir, TinaError
+from tina_core.credentials import MASK
+from tina_core.rundir import RunDir, TinaError
 
 DEFAULT_PORT = 29500
 
@@ -42,18 +43,14 @@ def launch_command(run_dir: RunDir, recipe: Recipe) -> list[str]:
     return cmd + entry
 
 
-def withheld_env(recipe: Recipe) -> list[str]:
-    """Names of ``launch.env`` credentials that a run's snapshot withholds (``***``): only the
-    supervisor's environment holds their values."""
-    return [str(k) for k, v in (recipe.get("launch.env") or {}).items() if v == MASK]
-
-
 def launch_env(recipe: Recipe, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The trainer's environment: ``base`` (default os.environ) plus the recipe's ``launch.env``.
-    A withheld credential (``***`` in a snapshot) is not set here: its value comes from ``base``,
-    where the supervisor was given it."""
+    """The trainer's environment: ``base`` (default os.environ), the recipe's ``launch.env`` and its
+    credentials (``Recipe.secret_env``: grpo.hub_token as HF_TOKEN...). A credential a snapshot
+    withheld (``***``) is not set here: its value comes from ``base``, where the supervisor was
+    given it."""
     env = dict(os.environ if base is None else base)
     env.update({str(k): str(v) for k, v in (recipe.get("launch.env") or {}).items() if v != MASK})
+    env.update(recipe.secret_env)
     if recipe.gpus > 0 and "CUDA_VISIBLE_DEVICES" not in env:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(recipe.gpus))
     env["PYTHONUNBUFFERED"] = "1"
