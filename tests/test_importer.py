@@ -118,6 +118,36 @@ def test_clear_errors_and_nothing_half_made(tmp_path, name, content, expect):
     assert list_run_dirs(home) == []
 
 
+@pytest.mark.parametrize("name, content, where", [
+    ("m.jsonl", '{"step": 1, "loss": 0.5}\n{"step": 35, "attempt": 99999999999, "loss": 1}\n', "line 2: 'attempt'"),
+    ("m.jsonl", '{"step": 1, "loss": 0.5}\n{"step": 100000000000000000000, "loss": 1}\n', "line 2: 'step'"),
+    ("m.jsonl", '{"step": 1, "loss": 0.5, "ts": 1e999}\n', "line 1: 'ts'"),
+    ("trainer_state.json", '{"log_history": [{"step": 1, "loss": 0.5}, {"step": -4, "loss": 1}]}', "log_history[1]"),
+    ("m.csv", "step,loss\n1,0.5\n1e30,0.2\n", "line 3: 'step'"),
+])
+def test_import_refuses_numbers_the_index_cannot_hold(tmp_path, name, content, where):
+    """Attack 2 through `tina import`: a clear error naming the line, no traceback, no run left."""
+    src = tmp_path / name
+    src.write_text(content)
+    home = tmp_path / "home"
+    out = subprocess.run([sys.executable, "-m", "tina_core.cli", "--home", str(home), "import", str(src)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and where in out.stderr and "nothing was imported" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert list_run_dirs(home) == [] and [p for p in home.rglob("*") if p.is_file()] == []
+
+
+def test_a_csv_with_a_byte_order_mark_imports(tmp_path):
+    """Excel's "CSV UTF-8" starts the file with a byte-order mark, which hid the step column."""
+    src = tmp_path / "excel.csv"
+    src.write_bytes("step,reward\n1,0.1\n2,0.2\n".encode("utf-8-sig"))
+    rd = import_run(tmp_path / "home", src)
+    assert [json.loads(x)["step"] for x in rd.metrics.read_text().splitlines()] == [1, 2]
+    nosuffix = tmp_path / "export"
+    nosuffix.write_bytes(src.read_bytes())
+    assert import_run(tmp_path / "home", nosuffix).info()["format"] == "csv"
+
+
 CRASHING_IMPORT = """
 import os, signal, sys
 from tina_core.importer import readers as importer

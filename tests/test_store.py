@@ -452,3 +452,54 @@ def test_small_and_large_chunks_give_the_same_rows(tmp_path):
         assert store.query(f"SELECT * FROM {table} ORDER BY ALL") == other.query(f"SELECT * FROM {table} ORDER BY ALL")
     assert dict(store.metric_series("r1", "completions/mean_length", max_points=None))[6] == 4.0
     assert store.metric_series("r1", "kl", max_points=None)[:6] == other.metric_series("r1", "kl", max_points=None)[:6]
+
+
+# Numbers the index's columns cannot take (INTEGER attempts and GPU indexes, BIGINT steps, DOUBLE
+# times), as an attacker or a buggy writer appends them. Each is one bad line.
+OUT_OF_RANGE_METRICS = ['{"step": 35, "attempt": 99999999999, "loss": 1}', '{"step": -3, "loss": 1}',
+                        '{"step": 1e300, "loss": 1}', '{"step": 36, "attempt": 0, "loss": 1}',
+                        '{"step": 37, "ts": "yesterday", "loss": 1}', '{"step": 38, "ts": 1e999, "loss": 1}',
+                        '{"step": 39, "attempt": true, "loss": 1}']
+OUT_OF_RANGE_EVENTS = ['{"event": "eval_finished", "eval_id": "x", "checkpoint": 99999999999999999999, '
+                       '"scores": {"arith": 0.5}}', '{"event": "launched", "ts": 1e999}']
+OUT_OF_RANGE_SYSTEM = ['{"ts": 5, "gpus": [{"index": 99999999999, "util": 1}]}']
+
+
+@pytest.mark.parametrize("good_lines", [3, 200], ids=["few lines", "a chunk for DuckDB's reader"])
+def test_out_of_range_numbers_quarantine_their_line_and_nothing_else(tmp_path, good_lines):
+    """Attack 2: one out-of-range or wrong-typed number used to break the whole workspace (every
+    `tina ls` saw the index unavailable, `tina ingest --rebuild` crashed). Now it is one bad line;
+    real `tina` processes list every run with all its steps."""
+    healthy = make_run(tmp_path, "healthy")
+    write_metrics(healthy, range(1, 11))
+    rd = make_run(tmp_path, "attacked")
+    write_metrics(rd, range(1, good_lines + 1))
+    for path, lines in ((rd.metrics, OUT_OF_RANGE_METRICS), (rd.events, OUT_OF_RANGE_EVENTS),
+                        (rd.system, OUT_OF_RANGE_SYSTEM)):
+        with open(path, "a") as f:
+            f.write("".join(line + "\n" for line in lines))
+    (rd.checkpoints / f"checkpoint-{10**20}").mkdir()  # not a step: not a checkpoint
+    append_jsonl(rd.metrics, metric_line(good_lines + 1))
+    append_jsonl(rd.system, {"ts": 6, "gpus": [{"index": 0, "util": 50.0}]})
+
+    store = Store(tmp_path)
+    stats = store.ingest()
+    bad = OUT_OF_RANGE_METRICS + OUT_OF_RANGE_EVENTS + OUT_OF_RANGE_SYSTEM
+    assert stats.quarantined == len(bad)
+    assert sorted(r["text"] for r in store.quarantine("attacked")) == sorted(bad)
+    assert all(r["reason"] for r in store.quarantine("attacked"))
+    assert [s for s, _ in store.metric_series("attacked", "loss", max_points=None)] == list(range(1, good_lines + 2))
+    assert store.query("SELECT count(*) FROM system WHERE run_id = 'attacked'")[0][0] == 1
+    assert store.query("SELECT count(*) FROM checkpoints")[0][0] == 0
+
+    def tina(*args):
+        out = subprocess.run([sys.executable, "-m", "tina_core.cli", "--home", str(tmp_path), *args],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0 and "unavailable" not in out.stderr, out.stderr
+        return out.stdout
+
+    assert "rebuilt 2 runs" in tina("ingest", "--rebuild")
+    listed = {r["run_id"]: r["step"] for r in json.loads(tina("ls", "--json"))}
+    assert listed == {"healthy": 10, "attacked": good_lines + 1}
+    assert json.loads(tina("status", "attacked", "--json"))["step"] == good_lines + 1
+    assert len(store.quarantine("attacked")) == len(bad)  # rebuilt: the same lines set aside again

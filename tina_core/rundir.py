@@ -145,7 +145,8 @@ def read_json(path: Path, default: Any = None) -> Any:
 
 
 # --- the run directory -------------------------------------------------------------------------
-CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
+# (at most 15 digits: a step the index can hold, see store.records.MAX_STEP)
+CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{1,15})$")
 # Written by the trainer's callback after a checkpoint is fully saved: a checkpoint without it is
 # half-written (killed mid-save) and is never resumed from or evaluated.
 CHECKPOINT_COMPLETE = "tina-complete.json"

@@ -4,11 +4,14 @@ transition, recommended checkpoint, report) beside runs trained here.
 Accepted: a tina/TRL ``metrics.jsonl`` (one JSON object per line with a ``step``), a Hugging Face
 ``trainer_state.json`` (its ``log_history``, e.g. Tina's own TRL 0.15 logs), or a CSV export with a
 step column (``step``, W&B's ``_step`` or ``train/global_step``) and one column per metric. Keys
-are normalised to TRL 1.x names (see metric_keys).
+are normalised to TRL 1.x names (see metric_keys). A line without a step is skipped (counted); a
+number the index cannot hold (a step of -3 or 2**70, an attempt of 99999999999, a time that is not
+one: ``store.records``) refuses the whole file, naming the line, and nothing is imported.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import math
@@ -20,8 +23,11 @@ from typing import Any
 
 from tina_core.analysis import metric_keys
 from tina_core.rundir import RunDir, TinaError, new_run_id, now_iso, runs_root, write_json_atomic
+from tina_core.store.records import metrics_problem, number
 
 IMPORTING = ".importing"  # under runs/: imports being built
+# UTF-8, with or without the byte-order mark that Excel's "CSV UTF-8" export puts first
+TEXT = "utf-8-sig"
 
 # Preferred first: W&B's `_step` counts its own log calls, not optimizer steps.
 STEP_COLUMNS = ("train/global_step", "global_step", "step", "_step")
@@ -33,7 +39,7 @@ def _number(v: Any) -> float | None:
     if isinstance(v, bool) or v is None:
         return None
     if isinstance(v, (int, float)):
-        return float(v)
+        return number(v)
     try:
         return float(str(v).strip())
     except ValueError:
@@ -43,6 +49,13 @@ def _number(v: Any) -> float | None:
 def _step(v: Any) -> int | None:
     f = _number(v)
     return int(f) if f is not None and math.isfinite(f) and f == int(f) else None
+
+
+def _checked(path: Path, where: str, rec: dict, step: int) -> int:
+    """``step``, once the line's numbers are ones the index can hold; else the file is refused."""
+    if problem := metrics_problem({**rec, "step": step}):
+        raise TinaError(f"{path}, {where}: {problem}; nothing was imported")
+    return step
 
 
 def _merge(rows: list[tuple[int, dict[str, float]]]) -> list[dict]:
@@ -66,7 +79,7 @@ def _values(rec: dict, skip: tuple[str, ...], from_text: bool = False) -> dict[s
 
 def read_metrics_jsonl(path: Path) -> tuple[list[dict], int]:
     rows, bad = [], 0
-    for line in path.read_text(errors="replace").splitlines():
+    for n, line in enumerate(path.read_text(encoding=TEXT, errors="replace").splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -78,27 +91,27 @@ def read_metrics_jsonl(path: Path) -> tuple[list[dict], int]:
         if step is None:
             bad += 1
             continue
-        rows.append((step, _values(rec, ())))
+        rows.append((_checked(path, f"line {n}", rec, step), _values(rec, ())))
     return _merge(rows), bad
 
 
 def read_trainer_state(path: Path) -> tuple[list[dict], dict]:
     try:
-        state = json.loads(path.read_text(errors="replace"))
+        state = json.loads(path.read_text(encoding=TEXT, errors="replace"))
     except ValueError as e:
         raise TinaError(f"{path}: not valid JSON ({e})") from None
     history = state.get("log_history") if isinstance(state, dict) else None
     if not isinstance(history, list):
         raise TinaError(f"{path}: expected a trainer_state.json with a 'log_history' list")
-    rows = [(_step(e["step"]), _values(e, ())) for e in history
-            if isinstance(e, dict) and _step(e.get("step")) is not None]
+    rows = [(_checked(path, f"log_history[{i}]", e, _step(e["step"])), _values(e, ()))
+            for i, e in enumerate(history) if isinstance(e, dict) and _step(e.get("step")) is not None]
     extra = {k: state.get(k) for k in ("max_steps", "save_steps", "num_train_epochs",
                                        "train_batch_size") if state.get(k) is not None}
     return _merge(rows), extra
 
 
 def read_csv(path: Path) -> tuple[list[dict], int]:
-    with open(path, newline="", errors="replace") as f:
+    with open(path, newline="", encoding=TEXT, errors="replace") as f:
         reader = csv.DictReader(f)
         if not reader.fieldnames:
             raise TinaError(f"{path}: empty CSV")
@@ -119,7 +132,7 @@ def read_csv(path: Path) -> tuple[list[dict], int]:
             if step is None:
                 bad += 1
                 continue
-            rows.append((step, _values({names[c]: v for c, v in rec.items() if c in names and v != ""},
+            rows.append((_checked(path, f"line {reader.line_num}", {}, step), _values({names[c]: v for c, v in rec.items() if c in names and v != ""},
                                        skip, from_text=True)))
     return _merge(rows), bad
 
@@ -130,7 +143,7 @@ def read_any(path: Path) -> tuple[str, list[dict], dict]:
         raise TinaError(f"{path}: no such file")
     fmt = {".csv": "csv", ".jsonl": "metrics.jsonl", ".json": "trainer_state"}.get(path.suffix.lower())
     if fmt is None:  # no telling suffix: look inside
-        head = path.read_bytes()[:4096].lstrip()
+        head = path.read_bytes()[:4096].removeprefix(codecs.BOM_UTF8).lstrip()
         first = head.split(b"\n", 1)[0]
         if head.startswith(b"{"):
             fmt = "metrics.jsonl" if first.rstrip().endswith(b"}") and b'"step"' in first else "trainer_state"

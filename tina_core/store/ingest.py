@@ -22,6 +22,9 @@ import duckdb
 from tina_core.analysis import metric_keys
 from tina_core.rundir import RunDir, TinaError, list_run_dirs
 from tina_core.store.database import Database, _ident, _sql_str
+from tina_core.store.records import MAX_INT, MAX_STEP, events_problem, metrics_problem, system_problem
+from tina_core.store.records import number as _num
+from tina_core.store.records import step_of as _step_of
 from tina_core.store.schema import _FILE_TABLES, EVENTS, METRICS, SCHEMA, SYSTEM, TABLES, TAILED
 
 SMALL_CHUNK_LINES = 64  # metrics lines parsed in Python rather than staged for DuckDB's JSON reader
@@ -40,22 +43,6 @@ class IngestStats:
         for f in fields(self):
             setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
         return self
-
-
-def _num(v: Any) -> float | None:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return None
-    return float(v)
-
-
-def _step_of(v: Any) -> int | None:
-    if isinstance(v, bool):
-        return None
-    if isinstance(v, int):
-        return v
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return None
 
 
 class _SlowPath(Exception):
@@ -81,17 +68,9 @@ def _sample_kinds(chunk: bytes) -> dict[str, str]:
     return kinds
 
 
-def _metrics_line_problem(rec: dict) -> str | None:
-    if _step_of(rec.get("step")) is None:
-        return "no integer 'step'"
-    if _step_of(rec.get("attempt", 1)) is None:
-        return "'attempt' is not an integer"
-    return None
-
-
 def _metrics_values(rec: dict) -> tuple[int, int, float | None, dict[str, float]]:
     """``(step, attempt, ts, {canonical key: number})`` of a checked metrics line (see
-    ``_metrics_line_problem``); keys without a number are left out."""
+    ``records.metrics_problem``); keys without a number are left out."""
     values = {k: x for k, v in metric_keys.normalise_record(rec).items()
               if k not in metric_keys.RECORD_FIELDS and (x := _num(v)) is not None}
     return _step_of(rec["step"]), _step_of(rec.get("attempt", 1)), _num(rec.get("ts")), values
@@ -273,7 +252,7 @@ class Ingestion(Database):
         if chunk.count(b"\n") <= SMALL_CHUNK_LINES:
             # A live run's few new lines: parsed here and inserted as arrays, three statements in
             # all (staging a file for DuckDB's reader costs more than reading these lines).
-            parsed, bad = self._parse_lines(chunk, offset, _metrics_line_problem)
+            parsed, bad = self._parse_lines(chunk, offset, metrics_problem)
             self._quarantine(con, run_id, METRICS, bad)
             return IngestStats(lines=chunk.count(b"\n"), rows=self._insert_parsed(con, run_id, parsed),
                                quarantined=len(bad))
@@ -285,13 +264,18 @@ class Ingestion(Database):
                 # DuckDB reads a copy of exactly these bytes: the file itself may have grown since.
                 (tmp_dir / "chunk.jsonl").write_bytes(chunk)
                 self._stage(con, tmp_dir / "chunk.jsonl", kinds)
+                if kinds.get("ts", "DOUBLE") != "DOUBLE":
+                    raise _SlowPath
+                # every line's step, attempt and time within what records.metrics_problem allows
+                ts_bad = " OR NOT isfinite(ts)" if "ts" in kinds else ""
                 counts = con.execute(
-                    "SELECT count(*) FILTER (step IS NULL OR step <> floor(step) OR attempt <> floor(attempt)), "
+                    f"SELECT count(*) FILTER (step IS NULL OR step <> floor(step) OR step < 0 OR step > {MAX_STEP} "
+                    f"OR attempt <> floor(attempt) OR attempt < 1 OR attempt > {MAX_INT}{ts_bad}), "
                     + ", ".join(f"count({_ident(k)})" for k in kinds) + " FROM _chunk").fetchone()
                 if counts[0] or sum(counts[1:]) != chunk.count(b'":'):
                     raise _SlowPath
             else:
-                parsed, bad = self._parse_lines(chunk, offset, _metrics_line_problem)
+                parsed, bad = self._parse_lines(chunk, offset, metrics_problem)
                 self._quarantine(con, run_id, METRICS, bad)
                 quarantined = len(bad)
                 kinds = {"step": "DOUBLE", "attempt": "DOUBLE", "ts": "DOUBLE"}
@@ -384,9 +368,7 @@ class Ingestion(Database):
         return good, bad
 
     def _events_chunk(self, con, run_id, chunk, offset, fast) -> IngestStats:
-        good, bad = self._parse_lines(
-            chunk, offset,
-            lambda r: None if isinstance(r.get("event"), str) else "no 'event' name")
+        good, bad = self._parse_lines(chunk, offset, events_problem)
         self._quarantine(con, run_id, EVENTS, bad)
         if good:
             con.execute("INSERT INTO events SELECT ?, unnest($2::BIGINT[]), unnest($3::DOUBLE[]), "
@@ -451,9 +433,7 @@ class Ingestion(Database):
         return len(out)
 
     def _system_chunk(self, con, run_id, chunk, offset, fast) -> IngestStats:
-        good, bad = self._parse_lines(
-            chunk, offset,
-            lambda r: None if isinstance(r.get("gpus"), list) else "no 'gpus' list")
+        good, bad = self._parse_lines(chunk, offset, system_problem)
         self._quarantine(con, run_id, SYSTEM, bad)
         rows = []
         for _, r in good:
