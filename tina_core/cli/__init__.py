@@ -49,12 +49,13 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: key.path=value (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and launch command only."),
     gpu_hour_usd: Optional[float] = typer.Option(None, "--gpu-hour-usd", help="Price per GPU-hour for the cost meter."),
+    force: bool = typer.Option(False, "--force", help="Launch even if the memory estimate exceeds the GPUs."),
 ) -> None:
     """Create a run from RECIPE and supervise it (foreground unless --detach)."""
     from tina_core.cli import runs
 
     raise typer.Exit(runs.cli_run(state.home, recipe, name=name, detach=detach, overrides=set_,
-                                        dry_run=dry_run, gpu_hour_usd=gpu_hour_usd))
+                                        dry_run=dry_run, gpu_hour_usd=gpu_hour_usd, force=force))
 
 
 @app.command("ls")

@@ -20,19 +20,52 @@ from tina_core.supervise.logpump import tail_text
 from tina_core.supervise.supervisor import EXIT_CODES
 
 
+def dry_run_notes(recipe) -> list[str]:
+    """What a dry run adds below the resolved recipe: the values that differ from the installed TRL's
+    and PEFT's defaults, and a GPU recipe's memory estimate per GPU (the GPUs here, else an L40S,
+    Tina's, with a verdict for the other common GPUs)."""
+    import importlib.metadata
+
+    from tina_core.recipe.configs import differences_from_defaults, resolved_grpo
+    from tina_core.train import memory
+    from tina_core.train.launcher import gpu_memory_here
+
+    versions = ", ".join(f"{d} {importlib.metadata.version(d)}" for d in ("trl", "peft"))
+    out = [f"values that differ from the defaults of GRPOConfig / LoraConfig ({versions}):"]
+    out += [f"  {key}: {value!r} (default {default!r})" for key, value, default in differences_from_defaults(recipe)]
+    if recipe.gpus == 0:
+        return out + ["memory: a CPU recipe (launch.gpus 0): no GPU estimate"]
+    grpo = resolved_grpo(recipe)
+    here = gpu_memory_here(recipe)
+    gpu_bytes, gpu_name = here or (memory.KNOWN_GPUS_MIB["L40S"] * memory.MIB, "an L40S (none here)")
+    est = memory.estimate(recipe, grpo, gpu_bytes)
+    if est is None:
+        return out + [f"memory: no estimate: {memory.model_config(recipe)[1]}"]
+    out += [f"memory per GPU, estimated on {gpu_name} ({est.sequence_tokens}-token sequences, "
+            f"architecture from {est.source}):"] + [f"  {line}" for line in est.lines()]
+    if here is None:
+        out.append("  on other GPUs: " + ", ".join(
+            f"{name} {'fits' if e.fits else 'does not fit'} ({e.total / memory.GIB:.1f} of {e.gpu_bytes / memory.GIB:.0f} GiB)"
+            for name, e in memory.on_known_gpus(recipe, grpo) if name != "L40S"))
+    return out
+
+
 def cli_run(home: Path, recipe: Path, *, name: str | None = None, detach: bool = False,
-            overrides: Sequence[str] = (), dry_run: bool = False, gpu_hour_usd: float | None = None) -> int:
+            overrides: Sequence[str] = (), dry_run: bool = False, gpu_hour_usd: float | None = None,
+            force: bool = False) -> int:
     if dry_run:
         resolved, command = plan_run(home, recipe, overrides=overrides)
-        print(redact_text(f"{resolved.to_yaml().rstrip()}\n# launch command:\n{shlex.join(command)}"))
+        notes = "".join(f"# {line}\n" for line in dry_run_notes(resolved))
+        print(redact_text(f"{resolved.to_yaml().rstrip()}\n{notes}# launch command:\n{shlex.join(command)}"))
         return 0
     if detach:
-        run_dir = start_run(home, recipe, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
+        run_dir = start_run(home, recipe, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd, force=force)
         print(run_dir.run_id)
         print(f"supervising in the background: tina logs -f {run_dir.run_id} | tina status {run_dir.run_id} "
               f"| tina stop {run_dir.run_id}", file=sys.stderr)
         return 0
-    run_dir, secret_env = create_run(home, recipe, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
+    run_dir, secret_env = create_run(home, recipe, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd,
+                                     force=force)
     print(run_dir.run_id, flush=True)
     return EXIT_CODES.get(supervise_foreground(run_dir, secret_env=secret_env), 1)
 

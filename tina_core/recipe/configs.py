@@ -117,6 +117,48 @@ def build_lora_config(recipe: Recipe):
         raise RecipeError(f"{where}: lora{'.' + key if key else ''}: {e}") from None
 
 
+def _declared_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return dataclasses.MISSING
+
+
+def _same(value: Any, default: Any) -> bool:
+    if isinstance(default, enum.Enum):
+        default = default.value
+    if isinstance(value, (list, tuple)) and isinstance(default, (list, tuple, set)):
+        return list(value) == list(default)
+    return value == default
+
+
+def differences_from_defaults(recipe: Recipe) -> list[tuple[str, Any, Any]]:
+    """``(key, recipe value, library default)`` for every ``grpo`` and ``lora`` value of the resolved
+    recipe that differs from the default the real ``trl.GRPOConfig`` / ``peft.LoraConfig`` declares
+    (read from the installed classes, so a library upgrade that moves a default shows here)."""
+    from peft import LoraConfig
+    from trl import GRPOConfig
+
+    out = []
+    for section, cls in (("grpo", GRPOConfig), ("lora", LoraConfig)):
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key, value in (recipe.data.get(section) or {}).items():
+            default = _declared_default(fields[key]) if key in fields else dataclasses.MISSING
+            if default is dataclasses.MISSING or not _same(value, default):
+                out.append((f"{section}.{key}", value, None if default is dataclasses.MISSING else
+                            default.value if isinstance(default, enum.Enum) else default))
+    return out
+
+
+def resolved_grpo(recipe: Recipe) -> dict[str, Any]:
+    """Every ``GRPOConfig`` field as the recipe resolves it (its values over TRL's defaults, after
+    TRL's own post-init: ``steps_per_generation`` and the like). bf16/fp16 read as off on a machine
+    without a GPU (see ``build_grpo_config``)."""
+    cfg = build_grpo_config(recipe, os.devnull, neutralise_device=not _gpu_available())
+    return {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)}
+
+
 def _gpu_available() -> bool:
     import torch
 

@@ -77,6 +77,7 @@ SCHEMA: dict[str, Any] = {
                "num_machines": int, "machine_rank": int, "main_process_ip": str, "env": dict,
                "max_restarts": int, "stop_timeout_s": _NUM},
     "price": {"gpu_hour_usd": (_NUM + (type(None),)), "cpu_hour_usd": (_NUM + (type(None),))},
+    "divergences": dict,  # name -> what differs from how Tina ran, and why (documentation, printed by --dry-run)
 }
 TINY_MODEL = "tiny"  # model.name_or_path of the locally built tiny model
 
@@ -113,6 +114,11 @@ def _check_section(data: dict, schema: dict, where: str, prefix: str = "") -> No
             _check_section(value, expected, where, path + ".")
         elif not _isinstance(value, expected):
             raise RecipeError(f"{where}: {path}: expected {_type_name(expected)}, got {shown_value(key, value)}")
+    if prefix == "" and isinstance(data.get("divergences"), dict):
+        for k, text in data["divergences"].items():
+            if not isinstance(text, str):
+                raise RecipeError(f"{where}: divergences.{k}: expected a string (what differs from Tina, and why), "
+                                  f"got {text!r}")
     if prefix == "" and "rewards" in data:
         for k, w in data["rewards"].items():
             if not _isinstance(w, _NUM):

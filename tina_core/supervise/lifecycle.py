@@ -29,10 +29,11 @@ def _recipe_value(recipe: Any, attr: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def _load_validated(recipe_path: Path, overrides: Sequence[str], *, hardware: bool = True):
+def _load_validated(recipe_path: Path, overrides: Sequence[str], *, hardware: bool = True, force: bool = False):
     """The resolved recipe, checked completely (heavy: imports TRL) before anything is created.
-    Missing GPUs are reported first: that check is instant, validation is not."""
-    from tina_core.train.launcher import check_hardware
+    Missing GPUs are reported first: that check is instant, validation is not. Then a GPU recipe's
+    memory estimate against the GPUs here (``force`` launches one that does not fit)."""
+    from tina_core.train.launcher import check_hardware, check_memory
     from tina_core.recipe.configs import validate_recipe
     from tina_core.recipe.loader import load_recipe
 
@@ -43,6 +44,8 @@ def _load_validated(recipe_path: Path, overrides: Sequence[str], *, hardware: bo
     if hardware:
         check_hardware(recipe)
     validate_recipe(recipe)
+    if hardware:
+        check_memory(recipe, force=force)
     return recipe
 
 
@@ -56,7 +59,7 @@ def plan_run(home: Path, recipe_path: Path, *, overrides: Sequence[str] = ()):
 
 
 def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overrides: Sequence[str] = (),
-               gpu_hour_usd: float | None = None) -> tuple[RunDir, dict[str, str]]:
+               gpu_hour_usd: float | None = None, force: bool = False) -> tuple[RunDir, dict[str, str]]:
     """Validate the recipe and the hardware, then create the run directory with its recipe
     snapshot, ``run.json`` and the ``launched`` event. Nothing is created if any check fails.
 
@@ -68,7 +71,7 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
     from tina_core.train.launcher import launch_command
     from tina_core.recipe.loader import masked_override
 
-    recipe = _load_validated(recipe_path, overrides)
+    recipe = _load_validated(recipe_path, overrides, force=force)
     gpus = int(_recipe_value(recipe, "gpus", 0))
     found = gpu.gpus() if gpus else []
     device = found[0]["name"] if found else "cpu"
@@ -138,11 +141,12 @@ def spawn_daemon(run_dir: RunDir, *, resume: bool = False, secret_env: dict[str,
 
 
 def start_run(home: Path, recipe_path: Path, *, name: str | None = None, overrides: Sequence[str] = (),
-              gpu_hour_usd: float | None = None) -> RunDir:
+              gpu_hour_usd: float | None = None, force: bool = False) -> RunDir:
     """Validate, create and start a run under a detached supervisor (``tina run --detach``).
     Validation imports TRL into the calling process: a cockpit should run ``tina run --detach``
     as a child process instead."""
-    run_dir, secret_env = create_run(home, recipe_path, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd)
+    run_dir, secret_env = create_run(home, recipe_path, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd,
+                                     force=force)
     spawn_daemon(run_dir, secret_env=secret_env)
     return run_dir
 

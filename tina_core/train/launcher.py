@@ -86,6 +86,42 @@ def check_hardware(recipe: Recipe) -> None:
                         f"On CPU use recipes/tiny.yaml or --set launch.gpus=0")
 
 
+def gpu_memory_here(recipe: Recipe) -> tuple[int, str] | None:
+    """(bytes, name) of the smallest GPU this machine would train on, or None without GPUs."""
+    from tina_core import gpu
+
+    found = gpu.gpus()[:max(1, recipe.gpus)]
+    if not found:
+        return None
+    smallest = min(found, key=lambda g: g["memory_total_mib"])
+    return smallest["memory_total_mib"] * 2**20, smallest["name"]
+
+
+def check_memory(recipe: Recipe, *, force: bool = False) -> None:
+    """Refuse a GPU recipe whose per-GPU estimate (tina_core.train.memory) exceeds the GPUs it would
+    use, with the numbers; ``force`` launches anyway. Heavy (builds the real GRPOConfig): call it
+    after validation, on a machine with the recipe's GPUs."""
+    if recipe.gpus == 0:
+        return
+    here = gpu_memory_here(recipe)
+    if here is None:
+        return
+    from tina_core.recipe.configs import resolved_grpo
+    from tina_core.train import memory
+
+    est = memory.estimate(recipe, resolved_grpo(recipe), here[0])
+    if est is None or est.fits:
+        return
+    message = (f"{recipe.source}: this recipe needs an estimated {est.total / memory.GIB:.1f} GiB per GPU; "
+               f"{here[1]} has {here[0] / memory.GIB:.1f} GiB:\n  " + "\n  ".join(est.lines())
+               + "\nLower grpo.per_device_train_batch_size (raise gradient_accumulation_steps to keep the batch), "
+                 "grpo.vllm_gpu_memory_utilization or the lengths, set grpo.vllm_enable_sleep_mode=true, "
+                 "or launch anyway with --force")
+    if not force:
+        raise TinaError(message)
+    print(f"tina: warning: {message.splitlines()[0]} (--force: launching anyway)", file=sys.stderr)
+
+
 def _accelerate_launch(argv: list[str]) -> None:
     """``python -m tina_core.train.launcher accelerate launch ARGS``: accelerate's launcher, deaf to SIGTERM.
     The ranks inherit the ignored disposition until the trainer installs its own handler."""
