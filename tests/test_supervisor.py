@@ -51,6 +51,8 @@ while step < stop_at:
         f.write(json.dumps({"step": step, "attempt": attempt, "ts": time.time(), "rewards/format_reward/mean": step / stop_at}) + "\n")
     if step % save == 0 or step == stop_at:
         save_ck(step)
+    if step == int(os.environ.get("FT_HANG_AT", "0")):  # alive, logging nothing (a hung collective)
+        time.sleep(float(os.environ["FT_HANG_S"]))
     crash_at = int(os.environ.get("FT_CRASH_AT", "0"))
     if step == crash_at and (attempt == 1 or os.environ.get("FT_CRASH_ALWAYS")):
         os.kill(os.getpid(), signal.SIGKILL)
@@ -307,3 +309,29 @@ assert not sup._pending
     ev = rd.read_events()
     assert [e["event"] for e in ev[-2:]] == ["stop_requested", "write_failed"]
     assert ev[-1]["error"] == "File too large while writing events.jsonl"
+
+
+def test_alerts_of_a_supervised_run_go_out_as_they_are_recorded(make_run, monkeypatch):
+    from test_alerts import Hook
+
+    # a crash and its restart, a hang of the second attempt, a budget passed, and the end
+    monkeypatch.setenv("FT_CRASH_AT", "5")
+    monkeypatch.setenv("FT_HANG_AT", "7")
+    monkeypatch.setenv("FT_HANG_S", "3")
+    monkeypatch.setattr(supervisor, "BUDGET_CHECK_S", 0.1)
+    hook = Hook()
+    try:
+        rd = make_run()  # $3.60 per CPU-hour: $0.001 a second
+        (make_run.home / "config.yaml").write_text(
+            f"alerts:\n  webhook: {hook.url}\n  stall_after_s: 1\n  budget_usd: [0.002]\n")
+        assert supervisor.Supervisor(rd).run() == "finished"
+        # run() returned: what it recorded has gone out (the end too, before the process would exit)
+        kinds = hook.events()
+    finally:
+        hook.close()
+    assert kinds[0] == "restarted" and kinds[-1] == "finished" and {"stalled", "budget_reached"} <= set(kinds)
+    assert kinds == [e for e in _events(rd) if e in set(kinds)]  # each as and when it was recorded
+    stalled = next(b["record"] for b in hook.bodies if b["event"] == "stalled")
+    assert (stalled["attempt"], stalled["step"]) == (2, 7) and stalled["after_s"] >= 1
+    assert next(b["record"] for b in hook.bodies if b["event"] == "budget_reached")["threshold_usd"] == 0.002
+    assert "no new metrics line" in rd.train_log.read_text()

@@ -140,3 +140,26 @@ def test_real_app_in_tmux_from_recipe_to_marker_to_evaluation(home, tiny_model, 
                 pass
             if runstate.liveness(rd).state in ("running", "stopping"):
                 lifecycle.stop_run(home, rd.run_id, wait=True)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_an_alert_rings_the_bell_in_the_tmux_pane(home, tiny_cache):
+    from test_tui_support import workspace
+
+    from tina_core.rundir import find_run
+
+    workspace(home)
+    sock = f"tina-bell-{os.getpid()}"
+    _cockpit(sock, home, tiny_cache)
+    try:
+        # the runs are listed: the cockpit has read their events so far (history, not news)
+        _wait_pane(sock, lambda t: "n new" in t and "open-rs3" in t, 90, "the cockpit")
+        assert _tmux(sock, "display-message", "-p", "-t", "tui", "#{window_bell_flag}").strip() == "0"
+        find_run(home, "open-rs3").event("failed", reason="gave up after 3 restarts; last attempt exit code 1")
+        _wait_pane(sock, lambda t: "open-rs3: failed: gave up" in t, 30, "the notice")
+        deadline = time.monotonic() + 30
+        while _tmux(sock, "display-message", "-p", "-t", "tui", "#{window_bell_flag}").strip() != "1":
+            assert time.monotonic() < deadline, "the bell never reached the tmux window"
+            time.sleep(0.2)
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)

@@ -36,6 +36,26 @@ def tina_home(home: str | os.PathLike | None = None) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+def workspace_config(home: Path) -> dict[str, Any]:
+    """``$TINA_HOME/config.yaml`` (``prices:``, ``alerts:``) as a mapping; {} when there is none."""
+    path = home / "config.yaml"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    import yaml
+
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise TinaError(f"{path}: not valid YAML ({e})") from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise TinaError(f"{path}: expected a mapping (prices:, alerts:)")
+    return data
+
+
 def cache_root(home: str | os.PathLike | None = None) -> Path:
     """Built and derived things kept between runs (the tiny model, validation verdicts):
     ``$TINA_CACHE``, else ``<workspace>/cache``."""

@@ -130,6 +130,8 @@ class TinaApp(App[None]):
             self.screen.update_view(snap.view)
         for n in snap.notices:
             self.notify(n.text, severity=n.severity, timeout=8)
+        if any(n.bell for n in snap.notices):
+            self.bell()  # once per refresh: tmux shows it (bell-action, visual-bell) in any window
         if snap.error:
             self.notify(snap.error, severity="error", timeout=5)
 

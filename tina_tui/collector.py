@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from tina_core.alerts import ALERT_EVENTS, event_text
 from tina_core.rundir import RunDir, TinaError, list_run_dirs
 
 FORMAT = "rewards/format_reward/mean"
@@ -38,30 +39,11 @@ LOG_BACKFILL = 64 * 1024  # bytes of train.log shown when a run is first opened
 LOG_KEEP = 2000           # lines kept in the log widget
 TINA_PROMPTS_PER_STEP = 8  # 2 GPUs x 4 accumulation steps x G completions / G, in every Tina recipe
 
-# Events worth a notification when they happen while the cockpit is open: kind -> (severity, text).
-NOTIFY_EVENTS: dict[str, tuple[str, Callable[[str, dict[str, Any]], str]]] = {
-    "restarted": ("warning", lambda run, e: f"{run}: crashed, restarting (attempt {e.get('attempt', '?')})"),
-    "failed": ("error", lambda run, e: f"{run}: failed: {e.get('reason', '')}"),
-    "finished": ("information", lambda run, e: f"{run}: finished"),
-    "stopped": ("information", lambda run, e: f"{run}: stopped"),
-    "eval_finished": ("information", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of checkpoint "
-                                                    f"{e.get('checkpoint')} = {_score(e.get('score'))}"),
-    "write_failed": ("error", lambda run, e: f"{run}: cannot write {e.get('file')}: {e.get('error')} "
-                                              "(is the disk full?)"),
-    "eval_failed": ("error", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of checkpoint "
-                                            f"{e.get('checkpoint')} failed: "
-                                            f"{str(e.get('reason', '')).splitlines()[0] if e.get('reason') else ''}"),
-}
-
-
-def _score(v: Any) -> str:
-    return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
-
-
 @dataclass(frozen=True)
 class Notice:
     severity: str
     text: str
+    bell: bool = False  # an alert (tina_core.alerts.ALERT_EVENTS): the terminal's bell rings too
 
 
 @dataclass
@@ -444,9 +426,9 @@ class Collector:
         out = []
         name = rd.info().get("name") or rd.run_id
         for ev in tail.read():
-            spec = NOTIFY_EVENTS.get(ev.get("event", ""))
-            if spec:
-                out.append(Notice(spec[0], spec[1](name, ev)))
+            said = event_text(name, ev)
+            if said:
+                out.append(Notice(*said, bell=ev.get("event") in ALERT_EVENTS))
         return out
 
     def _run_notices(self, run: dict[str, Any]) -> list[Notice]:
@@ -459,13 +441,13 @@ class Collector:
         self._states[rid] = state
         if was in LIVE and state == "crashed":
             out.append(Notice("error", f"{name}: its supervisor is gone (crashed at step {run.get('step')}); "
-                                       "r resumes from the latest checkpoint"))
+                                       "r resumes from the latest checkpoint", bell=True))
         p = run.get("phase_transition") or {}
         status = p.get("status") or "none"
         before = self._phase_status.get(rid)
         self._phase_status[rid] = status
         if before is not None and before != status and status != "none":
             out.append(Notice("warning", f"{name}: phase transition {status} at step {p.get('step')} "
-                                         f"({p.get('signal')} {p.get('direction', '')})"))
+                                         f"({p.get('signal')} {p.get('direction', '')})", bell=True))
         return out
 

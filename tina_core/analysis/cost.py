@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tina_core import runstate
-from tina_core.rundir import RunDir, TinaError, iter_jsonl
+from tina_core.rundir import RunDir, TinaError, iter_jsonl, workspace_config
 
 CHECK_PROVIDER = "default, check your provider"
 # $/GPU-hour. L40S is the paper's figure; the others are typical on-demand cloud prices.
@@ -51,18 +51,10 @@ def _model_key(device: str, table: Iterable[str]) -> str | None:
 
 def user_prices(home: Path) -> dict[str, float]:
     """``prices:`` from ``$TINA_HOME/config.yaml`` (``{L40S: 1.0, cpu: 0.1}``)."""
-    path = home / "config.yaml"
-    if not path.exists():
-        return {}
-    import yaml
-
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise TinaError(f"{path}: not valid YAML ({e})") from e
-    prices = data.get("prices", {}) if isinstance(data, dict) else None
+    prices = workspace_config(home).get("prices", {})
     if not isinstance(prices, dict) or not all(isinstance(v, (int, float)) for v in prices.values()):
-        raise TinaError(f"{path}: 'prices' must map a GPU model (or 'cpu') to $/hour, e.g. prices: {{L40S: 1.0}}")
+        raise TinaError(f"{home / 'config.yaml'}: 'prices' must map a GPU model (or 'cpu') to $/hour, "
+                        "e.g. prices: {L40S: 1.0}")
     return {str(k): float(v) for k, v in prices.items()}
 
 

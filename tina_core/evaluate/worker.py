@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from tina_core import runstate
+from tina_core.alerts import Alerts
 from tina_core.evaluate.commands import _child_env, _gpu_env, _python
 from tina_core.evaluate.tasks import log_tail
 from tina_core.rundir import RunDir, tina_home
@@ -118,7 +119,15 @@ def _run_one(home: Path, rd: RunDir, ev: dict[str, Any]) -> None:
     _wlog(f"ended {rd.run_id}/{eid} rc {rc} -> {runstate.evaluations(rd)[eid]['state']}")
 
 
-def _reap_orphans(home: Path, items: list[dict[str, Any]]) -> bool:
+def _announce(alerts: Alerts, rd: RunDir, eval_id: str) -> None:
+    """An evaluation's result (or failure), as recorded by its job or by us, to the alert targets."""
+    ends = [e for e in rd.read_events()
+            if e.get("eval_id") == eval_id and e.get("event") in ("eval_finished", "eval_failed")]
+    if ends:
+        alerts.send(rd, ends[-1])
+
+
+def _reap_orphans(home: Path, items: list[dict[str, Any]], alerts: Alerts) -> bool:
     """Running evaluations left by a previous worker: wait for a live job, fail a vanished one.
     Returns True if one is still alive (the GPUs are not free)."""
     alive = False
@@ -134,6 +143,7 @@ def _reap_orphans(home: Path, items: list[dict[str, Any]]) -> bool:
                      gpus=ev["gpus"], pid=ev.get("pid"), end_ts=runstate.eval_last_alive(rd, ev),
                      reason="evaluation process ended without recording a result (its worker stopped)\n"
                             + log_tail(rd.eval_log(ev["eval_id"])))
+            _announce(alerts, rd, ev["eval_id"])
     return alive
 
 
@@ -143,10 +153,11 @@ def worker_main(home: str | os.PathLike) -> int:
     if not lock.acquire():
         return 0
     _wlog("worker up")
+    alerts = Alerts(h, warn=_wlog)
     try:
         while True:
             items = runstate.eval_queue(h)
-            if _reap_orphans(h, items):
+            if _reap_orphans(h, items, alerts):
                 time.sleep(BLOCKED_POLL_S)
                 continue
             pending = [e for e in items if e["state"] == "queued"]
@@ -162,11 +173,13 @@ def worker_main(home: str | os.PathLike) -> int:
                 if ev["gpus"] and not ev["gpus_explicit"] and runstate.training_holds_gpus(rd):
                     continue
                 _run_one(h, rd, ev)
+                _announce(alerts, rd, ev["eval_id"])
                 break
             else:
                 time.sleep(BLOCKED_POLL_S)  # every queued GPU evaluation waits for its training
     finally:
         lock.release()
+        alerts.close()
         _wlog("worker exits: queue empty")
     return 0
 

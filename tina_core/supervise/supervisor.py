@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tina_core import runstate
+from tina_core.alerts import Alerts, StallWatch, budgets_passed
 from tina_core.credentials import redact, redact_text, remember_secrets
 from tina_core.rundir import (APPEND_FLAGS, RunDir, TinaError, append_bytes, append_jsonl, iter_jsonl, now_iso,
                               read_json, write_error_text, write_json_atomic)
@@ -40,6 +41,7 @@ from tina_core.supervise.logpump import LogPump, output_to_log
 from tina_core.supervise.progress import Display
 
 GPU_SAMPLE_S = 5.0
+BUDGET_CHECK_S = 5.0  # how often the run's dollars are added up against the alert thresholds
 DEFAULT_STOP_TIMEOUT_S = 120.0
 DEFAULT_MAX_RESTARTS = 3
 DEFAULT_BACKOFF_S = 5.0
@@ -104,6 +106,11 @@ class Supervisor:
         # Events the disk refused, oldest first: written (in order) once it takes writes again.
         self._pending: list[dict[str, Any]] = []
         self.write_errors: dict[str, str] = {}  # file -> what went wrong writing it, this attempt
+        # Events go on to the user's alert targets as they are recorded (tina_core.alerts).
+        self.alerts = Alerts(runstate.run_home(run_dir), warn=self._log_line)
+        self.stall = StallWatch(run_dir.metrics, self.alerts.config.stall_after_s)
+        self._budget_told: set[float] | None = None  # thresholds already announced (from the events)
+        self._last_budget_check = 0.0
 
     # lock ---------------------------------------------------------------------------------------
     def acquire(self) -> None:
@@ -181,9 +188,36 @@ class Supervisor:
         if record := self._sampler.record():
             append_jsonl(self.run_dir.system, record)
 
+    def check_budget(self) -> None:
+        """``budget_reached`` once per threshold of ``alerts.budget_usd`` the run's total passes."""
+        thresholds = self.alerts.config.budget_usd
+        now = time.time()
+        if not thresholds or now - self._last_budget_check < BUDGET_CHECK_S:
+            return
+        self._last_budget_check = now
+        from tina_core.analysis.cost import Meter
+
+        events = self.run_dir.read_events() + self._pending
+        if self._budget_told is None:
+            self._budget_told = {e.get("threshold_usd") for e in events if e.get("event") == "budget_reached"}
+        spent = Meter(self.info, events, {}, open_until=now).cost_usd()["total"]
+        for t in budgets_passed(thresholds, spent, self._budget_told):
+            self._budget_told.add(t)
+            self.event("budget_reached", threshold_usd=t, cost_usd=round(spent, 4), attempt=self.attempt or None,
+                       step=self.last_step(self.attempt) if self.attempt else None)
+
+    def check_stall(self) -> None:
+        """``stalled`` when the live trainer has logged no step for ``alerts.stall_after_s``."""
+        waited = self.stall.check()
+        if waited is not None:
+            step = self.last_step(self.attempt)
+            self.event("stalled", attempt=self.attempt, step=step, after_s=round(waited, 1))
+            self.log(f"no new metrics line for {waited:.0f} s (last step {step}); the trainer is alive")
+
     def tick(self) -> None:
         self.beat()
         self.sample_gpus()
+        self.check_budget()
         if self.output is not None and self.output.error:
             self._write_failed(self.run_dir.train_log, self.output.error)
         self._flush_events()
@@ -202,7 +236,7 @@ class Supervisor:
             except OSError as e:
                 self._write_failed(self.run_dir.events, write_error_text(e))
                 return False
-            self._pending.pop(0)
+            self.alerts.send(self.run_dir, self._pending.pop(0))
         return True
 
     def _write_failed(self, path: Path, text: str) -> None:
@@ -245,6 +279,10 @@ class Supervisor:
 
     def log(self, text: str) -> None:
         """A line of tina's own in train.log and on the display, credential values masked."""
+        self.display.note(self._log_line(text))
+
+    def _log_line(self, text: str) -> str:
+        """A line of tina's own in train.log only (any thread: one append of a whole line)."""
         text = redact_text(text)
         try:
             fd = os.open(self.run_dir.train_log, APPEND_FLAGS, 0o644)
@@ -254,7 +292,7 @@ class Supervisor:
                 os.close(fd)
         except OSError as e:
             self._write_failed(self.run_dir.train_log, write_error_text(e, self.run_dir.train_log))
-        self.display.note(text)
+        return text
 
     def start(self, attempt: int) -> subprocess.Popen:
         command = self.info["command"]
@@ -270,6 +308,7 @@ class Supervisor:
         self._pump = threading.Thread(target=self.output.run, daemon=True)
         self._pump.start()
         self.proc_started = time.time()
+        self.stall.restart()
         self.event("attempt_started", attempt=attempt, pid=self.proc.pid,
                    gpus=int(self.info.get("gpu_count") or 0), resume_from=resume_from)
         self.beat(force=True)
@@ -302,6 +341,7 @@ class Supervisor:
                 if self.kill_now or (term_deadline is not None and time.monotonic() > term_deadline):
                     self.log("killing the trainer's process group")
                     kill_group(proc.pid)
+                self.check_stall()
                 self.tick()
         finally:
             if pidfd is not None:
@@ -381,6 +421,7 @@ class Supervisor:
                 print(redact_text(f"tina: could not record {', '.join(e['event'] for e in self._pending)} "
                                   f"in {self.run_dir.events}: {self.write_errors.get(self.run_dir.events.name)}"),
                       file=sys.stderr, flush=True)
+            self.alerts.close()  # the run's end goes out before this process does (bounded by the timeout)
 
 
 _EXCEPTION_LINE_RE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)(: .*)?$")

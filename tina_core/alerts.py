@@ -1,0 +1,319 @@
+"""Alerts: a run's notable events told to the user wherever they are, as JSON.
+
+The events themselves are in the run's ``events.jsonl`` (the cockpit announces them and rings the
+bell from there). This module sends each one on, as the process that records it records it (the
+supervisor for a run's lifecycle, its stalls and its budget; the evaluation worker for results), to
+what ``$TINA_HOME/config.yaml`` names::
+
+    alerts:
+      webhook: https://ntfy.sh/my-topic   # POSTed the event as JSON ("text" is what Slack shows)
+      command: notify-send tina "$(jq -r .text)"   # run by sh, the event as JSON on its stdin
+      events: [transition, failed, finished]       # default: ALERT_EVENTS
+      stall_after_s: 900    # a live trainer with no new metrics line this long: `stalled` (0: never)
+      budget_usd: [5, 10]   # `budget_reached` as a run's total cost passes each
+      timeout_s: 10         # per delivery
+
+Delivery never holds up the process that asks for it: one background thread per process takes
+the events off a bounded queue, and a dead webhook costs that thread its timeout, nothing else (a
+full queue drops the newest and says so). A credential never travels: the payload is masked like
+everything tina writes (``rundir.redact``), and a failure is reported by the target's host only (a
+webhook URL often holds a token). Light: standard library and yaml only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from tina_core.credentials import redact, redact_text
+from tina_core.rundir import RunDir, TinaError, workspace_config
+
+# Events worth telling someone who is not watching (every kind here has a text below).
+ALERT_EVENTS = ("transition", "stalled", "budget_reached", "restarted", "failed", "finished", "stopped",
+                "eval_finished", "eval_failed")
+DEFAULT_STALL_AFTER_S = 900.0  # Tina's steps take about a minute; LEET calls a run dead after ten
+DEFAULT_TIMEOUT_S = 10.0
+QUEUE_MAX = 256
+
+
+def _score(v: Any) -> str:
+    return f"{100 * v:.1f}" if isinstance(v, (int, float)) else "-"
+
+
+def _first_line(v: Any) -> str:
+    return str(v).splitlines()[0] if v else ""
+
+
+def _transition(run: str, e: dict[str, Any]) -> str:
+    if e.get("status") == "rejected":
+        return f"{run}: the tentative phase transition at step {e.get('step')} did not hold"
+    return f"{run}: phase transition {e.get('status')} at step {e.get('step')} ({e.get('signal')})"
+
+
+def _minutes(seconds: Any) -> str:
+    s = float(seconds or 0)
+    return f"{s / 60:.0f} min" if s >= 120 else f"{s:.0f} s"
+
+
+# kind -> (severity, text): the one wording of every announced event (the cockpit's notices too).
+EVENT_TEXT: dict[str, tuple[str, Callable[[str, dict[str, Any]], str]]] = {
+    "transition": ("warning", _transition),
+    "stalled": ("error", lambda run, e: f"{run}: no new step for {_minutes(e.get('after_s'))} (last step "
+                                        f"{e.get('step') if e.get('step') is not None else 'none yet'}); "
+                                        "the trainer is still alive"),
+    "budget_reached": ("warning", lambda run, e: f"{run}: ${e.get('cost_usd', 0):.2f} spent, past the "
+                                                 f"${e.get('threshold_usd', 0):g} alert"),
+    "restarted": ("warning", lambda run, e: f"{run}: crashed, restarting (attempt {e.get('attempt', '?')})"),
+    "failed": ("error", lambda run, e: f"{run}: failed: {_first_line(e.get('reason'))}"),
+    "finished": ("information", lambda run, e: f"{run}: finished"
+                                               + (f" at step {e['step']}" if e.get("step") is not None else "")),
+    "stopped": ("information", lambda run, e: f"{run}: stopped"
+                                              + (f" at step {e['step']}" if e.get("step") is not None else "")
+                                              + (f" ({e['reason']})" if e.get("reason") else "")),
+    "eval_finished": ("information", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of "
+                                                    f"{_checkpoint(e)} = {_score(e.get('score'))}"),
+    "eval_failed": ("error", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of {_checkpoint(e)} failed: "
+                                            f"{_first_line(e.get('reason'))}"),
+    "write_failed": ("error", lambda run, e: f"{run}: cannot write {e.get('file')}: {e.get('error')} "
+                                              "(is the disk full?)"),
+}
+
+
+def _checkpoint(e: dict[str, Any]) -> str:
+    ck = e.get("checkpoint")
+    return "the base model" if ck is None else f"checkpoint {ck}"
+
+
+def event_text(run_name: str, record: dict[str, Any]) -> tuple[str, str] | None:
+    """(severity, one line) for an event worth announcing, else None."""
+    spec = EVENT_TEXT.get(record.get("event", ""))
+    return (spec[0], spec[1](run_name, record)) if spec else None
+
+
+@dataclass(frozen=True)
+class AlertConfig:
+    webhook: str | None = None
+    command: str | None = None
+    events: tuple[str, ...] = ALERT_EVENTS
+    stall_after_s: float = DEFAULT_STALL_AFTER_S
+    budget_usd: tuple[float, ...] = ()
+    timeout_s: float = DEFAULT_TIMEOUT_S
+
+    @property
+    def delivers(self) -> bool:
+        return bool(self.webhook or self.command)
+
+
+def _number(where: str, value: Any, *, positive: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (
+            float("inf"), float("-inf")) or value < 0 or (positive and value == 0):
+        raise TinaError(f"{where}: expected a {'positive' if positive else 'non-negative'} number, got {value!r}")
+    return float(value)
+
+
+def load_config(home: Path) -> AlertConfig:
+    """``alerts:`` of the workspace's config.yaml (defaults when absent); a clear error naming the
+    key when it is malformed."""
+    path = home / "config.yaml"
+    section = workspace_config(home).get("alerts")
+    if section is None:
+        return AlertConfig()
+    where = f"{path}: alerts"
+    if not isinstance(section, dict):
+        raise TinaError(f"{where}: expected a mapping (webhook, command, events, stall_after_s, budget_usd, timeout_s)")
+    known = ("webhook", "command", "events", "stall_after_s", "budget_usd", "timeout_s")
+    for key in section:
+        if key not in known:
+            raise TinaError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
+    webhook = section.get("webhook")
+    if webhook is not None and (not isinstance(webhook, str)
+                                or urllib.parse.urlsplit(webhook).scheme not in ("http", "https")):
+        raise TinaError(f"{where}.webhook: expected an http(s) URL")
+    command = section.get("command")
+    if command is not None and not isinstance(command, str):
+        raise TinaError(f"{where}.command: expected a shell command (a string)")
+    events = section.get("events", list(ALERT_EVENTS))
+    if isinstance(events, str):
+        events = [events]
+    if not isinstance(events, list) or any(e not in EVENT_TEXT for e in events):
+        raise TinaError(f"{where}.events: expected a list of {', '.join(EVENT_TEXT)}")
+    budget = section.get("budget_usd", [])
+    budget = budget if isinstance(budget, list) else [budget]
+    return AlertConfig(
+        webhook=webhook, command=command, events=tuple(events),
+        stall_after_s=_number(f"{where}.stall_after_s", section.get("stall_after_s", DEFAULT_STALL_AFTER_S)),
+        budget_usd=tuple(sorted(_number(f"{where}.budget_usd", b, positive=True) for b in budget)),
+        timeout_s=_number(f"{where}.timeout_s", section.get("timeout_s", DEFAULT_TIMEOUT_S), positive=True))
+
+
+def config_or_default(home: Path, warn: Callable[[str], None] | None = None) -> AlertConfig:
+    """The alert settings, or the defaults (nothing delivered) when config.yaml is malformed: a bad
+    setting must never stop a run; it is said through ``warn``."""
+    try:
+        return load_config(home)
+    except TinaError as e:
+        (warn or (lambda m: print(m, file=sys.stderr, flush=True)))(f"alerts off: {e}")
+        return AlertConfig()
+
+
+def payload(run_dir: RunDir, record: dict[str, Any]) -> dict[str, Any]:
+    """What a target receives: the event, which run, one line of text, and the event record as
+    written to events.jsonl; credentials masked."""
+    name = run_dir.info().get("name") or run_dir.run_id
+    said = event_text(name, record)
+    return redact({"event": record.get("event"), "run_id": run_dir.run_id, "run_name": name,
+                   "text": said[1] if said else f"{name}: {record.get('event')}",
+                   "time": record.get("time"), "ts": record.get("ts"), "run_dir": str(run_dir.path),
+                   "record": record})
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).hostname or "the webhook"
+
+
+class Alerts:
+    """Sends events to the configured targets off the caller's thread (see the module's doc)."""
+
+    def __init__(self, home: Path, config: AlertConfig | None = None,
+                 warn: Callable[[str], None] | None = None) -> None:
+        self.config = config or config_or_default(home, warn)
+        self._warn = warn or (lambda m: print(redact_text(m), file=sys.stderr, flush=True))
+        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(QUEUE_MAX)
+        self._thread: threading.Thread | None = None
+        self.sent = 0
+        self.failed = 0
+        self.dropped = 0
+
+    def wants(self, kind: str | None) -> bool:
+        return self.config.delivers and kind in self.config.events
+
+    def send(self, run_dir: RunDir, record: dict[str, Any]) -> None:
+        """Queue ``record`` (an event as written) for every target; returns at once."""
+        if not self.wants(record.get("event")):
+            return
+        try:
+            body = payload(run_dir, record)
+        except Exception as e:  # an unreadable run.json must not cost the caller anything
+            self._warn(f"alert for {record.get('event')} not sent: {e}")
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._deliver_all, name="tina-alerts", daemon=True)
+            self._thread.start()
+        try:
+            self._queue.put_nowait(body)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped == 1:
+                self._warn(f"alerts: more than {QUEUE_MAX} waiting; dropping new ones")
+
+    def close(self, timeout_s: float | None = None) -> bool:
+        """Wait for what is queued to be delivered (a process about to exit), at most
+        ``timeout_s`` (default: two deliveries' timeout); True when everything went out."""
+        if self._thread is None:
+            return True
+        timeout_s = 2 * self.config.timeout_s * (bool(self.config.webhook) + bool(self.config.command)) \
+            if timeout_s is None else timeout_s
+        try:
+            self._queue.put(None, timeout=timeout_s)
+        except queue.Full:
+            return False
+        self._thread.join(timeout_s)
+        done = not self._thread.is_alive()
+        if done:
+            self._thread = None
+        return done
+
+    def _deliver_all(self) -> None:
+        while (body := self._queue.get()) is not None:
+            data = (json.dumps(body, default=str, allow_nan=False) + "\n").encode()
+            for target, deliver in (("webhook", self._post), ("command", self._run)):
+                if getattr(self.config, target):
+                    try:
+                        deliver(data, body)
+                        self.sent += 1
+                    except Exception as e:  # whatever it is, the next event still goes out
+                        self.failed += 1
+                        where = _host(self.config.webhook) if target == "webhook" else "the alert command"
+                        self._warn(f"alert {body['event']} of {body['run_id']} to {where} failed: "
+                                   f"{type(e).__name__}: {_reason(e, self.config.webhook)}")
+
+    def _post(self, data: bytes, body: dict[str, Any]) -> None:
+        req = urllib.request.Request(self.config.webhook, data=data, method="POST",
+                                     headers={"Content-Type": "application/json", "User-Agent": "tina"})
+        with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
+            resp.read(1024)
+
+    def _run(self, data: bytes, body: dict[str, Any]) -> None:
+        from tina_core.runstate import kill_group
+
+        env = {**os.environ, "TINA_EVENT": str(body["event"]), "TINA_RUN_ID": body["run_id"]}
+        proc = subprocess.Popen(self.config.command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        try:
+            proc.communicate(data, timeout=self.config.timeout_s)
+        except subprocess.TimeoutExpired:
+            kill_group(proc.pid)  # the shell and whatever it started
+            proc.wait()
+            raise TimeoutError(f"no answer within {self.config.timeout_s:g} s") from None
+        if proc.returncode:
+            raise RuntimeError(f"exit code {proc.returncode}")
+
+
+def _reason(e: Exception, url: str | None) -> str:
+    """What went wrong, never the webhook's URL (it often holds a token)."""
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code}"
+    text = str(e.reason if isinstance(e, urllib.error.URLError) else e)
+    return text.replace(url, _host(url)) if url else text
+
+
+# --- what the supervisor watches --------------------------------------------------------------------
+class StallWatch:
+    """``stalled`` once a live trainer has written no new metrics line for ``after_s``: the clock
+    restarts at each new line and at each attempt (a trainer stuck in set-up is stalled too)."""
+
+    def __init__(self, metrics: Path, after_s: float) -> None:
+        self.metrics, self.after_s = metrics, after_s
+        self._size = -1
+        self._since = time.time()
+        self._told = False
+
+    def restart(self) -> None:
+        self._size, self._since, self._told = self._file_size(), time.time(), False
+
+    def _file_size(self) -> int:
+        try:
+            return os.stat(self.metrics).st_size
+        except FileNotFoundError:
+            return 0
+
+    def check(self, now: float | None = None) -> float | None:
+        """Seconds since the last new line the first time that passes ``after_s``, else None."""
+        if self.after_s <= 0:
+            return None
+        now = time.time() if now is None else now
+        size = self._file_size()
+        if size != self._size:
+            self._size, self._since, self._told = size, now, False
+            return None
+        if not self._told and now - self._since >= self.after_s:
+            self._told = True
+            return now - self._since
+        return None
+
+
+def budgets_passed(thresholds: tuple[float, ...], spent: float, told: set[float]) -> list[float]:
+    """The thresholds ``spent`` has passed that were not told yet (``told``: from earlier
+    ``budget_reached`` events, so a resumed run does not say them again)."""
+    return [t for t in thresholds if spent >= t and t not in told]
