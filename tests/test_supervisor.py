@@ -6,6 +6,7 @@ a killed trainer, a killed supervisor, secrets, the progress display)."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -27,6 +28,12 @@ import json, os, signal, subprocess, sys, time
 from pathlib import Path
 run = Path(sys.argv[1]); stop_at = int(os.environ.get("FT_STOP", "10")); save = int(os.environ.get("FT_SAVE", "3"))
 attempt = int(os.environ["TINA_ATTEMPT"]); term = []
+def say(text):  # as the trainer does: a dead supervisor's pipe drops the output, training goes on
+    global say
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:
+        sys.stdout = open(os.devnull, "w"); say = lambda text: None
 if os.environ.get("FT_IGNORE_TERM"):
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 else:
@@ -37,7 +44,7 @@ if os.environ.get("FT_CHILD"):  # a worker in the trainer's group, like a vLLM e
 ck = run / "checkpoints"
 done = sorted(int(p.name.split("-")[1]) for p in ck.glob("checkpoint-*") if (p / "tina-complete.json").exists())
 step = done[-1] if done else 0
-print(f"attempt {attempt} from step {step}; token {os.environ.get('HF_TOKEN')}", flush=True)
+say(f"attempt {attempt} from step {step}; token {os.environ.get('HF_TOKEN')}")
 if os.environ.get("FT_SPAM"):  # far more output than a pipe holds
     for _ in range(int(os.environ["FT_SPAM"]) // 100):
         sys.stdout.write("x" * 99 + "\n")
@@ -149,7 +156,7 @@ def test_stop_kills_the_whole_group_of_a_trainer_deaf_to_sigterm(make_run, monke
     pid = lifecycle.spawn_daemon(rd)
     _wait_for(lambda: (rd.path / "child.pid").exists())
     child = int((rd.path / "child.pid").read_text())
-    assert lifecycle.stop_run(runstate.run_home(rd), rd.run_id, wait=True, timeout=20) == "stopped"
+    assert lifecycle.stop_run(runstate.run_home(rd), rd.run_id, wait=True, timeout=20).state == "stopped"
     assert not runstate.pid_alive(child)
     _wait_for(lambda: not runstate.pid_alive(pid), timeout=10)  # the daemon exits after "stopped"
     kinds = _events(rd)
@@ -212,20 +219,112 @@ def test_logs_follow_ends_with_the_run(make_run, monkeypatch):
     assert "attempt 1 from step 0" in out.stdout and out.stdout.rstrip().endswith("finished")
 
 
+def test_a_second_stop_is_one_graceful_stop(make_run, monkeypatch):
+    """Attack 3: `tina stop RUN & tina stop RUN & wait` used to be taken as a second Ctrl-C, the
+    trainer killed without saving. Now one graceful stop (a checkpoint at the step it was on, exit
+    75); the second caller is told a stop is under way; a repeated SIGTERM changes nothing."""
+    monkeypatch.setenv("FT_STOP", "100000")
+    monkeypatch.setenv("FT_SLEEP", "3")  # a long step: the second `tina stop` comes while it saves
+    rd = make_run()
+    pid = lifecycle.spawn_daemon(rd)
+    _wait_for(lambda: rd.metrics.exists())
+    cmd = [sys.executable, "-m", "tina_core.cli", "--home", str(make_run.home), "stop", rd.run_id]
+    both = [subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    _wait_for(lambda: "stop_requested" in _events(rd))
+    os.kill(pid, signal.SIGTERM)  # and one more, as `kill` or a process manager sends it
+    outs = [p.communicate(timeout=60) for p in both]
+    assert [p.returncode for p in both] == [0, 0] and [o.strip() for o, _ in outs] == ["stopped", "stopped"], outs
+    said = sorted(err for _, err in outs)
+    assert "already under way" in said[0] and "asked" in said[1], said
+    events = rd.read_events()
+    assert [e["event"] for e in events].count("stop_requested") == 1
+    exited = next(e for e in events if e["event"] == "attempt_exited")
+    assert (exited["code"], exited["signal"]) == (75, None)  # saved and exited, never killed
+    assert exited["step"] == max(rd.checkpoint_steps()) == events[-1]["step"]  # no step lost
+    assert runstate.liveness(rd).state == "stopped"
+
+
+def test_a_second_ctrl_c_at_the_terminal_does_not_wait(make_run, monkeypatch):
+    """The one stop that is not idempotent on purpose: a second Ctrl-C at the foreground terminal
+    means "don't wait for the checkpoint" (a trainer deaf to SIGTERM here: it would never save)."""
+    monkeypatch.setenv("FT_STOP", "100000")
+    monkeypatch.setenv("FT_IGNORE_TERM", "1")
+    monkeypatch.setenv("TINA_STOP_TIMEOUT_S", "600")
+    rd = make_run()
+    foreground = ("import sys; from pathlib import Path; from tina_core.rundir import RunDir; "
+                  "from tina_core.supervise import lifecycle, supervisor; "
+                  "sys.exit(supervisor.EXIT_CODES[lifecycle.supervise_foreground(RunDir(Path(sys.argv[1])))])")
+    proc = subprocess.Popen([sys.executable, "-c", foreground, str(rd.path)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)  # as `tina run` in the foreground
+    _wait_for(lambda: len(list(iter_jsonl(rd.metrics))) >= 2)
+    proc.send_signal(signal.SIGINT)
+    _wait_for(lambda: "stop_requested" in _events(rd))
+    proc.send_signal(signal.SIGTERM)  # not from the terminal: changes nothing
+    time.sleep(1)
+    assert proc.poll() is None and runstate.liveness(rd).state == "stopping"
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=30) == supervisor.EXIT_STOPPED
+    assert next(e for e in rd.read_events() if e["event"] == "attempt_exited")["signal"] == "SIGKILL"
+
+
 def test_stop_without_a_supervisor_stops_the_orphan(make_run, monkeypatch):
+    """Attack 4: after kill -9 of the supervisor its trainer trains on. The run is not "crashed"
+    while it does: it is running with no supervisor, its clock and cost go on, and `tina stop`
+    stops the orphan at a checkpoint of its current step and closes its attempt then."""
     monkeypatch.setenv("FT_STOP", "100000")
     rd = make_run()
+    home = runstate.run_home(rd)
     pid = lifecycle.spawn_daemon(rd)
     _wait_for(lambda: runstate.liveness(rd).trainer_pid)
     trainer = runstate.liveness(rd).trainer_pid
     os.kill(pid, signal.SIGKILL)
-    _wait_state(rd, ["crashed"])
-    assert lifecycle.stop_run(runstate.run_home(rd), rd.run_id) == "stopped"
+    _wait_for(lambda: runstate.liveness(rd).supervisor_gone)
+    live = runstate.liveness(rd)
+    assert (live.state, live.supervisor, live.orphan_trainer_pid) == ("running", "gone", trainer)
+    first = runs.describe(home, rd)
+    assert (first["state"], first["supervisor"], first["orphan_trainer_pid"]) == ("running", "gone", trainer)
+    assert first["supervisor_pid"] is None
+    _wait_for(lambda: runs.describe(home, rd)["elapsed_s"] >= first["elapsed_s"] + 1)  # billed as it trains on
+    assert runstate.can_resume(live.state, live.supervisor_gone)
+
+    outcome = lifecycle.stop_run(home, rd.run_id)
+    assert outcome.state == "stopped" and "orphaned trainer" in outcome.said
     assert not runstate.pid_alive(trainer)
     assert runstate.liveness(rd).state == "stopped"
-    assert _events(rd)[-3:] == ["attempt_exited", "stop_requested", "stopped"]
-    with pytest.raises(TinaError, match="nothing to stop"):
-        lifecycle.stop_run(runstate.run_home(rd), rd.run_id)
+    assert _events(rd)[-3:] == ["stop_requested", "attempt_exited", "stopped"]
+    closed = rd.read_events()[-2]
+    saved = max(rd.checkpoint_steps())
+    assert closed["orphan"] and "end_ts" not in closed and closed["step"] == saved  # stopped at a checkpoint
+    again = lifecycle.stop_run(home, rd.run_id)  # say so, change nothing
+    assert again.state == "stopped" and "already stopped" in again.said and _events(rd)[-1] == "stopped"
+
+
+def test_an_orphan_that_trained_to_the_end_is_billed_to_its_last_step(make_run, monkeypatch):
+    """Attack 4, the rest: the orphan finishes on its own while nobody watches. Its attempt counts
+    up to its last metrics line, not the dead supervisor's last heartbeat, in `tina status` and
+    once `tina resume` closes it."""
+    monkeypatch.setenv("FT_STOP", "40")
+    monkeypatch.setenv("FT_SLEEP", "0.1")
+    rd = make_run(stop_at=40)
+    home = runstate.run_home(rd)
+    pid = lifecycle.spawn_daemon(rd)
+    _wait_for(lambda: len(list(iter_jsonl(rd.metrics))) >= 3)
+    trainer = runstate.liveness(rd).trainer_pid
+    os.kill(pid, signal.SIGKILL)
+    beat = json.loads(rd.supervisor.read_text())["heartbeat"]
+    _wait_for(lambda: not runstate.pid_alive(trainer), timeout=60)  # trained to step 40 and exited
+    assert runstate.liveness(rd).state == "crashed"
+    last = list(iter_jsonl(rd.metrics))[-1]
+    assert last["step"] == 40 and last["ts"] > beat + 2
+    started = next(e["ts"] for e in rd.read_events() if e["event"] == "attempt_started")
+    assert runs.describe(home, rd)["elapsed_s"] == pytest.approx(last["ts"] - started, abs=0.2)
+
+    assert lifecycle.spawn_daemon(rd, resume=True)  # `tina resume --detach`
+    _wait_state(rd, ["finished"])
+    closed = next(e for e in rd.read_events() if e["event"] == "attempt_exited")
+    assert closed["orphan"] and closed["end_ts"] == last["ts"] and closed["step"] == 40
+    run = runs.describe(home, rd)
+    assert run["elapsed_s"] >= round(last["ts"] - started, 1)
 
 
 def test_a_full_disk_under_train_log_neither_stalls_nor_hides(make_run, monkeypatch):

@@ -501,6 +501,36 @@ async def test_a_supervisor_that_dies_is_announced(tmp_path):
         child.kill()
 
 
+async def test_an_orphaned_trainer_is_running_and_announced(tmp_path):
+    """Attack 4 in the cockpit: kill -9 of the supervisor while its trainer trains on shows the run
+    still running (its money ticking), and says that no supervisor watches it."""
+    from tina_core.rundir import write_json_atomic
+
+    home = tmp_path / "h"
+    sleep = [sys.executable, "-c", "import time; time.sleep(60)"]
+    supervisor, trainer = subprocess.Popen(sleep), subprocess.Popen(sleep)
+    try:
+        rd = SyntheticRun("lonely", name="lonely", steps=40, state="running", start_ts=time.time() - 100,
+                          step_s=1.0).write(home)
+        now = time.time()
+        write_json_atomic(rd.supervisor, {"pid": supervisor.pid, "pgid": supervisor.pid, "started": now - 100,
+                                          "heartbeat": now, "trainer_pid": trainer.pid, "attempt": 1})
+        app = make_app(home)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await settle(app, pilot)
+            assert app.view.run["state"] == "running" and app.view.run["supervisor"] == "alive"
+            supervisor.kill()                            # kill -9: it writes no event
+            supervisor.wait()
+            await refreshed(app, pilot)
+            run = app.view.run
+            assert (run["state"], run["supervisor"], run["orphan_trainer_pid"]) == ("running", "gone", trainer.pid)
+            assert any("lonely: its supervisor is gone; the trainer trains on" in m for m in notes(app))
+            assert run["usd_per_hour_now"] > 0
+    finally:
+        supervisor.kill()
+        trainer.kill()
+
+
 async def test_phase_notification_when_the_transition_appears(tmp_path):
     home = tmp_path / "h"
     run = SyntheticRun("growing", name="growing", steps=60, stop_at_step=400, max_steps=800, transition=150,

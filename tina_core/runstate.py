@@ -15,7 +15,7 @@ import os
 import signal
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -43,8 +43,10 @@ def can_stop(state: str | None) -> bool:
     return state in (*LIVE_STATES, "crashed")
 
 
-def can_resume(state: str | None) -> bool:
-    return state in ("stopped", "failed", "crashed")
+def can_resume(state: str | None, supervisor_gone: bool = False) -> bool:
+    """A run can be resumed once it ended early, and while no supervisor watches it: a new one
+    takes its orphaned trainer over (stops it at a checkpoint, then trains on from there)."""
+    return state in ("stopped", "failed", "crashed") or (supervisor_gone and is_live(state))
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -109,6 +111,16 @@ class Liveness:
     supervisor_pid: int | None
     trainer_pid: int | None
     heartbeat: float | None       # epoch s of the supervisor's last heartbeat
+    # The run has not ended but no supervisor watches it (kill -9, OOM, reboot). Its state is then
+    # "crashed", or "running"/"stopping" while the trainer it left trains on: an orphan, whose time
+    # still counts, until `tina resume` takes it over or `tina stop` stops it at a checkpoint.
+    supervisor_gone: bool = False
+    orphan_trainer_pid: int | None = None
+
+    @property
+    def supervisor(self) -> str | None:
+        """``alive``, ``gone`` (see ``supervisor_gone``), or None once the run has ended."""
+        return "gone" if self.supervisor_gone else "alive" if is_live(self.state) else None
 
 
 def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
@@ -136,10 +148,13 @@ def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
         alive = now - started_ts <= HEARTBEAT_TIMEOUT_S or (fresh and pid_alive(hb.get("pid")))
     else:
         alive = fresh and pid_alive(hb.get("pid")) and hb.get("heartbeat", 0) >= started_ts - 1
-    if not alive:
-        return out("crashed")
     stopping = any(e.get("event") == "stop_requested" for e in since)
-    return out("stopping" if stopping else "running")
+    if alive:
+        return out("stopping" if stopping else "running")
+    trainer = hb.get("trainer_pid")
+    if open_attempts(since) and pid_alive(trainer, started=hb.get("trainer_started")):
+        return replace(out("stopping" if stopping else "running"), supervisor_gone=True, orphan_trainer_pid=trainer)
+    return replace(out("crashed"), supervisor_gone=True)
 
 
 def open_attempts(events: Iterable[dict[str, Any]]) -> list[int]:
@@ -151,6 +166,13 @@ def open_attempts(events: Iterable[dict[str, Any]]) -> list[int]:
         elif e.get("event") == "attempt_exited":
             exited.add(e.get("attempt"))
     return [a for a in started if a not in exited]
+
+
+def trainer_last_alive(hb: dict[str, Any], last_logged_ts: float | None) -> float | None:
+    """When the trainer of a gone supervisor was last known alive: its last heartbeat, or later
+    the last metrics line the trainer logged (an orphan trains on unseen, and its time counts)."""
+    seen = [t for t in (hb.get("heartbeat"), last_logged_ts) if isinstance(t, (int, float))]
+    return max(seen) if seen else None
 
 
 def training_holds_gpus(rd: RunDir) -> bool:

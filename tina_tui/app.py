@@ -212,8 +212,7 @@ class TinaApp(App[None]):
         from tina_core.supervise import lifecycle
 
         try:
-            state = lifecycle.stop_run(self.home, run_id)
-            self.post_message(ActionDone(f"{run_id}: {state}"))
+            self.post_message(ActionDone(lifecycle.stop_run(self.home, run_id).said))
         except TinaError as e:
             self.post_message(ActionDone(str(e), ok=False))
 

@@ -258,7 +258,7 @@ class Collector:
         self._log: FileTail | None = None
         self._events: dict[str, EventTail] = {}
         self._phase_status: dict[str, str] = {}
-        self._states: dict[str, str] = {}
+        self._states: dict[str, tuple[str | None, bool]] = {}  # run -> (state, orphaned)
 
     def _open_store(self):
         """The store, or None while it cannot be opened (the run directories still answer)."""
@@ -437,9 +437,12 @@ class Collector:
         if run.get("pending"):
             return []
         rid, name, out = run["run_id"], run.get("name", run["run_id"]), []
-        state, was = run.get("state"), self._states.get(rid)
-        self._states[rid] = state
-        if was in LIVE and state == "crashed":
+        state = (run.get("state"), bool(run.get("orphan_trainer_pid")))
+        was, self._states[rid] = self._states.get(rid), state
+        if was is not None and was[0] in LIVE and not was[1] and state[1]:
+            out.append(Notice("error", f"{name}: its supervisor is gone; the trainer trains on unsupervised, its time "
+                                       "counted: r takes it over, s stops it at a checkpoint"))
+        elif was is not None and was[0] in LIVE and state[0] == "crashed":
             out.append(Notice("error", f"{name}: its supervisor is gone (crashed at step {run.get('step')}); "
                                        "r resumes from the latest checkpoint", bell=True))
         p = run.get("phase_transition") or {}

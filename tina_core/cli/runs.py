@@ -71,9 +71,12 @@ def cli_run(home: Path, recipe: Path, *, name: str | None = None, detach: bool =
 
 
 def cli_stop(home: Path, run_ref: str, *, wait: bool = True) -> int:
-    state = stop_run(home, run_ref, wait=wait)
-    print(state)
-    return 0 if state in ("stopped", "stopping", "finished") else 1
+    """Prints what happened (stderr) and the run's state (stdout); exits 0 once the run is not
+    running, whether this command stopped it, another stop did, or it had already ended."""
+    outcome = stop_run(home, run_ref, wait=wait)
+    print(outcome.said, file=sys.stderr)
+    print(outcome.state)
+    return 0 if outcome.state in (*runstate.ENDED_STATES, "stopping") else 1
 
 
 def cli_resume(home: Path, run_ref: str, *, detach: bool = False) -> int:
@@ -163,7 +166,8 @@ def cli_ls(home: Path, *, as_json: bool = False) -> int:
         table.add_column(col, justify="right" if col in ("step", "restarts", "cost", "projected") else "left")
     for r in runs:
         style = STATE_STYLE.get(r["state"], "")
-        table.add_row(r["run_id"], f"[{style}]{r['state']}[/{style}]" if style else r["state"],
+        state = r["state"] + (" (no supervisor)" if r.get("orphan_trainer_pid") else "")
+        table.add_row(r["run_id"], f"[{style}]{state}[/{style}]" if style else state,
                       f"{r['step'] if r['step'] is not None else '-'}/{r['stop_at_step'] or '?'}",
                       str(r["restarts"]), _duration(r["elapsed_s"]),
                       f"{r['gpu_count']}x {r['device']}" if r["gpu_count"] else r["device"],
@@ -190,6 +194,10 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
     console.print(f"[bold]{run['run_id']}[/bold]  [{style}]{run['state']}[/{style}]  ({run['recipe']})")
     if run["failure"]:
         console.print(f"failed: {run['failure']}", markup=False, style="red")
+    if run.get("orphan_trainer_pid"):
+        console.print(f"its supervisor is gone; the trainer (pid {run['orphan_trainer_pid']}) trains on unsupervised, "
+                      f"its time counted: `tina resume {run['run_id']}` takes it over, `tina stop` stops it at a "
+                      "checkpoint", markup=False, style="yellow")
     for w in run["write_errors"]:
         console.print(f"warning: attempt {w['attempt']}: {w['error']}"
                       + (f" ({w['lost_bytes']} bytes of trainer output lost)" if w["lost_bytes"] else ""),

@@ -132,8 +132,8 @@ def read_csv(path: Path) -> tuple[list[dict], int]:
             if step is None:
                 bad += 1
                 continue
-            rows.append((_checked(path, f"line {reader.line_num}", {}, step), _values({names[c]: v for c, v in rec.items() if c in names and v != ""},
-                                       skip, from_text=True)))
+            values = _values({names[c]: v for c, v in rec.items() if c in names and v != ""}, skip, from_text=True)
+            rows.append((_checked(path, f"line {reader.line_num}", {}, step), values))
     return _merge(rows), bad
 
 

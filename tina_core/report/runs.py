@@ -56,8 +56,6 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
     state = live.state
     is_live = runstate.is_live(state)
     last_ts = max((e.get("ts", 0) for e in events), default=0) or None
-    # A dead supervisor's open attempt counts up to its last heartbeat, not up to now.
-    open_until = now if is_live else (live.heartbeat or last_ts or now)
     # The step clock from the index when there is one: re-reading metrics.jsonl costs seconds.
     clock = _store_call(store, "step_clock", run_dir.run_id)
     last_metrics = _store_call(store, "last_metrics", run_dir.run_id)
@@ -67,6 +65,14 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
         times, step = clock
     else:
         times, step = cost.step_times(records), (steps[-1]["step"] if steps else None)
+    # A live run's open attempt (an orphaned trainer's too) counts up to now; a crashed one's up to
+    # when its trainer was last known alive, not up to now.
+    if is_live:
+        open_until = now
+    else:
+        open_ = set(runstate.open_attempts(events))
+        logged = max((ts for ts, a in times.values() if a in open_), default=None)
+        open_until = runstate.trainer_last_alive({"heartbeat": live.heartbeat}, logged) or last_ts or now
     meter = cost.Meter(info, events, times, open_until=open_until,
                        eval_ends=runstate.open_eval_ends(run_dir, events, now))
     if last_metrics is None:
@@ -129,7 +135,10 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
         "write_errors": [{"file": e.get("file"), "error": e.get("error"), "attempt": e.get("attempt"),
                           "lost_bytes": lost.get(e.get("attempt")) if e.get("file") == "train.log" else None}
                          for e in events if e.get("event") == "write_failed"],
-        "supervisor_pid": live.supervisor_pid if is_live else None,
+        "supervisor_pid": live.supervisor_pid if live.supervisor == "alive" else None,
+        # "gone": no supervisor watches this unfinished run; an orphaned trainer may train on
+        "supervisor": live.supervisor,
+        "orphan_trainer_pid": live.orphan_trainer_pid,
         "imported": bool(info.get("imported", False)),
         "path": str(run_dir.path),
     }

@@ -7,14 +7,17 @@ display or as a detached daemon that survives the terminal, SSH and the cockpit.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shlex
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from tina_core import runstate
 from tina_core.rundir import RunDir, TinaError, create_run_dir, find_run, now_iso, read_json, runs_root, write_json_atomic
@@ -170,37 +173,82 @@ def supervise_foreground(run_dir: RunDir, *, resume: bool = False, secret_env: d
     return state
 
 
-def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None = None) -> str:
-    """Ask a run to stop (save at the end of its step, then exit); returns its state afterwards."""
-    run_dir = find_run(home, run_ref)
-    live = runstate.liveness(run_dir)
-    state = live.state
-    if state in runstate.ENDED_STATES:
-        raise TinaError(f"run {run_dir.run_id} is {state}: nothing to stop")
-    stop_timeout = stop_timeout_s(run_dir.info())
-    if state == "crashed":
-        # No supervisor to ask: stop what it left behind ourselves, under its lock.
-        sup = Supervisor(run_dir)
-        sup.acquire()
+STOP_LOCK = "stop.lock"  # held by the `tina stop` that is asking, so a second one is told
+
+
+@dataclass(frozen=True)
+class StopOutcome:
+    state: str  # the run's state afterwards (``stopping`` when not waiting)
+    said: str   # what happened, in a sentence for the user
+
+
+@contextlib.contextmanager
+def _stop_claim(run_dir: RunDir) -> Iterator[bool]:
+    """True for the one `tina stop` (or cockpit) that may ask the run to stop right now; another
+    one asking meanwhile gets False (the kernel lets the claim go if its holder dies)."""
+    fd = os.open(run_dir.path / STOP_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
         try:
-            recover_orphan(run_dir, stop_timeout, read_json(run_dir.supervisor, {}) or {})
-            run_dir.event("stop_requested", by="tina stop (no supervisor)")
-            run_dir.event("stopped", step=None)
-        finally:
-            sup.release()
-        return "stopped"
-    pid = live.supervisor_pid
-    if isinstance(pid, int) and state == "running":
-        runstate.send_signal(pid, signal.SIGTERM)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+    finally:
+        os.close(fd)
+
+
+def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None = None) -> StopOutcome:
+    """Ask a run to stop (save at the end of its step, then exit). Idempotent: a run already
+    stopping, or one another caller is stopping right now, gets no second request (the caller is
+    told so), and an ended run is left as it is."""
+    run_dir = find_run(home, run_ref)
+    rid = run_dir.run_id
+    stop_timeout = stop_timeout_s(run_dir.info())
+    with _stop_claim(run_dir) as mine:
+        live = runstate.liveness(run_dir)
+        if live.state in runstate.ENDED_STATES:
+            return StopOutcome(live.state, f"run {rid} is already {live.state}: nothing to stop")
+        if not mine or (live.state == "stopping" and not live.supervisor_gone):
+            said = f"a stop of {rid} is already under way; it saves a checkpoint at the end of its step"
+        elif live.supervisor_gone:
+            # No supervisor to ask (killed, or an orphaned trainer training on): stop what it left
+            # behind ourselves, under its lock, the orphan at a checkpoint of its current step.
+            sup = Supervisor(run_dir)
+            sup.acquire()
+            try:
+                run_dir.event("stop_requested", by="tina stop (no supervisor)", pid=os.getpid())
+                recover_orphan(run_dir, stop_timeout, read_json(run_dir.supervisor, {}) or {})
+                run_dir.event("stopped", step=None)
+            finally:
+                sup.release()
+            return StopOutcome("stopped", f"stopped {rid}" + (f" (its orphaned trainer, pid {live.orphan_trainer_pid}, "
+                                                               "at a checkpoint)" if live.orphan_trainer_pid else ""))
+        else:
+            run_dir.event("stop_requested", by="tina stop", pid=os.getpid())
+            pid = live.supervisor_pid or _supervisor_pid_once_up(run_dir)
+            if isinstance(pid, int):
+                runstate.send_signal(pid, signal.SIGTERM)
+            said = f"asked {rid} to stop; it saves a checkpoint at the end of its step"
     if not wait:
-        return "stopping"
+        return StopOutcome("stopping", said)
     deadline = time.monotonic() + (timeout if timeout is not None else stop_timeout + 30)
     while time.monotonic() < deadline:
         state = runstate.liveness(run_dir).state
         if state in runstate.ENDED_STATES or state == "crashed":
-            return state
+            return StopOutcome(state, said)
         time.sleep(0.2)
-    raise TinaError(f"run {run_dir.run_id} did not stop within the wait; it is still {state}")
+    raise TinaError(f"run {rid} did not stop within the wait; it is still {state}")
+
+
+def _supervisor_pid_once_up(run_dir: RunDir) -> int | None:
+    """A just-launched run's supervisor pid, once its heartbeat (and signal handlers) are up."""
+    deadline = time.monotonic() + runstate.HEARTBEAT_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if isinstance(pid := (read_json(run_dir.supervisor, {}) or {}).get("pid"), int):
+            return pid
+        time.sleep(0.1)
+    return None
 
 
 def resume_run(home: Path, run_ref: str, *, detach: bool = True) -> RunDir:
@@ -216,10 +264,10 @@ def check_resumable(home: Path, run_ref: str) -> RunDir:
     info = run_dir.info()
     if info.get("imported"):
         raise TinaError(f"run {run_dir.run_id} was imported; there is nothing to resume")
-    state = runstate.liveness(run_dir).state
-    if runstate.is_live(state):
-        pid = (read_json(run_dir.supervisor, {}) or {}).get("pid")
-        raise TinaError(f"run {run_dir.run_id} is {state} (supervisor pid {pid}); nothing to resume")
+    live = runstate.liveness(run_dir)
+    state = live.state
+    if runstate.is_live(state) and not runstate.can_resume(state, live.supervisor_gone):
+        raise TinaError(f"run {run_dir.run_id} is {state} (supervisor pid {live.supervisor_pid}); nothing to resume")
     if state == "finished":
         raise TinaError(f"run {run_dir.run_id} is finished (reached step {info.get('stop_at_step')})")
     from tina_core.recipe.loader import load_recipe

@@ -140,16 +140,19 @@ class Supervisor:
             self._lock_fd = None
 
     # signals ------------------------------------------------------------------------------------
-    def request_stop(self, why: str) -> None:
-        if self.stop_requested:
-            self.kill_now = True  # a second Ctrl-C: don't wait for the checkpoint
-        else:
+    def request_stop(self, why: str, *, insist: bool = False) -> None:
+        """Stop at the end of the trainer's step, after saving a checkpoint. Asking again changes
+        nothing (a second `tina stop`, a repeated SIGTERM), unless ``insist``: a second Ctrl-C at
+        the foreground terminal, which means "don't wait for the checkpoint"."""
+        if not self.stop_requested:
             self.stop_requested = why
+        elif insist:
+            self.kill_now = True
 
     def install_signals(self, foreground: bool) -> dict:
         old = {}
         old[signal.SIGTERM] = signal.signal(signal.SIGTERM, lambda *_: self.request_stop("SIGTERM"))
-        old[signal.SIGINT] = signal.signal(signal.SIGINT, lambda *_: self.request_stop("Ctrl-C"))
+        old[signal.SIGINT] = signal.signal(signal.SIGINT, lambda *_: self.request_stop("Ctrl-C", insist=foreground))
         # A closed terminal must not end supervision: a foreground run goes on silently.
         old[signal.SIGHUP] = signal.signal(signal.SIGHUP, (lambda *_: self.display.silence()) if foreground
                                            else signal.SIG_IGN)
@@ -334,7 +337,8 @@ class Supervisor:
                 if code is not None:
                     return code
                 if self.stop_requested and term_deadline is None:
-                    self.event("stop_requested", by=self.stop_requested, attempt=self.attempt)
+                    if not self._stop_on_record():  # `tina stop` records its request itself
+                        self.event("stop_requested", by=self.stop_requested, attempt=self.attempt)
                     self.log(f"stop requested ({self.stop_requested}): the trainer saves a checkpoint and exits")
                     send_signal(proc.pid, signal.SIGTERM)
                     term_deadline = time.monotonic() + self.stop_timeout
@@ -346,6 +350,13 @@ class Supervisor:
         finally:
             if pidfd is not None:
                 os.close(pidfd)
+
+    def _stop_on_record(self) -> bool:
+        """Whether a stop request is in the events since this supervisor started."""
+        events = self.run_dir.read_events()
+        mine = max((i for i, e in enumerate(events) if e.get("event") == "supervisor_started"
+                    and e.get("pid") == os.getpid()), default=len(events))
+        return any(e.get("event") == "stop_requested" for e in events[mine:])
 
     def last_step(self, attempt: int) -> int | None:
         steps = [r["step"] for r in iter_jsonl(self.run_dir.metrics)
@@ -457,25 +468,28 @@ def _cpu_s(who: int) -> float:
 
 
 def recover_orphan(run_dir: RunDir, stop_timeout: float, hb: dict[str, Any]) -> None:
-    """After a supervisor died: stop a trainer it left running, and close the attempt it left open
-    (ended at the dead supervisor's last heartbeat ``hb`` if the trainer was already gone, so the
-    cost meter stays honest)."""
+    """After a supervisor died: stop a trainer it left running (SIGTERM: it saves a checkpoint at
+    the end of its step), and close the attempt it left open when that trainer really ended: now
+    if it trained on until we stopped it, else when it was last known alive (its last heartbeat or
+    metrics line), so the cost meter counts all of its time."""
     events = run_dir.read_events()
-    started = {e.get("attempt"): e for e in events if e.get("event") == "attempt_started"}
-    exited = {e.get("attempt") for e in events if e.get("event") == "attempt_exited"}
-    open_attempts = [a for a in started if a not in exited]
+    open_attempts = runstate.open_attempts(events)
     if not open_attempts:
         return
     pid = hb.get("trainer_pid")
-    end_ts = hb.get("heartbeat")
-    if pid_alive(pid, started=hb.get("trainer_started")):  # still the trainer it started
+    orphan = pid_alive(pid, started=hb.get("trainer_started"))  # still the trainer it started
+    if orphan:
         end_group(pid, stop_timeout, term_group=False)
-        end_ts = None  # it really ran until now
     elif isinstance(pid, int):
         kill_group(pid)  # leftovers of a group whose leader is gone
+    logged = [r for r in iter_jsonl(run_dir.metrics) if r.get("attempt", 1) in open_attempts]
+    steps = [r["step"] for r in logged if isinstance(r.get("step"), int)]
+    # an orphan we stopped really ran until now
+    end_ts = None if orphan else runstate.trainer_last_alive(
+        hb, max((r["ts"] for r in logged if isinstance(r.get("ts"), (int, float))), default=None))
     for a in open_attempts:
         run_dir.event("attempt_exited", attempt=a, code=None, signal=None, orphan=True,
-                      step=None, **({"end_ts": end_ts} if end_ts else {}))
+                      step=steps[-1] if steps else None, **({"end_ts": end_ts} if end_ts else {}))
 
 
 # --- display --------------------------------------------------------------------------------------
