@@ -459,34 +459,45 @@ def test_a_lighteval_crash_and_an_oom_kill_fail_only_their_evaluation(home, tran
 
 
 @pytest.mark.slow
-def test_a_dead_workers_evaluation_costs_until_its_last_sign_of_life(home, transition_run):
-    """Worker and job both die (kill -9) mid-evaluation: nobody records its end, yet its cost stops
-    at the job's last sign of life (its log, touched by the job's heartbeat) instead of running on
-    until a later worker reaps it; the reaping records that end."""
+def test_a_dead_worker_is_noticed_restarted_and_its_orphan_closed(home, transition_run):
+    """Attack 6: worker and job both die (kill -9) mid-evaluation, with another evaluation queued.
+    Nobody records the end, yet the next `tina status` says no worker is alive (not "running" and
+    "queued" forever), costs the dead evaluation up to the job's last sign of life (its log, touched
+    by the job's heartbeat), and starts a worker, which closes the dead one as failed with the
+    reason at that end and runs the queued one."""
     from tina_core.analysis import cost
 
     rd = _copy_run(home, transition_run)
     write_json_atomic(rd.run_json, {**rd.info(), "cpu_hour_usd": 3600.0})  # $1 a second: dollars read as seconds
     [eid] = ev_queue.queue_eval(home, rd.run_id, "base", ["arith"])
     ev = _wait_states(rd, [eid], ("running",), 60)[eid]
+    [queued] = ev_queue.queue_eval(home, rd.run_id, rd.checkpoint_steps()[0], ["arith"])
     _wait_log(rd, eid, f"evaluation {eid}: ")
     assert runstate.open_eval_ends(rd)[eid] == pytest.approx(time.time(), abs=1)  # alive: it costs up to now
-    os.kill(int((home / ev_worker.WORKER_LOCK).read_text()), signal.SIGKILL)
+    worker = runstate.eval_worker_pid(home)
+    assert worker == int((home / ev_worker.WORKER_LOCK).read_text())
+    os.kill(worker, signal.SIGKILL)
     os.killpg(ev["pid"], signal.SIGKILL)
-    while runstate.eval_process_alive(ev["pid"]):
+    while runstate.eval_process_alive(ev["pid"]) or runstate.pid_alive(worker):
         time.sleep(0.05)
     last = rd.eval_log(eid).stat().st_mtime
     time.sleep(1.5)
-    assert runstate.evaluations(rd)[eid]["state"] == "running"  # nobody recorded its end
-    charged = json.loads(_tina(home, "status", rd.run_id, "--json").stdout)["cost_usd"]["eval"]
-    assert charged == pytest.approx(last - ev["started_ts"], abs=2e-4)
+    assert runstate.evaluations(rd)[eid]["state"] == "running" and runstate.eval_worker_pid(home) is None
 
-    assert ev_worker.ensure_worker(home)  # a later worker reaps it, ending it where it ended
-    _wait_states(rd, [eid], ("failed",), 30)
+    out = _tina(home, "status", rd.run_id, "--json")
+    run = json.loads(out.stdout)
+    assert run["eval_worker"] == "gone" and "no evaluation worker was alive" in out.stderr
+    assert run["cost_usd"]["eval"] == pytest.approx(last - ev["started_ts"], abs=2e-4)
+    charged = run["cost_usd"]["eval"]
+    _wait_states(rd, [eid], ("failed",), 60)  # the worker it started reaps the dead job...
     failed = _events(rd, "eval_failed")[-1]
     assert failed["end_ts"] == pytest.approx(last, abs=1e-3) and failed["ts"] > last + 1.5
-    assert "its worker stopped" in failed["reason"]
-    assert cost.run_cost(rd)["eval"] == charged
+    assert "its worker stopped or was killed" in failed["reason"]
+    [closed] = [iv for iv in cost.intervals(rd.read_events()) if iv.key == eid]
+    assert closed.end - closed.start == pytest.approx(charged, abs=2e-4)  # what status charged, for good
+    _wait_states(rd, [queued], ("running", "finished"), 60)  # ...and takes up the queue
+    ev_queue.cancel_eval(home, rd.run_id, queued)
+    assert json.loads(_tina(home, "status", rd.run_id, "--json").stdout)["eval_worker"] is None
 
 
 def test_the_jobs_heartbeat_keeps_its_log_fresh(tmp_path, monkeypatch):

@@ -501,6 +501,26 @@ async def test_a_supervisor_that_dies_is_announced(tmp_path):
         child.kill()
 
 
+async def test_a_dead_evaluation_worker_is_noticed_and_restarted(tmp_path):
+    """Attack 6 in the cockpit: an evaluation queued while no worker is alive (it was killed) is
+    not "queued" forever: the cockpit says so and starts a worker, which takes it up."""
+    from tina_core import runstate
+
+    home = tmp_path / "h"
+    rd = SyntheticRun("waiting", name="waiting", steps=40, state="finished").write(home)
+    rd.event("eval_queued", eval_id="ckpt999-arith-dead", checkpoint=999, task="arith", tasks=["arith"], gpus=[])
+    app = make_app(home)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await settle(app, pilot)
+        assert app.view.run["eval_worker"] == "gone"
+        assert any("no evaluation worker was alive for 1 unfinished evaluation" in m for m in notes(app))
+    deadline = time.monotonic() + 120
+    while runstate.evaluations(rd)["ckpt999-arith-dead"]["state"] in ("queued", "running"):
+        assert time.monotonic() < deadline, "the restarted worker never took the evaluation up"
+        time.sleep(0.2)
+    assert "checkpoint-999 is missing" in runstate.evaluations(rd)["ckpt999-arith-dead"]["reason"]
+
+
 async def test_an_orphaned_trainer_is_running_and_announced(tmp_path):
     """Attack 4 in the cockpit: kill -9 of the supervisor while its trainer trains on shows the run
     still running (its money ticking), and says that no supervisor watches it."""

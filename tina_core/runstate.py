@@ -32,6 +32,7 @@ EVAL_ENDED_EVENTS = ("eval_finished", "eval_failed", "eval_cancelled")
 HEARTBEAT_S = 2.0           # the supervisor rewrites supervisor.json this often
 HEARTBEAT_TIMEOUT_S = 15.0  # a heartbeat older than this: the supervisor is gone
 EVAL_PROCESS_MARK = "tina_core.evaluate"  # in the command line of every evaluation process
+EVAL_WORKER_LOCK = "eval-worker.lock"  # $TINA_HOME/: the worker's flock, holding its pid
 
 
 def is_live(state: str | None) -> bool:
@@ -222,6 +223,16 @@ def eval_queue(home: str | os.PathLike | None = None) -> list[dict[str, Any]]:
 
 def eval_process_alive(pid: Any) -> bool:
     return pid_alive(pid, cmdline_has=EVAL_PROCESS_MARK)
+
+
+def eval_worker_pid(home: str | os.PathLike | None = None) -> int | None:
+    """The workspace's evaluation worker, if one is alive (read from its lock file, never by taking
+    the lock: a reader holding it for a moment would turn a starting worker away)."""
+    try:
+        pid = int((tina_home(home) / EVAL_WORKER_LOCK).read_text().strip() or 0)
+    except (OSError, ValueError):
+        return None
+    return pid if pid_alive(pid, cmdline_has=f"{EVAL_PROCESS_MARK} worker") else None
 
 
 def eval_last_alive(rd: RunDir, ev: dict[str, Any], now: float | None = None) -> float:

@@ -70,6 +70,7 @@ class TinaApp(App[None]):
         self.snapshot: Snapshot | None = None
         self.refreshes = 0
         self.refreshing = False
+        self._revived = float("-inf")  # when a dead evaluation worker was last restarted
         self._again = False
 
     def get_default_screen(self) -> Screen:
@@ -134,6 +135,17 @@ class TinaApp(App[None]):
             self.bell()  # once per refresh: tmux shows it (bell-action, visual-bell) in any window
         if snap.error:
             self.notify(snap.error, severity="error", timeout=5)
+        if any(r.get("eval_worker") == "gone" for r in snap.runs) and time.monotonic() > self._revived + 10:
+            self._revived = time.monotonic()
+            self._revive_eval_worker()
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def _revive_eval_worker(self) -> None:
+        """Evaluations wait or run with no worker alive (it was killed): start one, and say so."""
+        from tina_core.evaluate.worker import revive_worker
+
+        if note := revive_worker(self.home):
+            self.post_message(ActionDone(note, ok=False))
 
     def on_action_done(self, message: ActionDone) -> None:
         self.notify(message.text, severity="information" if message.ok else "error",

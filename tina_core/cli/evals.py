@@ -11,7 +11,7 @@ from tina_core import runstate
 from tina_core.evaluate.commands import plan_commands
 from tina_core.evaluate.queue import _check_backend, _parse_gpus, _run_gpus, cancel_eval, queue_eval, resolve_checkpoints
 from tina_core.evaluate.tasks import TINA_TASKS, _label, task_name
-from tina_core.evaluate.worker import ensure_worker, worker_running
+from tina_core.evaluate.worker import ensure_worker, revive_worker, worker_running
 from tina_core.rundir import RunDir, find_run, tina_home
 
 
@@ -63,6 +63,8 @@ def cli_eval(home: Path, run_ref: str, *, checkpoint: str = "recommended", tasks
                         merge_printed = True
                     print(line)
         return 0
+    if note := revive_worker(h):  # before queueing, which would start one without a word
+        print(f"tina: {note}", file=sys.stderr)
     ids = queue_eval(h, rd.run_id, checkpoint, task_list, gpus=gpus)
     evs = runstate.evaluations(rd)
     for eid in ids:

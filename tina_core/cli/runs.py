@@ -150,8 +150,18 @@ STATE_STYLE = {"running": "green", "stopping": "yellow", "finished": "blue", "st
                "failed": "red", "crashed": "bold red"}
 
 
+def _revive_eval_worker(home: Path, runs: list[dict]) -> None:
+    """A run whose evaluations have no worker alive (killed): start one, and say so."""
+    if any(r.get("eval_worker") == "gone" for r in runs):
+        from tina_core.evaluate.worker import revive_worker
+
+        if note := revive_worker(home):
+            print(f"tina: {note}", file=sys.stderr)
+
+
 def cli_ls(home: Path, *, as_json: bool = False) -> int:
     runs = list_runs(home)
+    _revive_eval_worker(home, runs)
     if as_json:
         print(json.dumps(runs, indent=2, default=str))
         return 0
@@ -183,6 +193,7 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
     store = open_store(home)
     with _session(store):
         run = describe(home, run_dir, store)
+    _revive_eval_worker(home, [run])
     if as_json:
         print(json.dumps(run, indent=2, default=str))
         return 0
@@ -225,7 +236,8 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
         console.print(table)
     for ev in run["evaluations"]:
         if ev["state"] in ("queued", "running", "failed"):
-            why = f": {(ev['reason'] or '').splitlines()[0]}" if ev["state"] == "failed" else ""
+            why = (f": {(ev['reason'] or '').splitlines()[0]}" if ev["state"] == "failed"
+                   else " (no worker was alive)" if run.get("eval_worker") == "gone" else "")
             console.print(f"eval {ev['eval_id']} {ev['task']} {ev['state']}{why}", markup=False)
     if run["last_metrics"]:
         keys = [k for k in ("rewards/format_reward/mean", "rewards/accuracy_reward/mean",

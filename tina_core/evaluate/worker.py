@@ -23,7 +23,7 @@ from tina_core.evaluate.commands import _child_env, _gpu_env, _python
 from tina_core.evaluate.tasks import log_tail
 from tina_core.rundir import RunDir, tina_home
 
-WORKER_LOCK = "eval-worker.lock"
+WORKER_LOCK = runstate.EVAL_WORKER_LOCK
 WORKER_LOG = "eval-worker.log"
 BLOCKED_POLL_S = 3.0
 
@@ -81,6 +81,20 @@ def ensure_worker(home: str | os.PathLike | None = None) -> bool:
                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
                          cwd=str(h), env=_child_env())
     return True
+
+
+def revive_worker(home: str | os.PathLike | None = None) -> str | None:
+    """When evaluations are queued or running but no worker is alive (it was killed, or the box
+    rebooted), start one and say so; it closes, as failed with the reason, those whose job died
+    with it, and runs the rest. None when nothing needed it."""
+    h = tina_home(home)
+    if runstate.eval_worker_pid(h) is not None:
+        return None
+    active = runstate.eval_queue(h)
+    if not active or not ensure_worker(h):
+        return None
+    return (f"no evaluation worker was alive for {len(active)} unfinished evaluation(s): started one "
+            "(evaluations whose job died with the old one are closed as failed)")
 
 
 def _wlog(msg: str) -> None:
@@ -141,7 +155,8 @@ def _reap_orphans(home: Path, items: list[dict[str, Any]], alerts: Alerts) -> bo
         if runstate.evaluations(rd).get(ev["eval_id"], {}).get("state") == "running":
             rd.event("eval_failed", eval_id=ev["eval_id"], checkpoint=ev["checkpoint"], task=ev["task"],
                      gpus=ev["gpus"], pid=ev.get("pid"), end_ts=runstate.eval_last_alive(rd, ev),
-                     reason="evaluation process ended without recording a result (its worker stopped)\n"
+                     reason="evaluation process ended without recording a result (its worker stopped or was "
+                            "killed)\n"
                             + log_tail(rd.eval_log(ev["eval_id"])))
             _announce(alerts, rd, ev["eval_id"])
     return alive

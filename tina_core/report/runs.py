@@ -84,6 +84,7 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
     phase = _store_call(store, "phase", run_dir.run_id, **age)
     rec = _store_call(store, "recommendation", run_dir.run_id, **age) or {}
     evals = runstate.evaluations(run_dir, events)
+    pending = sum(1 for e in evals.values() if e["state"] in runstate.EVAL_ACTIVE_STATES)
     event_scores = _scores_by_checkpoint(evals)
     listed = _store_call(store, "checkpoints", run_dir.run_id)
     if listed is None:
@@ -127,7 +128,10 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
         "recommendation_disagrees": bool(rec.get("disagree", False)),
         "checkpoints": checkpoints,
         "base": {"evals": base, "avg": sum(base.values()) / len(base) if base else None},
-        "evals_pending": sum(1 for e in evals.values() if e["state"] in runstate.EVAL_ACTIVE_STATES),
+        "evals_pending": pending,
+        # "gone": evaluations wait or run with no worker alive (it was killed): nothing will end them
+        # until one is started (`tina eval`, `tina status` and the cockpit start one)
+        "eval_worker": None if not pending else "alive" if runstate.eval_worker_pid(home) else "gone",
         "evaluations": [{k: e.get(k) for k in _EVAL_FIELDS} for e in evals.values()],
         "last_metrics": last_metrics,
         "failure": failed[-1].get("reason") if state == "failed" and failed else None,
