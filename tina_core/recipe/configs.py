@@ -201,6 +201,7 @@ def check_library_configs(recipe: Recipe) -> None:
     # Run in a throwaway dir: GRPOConfig does not create it, but keep validation side-effect free.
     cfg = build_grpo_config(recipe, os.devnull, neutralise_device=not _gpu_available())
     build_lora_config(recipe)
+    _check_tracker_names(recipe)
     # The trainer always saves at stop_at_step (see train.py), so any stop step ends on a checkpoint;
     # what must hold is that saving is switched on at all.
     if str(cfg.save_strategy) not in ("steps", "SaveStrategy.STEPS"):
@@ -279,6 +280,43 @@ def check_model_loading(recipe: Recipe) -> None:
                           f"box's CUDA, e.g. pip install {package} --no-build-isolation); or use sdpa")
 
 
+# grpo.report_to: each tracker's package, as transformers looks for it (integration_utils'
+# is_*_available); importing transformers' own table costs the launch its torch import.
+TRACKER_PACKAGES = {"wandb": ("wandb",), "trackio": ("trackio",), "tensorboard": ("tensorboard", "tensorboardX"),
+                    "mlflow": ("mlflow",), "comet_ml": ("comet_ml",), "clearml": ("clearml",),
+                    "dvclive": ("dvclive",), "swanlab": ("swanlab",), "neptune": ("neptune",),
+                    "codecarbon": ("codecarbon",), "dagshub": ("dagshub",), "flyte": ("flytekit",)}
+
+
+def trackers(recipe: Recipe) -> list[str]:
+    """The trackers of ``grpo.report_to`` (a name or a list; ``none``: none)."""
+    value = recipe.grpo.get("report_to", "none")
+    names = [value] if isinstance(value, str) else value if isinstance(value, list) else []
+    return [n for n in names if isinstance(n, str) and n != "none"]  # other types: GRPOConfig's check says
+
+
+def check_trackers(recipe: Recipe) -> None:
+    """Every tracker ``grpo.report_to`` names is installed here, so a missing one fails before the
+    launch (transformers would raise once the trainer is built). Checked every time: a verdict kept
+    from before could not see a package uninstalled since."""
+    import importlib.util
+
+    for name in trackers(recipe):
+        packages = TRACKER_PACKAGES.get(name)
+        if packages and not any(importlib.util.find_spec(p) for p in packages):
+            raise RecipeError(f"{recipe.source}: grpo.report_to: {name} is not installed here "
+                              f"(pip install {packages[0]} in tina's environment), or report_to: none")
+
+
+def _check_tracker_names(recipe: Recipe) -> None:
+    from transformers.integrations.integration_utils import INTEGRATION_TO_CALLBACK
+
+    for name in trackers(recipe):
+        if name != "all" and name not in INTEGRATION_TO_CALLBACK:
+            raise RecipeError(f"{recipe.source}: grpo.report_to: unknown tracker {name!r}; expected none, all or "
+                              f"some of {', '.join(INTEGRATION_TO_CALLBACK)}")
+
+
 def validate_recipe(recipe: Recipe) -> None:
     """Check the whole recipe before any process starts (raises RecipeError)."""
     where = str(recipe.source)
@@ -319,6 +357,7 @@ def validate_recipe(recipe: Recipe) -> None:
     except (KeyError, ValueError, TypeError) as e:
         raise RecipeError(f"{where}: rewards: {e}") from None
 
+    check_trackers(recipe)  # before the library check: a missing tracker is said at once
     check_library_configs(recipe)  # first: it checks the types that the steps below rely on
     if recipe.max_steps <= 0 and "stop_at_step" not in recipe.data:
         raise RecipeError(f"{where}: grpo.max_steps: set it (the LR schedule length) or set stop_at_step")

@@ -10,6 +10,7 @@ complete checkpoint; a half-written one is moved aside.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import sys
@@ -162,6 +163,24 @@ def load_tokenizer(recipe: Recipe, model_path: str):
     return tok
 
 
+def report_to_trackers(run_dir: RunDir, config) -> None:
+    """``grpo.report_to``'s trackers log beside tina's metrics.jsonl (transformers' own callbacks),
+    named as the tina run is, their files where their users look: TensorBoard's events in
+    ``RUN_DIR/tensorboard`` (``tensorboard --logdir $TINA_HOME/runs`` shows every run) unless
+    ``TENSORBOARD_LOGGING_DIR`` says otherwise; W&B's in its own ``./wandb`` (or ``WANDB_DIR``), one
+    W&B run across tina's restarts and resumes (``WANDB_RUN_ID``, ``WANDB_RESUME``, unless set);
+    trackio's in its own database. Their keys come from the environment, which tina never writes."""
+    if not config.report_to:
+        return
+    info = run_dir.info()
+    config.run_name = config.run_name or info.get("name") or run_dir.run_id
+    if "tensorboard" in config.report_to:
+        os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir.path / "tensorboard"))
+    if "wandb" in config.report_to:  # W&B ids: letters, digits, - and _
+        os.environ.setdefault("WANDB_RUN_ID", re.sub(r"[^A-Za-z0-9_-]", "-", run_dir.run_id)[-64:])
+        os.environ.setdefault("WANDB_RESUME", "allow")
+
+
 def build_trainer(run_dir: RunDir, recipe: Recipe, callbacks: list = ()):
     """TRL's GRPOTrainer for a recipe, saving into ``run_dir/checkpoints`` (heavy imports here)."""
     import torch
@@ -175,6 +194,7 @@ def build_trainer(run_dir: RunDir, recipe: Recipe, callbacks: list = ()):
     from tina_core.recipe.rewards import build_reward_funcs
 
     config = build_grpo_config(recipe, run_dir.checkpoints)
+    report_to_trackers(run_dir, config)
     set_seed(config.seed)
     model_path = resolve_base_model(recipe, _home_for(run_dir))
     tokenizer = load_tokenizer(recipe, model_path)
