@@ -328,7 +328,8 @@ def test_gpu_launch_command_is_accelerate_with_deepspeed(tmp_path):
     assert ds["deepspeed_config"]["offload_optimizer_device"] == "none" and ds["mixed_precision"] == "bf16"
     env = launch.launch_env(r, {})
     assert env["CUDA_VISIBLE_DEVICES"] == "0,1" and env["PYTHONUNBUFFERED"] == "1"
-    assert "SIGTERM" not in env["TORCHELASTIC_SIGNALS_TO_HANDLE"]  # the ranks handle it, not the agent
+    # the ranks handle it, not the agent (torch overwrites TORCHELASTIC_SIGNALS_TO_HANDLE from this)
+    assert "SIGTERM" not in env["PET_SIGNALS_TO_HANDLE"] and "TORCHELASTIC_SIGNALS_TO_HANDLE" not in env
     assert launch.launch_env(r, {"CUDA_VISIBLE_DEVICES": "2,3"})["CUDA_VISIBLE_DEVICES"] == "2,3"
 
 

@@ -32,6 +32,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 RECIPES_DIR = REPO_ROOT / "recipes"
 ACCELERATE_DIR = RECIPES_DIR / "accelerate"
 DEFAULT_ACCELERATE_CONFIG = "zero2.yaml"
+CPU_RANKS_ACCELERATE_CONFIG = "cpu_ranks.yaml"  # launch.processes > 1 on a CPU box
 
 
 # PyYAML follows YAML 1.1, where `1e-6` (no dot) is a string: learning rates would silently become
@@ -73,7 +74,7 @@ SCHEMA: dict[str, Any] = {
     "rewards": dict,
     "reward_options": dict,  # checked by rewards.resolve_options
     "stop_at_step": int,
-    "launch": {"gpus": int, "accelerate_config": (str, type(None)), "main_process_port": int,
+    "launch": {"gpus": int, "processes": int, "accelerate_config": (str, type(None)), "main_process_port": int,
                "num_machines": int, "machine_rank": int, "main_process_ip": str, "env": dict,
                "max_restarts": int, "stop_timeout_s": _NUM},
     "price": {"gpu_hour_usd": (_NUM + (type(None),)), "cpu_hour_usd": (_NUM + (type(None),))},
@@ -245,6 +246,16 @@ class Recipe:
         return int(self.get("launch.gpus", 0) or 0)
 
     @property
+    def processes(self) -> int:
+        """Training processes per machine: one per GPU, else ``launch.processes`` CPU ranks (gloo)."""
+        return self.gpus if self.gpus > 0 else max(1, int(self.get("launch.processes") or 1))
+
+    @property
+    def distributed(self) -> bool:
+        """Whether the trainer runs under ``accelerate launch`` (GPUs, or more than one CPU rank)."""
+        return self.gpus > 0 or self.processes > 1 or int(self.get("launch.num_machines") or 1) > 1
+
+    @property
     def gpu_hour_usd(self) -> float | None:
         v = self.get("price.gpu_hour_usd")
         return None if v is None else float(v)
@@ -280,7 +291,7 @@ class Recipe:
         """Unique prompts per optimizer step (TRL counts completions per device)."""
         g = self.grpo
         return (int(g.get("per_device_train_batch_size", 8)) * int(g.get("gradient_accumulation_steps", 1))
-                * max(1, self.gpus) * int(self.get("launch.num_machines") or 1)) / int(g.get("num_generations", 8))
+                * self.processes * int(self.get("launch.num_machines") or 1)) / int(g.get("num_generations", 8))
 
     @property
     def steps_per_epoch(self) -> float | None:
@@ -347,6 +358,10 @@ def load_recipe(path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recip
     _check_section(data, SCHEMA, where)
     if "output_dir" in (data.get("grpo") or {}):
         raise RecipeError(f"{where}: grpo.output_dir: not allowed; tina saves checkpoints to RUN_DIR/checkpoints")
+    processes = (data.get("launch") or {}).get("processes")
+    if processes is not None and (processes < 1 or (processes > 1 and (data.get("launch") or {}).get("gpus"))):
+        raise RecipeError(f"{where}: launch.processes: expected a positive number of CPU ranks with launch.gpus 0 "
+                          f"(on GPUs there is one rank per GPU), got {processes}")
     _absolutise(data, Path.cwd())
     return Recipe(source=src.resolve(), data=data)
 
@@ -388,7 +403,8 @@ def list_recipes(root: str | os.PathLike = RECIPES_DIR) -> list[tuple[Path, str]
 
 def accelerate_config_path(recipe: Recipe) -> Path:
     """``launch.accelerate_config``: a file name in recipes/accelerate/ or a path."""
-    ref = recipe.get("launch.accelerate_config") or DEFAULT_ACCELERATE_CONFIG
+    ref = recipe.get("launch.accelerate_config") or (
+        DEFAULT_ACCELERATE_CONFIG if recipe.gpus > 0 else CPU_RANKS_ACCELERATE_CONFIG)
     path = Path(ref) if os.sep in ref else ACCELERATE_DIR / ref
     if not path.is_file():
         raise RecipeError(f"{recipe.source}: launch.accelerate_config: no such file {path} "

@@ -2,15 +2,24 @@
 
 CPU recipes (``launch.gpus: 0``) run ``python -m tina_core.train RUN_DIR``; GPU recipes run the same
 module under ``accelerate launch`` with DeepSpeed ZeRO-2 (Tina's launcher, §1 of the recipe notes),
-through this module's ``__main__`` so that a stop request reaches the trainer ranks intact:
-torch's elastic agent would answer SIGTERM by killing the ranks 30 s later, mid-step or mid-save.
-The launcher ignores SIGTERM instead, and the ranks (which handle it) save and exit.
+and so do CPU recipes with ``launch.processes: N`` (N gloo ranks, recipes/accelerate/cpu_ranks.yaml):
+the same wrapper, the same torch elastic agent.
+
+The wrapper is this module's ``__main__``, so that a stop request reaches the ranks intact. The
+supervisor signals the launcher only; torch's agent starts each rank in a session of its own, so
+no group signal reaches them either. Left alone, the agent would take SIGTERM itself (torch 2.13
+overwrites ``TORCHELASTIC_SIGNALS_TO_HANDLE`` from its ``--signals_to_handle`` option, whose
+environment form is ``PET_SIGNALS_TO_HANDLE``) and kill the ranks after its shutdown timeout, mid-step
+or mid-save. Instead ``PET_SIGNALS_TO_HANDLE`` leaves SIGTERM out, the wrapper passes it on to each
+rank, the ranks agree on the step, save and exit 75, and the wrapper exits with their common code.
+A rank dies with its launcher (``die_with_parent``), so killing the launcher's group leaves no rank.
 Light: no torch here; NVML is asked only by ``check_hardware``.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 
 from tina_core.recipe.loader import Recipe, RecipeError, accelerate_config_path
@@ -20,16 +29,20 @@ from tina_core.rundir import RunDir, TinaError
 DEFAULT_PORT = 29500
 
 
+# The elastic agent handles these itself (its default also has SIGTERM, which is the ranks' here).
+AGENT_SIGNALS = "SIGINT,SIGHUP,SIGQUIT"
+
+
 def launch_command(run_dir: RunDir, recipe: Recipe) -> list[str]:
     entry = ["-m", "tina_core.train", str(run_dir.path)]
-    if recipe.gpus == 0:
+    if not recipe.distributed:
         return [sys.executable, *entry]
     machines = int(recipe.get("launch.num_machines") or 1)
     cmd = [sys.executable, "-m", "tina_core.train.launcher", "accelerate", "launch",
            "--config_file", str(accelerate_config_path(recipe)),
-           # accelerate counts processes over all machines; launch.gpus is per machine
-           "--num_processes", str(recipe.gpus * machines),
-           "--main_process_port", str(recipe.get("launch.main_process_port") or DEFAULT_PORT)]
+           # accelerate counts processes over all machines; launch.gpus (or .processes) is per machine
+           "--num_processes", str(recipe.processes * machines),
+           "--main_process_port", str(_port(recipe, machines))]
     if machines > 1:
         cmd += ["--num_machines", str(machines)]
         # Per-node values: from the recipe (--set launch.machine_rank=1) or this node's environment.
@@ -41,6 +54,13 @@ def launch_command(run_dir: RunDir, recipe: Recipe) -> list[str]:
                               "or env TINA_MACHINE_RANK / TINA_MAIN_PROCESS_IP)")
         cmd += ["--machine_rank", str(rank), "--main_process_ip", str(ip)]
     return cmd + entry
+
+
+def _port(recipe: Recipe, machines: int) -> int:
+    """launch.main_process_port; unset, one machine picks a free one (0: accelerate's choice, so
+    runs side by side never collide), several share 29500."""
+    port = recipe.get("launch.main_process_port")
+    return int(port) if port is not None else (DEFAULT_PORT if machines > 1 else 0)
 
 
 def launch_env(recipe: Recipe, base: dict[str, str] | None = None) -> dict[str, str]:
@@ -55,8 +75,10 @@ def launch_env(recipe: Recipe, base: dict[str, str] | None = None) -> dict[str, 
         env["CUDA_VISIBLE_DEVICES"] = ",".join(str(i) for i in range(recipe.gpus))
     env["PYTHONUNBUFFERED"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
-    if recipe.gpus > 0:
-        env["TORCHELASTIC_SIGNALS_TO_HANDLE"] = "SIGINT,SIGHUP,SIGQUIT"  # SIGTERM is the ranks' (see top)
+    if recipe.distributed:
+        env["PET_SIGNALS_TO_HANDLE"] = AGENT_SIGNALS  # SIGTERM is the ranks' (see top)
+    if recipe.distributed and recipe.gpus == 0:
+        env["ACCELERATE_USE_CPU"] = "true"  # the ranks' accelerate state: CPU, gloo
     return env
 
 
@@ -122,14 +144,40 @@ def check_memory(recipe: Recipe, *, force: bool = False) -> None:
     print(f"tina: warning: {message.splitlines()[0]} (--force: launching anyway)", file=sys.stderr)
 
 
-def _accelerate_launch(argv: list[str]) -> None:
-    """``python -m tina_core.train.launcher accelerate launch ARGS``: accelerate's launcher, deaf to SIGTERM.
-    The ranks inherit the ignored disposition until the trainer installs its own handler."""
-    import signal
+def _pass_sigterm_to_ranks(signum=None, frame=None) -> None:
+    """SIGTERM for the launcher is for the ranks, its children (each in a session of its own)."""
+    import psutil
 
+    for child in psutil.Process().children():
+        try:
+            os.kill(child.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+
+
+def die_with_parent() -> None:
+    """Under the launcher, ask the kernel to SIGKILL this rank when the launcher dies (a killed
+    launcher would otherwise leave ranks training on, in their own sessions, out of reach of the
+    supervisor's group kill). Linux only; a no-op elsewhere or outside the launcher."""
+    if not os.environ.get("TORCHELASTIC_RUN_ID") or not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the launcher went before the request took hold
+        os._exit(128 + signal.SIGKILL)
+
+
+def _accelerate_launch(argv: list[str]) -> None:
+    """``python -m tina_core.train.launcher accelerate launch ARGS``: accelerate's launcher, with
+    SIGTERM passed on to the ranks (see the module's docstring)."""
     if argv[:2] != ["accelerate", "launch"]:
         raise SystemExit("usage: python -m tina_core.train.launcher accelerate launch [accelerate launch arguments]")
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _pass_sigterm_to_ranks)
     import subprocess
 
     from accelerate.commands.launch import main

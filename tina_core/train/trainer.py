@@ -314,6 +314,9 @@ class _OutputThatMayVanish:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from tina_core.train.launcher import die_with_parent
+
+    die_with_parent()  # a rank under the launcher goes when it goes
     # Before transformers and tqdm are imported: they keep a reference to the streams they find.
     sys.stdout, sys.stderr = _OutputThatMayVanish(sys.stdout), _OutputThatMayVanish(sys.stderr)
     argv = sys.argv[1:] if argv is None else argv
@@ -322,7 +325,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     run_dir = RunDir(Path(argv[0]).resolve())
     try:
-        return train(run_dir)
+        code = train(run_dir)
+        # Done (finished or stopped). Under the launcher, the elastic agent ends the other ranks with
+        # SIGTERM as soon as one exits, and Python's exit restores the default action (death) for a
+        # handled signal: ignored from here, a late SIGTERM cannot turn this exit code into a kill.
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        return code
     except TinaError as e:
         print(f"tina train: error: {e}", file=sys.stderr)
         return EXIT_ERROR
