@@ -84,6 +84,59 @@ def test_ls_on_an_empty_workspace(tmp_path):
     assert "no runs" in tina(tmp_path, "ls").stdout
 
 
+@pytest.fixture
+def imported(tmp_path) -> tuple[Path, RunDir]:
+    """A workspace holding one imported run whose loss went NaN at its last step."""
+    from tina_core.importer.readers import import_run
+
+    src = tmp_path / "metrics.jsonl"
+    src.write_text("".join(json.dumps({"step": s, "loss": float("nan") if s == 5 else 0.5,
+                                       "rewards/format_reward/mean": s / 10}) + "\n" for s in range(1, 6)))
+    home = tmp_path / "home"
+    rd = import_run(home, src, name="nan-loss")
+    rd.train_log.write_text("".join(f"line {i}\n" for i in range(1, 11)))
+    return home, rd
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise AssertionError(f"not JSON: {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_json_output_is_always_json(imported):
+    """Attack 7: NaN or Infinity in `--json` output is not JSON; such numbers are null."""
+    home, rd = imported
+    from tina_core.rundir import write_json_atomic
+
+    # a price from before prices were checked
+    write_json_atomic(rd.run_json, {**rd.info(), "gpu_hour_usd": float("inf"), "cpu_hour_usd": float("inf")})
+    [run] = _strict_json(tina(home, "ls", "--json").stdout)
+    assert run["step"] == 5 and run["gpu_hour_usd"] is None
+    assert _strict_json(tina(home, "status", rd.run_id, "--json").stdout)["run_id"] == rd.run_id
+    _strict_json(tina(home, "report", "--json").stdout)
+
+
+def test_small_attacks_get_clear_errors_and_change_nothing(imported, tmp_path):
+    """Attack 7: `tina logs -n -5` and `-n 0`, `--tasks ,,`, `tina report --plots` on a bad folder."""
+    home, rd = imported
+    out = tina(home, "logs", rd.run_id, "-n", "-5")
+    assert out.returncode == 2 and "Invalid value for '--lines'" in out.stderr and out.stdout == ""
+    out = tina(home, "logs", rd.run_id, "-n", "0")
+    assert (out.returncode, out.stdout) == (0, "")
+    assert tina(home, "logs", rd.run_id, "-n", "2").stdout.splitlines() == ["line 9", "line 10"]
+    before = rd.events.read_bytes()
+    out = tina(home, "eval", rd.run_id, "--checkpoint", "base", "--tasks", ",,")
+    assert out.returncode == 2 and "--tasks ',,': names no task" in out.stderr
+    assert rd.events.read_bytes() == before  # nothing queued
+    afile = tmp_path / "afile"
+    afile.write_text("")
+    for bad in (afile, afile / "plots"):
+        out = tina(home, "report", "--plots", str(bad))
+        assert out.returncode == 2 and f"--plots {bad}: cannot use it as a folder" in out.stderr, out.stderr
+        assert "Traceback" not in out.stderr and out.stdout == ""
+
+
 # --- the real tiny trainer ------------------------------------------------------------------------
 def _tiny_args(steps: int, save: int) -> list[str]:
     return [str(TINY), "--set", f"stop_at_step={steps}", "--set", f"grpo.max_steps={steps}",
@@ -119,6 +172,22 @@ def test_dry_run_prints_recipe_and_command_and_creates_nothing(tiny_home, capsys
     assert "stop_at_step: 4" in out
     assert out.splitlines()[-1].endswith("-m tina_core.train " + shlex.quote(str(tiny_home / "runs" / "<run_id>")))
     assert _runs(tiny_home) == []
+
+
+@pytest.mark.extended
+def test_data_that_gives_no_batch_after_the_prompt_filter_fails_the_run(tiny_home, tmp_path):
+    """The trainer's side of attack 7's one-row dataset: rows the check before launch counts but
+    the prompt-length filter drops leave too few for a step; the run fails saying so, never a
+    "finished" at step 0 without a checkpoint."""
+    rows = [{"problem": "What is 1 + 1?", "answer": "2"}] + [{"problem": "What is 1 + 1? " * 40, "answer": "2"}] * 4
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = tina(tiny_home, "run", *_tiny_args(4, 2), "--set", f"dataset.name={data}", timeout=300)
+    assert out.returncode == 1, out.stderr
+    [rd] = [RunDir(p) for p in _runs(tiny_home)]
+    run = _status(tiny_home, rd.run_id)
+    assert run["state"] == "failed" and "1 usable prompt(s) after dataset.max_prompt_tokens" in run["failure"]
+    assert rd.checkpoint_steps() == []
 
 
 @pytest.mark.slow

@@ -291,6 +291,6 @@ def test_every_tina_recipe_dataset_is_known():
 
 
 def test_import_stays_light():
-    code = "import sys, tina_core.data; print(sorted(m for m in ('datasets', 'torch', 'pyarrow') if m in sys.modules))"
+    code = "import sys, tina_core.recipe.datasets; print(sorted(m for m in ('datasets', 'torch', 'pyarrow') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

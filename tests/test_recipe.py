@@ -134,6 +134,40 @@ def test_semantic_errors(tmp_path, sections, message):
         validate_recipe(load_recipe(tiny_variant(tmp_path, **sections)))
 
 
+@pytest.mark.parametrize("override, message", [
+    ("price.cpu_hour_usd=.inf", r"price.cpu_hour_usd: expected dollars >= 0, got inf"),
+    ("price.gpu_hour_usd=-1", r"price.gpu_hour_usd: expected dollars >= 0, got -1"),
+    ("launch.gpus=-1", r"launch.gpus: expected a GPU count >= 0 \(0: CPU\), got -1"),
+    ("rewards.format=.nan", r"rewards.format: expected a number \(the reward's weight\), got nan"),
+    ("launch.stop_timeout_s=-5", r"launch.stop_timeout_s: expected seconds >= 0"),
+    ("launch.main_process_port=70000", r"launch.main_process_port: expected a port 1..65535"),
+    ("stop_at_step=0", r"stop_at_step: expected a step >= 1, got 0"),
+    ("reward_options.cosine_max_value_correct=.nan", r"reward option cosine_max_value_correct must be a number"),
+])
+def test_numbers_out_of_range_are_refused(override, message):
+    """Attack 7: an infinite price made `tina ls --json` print Infinity; a negative price, a
+    negative GPU count or a NaN reward weight were taken."""
+    with pytest.raises(RecipeError, match=message):
+        validate_recipe(load_recipe(RECIPES_DIR / "tiny.yaml", [override]))
+
+
+@pytest.mark.parametrize("content, message", [
+    ('{"problem": "What is 1 + 1?", "answer": "2"}\n',
+     r"dataset.name: 1 usable row\(s\), fewer than the 4 prompts one optimizer step takes"),
+    ("", r"is empty"),
+    ('{"problem": "What is 1 + 1?", "answer": "2"}\n{"problem": oops}\n', r"line 2: invalid JSON"),
+    ('{"question": "What is 1 + 1?"}\n' * 8, r"no gold column"),
+    ('{"problem": "", "answer": "2"}\n' * 8, r"no usable rows"),
+])
+def test_a_dataset_too_small_empty_or_malformed_is_found_before_launch(tmp_path, content, message):
+    """Attack 7: a one-row dataset "finished" at step 0 with exit 0 and no checkpoint; a malformed
+    or empty file was found only after the launch, leaving a failed run. Now the local data is read
+    as the trainer reads it, before anything starts."""
+    data = write(tmp_path / "data.jsonl", content)
+    with pytest.raises(RecipeError, match=message):
+        validate_recipe(load_recipe(tiny_variant(tmp_path, dataset={"name": str(data), "system_prompt": "none"})))
+
+
 @pytest.mark.parametrize("model", [{"dtype": "half"}, {"dtype": "auto", "attn_implementation": "sdpa"},
                                    {"attn_implementation": "flex_attention"}, {"attn_implementation": "paged|eager"},
                                    {"attn_implementation": None}])

@@ -11,6 +11,7 @@ CPU runs hold no GPU: they cost ``cpu_hour_usd`` per hour of process time (``$0`
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -49,11 +50,16 @@ def _model_key(device: str, table: Iterable[str]) -> str | None:
     return None
 
 
+def _is_price(v: Any) -> bool:
+    """Dollars per hour: a finite number >= 0 (an infinite one makes every cost Infinity)."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
 def user_prices(home: Path) -> dict[str, float]:
     """``prices:`` from ``$TINA_HOME/config.yaml`` (``{L40S: 1.0, cpu: 0.1}``)."""
     prices = workspace_config(home).get("prices", {})
-    if not isinstance(prices, dict) or not all(isinstance(v, (int, float)) for v in prices.values()):
-        raise TinaError(f"{home / 'config.yaml'}: 'prices' must map a GPU model (or 'cpu') to $/hour, "
+    if not isinstance(prices, dict) or not all(_is_price(v) for v in prices.values()):
+        raise TinaError(f"{home / 'config.yaml'}: 'prices' must map a GPU model (or 'cpu') to $/hour >= 0, "
                         "e.g. prices: {L40S: 1.0}")
     return {str(k): float(v) for k, v in prices.items()}
 
@@ -62,6 +68,8 @@ def resolve_price(home: Path, device: str, *, cli_gpu_hour_usd: float | None = N
                   recipe_gpu_hour_usd: float | None = None,
                   recipe_cpu_hour_usd: float | None = None) -> Price:
     """The price of this run, first match wins: command line, recipe, config.yaml, built-in table."""
+    if cli_gpu_hour_usd is not None and not _is_price(cli_gpu_hour_usd):
+        raise TinaError(f"--gpu-hour-usd: expected dollars >= 0, got {cli_gpu_hour_usd!r}")
     prices = user_prices(home)
     cpu = recipe_cpu_hour_usd if recipe_cpu_hour_usd is not None else prices.get("cpu", 0.0)
     if device == "cpu":

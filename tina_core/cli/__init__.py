@@ -101,7 +101,7 @@ def resume(
 def logs(
     run_ref: str = typer.Argument(..., metavar="RUN"),
     follow: bool = typer.Option(False, "--follow", "-f"),
-    lines: int = typer.Option(40, "--lines", "-n"),
+    lines: int = typer.Option(40, "--lines", "-n", min=0, help="Last lines to show first (0: none)."),
 ) -> None:
     """The trainer's output (train.log)."""
     from tina_core.cli import runs

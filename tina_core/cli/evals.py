@@ -12,7 +12,7 @@ from tina_core.evaluate.commands import plan_commands
 from tina_core.evaluate.queue import _check_backend, _parse_gpus, _run_gpus, cancel_eval, queue_eval, resolve_checkpoints
 from tina_core.evaluate.tasks import TINA_TASKS, _label, task_name
 from tina_core.evaluate.worker import ensure_worker, revive_worker, worker_running
-from tina_core.rundir import RunDir, find_run, tina_home
+from tina_core.rundir import RunDir, TinaError, find_run, tina_home
 
 
 def _fmt_ckpt(c: Any) -> str:
@@ -45,7 +45,9 @@ def cli_eval(home: Path, run_ref: str, *, checkpoint: str = "recommended", tasks
         done = cancel_eval(h, rd.run_id)
         print("\n".join(f"cancelled {e}" for e in done) if done else f"no queued or running evaluation of {rd.run_id}")
         return 0
-    task_list = [t for t in (tasks or "").split(",") if t.strip()] or None
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
+    if task_list == []:
+        raise TinaError(f"--tasks {tasks!r}: names no task; expected comma-separated task names, e.g. --tasks arith")
     if dry_run:
         explicit = _parse_gpus(gpus)
         use_gpus = explicit if explicit is not None else _run_gpus(rd)

@@ -3,7 +3,6 @@ tina_core.supervise, the run object in tina_core.report.runs)."""
 
 from __future__ import annotations
 
-import json
 import shlex
 import sys
 import time
@@ -12,6 +11,7 @@ from typing import Sequence
 
 from tina_core import runstate
 from tina_core.report.runs import _session, describe, list_runs, open_store
+from tina_core.cli.output import json_text
 from tina_core.credentials import redact_text
 from tina_core.rundir import find_run
 from tina_core.supervise.lifecycle import (check_resumable, create_run, plan_run, spawn_daemon, start_run, stop_run,
@@ -163,7 +163,7 @@ def cli_ls(home: Path, *, as_json: bool = False) -> int:
     runs = list_runs(home)
     _revive_eval_worker(home, runs)
     if as_json:
-        print(json.dumps(runs, indent=2, default=str))
+        print(json_text(runs))
         return 0
     from rich.table import Table
 
@@ -195,7 +195,7 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
         run = describe(home, run_dir, store)
     _revive_eval_worker(home, [run])
     if as_json:
-        print(json.dumps(run, indent=2, default=str))
+        print(json_text(run))
         return 0
     from rich.table import Table
 

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from tina_core.cli.output import json_text
 from tina_core.importer.readers import import_run
 from tina_core.report.table import build_report, render_csv, render_text, write_plots
+from tina_core.rundir import TinaError, write_error_text
 from tina_core.store.index import Store
 
 
@@ -25,16 +26,24 @@ def cli_import(home: Path, path: Path, name: str | None = None) -> int:
 
 
 def cli_report(home: Path, fmt: str = "table", plots: Path | None = None, refs: list[str] = ()) -> int:
+    if plots is not None:  # a folder that cannot be one is said before anything is printed
+        try:
+            Path(plots).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TinaError(f"--plots {plots}: cannot use it as a folder ({e.strerror or e})") from None
     report = build_report(home, refs)
     if fmt == "json":
-        sys.stdout.write(json.dumps(report, indent=2, default=str) + "\n")
+        sys.stdout.write(json_text(report) + "\n")
     elif fmt == "csv":
         sys.stdout.write(render_csv(report))
     else:
         sys.stdout.write(render_text(report, markdown=fmt == "md"))
     if plots is not None:
-        for p in write_plots(report, Store(home), Path(plots)):
-            print(f"wrote {p}", file=sys.stderr)
+        try:
+            for p in write_plots(report, Store(home), Path(plots)):
+                print(f"wrote {p}", file=sys.stderr)
+        except OSError as e:
+            raise TinaError(f"--plots {plots}: {write_error_text(e)}") from None
     return 0
 
 
@@ -43,7 +52,7 @@ def cli_diff(home: Path, refs: list[str], as_json: bool = False) -> int:
 
     sides, diffs = diff.diff_refs(home, refs)
     if as_json:
-        sys.stdout.write(json.dumps(diff.as_json(sides, diffs), indent=2, default=str) + "\n")
+        sys.stdout.write(json_text(diff.as_json(sides, diffs)) + "\n")
     else:
         sys.stdout.write(diff.render_text(sides, diffs))
     return 0

@@ -342,12 +342,18 @@ def validate_recipe(recipe: Recipe) -> None:
         raise RecipeError(f"{where}: dataset.name: missing (a hub id or a local path)")
     if _looks_local(ds) and not Path(ds).exists():
         raise RecipeError(f"{where}: dataset.name: no such local dataset {ds}")
-    from tina_core.recipe.datasets import check_section
+    from tina_core.recipe.datasets import check_local_data
 
     try:
-        check_section(recipe.data["dataset"])  # mapping presets and values, as data.py reads them
+        # mapping presets and values, and local data read as the trainer reads it
+        rows = check_local_data(recipe.data["dataset"])
     except TinaError as e:
         raise RecipeError(f"{where}: {e}") from None
+    need = recipe.prompts_per_step
+    if rows is not None and rows < need:
+        raise RecipeError(f"{where}: dataset.name: {rows} usable row(s), fewer than the {need:g} prompts one optimizer "
+                          "step takes (per_device_train_batch_size x gradient_accumulation_steps x processes / "
+                          "num_generations): not one step could be trained")
 
     from tina_core.recipe.rewards import build_reward_funcs
 

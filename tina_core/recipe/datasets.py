@@ -258,6 +258,36 @@ def _row_mapper(mapping, columns: list[str], name: str):
     raise TinaError(f"dataset {name}: no gold column (expected 'solution' or 'answer'); the columns are {columns}")
 
 
+def _problems_and_golds(s: dict) -> tuple[list[tuple[str, str]], int]:
+    """``([(problem, gold)], rows read)`` of a checked section: rows without a problem or gold
+    are left out; an empty split or a missing column raises TinaError."""
+    name = s["name"]
+    columns, rows = _load(s)
+    if len(rows) == 0:
+        raise TinaError(f"dataset {name} (split {s['split']!r}) is empty")
+    row = _row_mapper(s["mapping"], columns, name)
+    pairs, total = [], 0
+    for r in rows:
+        total += 1
+        problem, gold = row(r)
+        if isinstance(problem, str) and problem.strip() and gold is not None:
+            pairs.append((problem, gold))
+    if not pairs:
+        raise TinaError(f"dataset {name} (split {s['split']!r}): no usable rows ({total} read, none with "
+                        "both a problem and a gold answer)")
+    return pairs, total
+
+
+def check_local_data(section: dict) -> int | None:
+    """Local data read as the trainer will read it, before anything is launched: a malformed or
+    empty file or a missing column is a TinaError now, not a failed run. Returns the usable rows
+    (before the prompt-length filter, which needs the tokenizer); None for hub data."""
+    s = check_section(section)
+    if local_path(s["name"]) is None:
+        return None
+    return len(_problems_and_golds(s)[0])  # `limit` applied as it is read
+
+
 def prepare_dataset(section: dict, tokenizer=None):
     """A ``datasets.Dataset`` with ``prompt`` (system + user chat messages) and ``solution`` (gold).
 
@@ -270,18 +300,10 @@ def prepare_dataset(section: dict, tokenizer=None):
     if s["max_prompt_tokens"] and tokenizer is None:
         raise ValueError("dataset.max_prompt_tokens needs the tokenizer to count prompt tokens")
     name = s["name"]
-    columns, rows = _load(s)
-    if len(rows) == 0:
-        raise TinaError(f"dataset {name} (split {s['split']!r}) is empty")
-    row = _row_mapper(s["mapping"], columns, name)
+    pairs, total = _problems_and_golds(s)
     system = system_prompt_for(name, s["system_prompt"])
     head = [{"role": "system", "content": system}] if system is not None else []
-    records, total = [], 0
-    for r in rows:
-        total += 1
-        problem, gold = row(r)
-        if isinstance(problem, str) and problem.strip() and gold is not None:
-            records.append({"prompt": head + [{"role": "user", "content": problem}], "solution": gold})
+    records = [{"prompt": head + [{"role": "user", "content": p}], "solution": g} for p, g in pairs]
     if len(records) < total:
         log.warning("dataset %s: dropped %d of %d rows without a problem or gold answer", name, total - len(records), total)
     if records and s["max_prompt_tokens"]:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import math
 import os
 import re
 from dataclasses import dataclass
@@ -81,6 +82,19 @@ SCHEMA: dict[str, Any] = {
     "divergences": dict,  # name -> what differs from how Tina ran, and why (documentation, printed by --dry-run)
 }
 TINY_MODEL = "tiny"  # model.name_or_path of the locally built tiny model
+# Where tina's own numbers must lie (inclusive; None: unbounded). Every number of tina's sections
+# must also be finite: an infinite price would make every cost Infinity, which JSON cannot say.
+RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "stop_at_step": (1, None, "a step >= 1"),
+    "launch.gpus": (0, None, "a GPU count >= 0 (0: CPU)"),
+    "launch.num_machines": (1, None, "a machine count >= 1"),
+    "launch.machine_rank": (0, None, "a rank >= 0"),
+    "launch.main_process_port": (1, 65535, "a port 1..65535"),
+    "launch.max_restarts": (0, None, "a count >= 0"),
+    "launch.stop_timeout_s": (0, None, "seconds >= 0"),
+    "price.gpu_hour_usd": (0, None, "dollars >= 0"),
+    "price.cpu_hour_usd": (0, None, "dollars >= 0"),
+}
 
 
 def _type_name(t: Any) -> str:
@@ -122,8 +136,27 @@ def _check_section(data: dict, schema: dict, where: str, prefix: str = "") -> No
                                   f"got {text!r}")
     if prefix == "" and "rewards" in data:
         for k, w in data["rewards"].items():
-            if not _isinstance(w, _NUM):
+            if not _isinstance(w, _NUM) or not math.isfinite(w):
                 raise RecipeError(f"{where}: rewards.{k}: expected a number (the reward's weight), got {w!r}")
+    if prefix == "":
+        _check_ranges(data, where)
+
+
+def _check_ranges(data: dict, where: str) -> None:
+    """tina's own numbers (not grpo's or lora's) finite and within ``RANGES`` (types checked already)."""
+    found = []
+    for key, expected in SCHEMA.items():
+        value = data.get(key)
+        if isinstance(expected, dict) and isinstance(value, dict):
+            found += [(f"{key}.{k}", v) for k, v in value.items() if expected.get(k) is not dict]
+        elif expected is not dict:
+            found.append((key, value))
+    for path, value in found:
+        if not _isinstance(value, _NUM):
+            continue
+        lo, hi, what = RANGES.get(path, (None, None, "a finite number"))
+        if not math.isfinite(value) or (lo is not None and value < lo) or (hi is not None and value > hi):
+            raise RecipeError(f"{where}: {path}: expected {what}, got {value!r}")
 
 
 def shown_value(key: Any, value: Any) -> str:

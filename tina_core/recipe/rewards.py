@@ -349,7 +349,7 @@ def resolve_options(options: dict | None) -> dict[str, Any]:
             continue
         want_int = isinstance(default, int)
         ok = isinstance(value, int) if want_int else isinstance(value, (int, float))
-        if not ok or isinstance(value, bool):
+        if not ok or isinstance(value, bool) or not math.isfinite(value):
             raise ValueError(f"reward option {key} must be {'an integer' if want_int else 'a number'}, got {value!r}")
     for key in ("cosine_max_len", "repetition_n_grams"):
         if out[key] < 1:

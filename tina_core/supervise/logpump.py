@@ -103,6 +103,9 @@ def output_to_log(path: Path, close: Sequence[int | None] = ()) -> None:
 
 
 def tail_text(path: Path, lines: int) -> str:
+    """The last ``lines`` lines of a log (none for 0), credential values masked."""
+    if lines <= 0:
+        return ""
     try:
         with open(path, "rb") as f:
             f.seek(0, os.SEEK_END)

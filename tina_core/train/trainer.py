@@ -206,6 +206,9 @@ def build_trainer(run_dir: RunDir, recipe: Recipe, callbacks: list = ()):
                                         num_generations=config.num_generations)
     config.reward_weights = weights
     dataset = prepare_dataset(recipe.data["dataset"], tokenizer)
+    if len(dataset) < recipe.prompts_per_step:  # what the prompt-length filter left
+        raise TinaError(f"dataset {recipe.get('dataset.name')}: {len(dataset)} usable prompt(s) after "
+                        f"dataset.max_prompt_tokens, fewer than the {recipe.prompts_per_step:g} one optimizer step takes")
     return GRPOTrainer(model=model, reward_funcs=funcs, args=config, train_dataset=dataset,
                        processing_class=tokenizer, peft_config=build_lora_config(recipe), callbacks=list(callbacks))
 
@@ -240,6 +243,9 @@ def train(run_dir: RunDir) -> int:
     if callback.stopped_by_signal:
         print(f"stopped on request at step {trainer.state.global_step}", flush=True)
         return EXIT_STOPPED
+    if trainer.state.global_step < recipe.stop_at_step:  # the data gave out: not a finish
+        raise TinaError(f"training ended at step {trainer.state.global_step}, before stop_at_step "
+                        f"{recipe.stop_at_step}: the data gave no (more) batches")
     return EXIT_FINISHED
 
 
