@@ -13,7 +13,7 @@ import pytest
 from tina_core.report import paper
 from tina_core.recipe.loader import load_recipe
 from tina_core.cli.workspace import cli_report
-from tina_core.report.table import build_report
+from tina_core.report.table import build_report, render_text
 from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, append_jsonl, write_json_atomic
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -154,3 +154,16 @@ def test_ablation_table_of_runs_that_share_their_recipe(tmp_path):
     make_tina_like_run(tmp_path, "rs2-again", "rs2-again", turn=300)
     abl = build_report(tmp_path)["ablation"]
     assert abl["axis"] == [] and [r["settings"] for r in abl["rows"]] == [{}, {}]
+
+
+def test_a_gpu_run_s_dollars_both_ways_beside_the_paper_s(tmp_path):
+    """recipes/base/tina.yaml counts GPU-seconds x $/GPU-hour; Tina's "14 h / $14" reads like $1 per
+    hour of the 2-GPU machine. The report shows a run's training dollars both ways."""
+    make_tina_like_run(tmp_path)
+    report = build_report(tmp_path)
+    [r] = report["runs"]
+    assert r["cost_usd"]["train"] == pytest.approx(20.0)  # 10 h on 2 GPUs at $1/GPU-hour
+    assert r["cost_usd_machine_hour"]["train"] == pytest.approx(10.0)  # 10 machine-hours at $1
+    text = render_text(report, markdown=False)
+    assert "train $ (machine-h)" in text and "10.00" in text.split("Our runs")[1].split("\n\n")[0]
+    assert 'as the paper\'s "14 h / $14" on 2 GPUs reads' in text
