@@ -251,6 +251,57 @@ class RunDir:
         return self.evals / f"{eval_id}.log"
 
 
+@dataclass(frozen=True)
+class FileStamp:
+    """A file's size and modification time: it changes whenever the file is written."""
+
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: Path) -> "FileStamp | None":
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return cls(st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class CheckpointsStamp:
+    """The checkpoints folder: its own stamp changes when a checkpoint is added, removed or renamed;
+    the newest one's completion marker is the one change inside a checkpoint that matters."""
+
+    folder: FileStamp | None
+    newest: str | None
+    newest_complete: bool
+
+
+@dataclass(frozen=True)
+class RunFiles:
+    """What a run directory's files look like now, one part per source the index reads: "have this
+    run's files changed?" is ``RunFiles.of(rd) != before``, and which part moved says what to read
+    again. A few stat calls: the cockpit takes one of every run every second."""
+
+    run_json: FileStamp | None
+    events: FileStamp | None
+    metrics: FileStamp | None
+    system: FileStamp | None
+    checkpoints: CheckpointsStamp
+
+    @classmethod
+    def of(cls, rd: "RunDir") -> "RunFiles":
+        try:
+            names = [n for n in os.listdir(rd.checkpoints) if CHECKPOINT_RE.match(n)]
+        except (FileNotFoundError, NotADirectoryError):
+            names = []
+        newest = max(names, key=lambda n: int(n.rpartition("-")[2]), default=None)
+        return cls(FileStamp.of(rd.run_json), FileStamp.of(rd.events), FileStamp.of(rd.metrics),
+                   FileStamp.of(rd.system),
+                   CheckpointsStamp(FileStamp.of(rd.checkpoints), newest,
+                                    newest is not None and (rd.checkpoints / newest / CHECKPOINT_COMPLETE).exists()))
+
+
 def runs_root(home: Path) -> Path:
     return home / "runs"
 

@@ -8,17 +8,18 @@ store), so opening the cockpit after hours away shows all that happened meanwhil
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from tina_core import runstate
 from tina_core.alerts import ALERT_EVENTS, event_text
-from tina_core.rundir import RunDir, TinaError, list_run_dirs
+from tina_core.caches import Cache
+from tina_core.rundir import FileStamp, RunDir, RunFiles, TinaError, list_run_dirs
+from tina_core.store.guard import Guarded
 
 FORMAT = "rewards/format_reward/mean"
 LENGTH = "completions/mean_length"
@@ -60,6 +61,8 @@ class RunView:
     log_reset: bool            # True: replace the log widget's content, else append
     # Every logged step of the metric the detail view shows (the charts get a summary).
     detail: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
+    # Changes whenever what the index said about the run changed: widgets redraw on a new version.
+    version: int = 0
 
     @property
     def run_id(self) -> str:
@@ -212,35 +215,22 @@ def checkpoint_rows(run: dict[str, Any], store_ckpts: list[dict[str, Any]],
     return rows
 
 
-LIVE = ("running", "stopping")
+@dataclass(frozen=True)
+class _Queried:
+    """What the index says about the run in view (kept while its files stay as ingested)."""
 
-
-def _file_sig(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-        return st.st_size, st.st_mtime_ns
-    except FileNotFoundError:
-        return None
-
-
-def run_signature(rd: RunDir, *, with_heartbeat: bool) -> tuple:
-    """Changes whenever anything the cockpit shows about a run could have changed."""
-    names = ("run.json", "events.jsonl", "metrics.jsonl", "system.jsonl") + (
-        ("supervisor.json",) if with_heartbeat else ())
-    sig: list[Any] = [_file_sig(rd.path / name) for name in names]
-    # A new checkpoint directory changes checkpoints/; its completion marker changes the newest one.
-    try:
-        names = os.listdir(rd.checkpoints)
-        newest = max(names, key=lambda n: int(n.rpartition("-")[2]) if n.rpartition("-")[2].isdigit() else -1,
-                     default=None)
-        sig.append((len(names), newest, newest and os.stat(rd.checkpoints / newest).st_mtime_ns))
-    except (FileNotFoundError, ValueError):
-        sig.append(None)
-    return tuple(sig)
+    series: dict[str, list[tuple[float, float]]]
+    epoch: list[tuple[float, float]]
+    phase: dict[str, Any] | None
+    recommendation: dict[str, Any] | None
+    checkpoints: list[dict[str, Any]]
+    system: list[dict[str, Any]]
+    detail: dict[str, list[tuple[float, float]]]
 
 
 class Collector:
-    """Gathers snapshots. Holds the tails' offsets between refreshes; one collect at a time."""
+    """Gathers snapshots. Holds the tails' offsets and the caches between refreshes; one collect
+    at a time."""
 
     def __init__(self, home: Path, *, clock: Callable[[], float] = time.time) -> None:
         self.home = home
@@ -248,12 +238,13 @@ class Collector:
         self._lock = threading.Lock()
         self._store = None
         self._store_error: str | None = None
-        self._cycle_store = None
-        self._session: contextlib.ExitStack | None = None
-        self._in_session = False
-        self._described: dict[str, tuple[tuple, dict[str, Any]]] = {}
-        self._view_cache: tuple[tuple, tuple] | None = None
-        self._ingested: dict[str, tuple] = {}
+        # Run objects by run: a run that is not live is described again only when its files, its
+        # heartbeat or the index's hold of them changed (the clock moves a live run's figures).
+        self._runs: Cache[str, dict[str, Any]] = Cache("collector.runs", None)
+        # The run in view as the index answered it, while its files stay as they were: a live run
+        # between its steps (Tina logs one a minute) asks nothing again.
+        self._views: Cache[str, tuple[int, _Queried]] = Cache("collector.view", 1)
+        self._view_version = 0
         self.pending = False
         self._log: FileTail | None = None
         self._events: dict[str, EventTail] = {}
@@ -272,86 +263,69 @@ class Collector:
                 return None
         return self._store
 
-    def _store_in_session(self):
-        """The store with this refresh's connection open. One connection for the rest of the
-        refresh, opened only once something needs it: a refresh with nothing new never touches
-        the database."""
-        store = self._cycle_store
-        if store is not None and self._session is not None and not self._in_session:
-            self._session.enter_context(store.session())
-            self._in_session = True
-        return store
-
-    def _ask(self, method: str, *args: Any, default: Any = None, **kw: Any) -> Any:
-        store = self._store_in_session()
-        if store is None:
-            return default
-        try:
-            return getattr(store, method)(*args, **kw)
-        except Exception as e:  # a locked or damaged index must not blank the cockpit
-            self._store_error = f"index: {method}: {e}"
-            return default
-
     def collect(self, selected: str | None, detail_key: str | None = None) -> Snapshot:
         """One snapshot of the workspace; ``detail_key``: a metric wanted at full resolution."""
         with self._lock:  # the tails' offsets and caches are shared state
             t0 = time.perf_counter()
             self._store_error = None
-            self._cycle_store = store = self._open_store()
+            index = Guarded(self._open_store())
             dirs = list_run_dirs(self.home)
-            sigs = {rd.run_id: run_signature(rd, with_heartbeat=False) for rd in dirs}
-            changed = [rid for rid, sig in sigs.items() if self._ingested.get(rid) != sig]
-            if selected not in sigs:  # none yet, or it has gone: the newest run
+            files = {rd.run_id: RunFiles.of(rd) for rd in dirs}
+            if selected not in files:  # none yet, or it has gone: the newest run
                 selected = dirs[-1].run_id if dirs else None
-            deferred: set[str] = set()
-            try:
-                with contextlib.ExitStack() as self._session:
-                    self._in_session = False
-                    if store is not None and changed:
-                        # Only the runs whose files moved, in this refresh's one connection: the
-                        # run in view first, then the others while the budget lasts. A first
-                        # index build of a big workspace shows the run in view at once; the rest
-                        # fills in over the next refreshes.
-                        for rid in sorted(changed, key=lambda r: r != selected):
-                            if rid != selected and time.perf_counter() - t0 > REFRESH_BUDGET_S:
-                                deferred.add(rid)
-                                continue
-                            self._ask("ingest", [rid])
-                            self._ingested[rid] = sigs[rid]
-                    snap = self._collect(selected, dirs, sigs, detail_key, deferred, t0)
-            except TinaError as e:  # the database is busy: show the run directories alone
-                self._store_error = str(e)
-                self._cycle_store = None
-                snap = self._collect(selected, dirs, sigs, detail_key, started=t0)
-            finally:
-                self._session = None
-            snap.error = snap.error or self._store_error
+            # One connection for the refresh, opened only once something needs it: a refresh with
+            # nothing new never touches the database.
+            with index.batch():
+                deferred = self._ingest(index, files, selected, t0)
+                snap = self._collect(index, selected, dirs, files, detail_key, deferred, t0)
+            # the index file was found deleted or replaced: its runs go in again over the next refreshes
+            self.pending = self.pending or index.replaced
+            snap.error = snap.error or index.error or self._store_error
             snap.took_s = time.perf_counter() - t0
             return snap
 
-    def _describe(self, rd: RunDir, now: float, files_sig: tuple, *, cached_only: bool = False) -> dict[str, Any]:
-        """The run object, reused while the run is not live and its files have not changed (the
-        clock only moves the figures of a live run)."""
+    def _ingest(self, index: Guarded, files: dict[str, RunFiles], selected: str | None, t0: float) -> set[str]:
+        """Ingest the runs whose files moved since the store last ingested them (a failed ingest
+        is not recorded, so it is tried again): the run in view first, then the others while the
+        budget lasts. A first index build of a big workspace shows the run in view at once; the
+        rest fills in over the next refreshes. Returns the runs left for later."""
+        from tina_core.store.index import Store
+
+        deferred: set[str] = set()
+        changed = [rid for rid, f in files.items() if index.available and not index.is_current(rid, f)]
+        for rid in sorted(changed, key=lambda r: r != selected):
+            if rid != selected and time.perf_counter() - t0 > REFRESH_BUDGET_S:
+                deferred.add(rid)
+                continue
+            index.ask(Store.ingest, [rid])
+        return deferred
+
+    def _describe(self, index: Guarded, rd: RunDir, now: float, files: RunFiles, *,
+                  cached_only: bool = False) -> dict[str, Any]:
+        """The run object, reused while the run is not live and what it was made from is the same."""
         from tina_core.report import runs as runs_mod
 
-        sig = (files_sig, _file_sig(rd.path / "supervisor.json"))  # files_sig: run_signature without it
-        hit = self._described.get(rd.run_id)
-        if hit is not None and hit[0] == sig and hit[1].get("state") not in LIVE:
-            return hit[1]
+        rid = rd.run_id
+        made_from = (files, FileStamp.of(rd.supervisor), index.is_current(rid, files))
+        hit = self._runs.get(rid)
+        if hit is not None and hit.version == made_from and not runstate.is_live(hit.value.get("state")):
+            return hit.value
         if cached_only:  # over this refresh's budget: the last known row, or the name for now
-            return hit[1] if hit else {"run_id": rd.run_id, "name": rd.info().get("name") or rd.run_id,
-                                       "state": "...", "pending": True}
+            return hit.value if hit else {"run_id": rid, "name": rd.info().get("name") or rid,
+                                          "state": "...", "pending": True}
+        failures = index.failures
         try:
-            run = runs_mod.describe(self.home, rd, store=self._store_in_session(), now=now)
+            run = runs_mod.describe(self.home, rd, index, now=now)
         except Exception as e:  # one unreadable run must not hide the others
-            run = {"run_id": rd.run_id, "name": rd.info().get("name") or rd.run_id, "state": "unreadable",
+            run = {"run_id": rid, "name": rd.info().get("name") or rid, "state": "unreadable",
                    "error": f"{type(e).__name__}: {e}"}
-        self._described[rd.run_id] = (sig, run)
+        if index.failures != failures:  # partly from the run directory alone: not as the index would say
+            made_from = (files, made_from[1], False)
+        self._runs.put(rid, made_from, run)
         return run
 
-    def _collect(self, selected: str | None, dirs: list[RunDir], sigs: dict[str, tuple],
-                 detail_key: str | None = None, deferred: set[str] = frozenset(),
-                 started: float | None = None) -> Snapshot:
+    def _collect(self, index: Guarded, selected: str | None, dirs: list[RunDir], files: dict[str, RunFiles],
+                 detail_key: str | None, deferred: set[str], start: float) -> Snapshot:
         notices: list[Notice] = []
         error = None
         now = self.clock()
@@ -359,64 +333,74 @@ class Collector:
         # The selected run first, then the others while the refresh's budget lasts (ingesting
         # counts against it too); rows not described yet are filled in by the refreshes that
         # follow (a big workspace's first frame shows at once instead of after every run is read).
-        start = time.perf_counter() if started is None else started
         order = sorted(range(len(dirs)), key=lambda i: dirs[i].run_id != selected)
         rows: dict[int, dict[str, Any]] = {}
         for i in order:
             rid = dirs[i].run_id
             over = (time.perf_counter() - start > REFRESH_BUDGET_S and rid != selected) or rid in deferred
-            rows[i] = self._describe(dirs[i], now, sigs[rid], cached_only=over)
+            rows[i] = self._describe(index, dirs[i], now, files[rid], cached_only=over)
             notices += self._new_events(dirs[i]) + self._run_notices(rows[i])
         run_list = [rows[i] for i in range(len(dirs))]
         self.pending = bool(deferred) or any(r.get("pending") for r in run_list)
-        self._described = {k: v for k, v in self._described.items() if k in sigs}
+        self._runs.clear(lambda rid: rid not in files)
         view = None
         if selected is not None:
             run = run_list[ids.index(selected)]
             try:
-                view = self._view(run, sigs[selected], detail_key)
+                view = self._view(index, run, files[selected], detail_key)
             except (TinaError, OSError, ValueError) as e:
                 error = f"{selected}: {e}"
         return Snapshot(runs=run_list, view=view, notices=notices, error=error)
 
-    def _series(self, rid: str, keys: list[str]) -> dict[str, list[tuple[float, float]]]:
-        many = self._ask("metric_series_many", rid, keys, max_points=SERIES_POINTS, default=None) or {}
-        return {k: [(float(s), float(v)) for s, v in many.get(k) or [] if v is not None] for k in keys}
+    def _query(self, index: Guarded, run: dict[str, Any], detail_key: str | None) -> _Queried:
+        from tina_core.report.runs import LIVE_PHASE_MAX_AGE_S
+        from tina_core.store.index import Store
 
-    def _view(self, run: dict[str, Any], files_sig: tuple, detail_key: str | None = None) -> RunView:
+        rid = run["run_id"]
+
+        def points(pts: list | None) -> list[tuple[float, float]]:
+            return [(float(s), float(v)) for s, v in pts or [] if v is not None]
+
+        keys = [k for k, _ in CHARTS] + ["epoch"]
+        many = index.ask(Store.metric_series_many, rid, keys, max_points=SERIES_POINTS) or {}
+        series = {k: points(many.get(k)) for k in keys}
+        epoch = series.pop("epoch")
+        age = LIVE_PHASE_MAX_AGE_S if runstate.is_live(run.get("state")) else 0.0
+        phase = index.ask(Store.phase, rid, max_age_s=age) if index.available else run.get("phase_transition")
+        detail = {}
+        if detail_key:
+            detail[detail_key] = points(index.ask(Store.metric_series, rid, detail_key, max_points=None))
+        # no system.jsonl (a CPU run): nothing to ask for
+        system = (index.ask(Store.system_latest, rid) or []) if (self.home / "runs" / rid / "system.jsonl").exists() else []
+        return _Queried(series=series, epoch=epoch, phase=phase,
+                        recommendation=index.ask(Store.recommendation, rid, max_age_s=age),
+                        checkpoints=index.ask(Store.checkpoints, rid) or [], system=system, detail=detail)
+
+    def _view(self, index: Guarded, run: dict[str, Any], files: RunFiles, detail_key: str | None = None) -> RunView:
         rid = run["run_id"]
         rd = RunDir(self.home / "runs" / rid)
-        key = (rid, files_sig, self._cycle_store is not None, detail_key)
-        if self._view_cache is None or self._view_cache[0] != key:
-            from tina_core.report.runs import LIVE_PHASE_MAX_AGE_S
-
-            series = self._series(rid, [k for k, _ in CHARTS] + ["epoch"])
-            epoch = series.pop("epoch")
-            age = LIVE_PHASE_MAX_AGE_S if run.get("state") in LIVE else 0.0
-            phase = self._ask("phase", rid, max_age_s=age, default=run.get("phase_transition"))
-            rec = self._ask("recommendation", rid, max_age_s=age)
-            detail = {}
-            if detail_key:
-                full = self._ask("metric_series", rid, detail_key, max_points=None, default=None) or []
-                detail[detail_key] = [(float(s), float(v)) for s, v in full if v is not None]
-            queried = (series, epoch, phase, rec,
-                       self._ask("checkpoints", rid, default=[]) or [],
-                       # no system.jsonl (a CPU run), nothing to ask for
-                       (self._ask("system_latest", rid, default=[]) or []) if rd.system.exists() else [],
-                       detail)
-            if not self._store_error:  # never cache a failed query
-                self._view_cache = (key, queried)
+        made_from = (files, detail_key, index.is_current(rid, files))
+        hit = self._views.get(rid, made_from)
+        if hit is None:
+            failures = index.failures
+            queried = self._query(index, run, detail_key)
+            if index.failures != failures:  # asked again next time
+                made_from = (files, detail_key, False)
+            self._view_version += 1
+            version = self._view_version
+            self._views.put(rid, made_from, (version, queried))
         else:
-            queried = self._view_cache[1]
-        series, epoch, phase, rec, store_ckpts, system, detail = queried
-        recommended = (rec or {}).get("recommended", run.get("recommended_checkpoint"))
-        ckpts = checkpoint_rows(run, store_ckpts, series, epoch, phase, recommended,
-                                (rec or {}).get("best_evaluated", run.get("best_evaluated_checkpoint")))
+            version, queried = hit.value
+        recommended = (queried.recommendation or {}).get("recommended", run.get("recommended_checkpoint"))
+        ckpts = checkpoint_rows(run, queried.checkpoints, queried.series, queried.epoch, queried.phase, recommended,
+                                (queried.recommendation or {}).get("best_evaluated",
+                                                                   run.get("best_evaluated_checkpoint")))
         if self._log is None or self._log.path != rd.train_log:
             self._log = FileTail(rd.train_log)
         lines, reset = self._log.read()
-        return RunView(run=run, series=series, phase=phase, recommendation=rec, checkpoints=ckpts,
-                       system=system, log_lines=lines, log_reset=reset, detail=detail)
+        return RunView(run=run, series=queried.series, phase=queried.phase, recommendation=queried.recommendation,
+                       checkpoints=ckpts, system=queried.system, log_lines=lines, log_reset=reset,
+                       detail=queried.detail, version=version)
 
     def _new_events(self, rd: RunDir) -> list[Notice]:
         tail = self._events.get(rd.run_id)
@@ -439,10 +423,10 @@ class Collector:
         rid, name, out = run["run_id"], run.get("name", run["run_id"]), []
         state = (run.get("state"), bool(run.get("orphan_trainer_pid")))
         was, self._states[rid] = self._states.get(rid), state
-        if was is not None and was[0] in LIVE and not was[1] and state[1]:
+        if was is not None and runstate.is_live(was[0]) and not was[1] and state[1]:
             out.append(Notice("error", f"{name}: its supervisor is gone; the trainer trains on unsupervised, its time "
                                        "counted: r takes it over, s stops it at a checkpoint"))
-        elif was is not None and was[0] in LIVE and state[0] == "crashed":
+        elif was is not None and runstate.is_live(was[0]) and state[0] == "crashed":
             out.append(Notice("error", f"{name}: its supervisor is gone (crashed at step {run.get('step')}); "
                                        "r resumes from the latest checkpoint", bell=True))
         p = run.get("phase_transition") or {}

@@ -30,6 +30,8 @@ from typing import Iterable, Iterator, Sequence
 import yaml
 
 from tina_core.analysis.metric_keys import COMPLETION_LENGTH
+from tina_core.caches import Cache
+from tina_core.rundir import FileStamp
 from tina_core.recipe.rewards import FORMAT_REWARD_KEYS, FORMAT_REWARD_METRICS
 
 
@@ -59,7 +61,9 @@ class PhaseParams:
 
 
 DEFAULT = PhaseParams()
-_RUN_PARAMS: dict[Path, tuple[tuple, PhaseParams]] = {}
+# The parameters for a run's recipe snapshot, while the file stays the same (parsing it costs about
+# a millisecond, and the cockpit asks for a live run every second).
+_RUN_PARAMS: Cache[tuple[Path, PhaseParams], PhaseParams] = Cache("phase.params_for_run", 256)
 
 
 def params_for_run(run_path: str | os.PathLike, base: PhaseParams = DEFAULT) -> PhaseParams:
@@ -69,21 +73,18 @@ def params_for_run(run_path: str | os.PathLike, base: PhaseParams = DEFAULT) -> 
     from tina_core.recipe.loader import Recipe, parse_yaml
 
     path = Path(run_path) / "recipe.yaml"
-    try:
-        st = path.stat()
-    except OSError:
+    stamp = FileStamp.of(path)
+    if stamp is None:
         return base
-    sig = (st.st_mtime_ns, st.st_size, base)
-    hit = _RUN_PARAMS.get(path)
-    if hit is None or hit[0] != sig:
+
+    def read() -> PhaseParams:
         try:
             data = parse_yaml(path.read_text())
             keys = Recipe(source=path, data=data).format_reward_keys if isinstance(data, dict) else None
         except (OSError, ValueError, TypeError, AttributeError, yaml.YAMLError):  # a damaged snapshot
             keys = None
-        params = base if keys is None else dataclasses.replace(base, signals=watched_signals(keys))
-        _RUN_PARAMS[path] = hit = (sig, params)
-    return hit[1]
+        return base if keys is None else dataclasses.replace(base, signals=watched_signals(keys))
+    return _RUN_PARAMS.fetch((path, base), stamp, read)
 
 
 @dataclass(frozen=True)

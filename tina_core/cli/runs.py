@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tina_core import runstate
-from tina_core.report.runs import _session, describe, list_runs, open_store
+from tina_core.report.runs import describe, list_runs, open_store
 from tina_core.cli.output import json_text
 from tina_core.credentials import redact_text
 from tina_core.rundir import find_run
@@ -198,9 +198,7 @@ def cli_ls(home: Path, *, as_json: bool = False) -> int:
 
 def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
     run_dir = find_run(home, run_ref)
-    store = open_store(home)
-    with _session(store):
-        run = describe(home, run_dir, store)
+    run = describe(home, run_dir, open_store(home))
     _revive_eval_worker(home, [run])
     if as_json:
         print(json_text(run))

@@ -6,15 +6,18 @@ phase transition, the recommendation and evaluation scores. Light: no heavy impo
 
 from __future__ import annotations
 
-import contextlib
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tina_core import runstate
 from tina_core.analysis import cost
 from tina_core.rundir import RunDir, iter_jsonl, list_run_dirs
+from tina_core.store.guard import Guarded
+
+if TYPE_CHECKING:
+    from tina_core.store.index import Store
 
 LIVE_PHASE_MAX_AGE_S = 5.0  # a live run gains a step a second; detection reads all of them
 _SUMMARY_KEYS = ("train_runtime", "train_loss")  # the trainer's final summary log, not a step
@@ -37,28 +40,32 @@ def _scores_by_checkpoint(evals: dict[str, dict[str, Any]]) -> dict[Any, dict[st
     return out
 
 
-def _store_call(store: Any, method: str, run_id: str, **kw: Any) -> Any:
-    if store is None:
-        return None
-    try:
-        return getattr(store, method)(run_id, **kw)
-    except Exception as e:  # the index is an optimisation; the run directory still answers
-        print(f"tina: warning: store.{method}({run_id}): {e}", file=sys.stderr)
-        return None
+def _warn(text: str) -> None:
+    print(f"tina: warning: {text}", file=sys.stderr)
 
 
-def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | None = None) -> dict[str, Any]:
-    """The run object (design.md fields, plus a few more)."""
-    now = time.time() if now is None else now
+def describe(home: Path, run_dir: RunDir, store: "Store | Guarded | None" = None, *,
+             now: float | None = None) -> dict[str, Any]:
+    """The run object (design.md fields, plus a few more); ``store``: the index, whose failed
+    calls are warned about and answered from the run directory."""
+    index = store if isinstance(store, Guarded) else Guarded(store, warn=_warn)
+    with index.batch():  # one connection for the run's questions (opening one costs ~0.2 s)
+        return _describe(home, run_dir, index, time.time() if now is None else now)
+
+
+def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> dict[str, Any]:
+    from tina_core.store.index import Store  # the methods asked through the guard
+
     info = run_dir.info()
     events = run_dir.read_events()
     live = runstate.liveness(run_dir, events, now)
     state = live.state
     is_live = runstate.is_live(state)
     last_ts = max((e.get("ts", 0) for e in events), default=0) or None
+    rid = run_dir.run_id
     # The step clock from the index when there is one: re-reading metrics.jsonl costs seconds.
-    clock = _store_call(store, "step_clock", run_dir.run_id)
-    last_metrics = _store_call(store, "last_metrics", run_dir.run_id)
+    clock = index.ask(Store.step_clock, rid)
+    last_metrics = index.ask(Store.last_metrics, rid)
     records = [] if clock is not None and last_metrics is not None else list(iter_jsonl(run_dir.metrics))
     steps = [r for r in records if isinstance(r.get("step"), int)]
     if clock is not None:
@@ -80,19 +87,19 @@ def describe(home: Path, run_dir: RunDir, store: Any = None, *, now: float | Non
         last_metrics = _normalise({k: v for k, v in (per_step[-1] if per_step else {}).items()
                                    if k not in ("time", "ts", "attempt")})
     # A live run's phase may lag its newest steps by a few seconds (see Store.phase).
-    age = {"max_age_s": LIVE_PHASE_MAX_AGE_S} if is_live else {}
-    phase = _store_call(store, "phase", run_dir.run_id, **age)
-    rec = _store_call(store, "recommendation", run_dir.run_id, **age) or {}
+    age = LIVE_PHASE_MAX_AGE_S if is_live else 0.0
+    phase = index.ask(Store.phase, rid, max_age_s=age)
+    rec = index.ask(Store.recommendation, rid, max_age_s=age) or {}
     evals = runstate.evaluations(run_dir, events)
     pending = sum(1 for e in evals.values() if e["state"] in runstate.EVAL_ACTIVE_STATES)
     event_scores = _scores_by_checkpoint(evals)
-    listed = _store_call(store, "checkpoints", run_dir.run_id)
+    listed = index.ask(Store.checkpoints, rid)
     if listed is None:
         listed = [{"step": s, "evals": event_scores.get(s, {})} for s in run_dir.checkpoint_steps()]
     checkpoints = [{"step": c["step"], "cost_usd_at": meter.cost_at_step(c["step"]), "evals": c.get("evals") or {}}
                    for c in listed]
     # The base model is its own entry: Tina reports gains over it.
-    base = _store_call(store, "base_evals", run_dir.run_id)
+    base = index.ask(Store.base_evals, rid)
     base = dict(sorted(((event_scores.get("base") or {}) if base is None else base).items()))
 
     trains = [iv for iv in meter.intervals if iv.kind == "train"]
@@ -164,23 +171,14 @@ def open_store(home: Path) -> Any:
         return None
 
 
-def list_runs(home: Path, store: Any = None) -> list[dict[str, Any]]:
+def list_runs(home: Path, store: "Store | None" = None) -> list[dict[str, Any]]:
     run_dirs = list_run_dirs(home)
     if store is None and run_dirs:
         store = open_store(home)
     now = time.time()
-    with _session(store):
-        return [describe(home, rd, store, now=now) for rd in run_dirs]
-
-
-def _session(store: Any):
-    """One database connection for all the queries of one listing (opening one costs ~0.2 s)."""
-    if store is not None and hasattr(store, "session"):
-        try:
-            return store.session()
-        except Exception:
-            pass
-    return contextlib.nullcontext()
+    index = Guarded(store, warn=_warn)
+    with index.batch():  # one connection for the whole listing
+        return [describe(home, rd, index, now=now) for rd in run_dirs]
 
 
 # --- output ---------------------------------------------------------------------------------------

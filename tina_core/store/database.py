@@ -11,11 +11,12 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import secrets
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import duckdb
 
@@ -25,6 +26,12 @@ from tina_core.store.schema import SCHEMA, SCHEMA_VERSION, TABLES
 DB_NAME = "tina.duckdb"
 LOCK_TIMEOUT_S = 5.0
 WAIT_NOTICE_S, WAIT_YIELD_S = 0.3, 0.03  # a waiter's notice counts this long; a holder yields this
+
+
+class IndexReplaced(TinaError):
+    """The index file is not the one this process was reading (deleted, replaced or rebuilt by
+    another process): what it knew is forgotten, and its runs must be ingested again before the
+    index answers for them."""
 
 
 def _is_lock_error(e: Exception) -> bool:
@@ -93,13 +100,13 @@ class Database:
         self.path = self.home / DB_NAME
         self._waiting = self.home / (DB_NAME + ".waiting")  # pid of a process waiting for the lock
         self._con: duckdb.DuckDBPyConnection | None = None
-        self._schema_ok = False
-        # Answers that stand for the rest of one session unless it writes.
-        self._in_session: dict[tuple, Any] = {}
+        self._batch = 0          # depth of batch() blocks: their connection is let go by the outermost
+        self._file_id: str | None = None  # the index file this process has checked the schema of
+        self._generation = 0              # ...and the count of ingests it has seen written to it
 
-    def _schema_recreated(self) -> None:
-        """The file was found written by another schema version and emptied (subclasses forget
-        what they knew of it)."""
+    def _new_file(self) -> None:
+        """The index file is not the one this process knew (first open, deleted, replaced, rebuilt
+        or emptied for another schema version): subclasses forget what they knew of it."""
 
     # --- connections ---------------------------------------------------------------------------
     def _open(self) -> duckdb.DuckDBPyConnection:
@@ -123,15 +130,48 @@ class Database:
                 self._waiting.write_text(str(os.getpid()))
                 time.sleep(delay * (0.5 + random.random()))
                 delay = min(delay * 2, 0.05)
-        if not self._schema_ok:
-            try:
-                with self._damage_said(con):
-                    self._create(con)
-            except BaseException:
-                _ATTACHED.release(self.path, con)
-                raise
-            self._schema_ok = True
+        try:
+            with self._damage_said(con):
+                self._check_file(con)
+        except BaseException:
+            _ATTACHED.release(self.path, con)
+            raise
         return con
+
+    def _check_file(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Is the file still the one this process knows? Each index file carries a random id (a
+        rebuild draws a new one) and a count of the ingests written to it. A deleted file comes
+        back empty from ATTACH, another file has another id, an older copy a lower count: either
+        way the schema is made sure of and everything known of the old file forgotten, so a
+        long-lived reader (the cockpit) recovers by itself."""
+        try:
+            row = con.execute("SELECT id, generation FROM index_id").fetchone()
+        except duckdb.CatalogException:
+            row = None
+        if row is not None and row[0] == self._file_id and row[1] >= self._generation:
+            self._generation = row[1]
+            return
+        known, self._file_id = self._file_id, None
+        self._create(con)
+        row = con.execute("SELECT id, generation FROM index_id").fetchone()
+        self._file_id, self._generation = row or self._new_id(con)
+        self._new_file()
+        if known is not None:
+            raise IndexReplaced(f"{self.path} was deleted, replaced or rebuilt meanwhile: "
+                                "its runs are being ingested again")
+
+    def _new_id(self, con: duckdb.DuckDBPyConnection) -> tuple[str, int]:
+        """Give the file (a new index) its id; its count of ingests starts at 0."""
+        con.execute("DELETE FROM index_id")
+        row = (secrets.token_hex(8), 0)
+        con.execute("INSERT INTO index_id VALUES (?, ?)", list(row))
+        return row
+
+    def _wrote(self, con: duckdb.DuckDBPyConnection) -> None:
+        """Count an ingest written to the file (see _check_file)."""
+        row = con.execute("UPDATE index_id SET generation = generation + 1 RETURNING generation").fetchone()
+        if row is not None:
+            self._generation = row[0]
 
     @contextmanager
     def _damage_said(self, con: duckdb.DuckDBPyConnection) -> Iterator[None]:
@@ -158,8 +198,8 @@ class Database:
                 con.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
             con.execute(SCHEMA)
             con.execute("INSERT INTO meta VALUES (?)", [SCHEMA_VERSION])
+            con.execute("DELETE FROM index_id")  # emptied: a new index
             con.execute("COMMIT")
-            self._schema_recreated()
 
     def _let_waiter_in(self) -> None:
         """A process that just let the file go would take it straight back before a waiting one
@@ -173,19 +213,36 @@ class Database:
 
     @contextmanager
     def session(self) -> Iterator[duckdb.DuckDBPyConnection]:
-        """One connection for several calls (one TUI refresh); the file is let go when it ends."""
+        """One connection for several calls; the file is let go when it ends (or when the
+        ``batch`` it is in ends)."""
         if self._con is not None:
             with self._damage_said(self._con):
                 yield self._con
             return
         self._con = self._open()
-        self._in_session.clear()
         try:
             with self._damage_said(self._con):
                 yield self._con
         finally:
-            con, self._con = self._con, None
-            _ATTACHED.release(self.path, con)
+            if not self._batch:
+                self._let_go()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """The calls inside share one connection, opened by the first that needs the database: a
+        cockpit refresh whose answers are all kept never touches the file (nor locks out others)."""
+        opened_before = self._con is not None  # by an enclosing session, which lets it go itself
+        self._batch += 1
+        try:
+            yield
+        finally:
+            self._batch -= 1
+            if not self._batch and not opened_before and self._con is not None:
+                self._let_go()
+
+    def _let_go(self) -> None:
+        con, self._con = self._con, None
+        _ATTACHED.release(self.path, con)
 
     def _query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         with self.session() as con:

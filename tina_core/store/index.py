@@ -8,15 +8,15 @@ queries the CLI, the report and the cockpit ask, with the answers each process k
 
 from __future__ import annotations
 
-import collections
 import copy
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Hashable, Iterable
 
 from tina_core.analysis import metric_keys
-from tina_core.rundir import runs_root
+from tina_core.caches import Cache
+from tina_core.rundir import RunFiles, runs_root
 from tina_core.store.ingest import Ingestion
 from tina_core.store.database import _sql_str
 from tina_core.store.schema import METRICS
@@ -24,10 +24,7 @@ from tina_core.store.schema import METRICS
 PHASE_SHARE = 0.005  # of a live run's time, at most, spent detecting its phase again (see Store.phase)
 # Answers kept by Store._by_files, the most recently used: a live run's few, a cockpit's view of a
 # handful of runs (a long run's step clock holds a tuple per step, so not every run's is kept).
-ANSWERS_KEPT = 24
-# Where each source of a run sits in Store._signature's tuple (run.json, the tailed files, then
-# the checkpoint folders and the complete ones).
-_SIG_PARTS = {"metrics": 1, "events": 2, "system": 3, "checkpoints": slice(4, 6)}
+ANSWERS_KEPT = 48
 
 
 def _current(attempts: list | None) -> str:
@@ -38,26 +35,37 @@ def _current(attempts: list | None) -> str:
     return "".join(f" AND (attempt >= {int(a)} OR step < {int(first)})" for a, first in pairs)
 
 
+def _metrics(files: RunFiles) -> Hashable:
+    return files.metrics
+
+
+def _series_copy(series: dict[str, list]) -> dict[str, list]:
+    return {k: list(v) for k, v in series.items()}  # (step, value) tuples are immutable
+
+
 class Store(Ingestion):
     """The index of one workspace. Cheap to create; holds no connection between calls."""
 
     def __init__(self, home: Path):
         super().__init__(home)
-        self._phase_cache: dict[tuple, Any] = {}
-        # (run, params) -> (when computed, result, seconds it took)
-        self._phase_recent: dict[tuple, tuple[float, Any, float]] = {}
-        self._series: dict[tuple, tuple[Any, list]] = {}
-        # see _by_files: (what, run_id) -> (files' version, answer), the most recently used last
-        self._answers: collections.OrderedDict[tuple, tuple[tuple, Any]] = collections.OrderedDict()
+        # (run, question) -> answer, each kept while the run files it reads stay as ingested
+        self.answers: Cache[tuple, Any] = Cache("store.answers", ANSWERS_KEPT)
 
-    def _forget_answers(self, run_id: str | None = None) -> None:
-        if run_id is None:
-            self._phase_cache.clear()
-            self._phase_recent.clear()
-            self._series.clear()
-            self._answers.clear()
-        else:
-            self._series = {k: v for k, v in self._series.items() if k[0] != run_id}
+    def _new_file(self) -> None:
+        super()._new_file()
+        self.answers.clear()
+
+    def _by_files(self, run_id: str, question: Hashable, version_of: Callable[[RunFiles], Hashable],
+                  compute: Callable[[], Any], clone: Callable[[Any], Any] = copy.deepcopy) -> Any:
+        """``compute()``'s answer, kept while the run's files that ``version_of`` picks stay as this
+        process last ingested them. The index is a function of the files, so the answer only
+        changes with them; another process's newer ingest is seen at this one's next ingest. A
+        cockpit refresh with one new metrics line then asks again only what that line changes.
+        Callers get a copy."""
+        files = self.ingested_files(run_id)
+        if files is None:
+            return compute()
+        return clone(self.answers.fetch((run_id, question), version_of(files), compute))
 
     # --- queries -------------------------------------------------------------------------------
     def query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
@@ -74,95 +82,64 @@ class Store(Ingestion):
     def metric_series(self, run_id: str, key: str, *, max_points: int | None = 120) -> list[tuple[int, float]]:
         """(step, value) ascending, one per step (latest attempt), non-finite values left out;
         with ``max_points``, consecutive steps are averaged into about that many buckets, each
-        labelled with its last step. Kept per process until the run's metrics change: the TUI
-        asks for the same series every second."""
+        labelled with its last step."""
         return self.metric_series_many(run_id, [key], max_points=max_points)[key]
 
     def metric_series_many(self, run_id: str, keys: Iterable[str], *,
                            max_points: int | None = 120) -> dict[str, list[tuple[int, float]]]:
         """``metric_series`` of several keys in one query, by the keys as given: a refresh charts
-        several series of one run, and each query scans the run's rows again."""
+        several series of one run, and each query scans the run's rows again. Summaries (with
+        ``max_points``) are kept while the run's metrics stay as ingested; every step of a long
+        run is not (the detector keeps its result, the detail view asks once per change)."""
         given = list(keys)
-        keys = list(dict.fromkeys(map(metric_keys.normalise_key, given)))
-        with self.session():
-            version = self._metrics_version(run_id)
-            out: dict[str, list] = {}
-            for k in keys:
-                hit = self._series.get((run_id, k, max_points))
-                if hit and hit[0] == version:
-                    out[k] = hit[1]
-            todo = [k for k in keys if k not in out]
-            if todo:
-                # The same rows as metrics_latest, written out so DuckDB filters before it groups.
-                base = ("SELECT key, step, arg_max(value, attempt * 1e12 + coalesce(ts, 0)) AS value FROM metrics m "
-                        f"WHERE run_id = $1 AND key IN ({', '.join(map(_sql_str, todo))}){_current(version[0])} "
-                        "GROUP BY key, step HAVING isfinite(value)")
-                if not max_points:
-                    rows = self._query(base + " ORDER BY key, step", [run_id])
-                else:
-                    rows = self._query(
-                        f"SELECT key, max(step)::BIGINT, avg(value) FROM ("
-                        "  SELECT key, step, value, (row_number() OVER (PARTITION BY key ORDER BY step) - 1) * $2"
-                        f"   // count(*) OVER (PARTITION BY key) AS b FROM ({base})"
-                        ") GROUP BY key, b ORDER BY key, 2", [run_id, int(max_points)])
-                for k in todo:
-                    out[k] = []
-                for k, step, value in rows:
-                    out[k].append((step, value))
-                for k in todo:
-                    self._series[(run_id, k, max_points)] = (version, out[k])
+        canonical = tuple(dict.fromkeys(map(metric_keys.normalise_key, given)))
+
+        def query() -> dict[str, list]:
+            attempts = self._attempts(run_id)
+            # The same rows as metrics_latest, written out so DuckDB filters before it groups.
+            base = ("SELECT key, step, arg_max(value, attempt * 1e12 + coalesce(ts, 0)) AS value FROM metrics m "
+                    f"WHERE run_id = $1 AND key IN ({', '.join(map(_sql_str, canonical))}){_current(attempts)} "
+                    "GROUP BY key, step HAVING isfinite(value)")
+            if not max_points:
+                rows = self._query(base + " ORDER BY key, step", [run_id])
+            else:
+                rows = self._query(
+                    f"SELECT key, max(step)::BIGINT, avg(value) FROM ("
+                    "  SELECT key, step, value, (row_number() OVER (PARTITION BY key ORDER BY step) - 1) * $2"
+                    f"   // count(*) OVER (PARTITION BY key) AS b FROM ({base})"
+                    ") GROUP BY key, b ORDER BY key, 2", [run_id, int(max_points)])
+            out: dict[str, list] = {k: [] for k in canonical}
+            for k, step, value in rows:
+                out[k].append((step, value))
+            return out
+
+        with self.batch():
+            out = (query() if not max_points else
+                   self._by_files(run_id, ("series", canonical, max_points), _metrics, query, _series_copy))
         return {k: list(out[metric_keys.normalise_key(k)]) for k in given}
 
-    def _metrics_version(self, run_id: str) -> tuple:
-        """``(attempts, offset)``: the run's attempts as ``[(attempt, first_step)]`` and how far its
-        metrics file is ingested. Changes whenever the run's metrics do."""
-        hit = self._in_session.get(("version", run_id))
-        if hit is None:
-            hit = self._query(
-                "SELECT (SELECT list((attempt, first_step) ORDER BY attempt) FROM attempts WHERE run_id = $1), "
-                "(SELECT \"offset\" FROM ingest_state WHERE run_id = $1 AND file = $2)", [run_id, METRICS])[0]
-            if self._con is not None:
-                self._in_session[("version", run_id)] = hit
-        return hit
-
-    def _by_files(self, what: str, run_id: str, files: tuple[str, ...], compute: Callable[[], Any],
-                  clone: Callable[[Any], Any] = copy.deepcopy) -> Any:
-        """``compute()``'s answer, kept while the run's ``files`` (metrics, events, system,
-        checkpoints) stay as this process last ingested them. The index is a function of the
-        files, so the answer only changes with them; another process's newer ingest is seen at
-        this one's next ingest. A cockpit refresh with one new metrics line then asks again only
-        what that line changes. Callers get a copy."""
-        seen = self._seen.get(run_id)
-        if seen is None:
-            return compute()
-        version = tuple(seen[_SIG_PARTS[f]] for f in files)
-        hit = self._answers.get((what, run_id))
-        if hit is None or hit[0] != version:
-            hit = (version, compute())
-            self._answers[(what, run_id)] = hit
-            while len(self._answers) > ANSWERS_KEPT:
-                self._answers.popitem(last=False)
-        self._answers.move_to_end((what, run_id))
-        return clone(hit[1])
+    def _attempts(self, run_id: str) -> list:
+        """The run's attempts as ``[(attempt, first_step)]``."""
+        return self._by_files(run_id, "attempts", _metrics, lambda: self._query(
+            "SELECT list((attempt, first_step) ORDER BY attempt) FROM attempts WHERE run_id = $1", [run_id])[0][0],
+            lambda a: a)  # read only
 
     def last_metrics(self, run_id: str) -> dict[str, float]:
         """The latest finite value of every key (canonical names)."""
         def query() -> dict[str, float]:
-            with self.session():
-                attempts = self._metrics_version(run_id)[0]
+            with self.batch():
                 return dict(self._query(
                     "SELECT key, arg_max(value, step * 1e6 + attempt) FROM metrics m WHERE run_id = ? "
-                    f"AND isfinite(value){_current(attempts)} GROUP BY key ORDER BY key", [run_id]))
-        return self._by_files("last_metrics", run_id, ("metrics",), query)
+                    f"AND isfinite(value){_current(self._attempts(run_id))} GROUP BY key ORDER BY key", [run_id]))
+        return self._by_files(run_id, "last_metrics", _metrics, query, dict)
 
     def step_clock(self, run_id: str) -> tuple[dict[int, tuple[float, int]], int | None]:
         """``({step: (ts, attempt)}, last step)``: cost.step_times of the run's metrics lines, and
         the step of the last one (the latest attempt's furthest), without reading the file."""
         def query() -> tuple[dict[int, tuple[float, int]], int | None]:
-            with self.session():
-                attempts = self._metrics_version(run_id)[0]
+            with self.batch():
                 rows = self._query(
-                    f"SELECT step, max(ts), attempt FROM steps m WHERE run_id = $1{_current(attempts)} "
+                    f"SELECT step, max(ts), attempt FROM steps m WHERE run_id = $1{_current(self._attempts(run_id))} "
                     "GROUP BY step, attempt "
                     "QUALIFY row_number() OVER (PARTITION BY step ORDER BY attempt DESC) = 1 ORDER BY step",
                     [run_id])
@@ -171,49 +148,48 @@ class Store(Ingestion):
             last = max(((a, s) for s, _, a in rows), default=(None, None))[1]
             return {s: (ts, a) for s, ts, a in rows if ts is not None}, last
         # a shallow copy: a long run's clock has a tuple per step, and tuples are immutable
-        return self._by_files("step_clock", run_id, ("metrics",), query, lambda r: (dict(r[0]), r[1]))
+        return self._by_files(run_id, "step_clock", _metrics, query, lambda r: (dict(r[0]), r[1]))
 
     def last_step(self, run_id: str) -> int | None:
         return self._query("SELECT max(step) FROM metrics WHERE run_id = ?", [run_id])[0][0]
 
     def phase(self, run_id: str, params: Any = None, *, max_age_s: float = 0.0) -> dict | None:
         """The phase-transition object (see tina_core.phase), recomputed only when new metrics
-        arrived: kept in the database (for every process) and in this one, keyed by the metrics
-        file's ingested offset. With ``max_age_s``, this process's last result for the run may
-        stand for up to that long even though metrics arrived since: a live run gains a step a
-        second and detection reads its whole history. It stands only as long as detection would
-        otherwise take more than a small share of the time (PHASE_SHARE of it), so a short run's
-        marker is never stale and a 13,000-step run's lags by seconds."""
+        arrived: kept in the database (for every process, keyed by the metrics file's ingested
+        offset) and in this one's answers. With ``max_age_s``, this process's last result for the
+        run may stand for up to that long even though metrics arrived since: a live run gains a
+        step a second and detection reads its whole history. It stands only as long as detection
+        would otherwise take more than a small share of the time (PHASE_SHARE of it), so a short
+        run's marker is never stale and a 13,000-step run's lags by seconds."""
         from tina_core.analysis import phase as phase_mod
 
         # by default the run's own format rewards (from its recipe snapshot) are watched
         params = params or phase_mod.params_for_run(runs_root(self.home) / run_id)
-        recent = self._phase_recent.get((run_id, params))
-        if max_age_s > 0 and recent and time.monotonic() - recent[0] < min(max_age_s, recent[2] / PHASE_SHARE):
-            result = recent[1]
-            return None if result is None else dict(result)
-        started = time.monotonic()
+        question = ("phase", params)
+        recent = self.answers.get((run_id, question)) if max_age_s > 0 else None
+        if recent and time.monotonic() - recent.made < min(max_age_s, recent.took / PHASE_SHARE):
+            result = recent.value
+        else:
+            result = self._by_files(run_id, question, _metrics, lambda: self._detect(run_id, params), lambda r: r)
+        return None if result is None else dict(result)
+
+    def _detect(self, run_id: str, params: Any) -> dict | None:
+        """The phase of the run as indexed: from the database's phase_cache when another process
+        (or an earlier one) detected it at the same metrics offset, else detected and stored there."""
+        from tina_core.analysis import phase as phase_mod
+
         with self.session() as con:
             version = self._query('SELECT "offset" FROM ingest_state WHERE run_id = ? AND file = ?',
                                   [run_id, METRICS])
             version = version[0][0] if version else -1
-            cache_key = (run_id, version, params)
-            if cache_key not in self._phase_cache:
-                stored = self._query("SELECT result FROM phase_cache WHERE run_id = ? AND params = ? "
-                                     "AND version = ?", [run_id, repr(params), version])
-                if stored:
-                    result = json.loads(stored[0][0])
-                else:
-                    series = self.metric_series_many(run_id, params.signals, max_points=None)
-                    result = phase_mod.detect(series, params)
-                    con.execute("INSERT OR REPLACE INTO phase_cache VALUES (?, ?, ?, ?)",
-                                [run_id, repr(params), version, json.dumps(result)])
-                took = time.monotonic() - started
-                self._phase_cache = {k: v for k, v in self._phase_cache.items() if k[0] != run_id}
-                self._phase_cache[cache_key] = result
-                self._phase_recent[(run_id, params)] = (time.monotonic(), result, took)
-        result = self._phase_cache[cache_key]
-        return None if result is None else dict(result)
+            stored = self._query("SELECT result FROM phase_cache WHERE run_id = ? AND params = ? "
+                                 "AND version = ?", [run_id, repr(params), version])
+            if stored:
+                return json.loads(stored[0][0])
+            result = phase_mod.detect(self.metric_series_many(run_id, params.signals, max_points=None), params)
+            con.execute("INSERT OR REPLACE INTO phase_cache VALUES (?, ?, ?, ?)",
+                        [run_id, repr(params), version, json.dumps(result)])
+            return result
 
     def checkpoints(self, run_id: str) -> list[dict]:
         """Complete checkpoints, ascending: [{step, evals: {task: score}, avg}] (latest score of
@@ -233,11 +209,11 @@ class Store(Ingestion):
                 e = dict(sorted(evals.get(s, {}).items()))
                 out.append({"step": s, "evals": e, "avg": sum(e.values()) / len(e) if e else None})
             return out
-        return self._by_files("checkpoints", run_id, ("events", "checkpoints"), query)
+        return self._by_files(run_id, "checkpoints", lambda f: (f.events, f.checkpoints), query)
 
     def base_evals(self, run_id: str) -> dict[str, float]:
         """The base model's latest score of each task (its evaluations have no checkpoint)."""
-        return self._by_files("base_evals", run_id, ("events",), lambda: dict(self._query(
+        return self._by_files(run_id, "base_evals", lambda f: f.events, lambda: dict(self._query(
             "SELECT task, arg_max(score, coalesce(ts, 0)) FROM evaluations WHERE run_id = ? "
             "AND checkpoint IS NULL AND isfinite(score) GROUP BY task ORDER BY task", [run_id])))
 
@@ -258,13 +234,13 @@ class Store(Ingestion):
     def recommendation(self, run_id: str, *, max_age_s: float = 0.0) -> dict:
         from tina_core.analysis import phase as phase_mod
 
-        with self.session():
+        with self.batch():
             ph = self.phase(run_id, max_age_s=max_age_s)
             cks = self.checkpoints(run_id)
         return phase_mod.recommend(ph, cks)
 
     def system_latest(self, run_id: str) -> list[dict]:
-        rows = self._by_files("system_latest", run_id, ("system",), lambda: self._query(
+        rows = self._by_files(run_id, "system_latest", lambda f: f.system, lambda: self._query(
             "SELECT gpu, util, mem_used, mem_total, power_w, ts FROM system WHERE run_id = $1 "
             "AND ts = (SELECT max(ts) FROM system WHERE run_id = $1) ORDER BY gpu", [run_id]))
         return [dict(zip(("index", "util", "mem_used", "mem_total", "power_w", "ts"), r)) for r in rows]

@@ -9,7 +9,6 @@ cannot be read are kept in ``quarantine``.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -20,12 +19,13 @@ from typing import Any, Iterable
 import duckdb
 
 from tina_core.analysis import metric_keys
-from tina_core.rundir import RunDir, TinaError, list_run_dirs
+from tina_core.caches import Cache
+from tina_core.rundir import RunDir, RunFiles, TinaError, list_run_dirs
 from tina_core.store.database import Database, _ident, _sql_str
 from tina_core.store.records import MAX_INT, MAX_STEP, events_problem, metrics_problem, system_problem
 from tina_core.store.records import number as _num
 from tina_core.store.records import step_of as _step_of
-from tina_core.store.schema import _FILE_TABLES, EVENTS, METRICS, SCHEMA, SYSTEM, TABLES, TAILED
+from tina_core.store.schema import _FILE_TABLES, EVENTS, METRICS, SCHEMA, SYSTEM, TABLES
 
 SMALL_CHUNK_LINES = 64  # metrics lines parsed in Python rather than staged for DuckDB's JSON reader
 
@@ -81,28 +81,25 @@ class Ingestion(Database):
 
     def __init__(self, home: Path):
         super().__init__(home)
-        # What this process last saw ingested, per run: an unchanged run is skipped without
-        # opening the database, which keeps the TUI's per-refresh ingest() cheap.
-        self._seen: dict[str, tuple] = {}
+        # The files of each run as this process last ingested them: an unchanged run is skipped
+        # without opening the database, which keeps the cockpit's per-refresh ingest cheap. Only
+        # a run whose ingest went through is recorded (a failed one is tried again next time).
+        self.ingested: Cache[str, RunFiles] = Cache("store.ingested", None)
 
-    def _schema_recreated(self) -> None:
-        self._seen.clear()
+    def _new_file(self) -> None:
+        self.ingested.clear()
 
-    def _forget_answers(self, run_id: str | None = None) -> None:
-        """Answers derived from the index (one run's, or all) no longer stand (see Store)."""
+    def ingested_files(self, run_id: str) -> RunFiles | None:
+        """The run's files as this process last ingested them (None: not since the index file
+        was opened)."""
+        entry = self.ingested.get(run_id)
+        return None if entry is None else entry.value
+
+    def is_current(self, run_id: str, files: RunFiles) -> bool:
+        """Has this process ingested the run as its files are now?"""
+        return self.ingested_files(run_id) == files
 
     # --- ingestion -----------------------------------------------------------------------------
-    def _signature(self, rd: RunDir) -> tuple:
-        sizes = []
-        for name in ("run.json", *TAILED):
-            try:
-                st = os.stat(rd.path / name)
-                sizes.append((st.st_size, st.st_mtime_ns) if name == "run.json" else st.st_size)
-            except FileNotFoundError:
-                sizes.append(None)
-        return (*sizes, tuple(rd.checkpoint_steps(complete_only=False)),
-                tuple(rd.checkpoint_steps()))
-
     def ingest(self, run_ids: Iterable[str] | None = None) -> IngestStats:
         """Catch up with the run directories: new lines, run.json, checkpoints, vanished runs."""
         t0 = time.perf_counter()
@@ -113,26 +110,25 @@ class Ingestion(Database):
         stats = IngestStats(runs=len(runs))
         todo = []
         for rd in runs:
-            sig = self._signature(rd)
-            if self._seen.get(rd.run_id) != sig:
-                todo.append((rd, sig))
+            files = RunFiles.of(rd)
+            if not self.is_current(rd.run_id, files):
+                todo.append((rd, files))
         present = {r.run_id for r in runs}
-        gone = [] if wanted is not None else [r for r in self._seen if r not in present]
-        if wanted is None and (todo or gone or not self._seen):
-            with self.session() as con:
+        if wanted is None and (todo or not len(self.ingested) or set(self.ingested.keys()) - present):
+            with self.session() as con:  # runs whose directories are gone leave the index too
                 known = {r[0] for r in con.execute("SELECT run_id FROM runs").fetchall()}
                 for run_id in sorted(known - present):
                     self._forget(con, run_id)
-            for run_id in gone:
-                self._seen.pop(run_id, None)
-        for rd, sig in todo:
+            self.ingested.clear(lambda r: r not in present)
+        for rd, files in todo:
             # A connection per run (unless the caller holds a session): a long catch-up lets
             # other tina processes in between runs instead of locking them out throughout.
             with self.session() as con:
-                s = self._ingest_run(con, rd, self._seen.get(rd.run_id), sig)
+                s = self._ingest_run(con, rd, self.ingested_files(rd.run_id), files)
+                self._wrote(con)
             stats += s
             stats.updated += 1 if (s.lines or s.quarantined) else 0
-            self._seen[rd.run_id] = sig
+            self.ingested.put(rd.run_id, files, files)
         stats.runs = len(runs)
         stats.seconds = time.perf_counter() - t0
         return stats
@@ -146,35 +142,33 @@ class Ingestion(Database):
                     con.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
                 con.execute("DROP VIEW IF EXISTS metrics_latest")
                 con.execute(SCHEMA)
+                new_id = self._new_id(con)  # a new index: other processes notice
                 con.execute("COMMIT")
+            self._file_id, self._generation = new_id
         except TinaError as e:
             if "busy" in str(e):
                 raise
             # An unreadable database file (corrupt, another DuckDB version): it is only a cache.
             for p in (self.path, self.path.with_name(self.path.name + ".wal")):
                 p.unlink(missing_ok=True)
-            self._schema_ok = False
-        self._seen.clear()
-        self._in_session.clear()
-        self._forget_answers()
+            self._file_id, self._generation = None, 0  # the next connection gives the new file its id
+        self._new_file()
         return self.ingest()
 
     def _forget(self, con, run_id: str) -> None:
-        self._in_session.clear()
         con.execute("BEGIN")
         for t in TABLES:
             con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
         con.execute("COMMIT")
 
-    def _ingest_run(self, con, rd: RunDir, prev: tuple | None, sig: tuple) -> IngestStats:
-        """Bring one run up to date; ``prev`` is what this process saw last time (parts that have
-        not changed since are skipped)."""
-        self._in_session.clear()
+    def _ingest_run(self, con, rd: RunDir, prev: RunFiles | None, files: RunFiles) -> IngestStats:
+        """Bring one run up to date; ``prev``: its files as this process last ingested them
+        (parts that have not changed since are skipped)."""
         stats = IngestStats()
         run_id = rd.run_id
-        if prev is None or prev[0] != sig[0] or prev[4:] != sig[4:]:
+        if prev is None or prev.run_json != files.run_json or prev.checkpoints != files.checkpoints:
             info = rd.info()
-            all_ck, done = sig[4], set(sig[5])
+            all_ck, done = rd.checkpoint_steps(complete_only=False), set(rd.checkpoint_steps())
             con.execute("BEGIN")
             con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", [
                 run_id, info.get("name"), info.get("recipe"), info.get("created"),
@@ -183,10 +177,12 @@ class Ingestion(Database):
             con.execute("DELETE FROM checkpoints WHERE run_id = ?", [run_id])
             if all_ck:
                 con.execute("INSERT INTO checkpoints SELECT ?, unnest($2::BIGINT[]), unnest($3::BOOLEAN[])",
-                            [run_id, list(all_ck), [s in done for s in all_ck]])
+                            [run_id, all_ck, [s in done for s in all_ck]])
             con.execute("COMMIT")
-        for i, name in enumerate(TAILED, start=1):
-            if prev is None or prev[i] != sig[i]:
+        for name, before, now in ((METRICS, prev and prev.metrics, files.metrics),
+                                  (EVENTS, prev and prev.events, files.events),
+                                  (SYSTEM, prev and prev.system, files.system)):
+            if prev is None or before != now:
                 stats += self._tail(con, rd, name)
         return stats
 
@@ -207,7 +203,6 @@ class Ingestion(Database):
             con.execute("DELETE FROM quarantine WHERE run_id = ? AND file = ?", [rd.run_id, name])
             con.execute("DELETE FROM ingest_state WHERE run_id = ? AND file = ?", [rd.run_id, name])
             con.execute("COMMIT")
-            self._forget_answers(rd.run_id)
             offset = 0
         if size == offset:
             return IngestStats()

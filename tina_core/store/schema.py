@@ -36,6 +36,10 @@ CREATE TABLE IF NOT EXISTS steps (
 CREATE TABLE IF NOT EXISTS phase_cache (
     run_id VARCHAR, params VARCHAR, version BIGINT, result JSON, PRIMARY KEY (run_id, params));
 CREATE TABLE IF NOT EXISTS meta (schema_version INTEGER);
+-- A random id per index file (a rebuild draws a new one) and a count of the ingests written to
+-- it: a process that knew another id, or a later count (the file was deleted, replaced by another
+-- or by an older copy), notices.
+CREATE TABLE IF NOT EXISTS index_id (id VARCHAR, generation BIGINT);
 -- Each step once: a restarted attempt supersedes what earlier attempts logged from the step it
 -- resumed at, and a key logged twice in one step keeps its last value.
 CREATE OR REPLACE VIEW metrics_latest AS

@@ -33,10 +33,10 @@ class ChartsPanel(Widget, can_focus=True):
 
     def show(self, view: RunView | None) -> None:
         """Draw a new snapshot's run, only if what the panel shows changed: a live run between
-        its steps brings the same series (the same objects) every second."""
+        its steps brings the same view version every second."""
         self.view = view
         drawn = None if view is None else (
-            view.run_id, id(view.series), repr(view.phase), view.step_range,
+            view.run_id, view.version, view.step_range,
             view.run.get("seconds_per_step"), eta_text(view.run.get("eta_s")))
         if drawn != self._drawn:
             self._drawn = drawn
