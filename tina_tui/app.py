@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from textual import work
 from textual.app import App
@@ -30,6 +30,9 @@ from tina_tui.screens.help import HelpScreen
 from tina_tui.screens.main import MainScreen
 from tina_tui.screens.recipe_picker import RecipePicker
 from tina_tui.screens.task_chooser import TaskChooser
+
+if TYPE_CHECKING:
+    from tina_tui.collector import RunRow
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 LOW_COLOUR_SYSTEMS = ("standard", "windows")
@@ -153,7 +156,7 @@ class TinaApp(App[None]):
         self.refresh_data()
 
     # --- run actions ---------------------------------------------------------------------------
-    def _selected_run(self) -> dict[str, Any] | None:
+    def _selected_run(self) -> RunRow | None:
         view = self.view
         if view is None:
             self.notify("no run selected", severity="warning")

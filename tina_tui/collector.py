@@ -13,13 +13,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from tina_core import runstate
 from tina_core.alerts import ALERT_EVENTS, event_text
 from tina_core.caches import Cache
 from tina_core.rundir import FileStamp, RunDir, RunFiles, TinaError, list_run_dirs
 from tina_core.store.guard import Guarded
+
+if TYPE_CHECKING:
+    from tina_core.report.runs import PhaseTransition, RunObject, RunStub
+
+    RunRow = RunObject | RunStub  # a described run, or the cockpit's stand-in for one
 
 FORMAT = "rewards/format_reward/mean"
 LENGTH = "completions/mean_length"
@@ -51,9 +56,9 @@ class Notice:
 class RunView:
     """The selected run in full."""
 
-    run: dict[str, Any]
+    run: RunRow
     series: dict[str, list[tuple[float, float]]]
-    phase: dict[str, Any] | None
+    phase: PhaseTransition | None
     recommendation: dict[str, Any] | None
     checkpoints: list[dict[str, Any]]
     system: list[dict[str, Any]]
@@ -79,7 +84,7 @@ class RunView:
 
 @dataclass
 class Snapshot:
-    runs: list[dict[str, Any]]
+    runs: list[RunRow]
     view: RunView | None
     notices: list[Notice] = field(default_factory=list)
     error: str | None = None
@@ -164,9 +169,9 @@ def _nearest_at_or_before(points: list[tuple[float, float]], step: float) -> flo
     return best if best is not None else (points[0][1] if points else None)
 
 
-def checkpoint_rows(run: dict[str, Any], store_ckpts: list[dict[str, Any]],
+def checkpoint_rows(run: RunRow, store_ckpts: list[dict[str, Any]],
                     series: dict[str, list[tuple[float, float]]], epoch_series: list[tuple[float, float]],
-                    phase: dict[str, Any] | None, recommended: int | None,
+                    phase: PhaseTransition | None, recommended: int | None,
                     best: int | None = None) -> list[dict[str, Any]]:
     """One row per checkpoint with everything the table shows, joined from the run object (cost at
     the checkpoint), the store (evals, avg) and the metric series (format/length/epoch there)."""
@@ -221,7 +226,7 @@ class _Queried:
 
     series: dict[str, list[tuple[float, float]]]
     epoch: list[tuple[float, float]]
-    phase: dict[str, Any] | None
+    phase: PhaseTransition | None
     recommendation: dict[str, Any] | None
     checkpoints: list[dict[str, Any]]
     system: list[dict[str, Any]]
@@ -240,7 +245,7 @@ class Collector:
         self._store_error: str | None = None
         # Run objects by run: a run that is not live is described again only when its files, its
         # heartbeat or the index's hold of them changed (the clock moves a live run's figures).
-        self._runs: Cache[str, dict[str, Any]] = Cache("collector.runs", None)
+        self._runs: Cache[str, RunRow] = Cache("collector.runs", None)
         # The run in view as the index answered it, while its files stay as they were: a live run
         # between its steps (Tina logs one a minute) asks nothing again.
         self._views: Cache[str, tuple[int, _Queried]] = Cache("collector.view", 1)
@@ -293,36 +298,38 @@ class Collector:
 
         deferred: set[str] = set()
         changed = [rid for rid, f in files.items() if index.available and not index.is_current(rid, f)]
+        others = 0  # at least one besides the selected goes in each time, however slow the machine
         for rid in sorted(changed, key=lambda r: r != selected):
-            if rid != selected and time.perf_counter() - t0 > REFRESH_BUDGET_S:
+            if rid != selected and others and time.perf_counter() - t0 > REFRESH_BUDGET_S:
                 deferred.add(rid)
                 continue
+            others += rid != selected
             index.ask(Store.ingest, [rid])
         return deferred
 
     def _describe(self, index: Guarded, rd: RunDir, now: float, files: RunFiles, *,
-                  cached_only: bool = False) -> dict[str, Any]:
-        """The run object, reused while the run is not live and what it was made from is the same."""
+                  cached_only: bool = False) -> tuple[RunRow, str]:
+        """The run object, reused while the run is not live and what it was made from is the same;
+        and how: "kept", "described" now, or "late" (left for the next refresh)."""
         from tina_core.report import runs as runs_mod
 
         rid = rd.run_id
         made_from = (files, FileStamp.of(rd.supervisor), index.is_current(rid, files))
         hit = self._runs.get(rid)
         if hit is not None and hit.version == made_from and not runstate.is_live(hit.value.get("state")):
-            return hit.value
+            return hit.value, "kept"
         if cached_only:  # over this refresh's budget: the last known row, or the name for now
-            return hit.value if hit else {"run_id": rid, "name": rd.info().get("name") or rid,
-                                          "state": "...", "pending": True}
+            return (hit.value if hit else runs_mod.stub(rd, "...", pending=True)), "late"
         failures = index.failures
+        run: RunRow
         try:
             run = runs_mod.describe(self.home, rd, index, now=now)
         except Exception as e:  # one unreadable run must not hide the others
-            run = {"run_id": rid, "name": rd.info().get("name") or rid, "state": "unreadable",
-                   "error": f"{type(e).__name__}: {e}"}
+            run = runs_mod.stub(rd, "unreadable", error=f"{type(e).__name__}: {e}")
         if index.failures != failures:  # partly from the run directory alone: not as the index would say
             made_from = (files, made_from[1], False)
         self._runs.put(rid, made_from, run)
-        return run
+        return run, "described"
 
     def _collect(self, index: Guarded, selected: str | None, dirs: list[RunDir], files: dict[str, RunFiles],
                  detail_key: str | None, deferred: set[str], start: float) -> Snapshot:
@@ -334,13 +341,18 @@ class Collector:
         # counts against it too); rows not described yet are filled in by the refreshes that
         # follow (a big workspace's first frame shows at once instead of after every run is read).
         order = sorted(range(len(dirs)), key=lambda i: dirs[i].run_id != selected)
-        rows: dict[int, dict[str, Any]] = {}
+        rows: dict[int, RunRow] = {}
+        described = 0  # besides the selected: at least one each time, however slow the machine
         for i in order:
             rid = dirs[i].run_id
-            over = (time.perf_counter() - start > REFRESH_BUDGET_S and rid != selected) or rid in deferred
-            rows[i] = self._describe(index, dirs[i], now, files[rid], cached_only=over)
+            over = (described and time.perf_counter() - start > REFRESH_BUDGET_S and rid != selected) \
+                or rid in deferred
+            rows[i], how = self._describe(index, dirs[i], now, files[rid], cached_only=over)
+            described += rid != selected and how == "described"
             notices += self._new_events(dirs[i]) + self._run_notices(rows[i])
         run_list = [rows[i] for i in range(len(dirs))]
+        # a run shown by its name only asks for the next refresh at once; one shown as it was
+        # waits for the next tick (live runs would otherwise keep the cockpit refreshing)
         self.pending = bool(deferred) or any(r.get("pending") for r in run_list)
         self._runs.clear(lambda rid: rid not in files)
         view = None
@@ -352,7 +364,7 @@ class Collector:
                 error = f"{selected}: {e}"
         return Snapshot(runs=run_list, view=view, notices=notices, error=error)
 
-    def _query(self, index: Guarded, run: dict[str, Any], detail_key: str | None) -> _Queried:
+    def _query(self, index: Guarded, run: RunRow, detail_key: str | None) -> _Queried:
         from tina_core.report.runs import LIVE_PHASE_MAX_AGE_S
         from tina_core.store.index import Store
 
@@ -376,7 +388,7 @@ class Collector:
                         recommendation=index.ask(Store.recommendation, rid, max_age_s=age),
                         checkpoints=index.ask(Store.checkpoints, rid) or [], system=system, detail=detail)
 
-    def _view(self, index: Guarded, run: dict[str, Any], files: RunFiles, detail_key: str | None = None) -> RunView:
+    def _view(self, index: Guarded, run: RunRow, files: RunFiles, detail_key: str | None = None) -> RunView:
         rid = run["run_id"]
         rd = RunDir(self.home / "runs" / rid)
         made_from = (files, detail_key, index.is_current(rid, files))
@@ -415,7 +427,7 @@ class Collector:
                 out.append(Notice(*said, bell=ev.get("event") in ALERT_EVENTS))
         return out
 
-    def _run_notices(self, run: dict[str, Any]) -> list[Notice]:
+    def _run_notices(self, run: RunRow) -> list[Notice]:
         """Changes no event announces, for every run, seen since the last refresh: a supervisor that
         died (kill -9, reboot: it could not write one) and the phase marker appearing or firming."""
         if run.get("pending"):

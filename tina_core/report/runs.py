@@ -9,7 +9,7 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from tina_core import runstate
 from tina_core.analysis import cost
@@ -18,6 +18,109 @@ from tina_core.store.guard import Guarded
 
 if TYPE_CHECKING:
     from tina_core.store.index import Store
+
+class CostUsd(TypedDict):
+    train: float
+    eval: float
+    total: float
+
+
+class PhaseTransition(TypedDict, total=False):
+    """tina_core.analysis.phase's result (ARCHITECTURE.md, "Phase transition object")."""
+
+    step: int
+    signal: str
+    signals: list[str]
+    status: str          # none | tentative | confirmed
+    size: float
+    direction: str       # up | down
+
+
+class CheckpointEntry(TypedDict):
+    step: int
+    cost_usd_at: float | None      # training dollars when its step was logged
+    evals: dict[str, float]        # task -> score
+
+
+class BaseModel(TypedDict):
+    evals: dict[str, float]
+    avg: float | None
+
+
+class Evaluation(TypedDict):
+    eval_id: str
+    checkpoint: int | str | None   # a step, or "base"
+    task: str | None
+    state: str                     # queued | running | finished | failed | cancelled
+    score: float | None
+    metric: str | None
+    reason: str | None
+    gpus: list[int] | None
+
+
+class WriteError(TypedDict):
+    file: str | None
+    error: str | None
+    attempt: int | None
+    lost_bytes: int | None
+
+
+class RunObject(TypedDict):
+    """One run, as `tina ls/status --json`, the report and the cockpit see it (design.md's fields
+    and a few more; fields are added, never renamed). ARCHITECTURE.md documents each."""
+
+    run_id: str
+    name: str
+    recipe: str | None
+    state: str                     # one of runstate.RUN_STATES
+    step: int | None
+    stop_at_step: int | None
+    max_steps: int | None
+    restarts: int
+    attempts: int
+    started_at: str | None
+    elapsed_s: float
+    device: str
+    gpu_count: int
+    gpu_hour_usd: float | None
+    cpu_hour_usd: float
+    price_source: str | None
+    cost_usd: CostUsd
+    usd_per_hour_now: float
+    projected_cost_usd: float | None
+    seconds_per_step: float | None
+    eta_s: float | None
+    phase_transition: PhaseTransition | None
+    recommended_checkpoint: int | None
+    best_evaluated_checkpoint: int | None
+    recommendation_disagrees: bool
+    checkpoints: list[CheckpointEntry]
+    base: BaseModel
+    evals_pending: int
+    evaluations: list[Evaluation]
+    last_metrics: dict[str, float]
+    failure: str | None
+    write_errors: list[WriteError]
+    supervisor_pid: int | None
+    imported: bool
+    path: str
+
+
+class RunStub(TypedDict):
+    """What the cockpit shows of a run it has not described: over a refresh's budget (state "...",
+    ``pending``) or whose files could not be read (state "unreadable", ``error``)."""
+
+    run_id: str
+    name: str
+    state: str
+    pending: NotRequired[bool]
+    error: NotRequired[str]
+
+
+def stub(run_dir: RunDir, state: str, **extra: Any) -> RunStub:
+    return RunStub(run_id=run_dir.run_id, name=run_dir.info().get("name") or run_dir.run_id, state=state,
+                   **extra)
+
 
 LIVE_PHASE_MAX_AGE_S = 5.0  # a live run gains a step a second; detection reads all of them
 _SUMMARY_KEYS = ("train_runtime", "train_loss")  # the trainer's final summary log, not a step
@@ -45,7 +148,7 @@ def _warn(text: str) -> None:
 
 
 def describe(home: Path, run_dir: RunDir, store: "Store | Guarded | None" = None, *,
-             now: float | None = None) -> dict[str, Any]:
+             now: float | None = None) -> RunObject:
     """The run object (design.md fields, plus a few more); ``store``: the index, whose failed
     calls are warned about and answered from the run directory."""
     index = store if isinstance(store, Guarded) else Guarded(store, warn=_warn)
@@ -53,7 +156,7 @@ def describe(home: Path, run_dir: RunDir, store: "Store | Guarded | None" = None
         return _describe(home, run_dir, index, time.time() if now is None else now)
 
 
-def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> dict[str, Any]:
+def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObject:
     from tina_core.store.index import Store  # the methods asked through the guard
 
     info = run_dir.info()
@@ -107,7 +210,7 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> dict[s
     failed = [e for e in events if e.get("event") == "failed"]
     lost = {e.get("attempt"): e["lost_log_bytes"] for e in events
             if e.get("event") == "attempt_exited" and e.get("lost_log_bytes")}
-    return {
+    return RunObject({
         "run_id": run_dir.run_id,
         "name": info.get("name", run_dir.run_id),
         "recipe": info.get("recipe"),
@@ -152,7 +255,7 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> dict[s
         "orphan_trainer_pid": live.orphan_trainer_pid,
         "imported": bool(info.get("imported", False)),
         "path": str(run_dir.path),
-    }
+    })
 
 
 def open_store(home: Path) -> Any:
@@ -171,7 +274,7 @@ def open_store(home: Path) -> Any:
         return None
 
 
-def list_runs(home: Path, store: "Store | None" = None) -> list[dict[str, Any]]:
+def list_runs(home: Path, store: "Store | None" = None) -> list[RunObject]:
     run_dirs = list_run_dirs(home)
     if store is None and run_dirs:
         store = open_store(home)

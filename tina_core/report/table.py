@@ -24,6 +24,7 @@ from typing import Any, Sequence
 from tina_core.analysis import metric_keys
 from tina_core.recipe import diff
 from tina_core.report import paper
+from tina_core.report.runs import describe
 from tina_core.rundir import RunDir, TinaError, find_run, list_run_dirs
 from tina_core.store.index import Store
 
@@ -45,16 +46,6 @@ def _recipe_info(rd: RunDir) -> tuple[str | None, float | None]:
     return stem, (rows / per_step if rows and per_step else None)
 
 
-def _cost(rd: RunDir, step: int | None) -> tuple[dict, float | None, str]:
-    try:
-        from tina_core.analysis import cost
-    except ImportError:
-        return {"train": 0.0, "eval": 0.0, "total": 0.0}, None, "no cost module: $0 shown"
-    meter = cost.Meter.for_run(rd)
-    to_rec = meter.cost_at_step(step) if step is not None else None
-    return meter.cost_usd(), to_rec, "GPU-seconds x $/GPU-hour from the run's events"
-
-
 def _pct(step: int | None, per_epoch: float | None) -> float | None:
     return round(100 * step / per_epoch, 1) if step is not None and per_epoch else None
 
@@ -72,11 +63,12 @@ def gain_over_base(scores: dict[str, float], base: dict[str, float]) -> float | 
 def run_row(store: Store, rd: RunDir) -> dict[str, Any]:
     info = rd.info()
     stem, per_epoch = _recipe_info(rd)
-    ph = store.phase(rd.run_id)
+    run = describe(store.home, rd, store)  # the dollars, as `tina ls` and the cockpit count them
+    ph = run["phase_transition"]
     rec = store.recommendation(rd.run_id)
     cks = {c["step"]: c for c in store.checkpoints(rd.run_id)}
     base = store.base_evals(rd.run_id)
-    cost_usd, to_rec, cost_source = _cost(rd, rec["recommended"])
+    to_rec = next((c["cost_usd_at"] for c in run["checkpoints"] if c["step"] == rec["recommended"]), None)
 
     def ck(step: int | None) -> dict | None:
         if step is None:
@@ -93,8 +85,9 @@ def run_row(store: Store, rd: RunDir) -> dict[str, Any]:
         "base": {"scores": base, "avg": _avg(base)} if base else None,
         "recommended": ck(rec["recommended"]), "best_evaluated": ck(rec["best_evaluated"]),
         "disagree": rec["disagree"], "reason": rec["reason"],
-        "cost_usd": cost_usd, "train_usd_to_recommended": to_rec, "cost_source": cost_source,
-        "cost_usd_machine_hour": _per_machine_hour(cost_usd, info.get("gpu_count")),
+        "cost_usd": run["cost_usd"], "train_usd_to_recommended": to_rec,
+        "cost_source": "GPU-seconds x $/GPU-hour from the run's events",
+        "cost_usd_machine_hour": _per_machine_hour(run["cost_usd"], info.get("gpu_count")),
         "paper": paper.rows_for(stem),
     }
 

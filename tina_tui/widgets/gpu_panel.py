@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 
 from tina_tui.widgets.text import usd, meter
 from tina_tui.widgets.panel import Panel
 
+if TYPE_CHECKING:
+    from tina_tui.collector import RunRow
+
 
 class GpuPanel(Panel):
     """Utilisation and memory per GPU from the run's latest system sample (nvitop-style bars)."""
 
-    def show(self, run: dict[str, Any] | None, system: list[dict[str, Any]]) -> None:
+    def show(self, run: RunRow | None, system: list[dict[str, Any]]) -> None:
         t = Text(no_wrap=True, overflow="ellipsis")
         if not run:
             self.set_text(t)

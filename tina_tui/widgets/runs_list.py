@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.style import Style
 from rich.text import Text
@@ -15,6 +15,9 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from tina_tui.widgets.text import STATE_STYLE, usd, eta_text, marker_text, _looks
+
+if TYPE_CHECKING:
+    from tina_tui.collector import RunRow
 
 
 class RunsTable(Widget, can_focus=True):
@@ -66,7 +69,7 @@ class RunsTable(Widget, can_focus=True):
         self._strips: dict[tuple, Strip] = {}          # (row, looks, cursor, focus, width) -> strip
 
     @staticmethod
-    def cells(run: dict[str, Any]) -> tuple[Text, ...]:
+    def cells(run: RunRow) -> tuple[Text, ...]:
         state = run.get("state", "?")
         restarts = run.get("restarts") or 0
         step = f"{run.get('step') or 0}/{run.get('stop_at_step') or run.get('max_steps') or '?'}"
@@ -90,7 +93,7 @@ class RunsTable(Widget, can_focus=True):
     def selected_id(self) -> str | None:
         return self._ids[self.cursor_row] if self._ids else None
 
-    def update_runs(self, runs: list[dict[str, Any]], selected: str | None) -> None:
+    def update_runs(self, runs: list[RunRow], selected: str | None) -> None:
         """New rows; only the lines that changed are drawn again (a column grows to fit)."""
         rows = [self.cells(r) for r in runs]
         widths = tuple(max([len(label)] + [cells[i].cell_len for cells in rows])

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.style import Style
 from rich.text import Text
 
 from tina_tui.plot import (MARK_CONFIRMED, MARK_TENTATIVE)
+
+if TYPE_CHECKING:
+    from tina_core.report.runs import PhaseTransition
+    from tina_tui.collector import RunRow
 
 
 STATE_STYLE = {"running": "bold green", "stopping": "yellow", "finished": "cyan", "stopped": "yellow",
@@ -47,7 +51,7 @@ def eta_text(seconds: float | None) -> str:
     return f"{max(0, round(seconds))}s"
 
 
-def marker_text(phase: dict[str, Any] | None) -> Text:
+def marker_text(phase: PhaseTransition | None) -> Text:
     status = (phase or {}).get("status") or "none"
     if status == "confirmed":
         return Text(f"{MARK_CONFIRMED} {phase.get('step')}", style="bold magenta")
@@ -61,7 +65,7 @@ def _looks(text: Text) -> tuple:
     return text.plain, str(text.style), tuple(text.spans)
 
 
-def cost_line(run: dict[str, Any] | None, recommended: int | None, checkpoints: list[dict[str, Any]]) -> Text:
+def cost_line(run: RunRow | None, recommended: int | None, checkpoints: list[dict[str, Any]]) -> Text:
     """The selected run's money in one line, most important first so a narrow terminal keeps it:
     spent so far (train / eval / total), the rate now, the projection to stop_at_step and the cost
     up to the recommended checkpoint (the paper's "$9" figure)."""
@@ -83,7 +87,7 @@ def cost_line(run: dict[str, Any] | None, recommended: int | None, checkpoints: 
     return t
 
 
-def recommendation_line(run: dict[str, Any] | None, rec: dict[str, Any] | None) -> Text:
+def recommendation_line(run: RunRow | None, rec: dict[str, Any] | None) -> Text:
     """What the checkpoint marks mean for this run: the recommended one (Tina's rule), the best
     evaluated one, and whether they disagree."""
     t = Text(no_wrap=True, overflow="ellipsis")
