@@ -283,8 +283,6 @@ class Collector:
             with index.batch():
                 deferred = self._ingest(index, files, selected, t0)
                 snap = self._collect(index, selected, dirs, files, detail_key, deferred, t0)
-            # the index file was found deleted or replaced: its runs go in again over the next refreshes
-            self.pending = self.pending or index.replaced
             snap.error = snap.error or index.error or self._store_error
             snap.took_s = time.perf_counter() - t0
             return snap
@@ -393,6 +391,8 @@ class Collector:
         rd = RunDir(self.home / "runs" / rid)
         made_from = (files, detail_key, index.is_current(rid, files))
         hit = self._views.get(rid, made_from)
+        if hit is None and not index.available:  # the index is busy or damaged: as it last said
+            hit = self._views.get(rid)
         if hit is None:
             failures = index.failures
             queried = self._query(index, run, detail_key)

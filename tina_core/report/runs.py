@@ -102,6 +102,8 @@ class RunObject(TypedDict):
     failure: str | None
     write_errors: list[WriteError]
     supervisor_pid: int | None
+    supervisor: str | None         # "alive", "gone" (an unfinished run nobody watches), None once ended
+    orphan_trainer_pid: int | None  # a trainer training on after its supervisor died
     imported: bool
     path: str
 

@@ -28,12 +28,6 @@ LOCK_TIMEOUT_S = 5.0
 WAIT_NOTICE_S, WAIT_YIELD_S = 0.3, 0.03  # a waiter's notice counts this long; a holder yields this
 
 
-class IndexReplaced(TinaError):
-    """The index file is not the one this process was reading (deleted, replaced or rebuilt by
-    another process): what it knew is forgotten, and its runs must be ingested again before the
-    index answers for them."""
-
-
 def _is_lock_error(e: Exception) -> bool:
     msg = str(e).lower()
     # "unique file handle conflict": this process already has the file open another way
@@ -104,9 +98,10 @@ class Database:
         self._file_id: str | None = None  # the index file this process has checked the schema of
         self._generation = 0              # ...and the count of ingests it has seen written to it
 
-    def _new_file(self) -> None:
-        """The index file is not the one this process knew (first open, deleted, replaced, rebuilt
-        or emptied for another schema version): subclasses forget what they knew of it."""
+    def _new_file(self, con: duckdb.DuckDBPyConnection, *, known: bool) -> None:
+        """The index file is not the one this process knew (first open, or ``known``: it was
+        deleted, replaced or rebuilt since, or emptied for another schema version): subclasses
+        forget what they knew of it, and fill it again with what they had put in the old one."""
 
     # --- connections ---------------------------------------------------------------------------
     def _open(self) -> duckdb.DuckDBPyConnection:
@@ -142,8 +137,9 @@ class Database:
         """Is the file still the one this process knows? Each index file carries a random id (a
         rebuild draws a new one) and a count of the ingests written to it. A deleted file comes
         back empty from ATTACH, another file has another id, an older copy a lower count: either
-        way the schema is made sure of and everything known of the old file forgotten, so a
-        long-lived reader (the cockpit) recovers by itself."""
+        way the schema is made sure of, everything known of the old file forgotten and what this
+        process had ingested ingested again, so a long-lived reader (the cockpit) recovers by
+        itself before it answers anything from the new file."""
         try:
             row = con.execute("SELECT id, generation FROM index_id").fetchone()
         except duckdb.CatalogException:
@@ -155,10 +151,7 @@ class Database:
         self._create(con)
         row = con.execute("SELECT id, generation FROM index_id").fetchone()
         self._file_id, self._generation = row or self._new_id(con)
-        self._new_file()
-        if known is not None:
-            raise IndexReplaced(f"{self.path} was deleted, replaced or rebuilt meanwhile: "
-                                "its runs are being ingested again")
+        self._new_file(con, known=known is not None)
 
     def _new_id(self, con: duckdb.DuckDBPyConnection) -> tuple[str, int]:
         """Give the file (a new index) its id; its count of ingests starts at 0."""

@@ -1,7 +1,7 @@
 """Calls into the index that never take a reader down with them.
 
-The index is an optimisation: when a call fails (the file is busy, damaged, replaced, or a query
-breaks), the run directories still answer. ``Guarded.ask`` takes the real ``Store`` method, never
+The index is an optimisation: when a call fails (the file is busy or damaged, or a query breaks),
+the run directories still answer. ``Guarded.ask`` takes the real ``Store`` method, never
 its name (``index.ask(Store.phase, run_id)``), so a renamed method fails where it is called rather
 than reading as a failed query. Light: the Store is only named for type checkers.
 """
@@ -28,7 +28,6 @@ class Guarded:
         self.warn = warn
         self.failures = 0
         self.error: str | None = None
-        self.replaced = False   # the index file was found deleted or replaced (see IndexReplaced)
 
     @property
     def available(self) -> bool:
@@ -45,14 +44,11 @@ class Guarded:
         try:
             return method(self.store, *args, **kwargs)
         except Exception as e:  # the index is an optimisation; the run directories still answer
-            from tina_core.store.database import IndexReplaced
-
             self.failures += 1
             self.error = f"index: {method.__name__}: {e}"
             if self.warn is not None:
                 self.warn(f"store.{method.__name__}({', '.join(map(str, args))}): {e}")
-            if isinstance(e, TinaError):  # busy, damaged or replaced: not again this time
-                self.replaced = self.replaced or isinstance(e, IndexReplaced)
+            if isinstance(e, TinaError):  # the file is busy or damaged: not again this time
                 self.store = None
             return None
 

@@ -51,8 +51,11 @@ class Store(Ingestion):
         # (run, question) -> answer, each kept while the run files it reads stay as ingested
         self.answers: Cache[tuple, Any] = Cache("store.answers", ANSWERS_KEPT)
 
-    def _new_file(self) -> None:
-        super()._new_file()
+    def _new_file(self, con, *, known: bool) -> None:
+        self.answers.clear()
+        super()._new_file(con, known=known)
+
+    def _forget_answers(self) -> None:
         self.answers.clear()
 
     def _by_files(self, run_id: str, question: Hashable, version_of: Callable[[RunFiles], Hashable],

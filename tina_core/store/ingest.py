@@ -20,7 +20,7 @@ import duckdb
 
 from tina_core.analysis import metric_keys
 from tina_core.caches import Cache
-from tina_core.rundir import RunDir, RunFiles, TinaError, list_run_dirs
+from tina_core.rundir import RunDir, RunFiles, TinaError, list_run_dirs, runs_root
 from tina_core.store.database import Database, _ident, _sql_str
 from tina_core.store.records import MAX_INT, MAX_STEP, events_problem, metrics_problem, system_problem
 from tina_core.store.records import number as _num
@@ -86,8 +86,17 @@ class Ingestion(Database):
         # a run whose ingest went through is recorded (a failed one is tried again next time).
         self.ingested: Cache[str, RunFiles] = Cache("store.ingested", None)
 
-    def _new_file(self) -> None:
+    def _new_file(self, con, *, known: bool) -> None:
+        runs = self.ingested.keys() if known else []
         self.ingested.clear()
+        for run_id in runs:  # what this process had put in the old file, into this one
+            rd = RunDir(runs_root(self.home) / run_id)
+            if rd.run_json.exists():
+                files = RunFiles.of(rd)
+                self._ingest_run(con, rd, None, files)
+                self.ingested.put(run_id, files, files)
+        if runs:
+            self._wrote(con)
 
     def ingested_files(self, run_id: str) -> RunFiles | None:
         """The run's files as this process last ingested them (None: not since the index file
@@ -152,8 +161,12 @@ class Ingestion(Database):
             for p in (self.path, self.path.with_name(self.path.name + ".wal")):
                 p.unlink(missing_ok=True)
             self._file_id, self._generation = None, 0  # the next connection gives the new file its id
-        self._new_file()
+        self.ingested.clear()
+        self._forget_answers()
         return self.ingest()
+
+    def _forget_answers(self) -> None:
+        """Answers derived from the index no longer stand (see Store)."""
 
     def _forget(self, con, run_id: str) -> None:
         con.execute("BEGIN")
