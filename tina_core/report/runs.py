@@ -97,6 +97,7 @@ class RunObject(TypedDict):
     checkpoints: list[CheckpointEntry]
     base: BaseModel
     evals_pending: int
+    eval_worker: str | None         # "alive", "gone" (evaluations wait and no worker lives), None: none wait
     evaluations: list[Evaluation]
     last_metrics: dict[str, float]
     failure: str | None
