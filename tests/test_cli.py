@@ -117,6 +117,31 @@ def test_json_output_is_always_json(imported):
     _strict_json(tina(home, "report", "--json").stdout)
 
 
+def test_ended_runs_are_listed_from_the_run_object_cache_until_their_files_change(imported):
+    """`tina ls` and `tina status` of an ended run whose files are unchanged answer from the
+    run-object cache, without the index (a deleted tina.duckdb stays deleted); the same objects
+    as described afresh; a new event describes that run again; `tina ingest --rebuild` clears it."""
+    from tina_core.report import run_cache
+
+    home, rd = imported
+    fresh = _strict_json(tina(home, "ls", "--json").stdout)
+    assert run_cache.cache_path(home).is_file()
+    (home / "tina.duckdb").unlink()
+    assert _strict_json(tina(home, "ls", "--json").stdout) == fresh
+    assert _strict_json(tina(home, "status", rd.run_id, "--json").stdout) == fresh[0]
+    assert not (home / "tina.duckdb").exists()  # nothing needed the index
+
+    rd.event("eval_queued", eval_id="ckpt5-arith-x", checkpoint=5, task="arith", tasks=["arith"], gpus=[])
+    rd.event("eval_started", eval_id="ckpt5-arith-x", checkpoint=5, task="arith", gpus=[], pid=1)
+    rd.event("eval_finished", eval_id="ckpt5-arith-x", checkpoint=5, task="arith", score=0.75, metric="acc",
+             scores={"arith": 0.75})
+    [run] = _strict_json(tina(home, "ls", "--json").stdout)
+    assert run["evaluations"][0]["score"] == 0.75 and (home / "tina.duckdb").exists()
+    run_cache.clear(home)
+    assert _strict_json(tina(home, "ls", "--json").stdout) == [run]  # cached == described afresh
+    assert "rebuilt" in tina(home, "ingest", "--rebuild").stdout and not run_cache.cache_path(home).exists()
+
+
 def test_small_attacks_get_clear_errors_and_change_nothing(imported, tmp_path):
     """Attack 7: `tina logs -n -5` and `-n 0`, `--tasks ,,`, `tina report --plots` on a bad folder."""
     home, rd = imported

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Sequence
 
 from tina_core import runstate
-from tina_core.report.runs import describe, list_runs, open_store
-from tina_core.cli.output import json_text
+from tina_core.report.runs import list_runs
+from tina_core.cli.output import json_text, styled, table
 from tina_core.credentials import redact_text
 from tina_core.rundir import find_run
 from tina_core.supervise.logpump import tail_text
@@ -147,13 +147,6 @@ def _duration(s: float | None) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 
 
-def _console():
-    from rich.console import Console
-
-    # Piped output (scripts, CI logs) is not cut to 80 columns.
-    return Console(width=None if sys.stdout.isatty() else 220)
-
-
 STATE_STYLE = {"running": "green", "stopping": "yellow", "finished": "blue", "stopped": "yellow",
                "failed": "red", "crashed": "bold red"}
 
@@ -173,83 +166,68 @@ def cli_ls(home: Path, *, as_json: bool = False) -> int:
     if as_json:
         print(json_text(runs))
         return 0
-    from rich.table import Table
-
-    console = _console()
     if not runs:
-        console.print(f"no runs in {home} yet: tina run recipes/tiny.yaml")
+        print(f"no runs in {home} yet: tina run recipes/tiny.yaml")
         return 0
-    table = Table(box=None, header_style="bold")
-    for col in ("run", "state", "step", "restarts", "time", "device", "cost", "projected", "phase", "recommended"):
-        table.add_column(col, justify="right" if col in ("step", "restarts", "cost", "projected") else "left")
-    for r in runs:
-        style = STATE_STYLE.get(r["state"], "")
-        state = r["state"] + (" (no supervisor)" if r.get("orphan_trainer_pid") else "")
-        table.add_row(r["run_id"], f"[{style}]{state}[/{style}]" if style else state,
-                      f"{r['step'] if r['step'] is not None else '-'}/{r['stop_at_step'] or '?'}",
-                      str(r["restarts"]), _duration(r["elapsed_s"]),
-                      f"{r['gpu_count']}x {r['device']}" if r["gpu_count"] else r["device"],
-                      _money(r["cost_usd"]["total"]), _money(r["projected_cost_usd"]),
-                      _phase(r["phase_transition"]),
-                      str(r["recommended_checkpoint"]) if r["recommended_checkpoint"] is not None else "-")
-    console.print(table)
+    rows = [(r["run_id"], (r["state"] + (" (no supervisor)" if r.get("orphan_trainer_pid") else ""),
+                           STATE_STYLE.get(r["state"])),
+             f"{r['step'] if r['step'] is not None else '-'}/{r['stop_at_step'] or '?'}",
+             str(r["restarts"]), _duration(r["elapsed_s"]),
+             f"{r['gpu_count']}x {r['device']}" if r["gpu_count"] else r["device"],
+             _money(r["cost_usd"]["total"]), _money(r["projected_cost_usd"]), _phase(r["phase_transition"]),
+             str(r["recommended_checkpoint"]) if r["recommended_checkpoint"] is not None else "-")
+            for r in runs]
+    print(table(("run", "state", "step", "restarts", "time", "device", "cost", "projected", "phase", "recommended"),
+                rows, right=("step", "restarts", "cost", "projected")))
     return 0
 
 
 def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
-    run_dir = find_run(home, run_ref)
-    run = describe(home, run_dir, open_store(home))
+    [run] = list_runs(home, run_dirs=[find_run(home, run_ref)])
     _revive_eval_worker(home, [run])
     if as_json:
         print(json_text(run))
         return 0
-    from rich.table import Table
-
-    console = _console()
     c = run["cost_usd"]
-    style = STATE_STYLE.get(run["state"], "")
-    console.print(f"[bold]{run['run_id']}[/bold]  [{style}]{run['state']}[/{style}]  ({run['recipe']})")
+    print(f"{styled(run['run_id'], 'bold')}  {styled(run['state'], STATE_STYLE.get(run['state']))}  ({run['recipe']})")
     if run["failure"]:
-        console.print(f"failed: {run['failure']}", markup=False, style="red")
+        print(styled(f"failed: {run['failure']}", "red"))
     if run.get("orphan_trainer_pid"):
-        console.print(f"its supervisor is gone; the trainer (pid {run['orphan_trainer_pid']}) trains on unsupervised, "
-                      f"its time counted: `tina resume {run['run_id']}` takes it over, `tina stop` stops it at a "
-                      "checkpoint", markup=False, style="yellow")
+        print(styled(f"its supervisor is gone; the trainer (pid {run['orphan_trainer_pid']}) trains on unsupervised, "
+                   f"its time counted: `tina resume {run['run_id']}` takes it over, `tina stop` stops it at a "
+                   "checkpoint", "yellow"))
     for w in run["write_errors"]:
-        console.print(f"warning: attempt {w['attempt']}: {w['error']}"
-                      + (f" ({w['lost_bytes']} bytes of trainer output lost)" if w["lost_bytes"] else ""),
-                      markup=False, style="yellow")
-    console.print(f"step {run['step'] if run['step'] is not None else '-'}/{run['stop_at_step'] or '?'}"
-                  f"  restarts {run['restarts']}  trained {_duration(run['elapsed_s'])}"
-                  + (f"  {run['seconds_per_step']:.2f} s/step" if run["seconds_per_step"] else "")
-                  + (f"  ETA {_duration(run['eta_s'])}" if run["eta_s"] is not None else ""))
+        print(styled(f"warning: attempt {w['attempt']}: {w['error']}"
+                   + (f" ({w['lost_bytes']} bytes of trainer output lost)" if w["lost_bytes"] else ""), "yellow"))
+    print(f"step {run['step'] if run['step'] is not None else '-'}/{run['stop_at_step'] or '?'}"
+        f"  restarts {run['restarts']}  trained {_duration(run['elapsed_s'])}"
+        + (f"  {run['seconds_per_step']:.2f} s/step" if run["seconds_per_step"] else "")
+        + (f"  ETA {_duration(run['eta_s'])}" if run["eta_s"] is not None else ""))
     device = f"{run['gpu_count']}x {run['device']}" if run["gpu_count"] else run["device"]
     rate = f"{_money(run['gpu_hour_usd'])}/GPU-hour" if run["gpu_count"] else f"{_money(run.get('cpu_hour_usd'))}/hour"
-    console.print(f"{device} at {rate} ({run['price_source'] or 'no price'})")
-    console.print(f"cost {_money(c['total'])} (train {_money(c['train'])}, eval {_money(c['eval'])})"
-                  f"  projected {_money(run['projected_cost_usd'])}")
-    console.print(f"phase transition {_phase(run['phase_transition'])}  recommended checkpoint "
-                  f"{run['recommended_checkpoint'] if run['recommended_checkpoint'] is not None else '-'}")
+    print(f"{device} at {rate} ({run['price_source'] or 'no price'})")
+    print(f"cost {_money(c['total'])} (train {_money(c['train'])}, eval {_money(c['eval'])})"
+        f"  projected {_money(run['projected_cost_usd'])}")
+    print(f"phase transition {_phase(run['phase_transition'])}  recommended checkpoint "
+        f"{run['recommended_checkpoint'] if run['recommended_checkpoint'] is not None else '-'}")
     if run["checkpoints"] or run["base"]["evals"]:
-        table = Table(box=None, header_style="bold")
-        table.add_column("checkpoint", justify="right")
-        table.add_column("cost at", justify="right")
-        table.add_column("evals")
         rows = [("base", None, run["base"]["evals"])] if run["base"]["evals"] else []
-        for name, usd, evals in rows + [(str(c["step"]), c["cost_usd_at"], c["evals"]) for c in run["checkpoints"]]:
-            table.add_row(name, _money(usd), "  ".join(f"{t} {s:.3f}" if isinstance(s, (int, float)) else f"{t} {s}"
-                                                       for t, s in evals.items()) or "-")
-        console.print(table)
+        print(table(("checkpoint", "cost at", "evals"),
+                  [(name, _money(usd), "  ".join(f"{t} {s:.3f}" if isinstance(s, (int, float)) else f"{t} {s}"
+                                                 for t, s in evals.items()) or "-")
+                   for name, usd, evals in rows + [(str(c["step"]), c["cost_usd_at"], c["evals"])
+                                                   for c in run["checkpoints"]]],
+                  right=("checkpoint", "cost at")))
     for ev in run["evaluations"]:
         if ev["state"] in ("queued", "running", "failed"):
             why = (f": {(ev['reason'] or '').splitlines()[0]}" if ev["state"] == "failed"
                    else " (no worker was alive)" if run.get("eval_worker") == "gone" else "")
-            console.print(f"eval {ev['eval_id']} {ev['task']} {ev['state']}{why}", markup=False)
+            print(f"eval {ev['eval_id']} {ev['task']} {ev['state']}{why}")
     if run["last_metrics"]:
         keys = [k for k in ("rewards/format_reward/mean", "rewards/accuracy_reward/mean",
                             "completions/mean_length", "reward", "kl", "loss") if k in run["last_metrics"]]
-        console.print("  ".join(f"{k} {run['last_metrics'][k]:.4g}" for k in keys
-                                if isinstance(run["last_metrics"][k], (int, float))))
+        print("  ".join(f"{k} {run['last_metrics'][k]:.4g}" for k in keys
+                      if isinstance(run["last_metrics"][k], (int, float))))
     return 0
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from tina_core.cli.output import json_text
 from tina_core.importer.readers import import_run
+from tina_core.report import run_cache
 from tina_core.report.table import build_report, render_csv, render_text, write_plots
 from tina_core.rundir import TinaError, write_error_text
 from tina_core.store.index import Store
@@ -60,6 +61,8 @@ def cli_diff(home: Path, refs: list[str], as_json: bool = False) -> int:
 
 def cli_ingest(home: Path, rebuild: bool) -> int:
     store = Store(home)
+    if rebuild:
+        run_cache.clear(home)  # everything described again from the rebuilt index
     stats = store.rebuild() if rebuild else store.ingest()
     total_q = store.query("SELECT count(*) FROM quarantine")[0][0]
     print(f"{'rebuilt' if rebuild else 'ingested'} {stats.runs} runs ({stats.updated} with new data): "

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from tina_core import runstate
 from tina_core.analysis import cost
+from tina_core.report import run_cache
 from tina_core.rundir import RunDir, iter_jsonl, list_run_dirs
 from tina_core.store.guard import Guarded
 
@@ -261,15 +262,16 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
     })
 
 
-def open_store(home: Path) -> Any:
-    """The ingested store, or None when it is unavailable (``tina ls`` still works without it)."""
+def open_store(home: Path, run_ids: list[str] | None = None) -> Any:
+    """The store brought up to date (for ``run_ids`` only, when given), or None when it is
+    unavailable (``tina ls`` still works without it)."""
     try:
         from tina_core.store.index import Store
     except ImportError:
         return None
     try:
         store = Store(home)
-        store.ingest()
+        store.ingest(run_ids)
         return store
     except Exception as e:
         print(f"tina: warning: the index at {home} is unavailable ({e}); showing run directories only",
@@ -277,14 +279,29 @@ def open_store(home: Path) -> Any:
         return None
 
 
-def list_runs(home: Path, store: "Store | None" = None) -> list[RunObject]:
-    run_dirs = list_run_dirs(home)
-    if store is None and run_dirs:
-        store = open_store(home)
-    now = time.time()
-    index = Guarded(store, warn=_warn)
-    with index.batch():  # one connection for the whole listing
-        return [describe(home, rd, index, now=now) for rd in run_dirs]
+def list_runs(home: Path, store: "Store | None" = None, run_dirs: list[RunDir] | None = None) -> list[RunObject]:
+    """The workspace's run objects (``run_dirs``' only, when given). An ended run whose files are
+    as they were is answered from the run-object cache (``run_cache``), without the index; the
+    others are described, the index opened and brought up to date for them alone."""
+    every = list_run_dirs(home) if run_dirs is None else None
+    dirs = every if every is not None else run_dirs
+    kept = run_cache.RunObjects(home)
+    keys = {rd.run_id: run_cache.files_key(rd) for rd in dirs}
+    runs: dict[str, Any] = {rd.run_id: kept.get(rd, keys[rd.run_id]) for rd in dirs}
+    todo = [rd for rd in dirs if runs[rd.run_id] is None]
+    if todo:
+        if store is None:
+            store = open_store(home, [rd.run_id for rd in todo])
+        now = time.time()
+        index = Guarded(store, warn=_warn)
+        with index.batch():  # one connection for the whole listing
+            for rd in todo:
+                failures = index.failures
+                runs[rd.run_id] = run = describe(home, rd, index, now=now)
+                if index.available and index.failures == failures:  # never keep what the index could not say
+                    kept.put(rd, keys[rd.run_id], run)
+    kept.save(None if every is None else {rd.run_id for rd in every})
+    return [runs[rd.run_id] for rd in dirs]
 
 
 # --- output ---------------------------------------------------------------------------------------
