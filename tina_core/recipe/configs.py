@@ -207,17 +207,6 @@ def check_library_configs(recipe: Recipe) -> None:
     if str(cfg.save_strategy) not in ("steps", "SaveStrategy.STEPS"):
         raise RecipeError(f"{where}: grpo.save_strategy: expected 'steps' (checkpoints every save_steps), "
                           f"got {cfg.save_strategy!r}")
-    from tina_core.recipe.rewards import GROUP_REWARDS
-
-    # TRL calls a reward once per process on its local generation batch; a group-relative reward
-    # needs every prompt group whole in it.
-    local = cfg.per_device_train_batch_size * cfg.steps_per_generation
-    grouped = [k for k in recipe.rewards if k in GROUP_REWARDS]
-    if grouped and local % cfg.num_generations:
-        raise RecipeError(f"{where}: grpo.per_device_train_batch_size: rewards {', '.join(grouped)} compare the "
-                          f"completions of one prompt, so each process's generation batch ({local} = "
-                          f"per_device_train_batch_size x steps_per_generation) must be a multiple of "
-                          f"num_generations ({cfg.num_generations})")
     if verdict is not None:
         try:
             verdict.parent.mkdir(parents=True, exist_ok=True)

@@ -330,8 +330,6 @@ REWARDS: dict[str, Callable[[dict, int | None], RewardFunc]] = {
     "reasoning_steps": lambda o, g: reasoning_steps_reward,
     "repetition_penalty": lambda o, g: _repetition(o),
 }
-# Rewards that compare the completions of one prompt group with each other.
-GROUP_REWARDS = ("length",)
 
 
 def resolve_options(options: dict | None) -> dict[str, Any]:
