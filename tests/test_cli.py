@@ -72,6 +72,17 @@ def test_broken_recipe_names_the_key(home):
     assert _runs(home) == []
 
 
+@pytest.mark.parametrize("content", ["", '{"problem": "What is 1 + 1?", "answer": "2"}\n', "{oops\n"],
+                         ids=["empty", "one row", "malformed"])
+def test_bad_data_is_refused_before_a_run_directory_exists(home, tmp_path, content):
+    """Attack 7: an empty, one-row or malformed dataset is refused by `tina run` itself."""
+    data = tmp_path / "data.jsonl"
+    data.write_text(content)
+    out = tina(home, "run", str(TINY), "--set", f"dataset.name={data}")
+    assert out.returncode == 2 and f"{data}" in out.stderr and "Traceback" not in out.stderr, out.stderr
+    assert _runs(home) == []
+
+
 @pytest.mark.parametrize("command", [["status"], ["stop"], ["resume"], ["logs"]])
 def test_unknown_run(tmp_path, command):
     out = tina(tmp_path, *command, "no-such-run")

@@ -153,7 +153,7 @@ def test_numbers_out_of_range_are_refused(override, message):
 
 @pytest.mark.parametrize("content, message", [
     ('{"problem": "What is 1 + 1?", "answer": "2"}\n',
-     r"dataset.name: 1 usable row\(s\), fewer than the 4 prompts one optimizer step takes"),
+     r"dataset.name: .*data.jsonl has 1 usable row\(s\), fewer than the 4 prompts one optimizer step takes"),
     ("", r"is empty"),
     ('{"problem": "What is 1 + 1?", "answer": "2"}\n{"problem": oops}\n', r"line 2: invalid JSON"),
     ('{"question": "What is 1 + 1?"}\n' * 8, r"no gold column"),

@@ -340,9 +340,9 @@ def validate_recipe(recipe: Recipe) -> None:
         raise RecipeError(f"{where}: {e}") from None
     need = recipe.prompts_per_step
     if rows is not None and rows < need:
-        raise RecipeError(f"{where}: dataset.name: {rows} usable row(s), fewer than the {need:g} prompts one optimizer "
-                          "step takes (per_device_train_batch_size x gradient_accumulation_steps x processes / "
-                          "num_generations): not one step could be trained")
+        raise RecipeError(f"{where}: dataset.name: {ds} has {rows} usable row(s), fewer than the {need:g} prompts "
+                          "one optimizer step takes (per_device_train_batch_size x gradient_accumulation_steps x "
+                          "processes / num_generations): not one step could be trained")
 
     from tina_core.recipe.rewards import build_reward_funcs
 
