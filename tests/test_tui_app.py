@@ -650,9 +650,12 @@ async def test_quit_leaves_runs_alone(home):
 
 def test_every_registry_action_has_a_handler():
     from tina_tui.app import TinaApp
+    from tina_tui.screens.ablation import AblationScreen
     from tina_tui.screens.detail import DetailScreen
+    from tina_tui.screens.diff import DiffScreen
 
-    owners = {"global": [TinaApp], "main": [MainScreen], "detail": [DetailScreen]}
+    owners = {"global": [TinaApp], "main": [MainScreen], "detail": [DetailScreen],
+              "compare": [DiffScreen, AblationScreen]}
     for a in ACTIONS:
         name = a.action.split("(")[0]
-        assert any(hasattr(cls, f"action_{name}") for cls in owners[a.context]), a
+        assert all(hasattr(cls, f"action_{name}") for cls in owners[a.context]), a

@@ -163,3 +163,29 @@ def test_an_alert_rings_the_bell_in_the_tmux_pane(home, tiny_cache):
             time.sleep(0.2)
     finally:
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+
+
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+def test_two_runs_marked_by_keyboard_are_both_in_the_chart(home, tiny_cache):
+    from test_tui_support import ablation_workspace
+
+    ablation_workspace(home)
+    sock = f"tina-mark-{os.getpid()}"
+    _cockpit(sock, home, tiny_cache)
+    try:
+        _wait_pane(sock, lambda t: "n new" in t and "rs2-r16" in t, 90, "the cockpit")
+        # the newest run is in view: mark it, go up one, mark that one
+        for key in ("Space", "Up", "Space"):
+            _tmux(sock, "send-keys", "-t", "tui", key)
+            time.sleep(0.3)
+        text = _wait_pane(sock, lambda t: "by step" in t and "* rs2-r16 @" in t and "+ rs2-lr2e-6 @" in t,
+                          30, "the overlay of the two marked runs")
+        lines = text.splitlines()
+        top = next(i for i, ln in enumerate(lines) if "by step" in ln)
+        plot = lines[top + 1:top + 9]
+        assert any("*" in ln for ln in plot) and any("+" in ln for ln in plot), text
+        assert re.match(r"^ \* rs2-r16 ", lines[3]) and re.match(r"^ \+ rs2-lr2e-6 ", lines[2]), text
+        _tmux(sock, "send-keys", "-t", "tui", "a")
+        _wait_pane(sock, lambda t: "by transition" in t and "0 = each run's transition" in t, 30, "the alignment")
+    finally:
+        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)

@@ -43,3 +43,22 @@ def screen_text(app: TinaApp) -> str:
     """The screen as plain text, one line per row."""
     strips = app.screen._compositor.render_strips()
     return "\n".join("".join(seg.text for seg in strip) for strip in strips)
+
+
+def ablation_workspace(home: Path) -> Path:
+    """Three Open-RS2 runs of a small ablation (learning rate; LoRA rank and alpha) with their real
+    recipe snapshots, turning at different steps, each recommended checkpoint and the base model
+    evaluated."""
+    from tina_tui.demo import SyntheticRun
+
+    base = {"aime24": 0.3, "math_500": 0.78}
+    for run_id, name, turn, seed, sets, gain in [
+        ("rs2-20260101-000000-aaaa", "rs2", 60, 11, (), 0.05),
+        ("rs2-lr-20260102-000000-bbbb", "rs2-lr2e-6", 45, 12, ("grpo.learning_rate=2e-6",), 0.03),
+        ("rs2-r16-20260103-000000-cccc", "rs2-r16", 85, 13, ("lora.r=16", "lora.lora_alpha=64"), 0.07),
+    ]:
+        SyntheticRun(run_id, name=name, steps=150, stop_at_step=150, max_steps=300, save_steps=25,
+                     dataset_size=7000, transition=turn, seed=seed, overrides=sets, base_evals=base,
+                     evals={s: {t: round(v + gain * s / 50, 3) for t, v in base.items()} for s in (25, 50, 75)},
+                     start_ts=EPOCH_START + seed * 3600).write(home)
+    return home

@@ -38,6 +38,13 @@ ACTIONS: tuple[Action, ...] = (
     Action("j,down", "cursor(1)", "Next row / metric", "main"),
     Action("k,up", "cursor(-1)", "Previous row / metric", "main"),
     Action("f", "follow", "Log: follow the end (on/off)", "main"),
+    # comparing runs
+    Action("space", "mark", "Mark / unmark the run: two or more marked are overlaid on the charts (six at most)",
+           "main"),
+    Action("x", "clear_marks", "Clear the marks", "main"),
+    Action("a", "align", "Overlay: align the runs by step / by each run's transition", "main"),
+    Action("D", "diff", "What differs between the marked runs (their recipes' keys)", "main"),
+    Action("T", "ablation", "Ablation table of the marked runs (every run when none is marked)", "main"),
     # detail screen
     Action("escape,q", "close", "Back", "detail", "back"),
     Action("left,h", "move(-1)", "Cursor one step left", "detail", "cursor"),
@@ -51,9 +58,13 @@ ACTIONS: tuple[Action, ...] = (
     Action("minus", "weight(-0.05)", "Less smoothing", "detail"),
     Action("left_square_bracket", "metric(-1)", "Previous metric", "detail"),
     Action("right_square_bracket", "metric(1)", "Next metric", "detail"),
+    Action("a", "align", "Overlay: align by step / by each run's transition", "detail"),
+    # what differs (D) and the ablation table (T)
+    Action("escape,q", "close", "Back", "compare", "back"),
 )
 
-CONTEXT_TITLES = {"global": "Everywhere", "main": "Runs, charts, checkpoints, log", "detail": "Metric detail"}
+CONTEXT_TITLES = {"global": "Everywhere", "main": "Runs, charts, checkpoints, log", "detail": "Metric detail",
+                  "compare": "What differs, ablation table"}
 
 
 def bindings(context: str) -> list[Binding]:
@@ -62,7 +73,7 @@ def bindings(context: str) -> list[Binding]:
             for a in ACTIONS if a.context == context]
 
 
-_KEY_NAMES = {"question_mark": "?", "left_square_bracket": "[", "right_square_bracket": "]",
+_KEY_NAMES = {"space": "space", "question_mark": "?", "left_square_bracket": "[", "right_square_bracket": "]",
               "plus": "+", "equals_sign": "=", "minus": "-"}
 
 

@@ -24,8 +24,11 @@ from tina_core.rundir import TinaError, find_run, tina_home
 from tina_tui.actions import bindings
 from tina_tui.commands import CockpitCommands
 from tina_tui.collector import Collector, RunView, Snapshot
+from tina_tui.plot import MAX_OVERLAY
+from tina_tui.screens.ablation import AblationScreen
 from tina_tui.screens.confirm import ConfirmScreen
 from tina_tui.screens.detail import DetailScreen
+from tina_tui.screens.diff import DiffScreen
 from tina_tui.screens.help import HelpScreen
 from tina_tui.screens.main import MainScreen
 from tina_tui.screens.recipe_picker import RecipePicker
@@ -71,6 +74,10 @@ class TinaApp(App[None]):
                                              else REPO_RECIPES)
         self.collector = Collector(home, clock=clock)
         self.snapshot: Snapshot | None = None
+        # Runs marked for comparison (space), each with its glyph, in the order they were marked;
+        # two or more are overlaid on the charts, aligned by step or by transition (a).
+        self.marks: dict[str, int] = {}
+        self.align = "step"
         self.refreshes = 0
         self.refreshing = False
         self._revived = float("-inf")  # when a dead evaluation worker was last restarted
@@ -107,12 +114,12 @@ class TinaApp(App[None]):
             return
         self.refreshing, self._again = True, False
         detail = self.screen.key if isinstance(self.screen, DetailScreen) else None
-        self._gather(self.selected, detail)
+        self._gather(self.selected, detail, dict(self.marks))
 
     @work(thread=True, group="refresh", exit_on_error=False)
-    def _gather(self, selected: str | None, detail_key: str | None) -> None:
+    def _gather(self, selected: str | None, detail_key: str | None, marks: dict[str, int]) -> None:
         try:
-            snap = self.collector.collect(selected, detail_key)
+            snap = self.collector.collect(selected, detail_key, marks)
         except Exception as e:  # shown, and the next tick tries again
             snap = Snapshot(runs=self.snapshot.runs if self.snapshot else [], view=None, error=f"refresh: {e!r}")
         self.post_message(Refreshed(snap))
@@ -129,9 +136,12 @@ class TinaApp(App[None]):
         self.refreshes += 1
         if snap.view is not None:
             self.selected = snap.view.run_id
+        gone = [rid for rid in self.marks if rid not in {r["run_id"] for r in snap.runs}]
+        for rid in gone:  # a run directory that went away is no longer compared
+            del self.marks[rid]
         self.main.apply(snap)
         if isinstance(self.screen, DetailScreen) and snap.view is not None:
-            self.screen.update_view(snap.view)
+            self.screen.update_view(snap.view, snap.overlay)
         for n in snap.notices:
             self.notify(n.text, severity=n.severity, timeout=8)
         if any(n.bell for n in snap.notices):
@@ -154,6 +164,44 @@ class TinaApp(App[None]):
         self.notify(message.text, severity="information" if message.ok else "error",
                     timeout=6 if message.ok else 12)
         self.refresh_data()
+
+    # --- comparing runs --------------------------------------------------------------------------
+    def toggle_mark(self, run_id: str | None) -> None:
+        """Mark a run for the overlay (the lowest free glyph), or unmark it."""
+        if run_id is None:
+            return
+        if run_id in self.marks:
+            del self.marks[run_id]
+        elif len(self.marks) >= MAX_OVERLAY:
+            self.notify(f"{MAX_OVERLAY} runs at most are compared at once: x clears the marks", severity="warning")
+            return
+        else:
+            self.marks[run_id] = min(set(range(MAX_OVERLAY)) - set(self.marks.values()))
+        if len(self.marks) == 1:
+            self.notify("marked: mark another run (space) to overlay them on the charts; D what differs, "
+                        "T the ablation table", timeout=5)
+        self.refresh_data()
+
+    def clear_marks(self) -> None:
+        self.marks.clear()
+        self.refresh_data()
+
+    def toggle_align(self) -> None:
+        self.align = "transition" if self.align == "step" else "step"
+        if self.snapshot is not None:
+            self.main.apply(self.snapshot)
+        if isinstance(self.screen, DetailScreen):
+            self.screen.refresh_plot()
+
+    def show_diff(self) -> None:
+        if len(self.marks) < 2:
+            self.notify("mark two runs or more (space) to see what differs between them", severity="warning")
+            return
+        self.push_screen(DiffScreen(self.home, list(self.marks), dict(self.marks)))
+
+    def show_ablation(self) -> None:
+        # the marked runs, or every run when none is marked
+        self.push_screen(AblationScreen(self.collector, list(self.marks), dict(self.marks)))
 
     # --- run actions ---------------------------------------------------------------------------
     def _selected_run(self) -> RunRow | None:

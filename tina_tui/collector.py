@@ -82,6 +82,32 @@ class RunView:
         return 0.0, float(max(hi, 1))
 
 
+@dataclass(frozen=True)
+class OverlayRun:
+    """One marked run as the overlay draws it."""
+
+    run_id: str
+    name: str
+    mark: int                                   # its glyph and colour (tina_tui.plot.MARK_GLYPHS)
+    phase: PhaseTransition | None
+    series: dict[str, list[tuple[float, float]]]  # the charted metrics, summarised like the charts'
+    detail: list[tuple[float, float]] = field(default_factory=list)  # every step of the detail metric
+
+    @property
+    def transition(self) -> int | None:
+        """The step the run is aligned on (its transition, tentative or confirmed), else None."""
+        p = self.phase or {}
+        return p.get("step") if p.get("status") in ("tentative", "confirmed") else None
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """The marked runs (two or more), in the order they were marked."""
+
+    runs: tuple[OverlayRun, ...]
+    version: int = 0  # changes whenever what the runs show changed: widgets redraw on a new one
+
+
 @dataclass
 class Snapshot:
     runs: list[RunRow]
@@ -89,6 +115,7 @@ class Snapshot:
     notices: list[Notice] = field(default_factory=list)
     error: str | None = None
     took_s: float = 0.0
+    overlay: Overlay | None = None
 
 
 class FileTail:
@@ -250,6 +277,9 @@ class Collector:
         # between its steps (Tina logs one a minute) asks nothing again.
         self._views: Cache[str, tuple[int, _Queried]] = Cache("collector.view", 1)
         self._view_version = 0
+        # The marked runs' overlay while none of their files moved and the detail metric is the
+        # same: a live run's refresh between its steps asks nothing for the runs it is compared with.
+        self._overlays: Cache[str, Overlay] = Cache("collector.overlay", 1)
         self.pending = False
         self._log: FileTail | None = None
         self._events: dict[str, EventTail] = {}
@@ -268,8 +298,11 @@ class Collector:
                 return None
         return self._store
 
-    def collect(self, selected: str | None, detail_key: str | None = None) -> Snapshot:
-        """One snapshot of the workspace; ``detail_key``: a metric wanted at full resolution."""
+    def collect(self, selected: str | None, detail_key: str | None = None,
+                marks: dict[str, int] | None = None) -> Snapshot:
+        """One snapshot of the workspace; ``detail_key``: a metric wanted at full resolution;
+        ``marks``: the runs marked for the overlay, with their glyphs."""
+        marks = marks or {}
         with self._lock:  # the tails' offsets and caches are shared state
             t0 = time.perf_counter()
             self._store_error = None
@@ -281,13 +314,15 @@ class Collector:
             # One connection for the refresh, opened only once something needs it: a refresh with
             # nothing new never touches the database.
             with index.batch():
-                deferred = self._ingest(index, files, selected, t0)
+                deferred = self._ingest(index, files, selected, t0, marks)
                 snap = self._collect(index, selected, dirs, files, detail_key, deferred, t0)
+                snap.overlay = self._overlay(index, marks, snap.runs, files, detail_key)
             snap.error = snap.error or index.error or self._store_error
             snap.took_s = time.perf_counter() - t0
             return snap
 
-    def _ingest(self, index: Guarded, files: dict[str, RunFiles], selected: str | None, t0: float) -> set[str]:
+    def _ingest(self, index: Guarded, files: dict[str, RunFiles], selected: str | None, t0: float,
+                marks: dict[str, int]) -> set[str]:
         """Ingest the runs whose files moved since the store last ingested them (a failed ingest
         is not recorded, so it is tried again): the run in view first, then the others while the
         budget lasts. A first index build of a big workspace shows the run in view at once; the
@@ -297,7 +332,7 @@ class Collector:
         deferred: set[str] = set()
         changed = [rid for rid, f in files.items() if index.available and not index.is_current(rid, f)]
         others = 0  # at least one besides the selected goes in each time, however slow the machine
-        for rid in sorted(changed, key=lambda r: r != selected):
+        for rid in sorted(changed, key=lambda r: (r != selected, r not in marks)):  # then the marked ones
             if rid != selected and others and time.perf_counter() - t0 > REFRESH_BUDGET_S:
                 deferred.add(rid)
                 continue
@@ -361,6 +396,46 @@ class Collector:
             except (TinaError, OSError, ValueError) as e:
                 error = f"{selected}: {e}"
         return Snapshot(runs=run_list, view=view, notices=notices, error=error)
+
+    def report(self, run_ids: list[str]) -> dict[str, Any]:
+        """``tina report``'s report over these runs (every run when none), through this cockpit's
+        store, between two refreshes (the ablation table, ``T``)."""
+        from tina_core.report.table import build_report
+
+        with self._lock:
+            return build_report(self.home, run_ids, store=self._open_store())
+
+    def _overlay(self, index: Guarded, marks: dict[str, int], runs: list[RunRow], files: dict[str, RunFiles],
+                 detail_key: str | None) -> Overlay | None:
+        """The marked runs' charted series and transitions, once two or more are marked."""
+        from tina_core.store.index import Store
+
+        by_id = {r["run_id"]: r for r in runs}
+        marked = [(rid, mark) for rid, mark in marks.items() if rid in by_id and not by_id[rid].get("pending")]
+        if len(marked) < 2:
+            return None
+        made_from = tuple((rid, mark, files[rid], index.is_current(rid, files[rid]),
+                           repr(by_id[rid].get("phase_transition"))) for rid, mark in marked) + (detail_key,)
+        hit = self._overlays.get("overlay", made_from)
+        if hit is not None:
+            return hit.value
+
+        def points(pts: list | None) -> list[tuple[float, float]]:
+            return [(float(s), float(v)) for s, v in pts or [] if v is not None]
+
+        failures = index.failures
+        out = []
+        for rid, mark in marked:
+            run = by_id[rid]
+            many = index.ask(Store.metric_series_many, rid, [k for k, _ in CHARTS], max_points=SERIES_POINTS) or {}
+            detail = points(index.ask(Store.metric_series, rid, detail_key, max_points=None)) if detail_key else []
+            out.append(OverlayRun(rid, str(run.get("name") or rid), mark, run.get("phase_transition"),
+                                  {k: points(many.get(k)) for k, _ in CHARTS}, detail))
+        self._view_version += 1
+        overlay = Overlay(tuple(out), version=self._view_version)
+        if index.failures == failures:  # never kept when the index did not answer
+            self._overlays.put("overlay", made_from, overlay)
+        return overlay
 
     def _query(self, index: Guarded, run: RunRow, detail_key: str | None) -> _Queried:
         from tina_core.report.runs import LIVE_PHASE_MAX_AGE_S

@@ -43,6 +43,16 @@ class CockpitCommands(Provider):
                     yield f"Evaluate {what} of {name}", partial(app.choose_eval, c["step"]), ""
             for i, (key, label) in enumerate(CHARTS):
                 yield f"Plot {label}", partial(app.open_detail, i), key
+        if view is not None:
+            marked = view.run_id in app.marks
+            yield (f"{'Unmark' if marked else 'Mark'} {view.run.get('name', view.run_id)} for comparison",
+                   partial(app.toggle_mark, view.run_id), "space; two or more marked are overlaid")
+        if len(app.marks) >= 2:
+            yield "What differs between the marked runs", app.show_diff, "D"
+            yield f"Align the overlay by {'transition' if app.align == 'step' else 'step'}", app.toggle_align, "a"
+        if app.marks:
+            yield "Clear the marks", app.clear_marks, "x"
+        yield "Ablation table" + (" of the marked runs" if app.marks else " of every run"), app.show_ablation, "T"
         for run in (app.snapshot.runs if app.snapshot else []):
             if view is None or run["run_id"] != view.run_id:
                 yield f"Go to run {run.get('name')} ({run['run_id']})", partial(self._go, run["run_id"]), \

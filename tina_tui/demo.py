@@ -54,7 +54,9 @@ class SyntheticRun:
     device: str = "NVIDIA L40S"
     restarts: list[int] = field(default_factory=list)   # steps at which an attempt crashed
     evals: dict[int, dict[str, float]] = field(default_factory=dict)  # step -> {task: score}
+    base_evals: dict[str, float] = field(default_factory=dict)        # the base model's {task: score}
     log_lines_per_step: int = 1
+    overrides: tuple[str, ...] = ()   # --set values of its recipe snapshot (an ablation's axis)
 
     @property
     def epoch_steps(self) -> float:
@@ -88,6 +90,18 @@ class SyntheticRun:
             "epoch": round(step / self.epoch_steps, 6),
         }
 
+    def recipe_snapshot(self) -> str:
+        """The resolved recipe as `tina run` writes it, from the repository's recipe file with this
+        run's steps (and ``overrides``); a stand-in where the file is not there."""
+        from tina_core.recipe.loader import REPO_ROOT, load_recipe
+
+        path = REPO_ROOT / self.recipe
+        sets = [f"grpo.max_steps={self.max_steps}", f"grpo.save_steps={self.save_steps}",
+                f"stop_at_step={self.stop_at_step}", f"launch.gpus={self.gpu_count}", *self.overrides]
+        if path.is_file():
+            return load_recipe(path, sets).to_yaml()
+        return "".join(f"# {s}\n" for s in sets)
+
     def write(self, home: Path) -> RunDir:
         rd = RunDir(runs_root(home) / self.run_id)
         rd.checkpoints.mkdir(parents=True, exist_ok=True)
@@ -101,8 +115,7 @@ class SyntheticRun:
             "save_steps": self.save_steps, "dataset_size": self.dataset_size, "imported": False,
         }
         rd.run_json.write_text(json.dumps(info, indent=2) + "\n")
-        rd.recipe.write_text(f"# synthetic\nmax_steps: {self.max_steps}\nsave_steps: {self.save_steps}\n"
-                             f"launch:\n  gpus: {self.gpu_count}\ntina:\n  stop_at_step: {self.stop_at_step}\n")
+        rd.recipe.write_text(self.recipe_snapshot())
         ev, met, sysl, log = [], [], [], []
         ts = self.start_ts
 
@@ -155,13 +168,14 @@ class SyntheticRun:
         elif self.state == "failed":
             event("attempt_exited", attempt=attempt, code=1, signal=None, step=self.steps)
             event("failed", reason="exit code 1 after 3 restarts")
-        for ck_step, scores in sorted(self.evals.items()):
+        evals = [(None, self.base_evals)] if self.base_evals else []
+        for ck_step, scores in evals + sorted(self.evals.items()):
             for task, score in sorted(scores.items()):  # one evaluation per checkpoint x task
                 ts += 120
-                eid = f"ckpt{ck_step}-{task}-{self.seed:06x}"
+                eid = f"{'base' if ck_step is None else f'ckpt{ck_step}'}-{task}-{self.seed:06x}"
                 common = {"eval_id": eid, "checkpoint": ck_step, "task": task}
                 event("eval_queued", **common, tasks=[task], gpus=[0] if self.gpu_count else [])
-                event("eval_started", **common, gpus=min(1, self.gpu_count), pid=2000 + ck_step)
+                event("eval_started", **common, gpus=min(1, self.gpu_count), pid=2000 + (ck_step or 0))
                 ts += 600
                 event("eval_finished", **common, score=score, metric="pass@1", scores={task: score})
         rd.events.write_text("".join(ev))

@@ -147,3 +147,30 @@ def fmt_value(v: float | None) -> str:
     if a >= 10:
         return f"{v:.1f}"
     return f"{v:.3f}"
+
+
+# --- overlays: several runs on one axis ---------------------------------------------------------
+# Each marked run's glyph: told apart without colour (a monochrome terminal, a colour-blind reader,
+# a screenshot); each also has a colour of the 8-colour palette (tina_tui.widgets.text.MARK_STYLES).
+MARK_GLYPHS = ("*", "+", "o", "x", "#", "@")
+MAX_OVERLAY = len(MARK_GLYPHS)
+
+
+def shifted(points: Points, offset: float) -> list[tuple[float, float]]:
+    """``points`` with ``offset`` taken off every step (aligned on a run's transition: step 0 is it)."""
+    return [(s - offset, v) for s, v in _finite(points)]
+
+
+def overlay_grid(series: Sequence[Points], x0: float, x1: float, width: int, height: int,
+                 lo: float, hi: float) -> list[list[int | None]]:
+    """``height`` rows of ``width`` cells, each the index of the series drawn there (or None): every
+    series is bucketed by step like the sparklines (the mean per column) and each column's mean is
+    put in the row of its value. Where two series meet in a cell the one listed first is drawn."""
+    grid: list[list[int | None]] = [[None] * width for _ in range(height)]
+    span = (hi - lo) or 1.0
+    for i in reversed(range(len(series))):
+        for c, v in enumerate(bucket_mean(series[i], x0, x1, width)):
+            if v is not None:
+                row = int(round((1 - (min(max(v, lo), hi) - lo) / span) * (height - 1)))
+                grid[row][c] = i
+    return grid

@@ -12,9 +12,10 @@ from textual.widget import Widget
 from textual.widgets import Footer, Static
 
 from tina_tui.actions import bindings
-from tina_tui.collector import CHARTS, RunView
+from tina_tui.collector import CHARTS, Overlay, RunView
 from tina_tui.plot import MARK_CONFIRMED, MARK_TENTATIVE, braille_plot, ema, fmt_value, value_at
 from tina_tui.widgets.cost_bar import CostBar
+from tina_tui.widgets.overlay import drawn_series, overlay_lines, x_range
 
 
 class PlotView(Widget):
@@ -76,8 +77,33 @@ def _col(step: float, x0: float, x1: float, width: int) -> int:
     return max(0, min(width - 1, int(round((step - x0) / ((x1 - x0) or 1) * (dots - 1))) // 2))
 
 
+class OverlayPlot(Widget):
+    """The marked runs' metric, every logged step of each, on one axis (tina_tui.widgets.overlay),
+    a cursor column whose values the legend gives."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.overlay: Overlay | None = None
+        self.key, self.label, self.align = CHARTS[0][0], CHARTS[0][1], "step"
+        self.cursor: float | None = None
+
+    def render(self) -> Text:
+        out = Text(no_wrap=True, overflow="crop")
+        if self.overlay is None:
+            return out
+        lines = overlay_lines(self.overlay, self.key, self.label, self.align, self.size.width, self.size.height,
+                              detail=True, cursor=self.cursor)
+        for i, parts in enumerate(lines):
+            for text, style in parts:
+                out.append(text, style=style or None)
+            if i < len(lines) - 1:
+                out.append("\n")
+        return out
+
+
 class DetailScreen(Screen[None]):
-    """One metric, full screen: raw always drawn, debiased EMA on top, a step cursor."""
+    """One metric, full screen: raw always drawn, debiased EMA on top, a step cursor. With two runs
+    or more marked, that metric of each, overlaid."""
 
     BINDINGS = bindings("detail")
     smoothing: reactive[bool] = reactive(True)
@@ -86,6 +112,7 @@ class DetailScreen(Screen[None]):
     def __init__(self, view: RunView, metric: int) -> None:
         super().__init__()
         self.view = view
+        self.overlay: Overlay | None = None
         self.metric = metric
         self.follow_cursor = True   # cursor stays on the newest step until moved
 
@@ -93,15 +120,16 @@ class DetailScreen(Screen[None]):
         yield Static(id="detail-title")
         yield CostBar(id="detail-cost")
         yield PlotView()
+        yield OverlayPlot()
         yield Static(id="detail-status")
         yield Footer()
 
     def on_mount(self) -> None:
         self.refresh_plot()
 
-    def update_view(self, view: RunView) -> None:
+    def update_view(self, view: RunView, overlay: Overlay | None = None) -> None:
         if view.run_id == self.view.run_id:
-            self.view = view
+            self.view, self.overlay = view, overlay
             self.refresh_plot()
 
     @property
@@ -109,7 +137,13 @@ class DetailScreen(Screen[None]):
         return CHARTS[self.metric][0]
 
     def refresh_plot(self) -> None:
-        plot = self.query_one(PlotView)
+        plot, over = self.query_one(PlotView), self.query_one(OverlayPlot)
+        if self.overlay is None:
+            self.overlay = getattr(self.app, "snapshot", None) and self.app.snapshot.overlay
+        plot.display, over.display = self.overlay is None, self.overlay is not None
+        if self.overlay is not None:
+            self._refresh_overlay(over)
+            return
         # every logged step once the refresh has brought them; the charts' summary until then
         pts = self.view.detail.get(self.key) or self.view.series.get(self.key) or []
         plot.points = pts
@@ -126,6 +160,22 @@ class DetailScreen(Screen[None]):
         self.query_one(CostBar).show(self.view.run, self.view.recommendation, self.view.checkpoints)
         self._status()
         plot.refresh()
+
+    def _refresh_overlay(self, over: OverlayPlot) -> None:
+        over.overlay, over.align = self.overlay, getattr(self.app, "align", "step")
+        over.key, over.label = CHARTS[self.metric]
+        drawn = drawn_series(self.overlay, over.key, over.align, detail=True)
+        if self.follow_cursor or over.cursor is None:
+            over.cursor = x_range(drawn, over.align)[1] if drawn else None
+        self.query_one("#detail-title", Static).update(Text.assemble(
+            (f" {over.label} ", "bold reverse"), f"  {over.key}  ",
+            (f"{len(self.overlay.runs)} runs overlaid, by {over.align}", "bold"), ("  (a switches)", "dim")))
+        self.query_one(CostBar).show(self.view.run, self.view.recommendation, self.view.checkpoints)
+        where = "" if over.cursor is None else (f"step {over.cursor:.0f}" if over.align == "step"
+                                                 else f"{over.cursor:+.0f} steps from each transition")
+        self.query_one("#detail-status", Static).update(Text(f" cursor: {where}; the legend gives each run's "
+                                                             "value there", style="dim"))
+        over.refresh()
 
     def _status(self) -> None:
         plot = self.query_one(PlotView)
@@ -148,7 +198,19 @@ class DetailScreen(Screen[None]):
     def action_close(self) -> None:
         self.dismiss(None)
 
+    def action_align(self) -> None:
+        self.app.toggle_align()
+
     def action_move(self, delta: int) -> None:
+        if self.overlay is not None:
+            over = self.query_one(OverlayPlot)
+            drawn = drawn_series(self.overlay, over.key, over.align, detail=True)
+            if drawn and over.cursor is not None:
+                lo, hi = x_range(drawn, over.align)
+                over.cursor = max(lo, min(hi, over.cursor + delta))
+                self.follow_cursor = over.cursor >= hi
+                self._refresh_overlay(over)
+            return
         plot = self.query_one(PlotView)
         if plot.points:
             plot.cursor = max(0, min(len(plot.points) - 1, plot.cursor + delta))

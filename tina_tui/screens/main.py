@@ -26,6 +26,8 @@ class Cockpit(Protocol):
     """What the main screen asks of the app (tina_tui.app.TinaApp)."""
 
     selected: str | None
+    marks: dict[str, int]
+    align: str
 
     @property
     def view(self) -> RunView | None: ...
@@ -36,6 +38,11 @@ class Cockpit(Protocol):
     def confirm_stop(self) -> None: ...
     def resume(self) -> None: ...
     def choose_eval(self, checkpoint: int | str) -> None: ...
+    def toggle_mark(self, run_id: str | None) -> None: ...
+    def clear_marks(self) -> None: ...
+    def toggle_align(self) -> None: ...
+    def show_diff(self) -> None: ...
+    def show_ablation(self) -> None: ...
 
 TABS = {"charts": ChartsPanel, "checkpoints": CheckpointsTable, "log": LogView, "system": GpuPanel}
 
@@ -69,10 +76,10 @@ class MainScreen(Screen[None]):
 
     def apply(self, snap: Snapshot) -> None:
         view = snap.view
-        self.query_one(RunsTable).update_runs(snap.runs, view.run_id if view else self.app_.selected)
+        self.query_one(RunsTable).update_runs(snap.runs, view.run_id if view else self.app_.selected, self.app_.marks)
         self.query_one(CostBar).show(view.run if view else None, view.recommendation if view else None,
                                      view.checkpoints if view else [])
-        self.query_one(ChartsPanel).show(view)
+        self.query_one(ChartsPanel).show(view, snap.overlay, self.app_.align)
         self.query_one(CheckpointsTable).update_rows(view.checkpoints if view else [], view.run_id if view else None)
         self.query_one("#ckpt-note", Panel).set_text(
             recommendation_line(view.run if view else None, view.recommendation if view else None))
@@ -124,6 +131,21 @@ class MainScreen(Screen[None]):
     def action_follow(self) -> None:
         log = self.query_one(LogView)
         log.follow = not log.follow
+
+    def action_mark(self) -> None:
+        self.app_.toggle_mark(self.query_one(RunsTable).selected_id)
+
+    def action_clear_marks(self) -> None:
+        self.app_.clear_marks()
+
+    def action_align(self) -> None:
+        self.app_.toggle_align()
+
+    def action_diff(self) -> None:
+        self.app_.show_diff()
+
+    def action_ablation(self) -> None:
+        self.app_.show_ablation()
 
     def action_new_run(self) -> None:
         self.app_.pick_recipe()

@@ -9,15 +9,17 @@ from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tina_tui.collector import CHARTS, RunView
+from tina_tui.collector import CHARTS, Overlay, RunView
 from tina_tui.plot import (MARK_CONFIRMED, MARK_TENTATIVE, bucket_mean, column_of, fmt_value, marker_line,
                            spark_rows)
+from tina_tui.widgets.overlay import chooser, overlay_lines
 from tina_tui.widgets.text import eta_text, _style
 
 
 class ChartsPanel(Widget, can_focus=True):
     """Sparklines of the run's key metrics over one shared step axis, with the phase marker in the
-    same column under each. Taller panels get taller sparklines.
+    same column under each. Taller panels get taller sparklines. With two runs or more marked, the
+    marked runs' selected metric instead, overlaid (tina_tui.widgets.overlay).
 
     Drawn with Textual's line API from strips built once per snapshot: going through a rich Text
     for every line cost more than the rest of a refresh put together."""
@@ -28,16 +30,21 @@ class ChartsPanel(Widget, can_focus=True):
     def __init__(self, *args: Any, **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.view: RunView | None = None
+        self.overlay: Overlay | None = None
+        self.align = "step"
         self._drawn: tuple | None = None
         self._strips: list[Strip] | None = None
 
-    def show(self, view: RunView | None) -> None:
+    def show(self, view: RunView | None, overlay: Overlay | None = None, align: str = "step") -> None:
         """Draw a new snapshot's run, only if what the panel shows changed: a live run between
         its steps brings the same view version every second."""
-        self.view = view
-        drawn = None if view is None else (
-            view.run_id, view.version, view.step_range,
-            view.run.get("seconds_per_step"), eta_text(view.run.get("eta_s")))
+        self.view, self.overlay, self.align = view, overlay, align
+        if overlay is not None:
+            drawn: tuple | None = ("overlay", overlay.version, align)
+        else:
+            drawn = None if view is None else (
+                view.run_id, view.version, view.step_range,
+                view.run.get("seconds_per_step"), eta_text(view.run.get("eta_s")))
         if drawn != self._drawn:
             self._drawn = drawn
             self._strips = None
@@ -68,6 +75,10 @@ class ChartsPanel(Widget, can_focus=True):
     def lines(self) -> list[list[tuple[str, str]]]:
         """The panel as lines of (text, style) parts, top to bottom."""
         view, width, height = self.view, self.size.width, self.size.height
+        if self.overlay is not None:
+            key, label = CHARTS[self.selected]
+            return overlay_lines(self.overlay, key, label, self.align, width, height,
+                                 header=chooser([lb for _, lb in CHARTS], self.selected, self.align))
         if view is None:
             return [[("no data yet", "dim")]]
         sw = max(4, width - self.LABEL - 1)

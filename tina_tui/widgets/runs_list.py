@@ -14,7 +14,8 @@ from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tina_tui.widgets.text import STATE_STYLE, usd, eta_text, marker_text, _looks
+from tina_tui.plot import MARK_GLYPHS
+from tina_tui.widgets.text import MARK_STYLES, STATE_STYLE, usd, eta_text, marker_text, _looks
 
 if TYPE_CHECKING:
     from tina_tui.collector import RunRow
@@ -26,8 +27,9 @@ class RunsTable(Widget, can_focus=True):
     run's row changes every second, and a DataTable renders every visible cell again whenever any
     one changes, which cost more than the rest of the refresh's drawing."""
 
-    # (label, justify) of each column; the header and the cells below it align alike
-    COLUMNS = (("run", "left"), ("state", "left"), ("step/stop", "right"), ("eta", "right"), ("$", "right"),
+    # (label, justify) of each column; the header and the cells below it align alike. The first is
+    # a marked run's glyph in the overlay (space marks, x clears).
+    COLUMNS = (("", "left"), ("run", "left"), ("state", "left"), ("step/stop", "right"), ("eta", "right"), ("$", "right"),
                ("marker", "left"), ("rec", "right"))
     BINDINGS = [Binding("up", "move(-1)", show=False), Binding("down", "move(1)", show=False),
                 Binding("pageup", "move(-5)", show=False), Binding("pagedown", "move(5)", show=False),
@@ -69,12 +71,13 @@ class RunsTable(Widget, can_focus=True):
         self._strips: dict[tuple, Strip] = {}          # (row, looks, cursor, focus, width) -> strip
 
     @staticmethod
-    def cells(run: RunRow) -> tuple[Text, ...]:
+    def cells(run: RunRow, mark: int | None = None) -> tuple[Text, ...]:
         state = run.get("state", "?")
         restarts = run.get("restarts") or 0
         step = f"{run.get('step') or 0}/{run.get('stop_at_step') or run.get('max_steps') or '?'}"
         rec = run.get("recommended_checkpoint")
         return (
+            Text(" ") if mark is None else Text(MARK_GLYPHS[mark], style=f"bold {MARK_STYLES[mark]}"),
             Text(str(run.get("name") or run["run_id"])[:20]),
             # "r2": restarted twice after crashes
             Text(state + (f" r{restarts}" if restarts else ""), style=STATE_STYLE.get(state, "")),
@@ -93,9 +96,11 @@ class RunsTable(Widget, can_focus=True):
     def selected_id(self) -> str | None:
         return self._ids[self.cursor_row] if self._ids else None
 
-    def update_runs(self, runs: list[RunRow], selected: str | None) -> None:
-        """New rows; only the lines that changed are drawn again (a column grows to fit)."""
-        rows = [self.cells(r) for r in runs]
+    def update_runs(self, runs: list[RunRow], selected: str | None, marks: dict[str, int] | None = None) -> None:
+        """New rows; only the lines that changed are drawn again (a column grows to fit).
+        ``marks``: the marked runs' glyph indices."""
+        marks = marks or {}
+        rows = [self.cells(r, marks.get(r["run_id"])) for r in runs]
         widths = tuple(max([len(label)] + [cells[i].cell_len for cells in rows])
                        for i, (label, _) in enumerate(self.COLUMNS))
         changed = [i for i, cells in enumerate(rows)
@@ -165,12 +170,12 @@ class RunsTable(Widget, can_focus=True):
 
     def _line(self, cells: tuple[Text, ...], style: Style) -> Strip:
         line = Text(no_wrap=True)
-        for cell, width, (_, justify) in zip(cells, self._widths, self.COLUMNS):
+        for i, (cell, width, (_, justify)) in enumerate(zip(cells, self._widths, self.COLUMNS)):
             cell = cell.copy()
             cell.align(justify, width)
             line.append(" ")
             line.append_text(cell)
-            line.append(" ")
+            line.append(" " if i else "")  # the mark sits right before the name
         segments = list(line.render(self.app.console))
         return Strip(segments).apply_style(style).crop_extend(0, self.size.width, style)
 

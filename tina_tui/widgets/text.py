@@ -15,6 +15,9 @@ if TYPE_CHECKING:
     from tina_tui.collector import RunRow
 
 
+# A marked run's colour, beside its glyph (tina_tui.plot.MARK_GLYPHS): the 8-colour palette only.
+MARK_STYLES = ("red", "green", "yellow", "blue", "magenta", "cyan")
+
 STATE_STYLE = {"running": "bold green", "stopping": "yellow", "finished": "cyan", "stopped": "yellow",
                "failed": "bold red", "crashed": "bold red", "unreadable": "red"}
 
