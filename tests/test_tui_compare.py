@@ -139,7 +139,7 @@ async def test_d_shows_exactly_the_keys_that_differ(study):
         assert any("mark two runs" in n.message for n in app._notifications)
         await _mark_three(pilot)
         await pilot.press("D")
-        await settle(app, pilot)
+        await _until(pilot, lambda: _loaded(app), "diff table")
         assert isinstance(app.screen, DiffScreen)
         table = app.screen.query_one("#compare-table")
         keys = [str(table.get_row_at(i)[0]) for i in range(table.row_count)]
@@ -159,14 +159,14 @@ async def test_t_shows_the_ablation_table_of_the_marked_runs_or_of_all(study):
     async with app.run_test(size=(80, 24)) as pilot:
         await settle(app, pilot)
         await pilot.press("T")
-        await settle(app, pilot)
+        await _until(pilot, lambda: _loaded(app), "ablation table")
         assert isinstance(app.screen, AblationScreen)
         table = app.screen.query_one("#compare-table")
         assert table.row_count == len(AXIS) + 7 and len(table.columns) == 4  # every run, none marked
         await pilot.press("escape")
         await _mark_three(pilot)
         await pilot.press("T")
-        await settle(app, pilot)
+        await _until(pilot, lambda: _loaded(app), "ablation table")
         table = app.screen.query_one("#compare-table")
         # the same cells as `tina report` prints, one column per run
         head, rows = ablation_cells(build_report(study, list(app.marks))["ablation"])
@@ -183,7 +183,7 @@ async def test_the_detail_view_overlays_every_step_of_the_marked_runs(study):
     async with app.run_test(size=(80, 24)) as pilot:
         await _mark_three(pilot)
         await pilot.press("d")
-        await settle(app, pilot)
+        await _until(pilot, lambda: _loaded(app), "every step of the marked runs")
         assert isinstance(app.screen, DetailScreen)
         plot = app.screen.query_one(OverlayPlot)
         assert plot.display and plot.overlay is app.snapshot.overlay
@@ -205,11 +205,34 @@ async def test_the_detail_view_overlays_every_step_of_the_marked_runs(study):
 
 
 # --- snapshots ----------------------------------------------------------------------------------------
+async def _until(pilot, ready, what: str) -> None:
+    """Pause until ``ready()`` (a screen's data comes from a worker, then a message), for 60 s at most."""
+    for _ in range(600):
+        await settle(pilot.app, pilot)
+        if ready():
+            return
+        await pilot.pause(0.1)
+    raise AssertionError(f"no {what}")
+
+
+def _loaded(app) -> bool:
+    """The screen in view has all it will show: a table filled, a detail overlay with every step."""
+    screen = app.screen
+    if isinstance(screen, (DiffScreen, AblationScreen)):
+        return screen.query_one("#compare-table").row_count > 0
+    if isinstance(screen, DetailScreen):
+        return screen.overlay is not None and all(r.detail for r in screen.overlay.runs)
+    return app.snapshot is not None and app.snapshot.overlay is not None
+
+
 async def _then(pilot, *keys):
     await _mark_three(pilot)
     for key in keys:
         await pilot.press(key)
         await settle(pilot.app, pilot)
+    await _until(pilot, lambda: _loaded(pilot.app), "data on screen")
+    pilot.app.clear_notifications()  # a toast's life depends on the machine's speed, the view does not
+    await pilot.pause()
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
