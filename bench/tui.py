@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
@@ -50,10 +49,7 @@ class LiveWriter:
         import random
 
         self.step += 1
-        rec = {"step": self.step, "attempt": 1, "time": "", "ts": time.time(),
-               **self.synthetic.metrics_at(self.step, random.Random(self.step))}
-        with self.rd.metrics.open("a") as f:
-            f.write(json.dumps(rec) + "\n")
+        self.rd.log_metrics(self.step, 1, self.synthetic.metrics_at(self.step, random.Random(self.step)))
         with self.rd.train_log.open("a") as f:
             f.write(f"step {self.step}\n")
         SyntheticRun.heartbeat(self.rd, self.pid)

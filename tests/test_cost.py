@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tina_core.analysis import cost
-from tina_core.rundir import RunDir, TinaError, append_jsonl, create_run_dir, write_json_atomic
+from tina_core.rundir import RunDir, TinaError, create_run_dir, write_json_atomic
 
 
 def test_builtin_price_matches_gpu_model_names():
@@ -43,10 +43,12 @@ def _run(tmp_path, events, metrics=(), **info) -> RunDir:
     rd = create_run_dir(tmp_path, "c")
     write_json_atomic(rd.run_json, {"run_id": rd.run_id, "gpu_hour_usd": 1.0, "cpu_hour_usd": 0.0,
                                     "stop_at_step": 10, **info})
-    for ev in events:
-        append_jsonl(rd.events, ev)
+    for ev in events:  # through the writers the supervisor and the trainer use
+        fields = {k: v for k, v in ev.items() if k not in ("event", "ts")}
+        rd.event(ev["event"], at=ev["ts"], **fields)
     for m in metrics:
-        append_jsonl(rd.metrics, m)
+        rd.log_metrics(m["step"], m["attempt"], {k: v for k, v in m.items() if k not in ("step", "attempt", "ts")},
+                       at=m["ts"])
     return rd
 
 

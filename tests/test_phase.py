@@ -104,9 +104,8 @@ def _run_with_recipe(home: Path, run_id: str, rewards: dict | None, series: dict
     if rewards is not None:  # the tiny recipe scoring with these rewards instead (JSON is YAML)
         rd.recipe.write_text(load_recipe(RECIPES_DIR / "tiny.yaml", [f"rewards={json.dumps(rewards)}"]).to_yaml())
     steps = sorted({s for pts in series.values() for s, _ in pts})
-    rd.metrics.write_text("".join(json.dumps({"step": st, "attempt": 1, "ts": 1e9 + st,
-                                              **{k: dict(pts)[st] for k, pts in series.items()}}) + "\n"
-                                  for st in steps))
+    for st in steps:  # as the trainer writes them
+        rd.log_metrics(st, 1, {k: dict(pts)[st] for k, pts in series.items()}, at=1e9 + st)
     return rd
 
 

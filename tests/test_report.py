@@ -14,7 +14,7 @@ from tina_core.report import paper
 from tina_core.recipe.loader import load_recipe
 from tina_core.cli.workspace import cli_report
 from tina_core.report.table import build_report, render_text
-from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, append_jsonl, write_json_atomic
+from tina_core.rundir import RunDir, append_jsonl, write_json_atomic
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -30,12 +30,10 @@ def make_tina_like_run(home: Path, run_id: str = "rs2-test", name: str = "rs2", 
                                     "created": "2026-01-01", "gpu_count": 2, "gpu_hour_usd": 1.0,
                                     "dataset_size": 7000, "stop_at_step": 600})
     t0 = 1_000_000.0
-    with open(rd.metrics, "w") as f:
-        for s in range(1, 601):
-            wob = ((s * 37) % 11) / 11 - 0.5
-            f.write(json.dumps({"step": s, "attempt": 1, "ts": t0 + 60 * s,
-                                "rewards/format_reward/mean": (0.9 if s < turn else 0.5) + 0.05 * wob,
-                                "completions/mean_length": (3000 if s < turn else 2000) + 100 * wob}) + "\n")
+    for s in range(1, 601):  # as the trainer writes them
+        wob = ((s * 37) % 11) / 11 - 0.5
+        rd.log_metrics(s, 1, {"rewards/format_reward/mean": (0.9 if s < turn else 0.5) + 0.05 * wob,
+                              "completions/mean_length": (3000 if s < turn else 2000) + 100 * wob}, at=t0 + 60 * s)
     # cost intervals: 600 steps x 60 s on 2 GPUs at $1/GPU-hour = $20 of training
     events = [{"event": "attempt_started", "ts": t0, "attempt": 1, "gpus": 2},
               {"event": "attempt_exited", "ts": t0 + 36000, "attempt": 1, "code": 0},
@@ -45,10 +43,11 @@ def make_tina_like_run(home: Path, run_id: str = "rs2-test", name: str = "rs2", 
               {"event": "eval_started", "ts": t0 + 38000, "eval_id": "e2", "gpus": [0, 1]},
               {"event": "eval_finished", "ts": t0 + 39800, "eval_id": "e2", "checkpoint": 550,
                "scores": {"aime24": 0.3, "math_500": 0.8}}]
-    rd.events.write_text("".join(json.dumps(e) + "\n" for e in events))
+    for e in events:  # as the supervisor and the evaluation worker record them
+        rd.event(e["event"], at=e["ts"], **{k: v for k, v in e.items() if k not in ("event", "ts")})
     for s in range(50, 601, 50):
         rd.checkpoint_path(s).mkdir()
-        (rd.checkpoint_path(s) / CHECKPOINT_COMPLETE).write_text("{}")
+        rd.mark_complete(s, 1)
     return rd
 
 

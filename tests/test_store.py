@@ -18,6 +18,7 @@ from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, append_jsonl, write_js
 from tina_core.store.index import Store
 
 KEYS = ("loss", "reward", "rewards/format_reward/mean", "completions/mean_length", "kl")
+RECORD = ("step", "attempt", "time", "ts")  # what the trainer's writer puts in every line itself
 
 
 def make_run(home: Path, run_id: str, **info) -> RunDir:
@@ -36,9 +37,10 @@ def metric_line(step: int, attempt: int = 1, **extra) -> dict:
 
 
 def write_metrics(rd: RunDir, steps, attempt: int = 1) -> None:
-    with open(rd.metrics, "a") as f:
-        for s in steps:
-            f.write(json.dumps(metric_line(s, attempt)) + "\n")
+    """Lines as the trainer writes them."""
+    for s in steps:
+        rec = metric_line(s, attempt)
+        rd.log_metrics(s, attempt, {k: v for k, v in rec.items() if k not in RECORD}, at=rec["ts"])
 
 
 def snapshot(store: Store) -> dict:

@@ -24,7 +24,7 @@ from tina_core.supervise import supervisor
 from tina_core.rundir import RunDir, TinaError, create_run_dir, iter_jsonl, write_json_atomic
 
 CONTRACT_TRAINER = r'''
-import json, os, signal, subprocess, sys, time
+import os, signal, subprocess, sys, time
 from pathlib import Path
 run = Path(sys.argv[1]); stop_at = int(os.environ.get("FT_STOP", "10")); save = int(os.environ.get("FT_SAVE", "3"))
 attempt = int(os.environ["TINA_ATTEMPT"]); term = []
@@ -49,13 +49,14 @@ if os.environ.get("FT_SPAM"):  # far more output than a pipe holds
     for _ in range(int(os.environ["FT_SPAM"]) // 100):
         sys.stdout.write("x" * 99 + "\n")
     sys.stdout.flush()
+from tina_core.rundir import RunDir  # the trainer's own writers
+rd = RunDir(run)
 def save_ck(s):
-    d = ck / f"checkpoint-{s}"; d.mkdir(parents=True, exist_ok=True); (d / "tina-complete.json").write_text("{}")
+    rd.checkpoint_path(s).mkdir(parents=True, exist_ok=True); rd.mark_complete(s, attempt)
 while step < stop_at:
     time.sleep(float(os.environ.get("FT_SLEEP", "0.05")))
     step += 1
-    with open(run / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": step, "attempt": attempt, "ts": time.time(), "rewards/format_reward/mean": step / stop_at}) + "\n")
+    rd.log_metrics(step, attempt, {"rewards/format_reward/mean": step / stop_at})
     if step % save == 0 or step == stop_at:
         save_ck(step)
     if step == int(os.environ.get("FT_HANG_AT", "0")):  # alive, logging nothing (a hung collective)

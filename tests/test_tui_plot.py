@@ -151,8 +151,12 @@ def test_demo_workspace_is_deterministic(tmp_path):
     a = make_workspace(tmp_path / "a")
     b = make_workspace(tmp_path / "b")
     for ra, rb in zip(a, b):
-        for name in ("events.jsonl", "metrics.jsonl", "system.jsonl", "train.log"):
-            assert (ra.path / name).read_bytes() == (rb.path / name).read_bytes()
+        for name in ("events.jsonl", "metrics.jsonl", "system.jsonl", "train.log", "run.json", "recipe.yaml"):
+            # the same bytes but for the workspace's own path (the launch command names the run directory)
+            assert (ra.path / name).exists() == (rb.path / name).exists()
+            if (ra.path / name).exists():
+                assert (ra.path / name).read_text().replace(str(tmp_path / "a"), "~") == \
+                    (rb.path / name).read_text().replace(str(tmp_path / "b"), "~")
         assert ra.checkpoint_steps() == rb.checkpoint_steps()
     first = json.loads(a[0].metrics.read_text().splitlines()[0])
     assert {"step", "attempt", "ts", FORMAT, LENGTH}.issubset(first)

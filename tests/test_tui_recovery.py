@@ -11,7 +11,7 @@ import shutil
 import pytest
 
 import tina_tui.collector
-from tina_core.rundir import append_jsonl, find_run, iter_jsonl
+from tina_core.rundir import find_run, iter_jsonl
 from tina_core.store.database import DB_NAME
 from tina_tui.collector import Collector
 from tina_tui.demo import SyntheticRun
@@ -47,8 +47,7 @@ def grow(home, run: str, steps: int) -> None:
     synthetic = SyntheticRun(rd.run_id)
     last = max(r["step"] for r in iter_jsonl(rd.metrics))
     for step in range(last + 1, last + 1 + steps):
-        append_jsonl(rd.metrics, {"step": step, "attempt": 1, "time": "", "ts": FROZEN + step,
-                                  **synthetic.metrics_at(step, random.Random(step))})
+        rd.log_metrics(step, 1, synthetic.metrics_at(step, random.Random(step)), at=FROZEN + step)
 
 
 def _damage(db):

@@ -5,7 +5,6 @@ No driver, no library or no device all mean the same thing here: no GPU. Nothing
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 
@@ -75,9 +74,9 @@ class Sampler:
         gpus = self.read()
         if not gpus:
             return None
-        from tina_core.rundir import now_iso
+        from tina_core.rundir import RunDir
 
-        return {"time": now_iso(), "ts": time.time(), "gpus": gpus}
+        return RunDir.system_record(gpus)
 
     def read(self) -> list[dict[str, Any]]:
         """One reading per GPU (as ``sample``); ``[]`` when NVML fails this time (a lost GPU, a

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -63,8 +64,10 @@ def cache_root(home: str | os.PathLike | None = None) -> Path:
     return Path(env).expanduser().resolve() if env else tina_home(home) / "cache"
 
 
-def now_iso() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
+def now_iso(ts: float | None = None) -> str:
+    """``ts`` (epoch seconds, default now) as an ISO 8601 UTC time to the millisecond."""
+    when = _dt.datetime.now(_dt.timezone.utc) if ts is None else _dt.datetime.fromtimestamp(ts, _dt.timezone.utc)
+    return when.isoformat(timespec="milliseconds")
 
 
 def slug(text: str) -> str:
@@ -221,14 +224,48 @@ class RunDir:
         return read_json(self.run_json, {}) or {}
 
     @staticmethod
-    def event_record(kind: str, **fields: Any) -> dict[str, Any]:
-        return {"time": now_iso(), "ts": _dt.datetime.now().timestamp(), "event": kind, **fields}
+    def event_record(kind: str, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
+        at = time.time() if at is None else at
+        return {"time": now_iso(at), "ts": at, "event": kind, **fields}
 
-    def event(self, kind: str, **fields: Any) -> dict[str, Any]:
-        """Record a lifecycle event (``launched``, ``attempt_started``, ``eval_finished``...)."""
-        rec = self.event_record(kind, **fields)
+    def event(self, kind: str, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Record a lifecycle event (``launched``, ``attempt_started``, ``eval_finished``...) that
+        happened now (or ``at``, epoch seconds)."""
+        rec = self.event_record(kind, at=at, **fields)
         append_jsonl(self.events, rec, fsync=True)
         return rec
+
+    @staticmethod
+    def metrics_record(step: int, attempt: int, logs: dict[str, Any], *, at: float | None = None) -> dict[str, Any]:
+        at = time.time() if at is None else at
+        return {"step": step, "attempt": attempt, "time": now_iso(at), "ts": at, **logs}
+
+    def log_metrics(self, step: int, attempt: int, logs: dict[str, Any], *, at: float | None = None) -> dict[str, Any]:
+        """One ``metrics.jsonl`` line: what the trainer logged at ``step`` of ``attempt`` (its
+        callback's writer; rank 0 only), at ``at`` (epoch seconds, default now)."""
+        rec = self.metrics_record(step, attempt, logs, at=at)
+        append_jsonl(self.metrics, rec)
+        return rec
+
+    @staticmethod
+    def system_record(gpus: list[dict[str, Any]], *, at: float | None = None) -> dict[str, Any]:
+        at = time.time() if at is None else at
+        return {"time": now_iso(at), "ts": at, "gpus": gpus}
+
+    def log_system(self, gpus: list[dict[str, Any]], *, at: float | None = None) -> dict[str, Any]:
+        """One ``system.jsonl`` line: a sample of every GPU (``gpu.Sampler.read``), taken now or ``at``."""
+        rec = self.system_record(gpus, at=at)
+        append_jsonl(self.system, rec)
+        return rec
+
+    def mark_complete(self, step: int, attempt: int, *, at: float | None = None) -> Path:
+        """Mark ``checkpoint-<step>`` fully saved (the trainer, once every rank has written its
+        part): only a marked checkpoint is resumed from or evaluated."""
+        ckpt = self.checkpoint_path(step)
+        write_json_atomic(ckpt / CHECKPOINT_COMPLETE, {
+            "step": step, "attempt": attempt, "time": now_iso(at),
+            "files": sorted(p.name for p in ckpt.iterdir() if p.name != CHECKPOINT_COMPLETE)})
+        return ckpt
 
     def read_events(self) -> list[dict[str, Any]]:
         return list(iter_jsonl(self.events))

@@ -124,6 +124,13 @@ class Liveness:
         return "gone" if self.supervisor_gone else "alive" if is_live(self.state) else None
 
 
+def heartbeat_record(*, pid: int, started: float, now: float, trainer_pid: int | None,
+                     trainer_started: float | None, attempt: int | None) -> dict[str, Any]:
+    """What a supervisor writes to ``supervisor.json`` every few seconds (``liveness`` reads it)."""
+    return {"pid": pid, "pgid": os.getpgid(pid), "started": started, "heartbeat": now, "trainer_pid": trainer_pid,
+            "trainer_started": trainer_started, "attempt": attempt}
+
+
 def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
              now: float | None = None) -> Liveness:
     """The run's state from its events, its heartbeat and the pids in it."""

@@ -1,35 +1,32 @@
-"""Deterministic synthetic run directories, written exactly as the supervisor and trainer write them
-(run.json, events.jsonl, metrics.jsonl, system.jsonl, train.log, complete checkpoints).
+"""Deterministic synthetic run directories, written through the writers the real run uses: the
+recipe snapshot is ``Recipe.to_yaml()`` of the real recipe, ``run.json`` comes from the same
+builder as ``tina run``'s, events go through ``RunDir.event``, metrics through the trainer's
+``RunDir.log_metrics``, GPU samples through the supervisor's ``RunDir.log_system`` and checkpoints
+are marked complete as the trainer marks them (``tests/test_tui_demo.py`` compares them with a
+real tiny run). Only the numbers are made up.
 
-Used by the cockpit's tests and benchmark, and by ``tina-tui --demo DIR`` to look around without
+Used by the cockpit's tests and benchmark, and by ``tina-tui --demo`` to look around without
 training anything. Everything derives from the arguments: the same call writes the same bytes.
 """
 
 from __future__ import annotations
 
-import datetime as _dt
-import json
 import math
 import os
 import random
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, runs_root
+from tina_core import runstate
+from tina_core.rundir import RunDir, now_iso, runs_root, write_json_atomic
 
 EPOCH_START = 1767225600.0  # 2026-01-01T00:00:00Z: fixed so synthetic runs render the same everywhere
 FORMAT = "rewards/format_reward/mean"
 ACCURACY = "rewards/accuracy_reward/mean"
 LENGTH = "completions/mean_length"
-
-
-def _iso(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).isoformat(timespec="milliseconds")
-
-
-def _line(rec: dict[str, Any]) -> str:
-    return json.dumps(rec, separators=(",", ":")) + "\n"
 
 
 @dataclass
@@ -90,41 +87,52 @@ class SyntheticRun:
             "epoch": round(step / self.epoch_steps, 6),
         }
 
-    def recipe_snapshot(self) -> str:
-        """The resolved recipe as `tina run` writes it, from the repository's recipe file with this
-        run's steps (and ``overrides``); a stand-in where the file is not there."""
+    def _recipe(self):
+        """The repository's recipe this run names, resolved with the run's steps, GPUs and price
+        (and ``overrides``), as `tina run` resolves it."""
         from tina_core.recipe.loader import REPO_ROOT, load_recipe
 
-        path = REPO_ROOT / self.recipe
-        sets = [f"grpo.max_steps={self.max_steps}", f"grpo.save_steps={self.save_steps}",
-                f"stop_at_step={self.stop_at_step}", f"launch.gpus={self.gpu_count}", *self.overrides]
-        if path.is_file():
-            return load_recipe(path, sets).to_yaml()
-        return "".join(f"# {s}\n" for s in sets)
+        return load_recipe(REPO_ROOT / self.recipe, [
+            f"grpo.max_steps={self.max_steps}", f"grpo.save_steps={self.save_steps}",
+            f"stop_at_step={self.stop_at_step}", f"launch.gpus={self.gpu_count}",
+            f"price.gpu_hour_usd={self.gpu_hour_usd}", *self.overrides])
+
+    def recipe_snapshot(self) -> str:
+        """The resolved recipe as `tina run` writes it (``recipe.yaml``)."""
+        return self._recipe().to_yaml()
 
     def write(self, home: Path) -> RunDir:
+        from tina_core.analysis import cost
+        from tina_core.supervise.lifecycle import run_info
+        from tina_core.train.launcher import launch_command
+
         rd = RunDir(runs_root(home) / self.run_id)
-        rd.checkpoints.mkdir(parents=True, exist_ok=True)
+        for path in (rd.events, rd.metrics, rd.system, rd.supervisor):  # written again from the start
+            path.unlink(missing_ok=True)
+        shutil.rmtree(rd.checkpoints, ignore_errors=True)
+        rd.checkpoints.mkdir(parents=True)
         rng = random.Random(self.seed)
-        info = {
-            "run_id": self.run_id, "name": self.name, "recipe": self.recipe,
-            "created": _iso(self.start_ts), "hardware": f"{self.gpu_count}x {self.device}",
-            "device": self.device, "gpu_count": self.gpu_count, "gpu_hour_usd": self.gpu_hour_usd,
-            "command": ["python", "-m", "tina_core.train", f"runs/{self.run_id}"],
-            "stop_at_step": self.stop_at_step, "max_steps": self.max_steps,
-            "save_steps": self.save_steps, "dataset_size": self.dataset_size, "imported": False,
-        }
-        rd.run_json.write_text(json.dumps(info, indent=2) + "\n")
-        rd.recipe.write_text(self.recipe_snapshot())
-        ev, met, sysl, log = [], [], [], []
+        recipe = self._recipe()
+        rd.recipe.write_text(recipe.to_yaml())
+        device = self.device if self.gpu_count else "cpu"
+        price = cost.resolve_price(home, device, recipe_gpu_hour_usd=self.gpu_hour_usd if self.gpu_count else None)
+        command = launch_command(rd, recipe)
+        hardware = {"gpus": [{"index": g, "name": device, "memory_total_mib": 46068} for g in range(self.gpu_count)],
+                    "cpu_count": 16, "host": "demo"}
+        info = run_info(rd, recipe, self.recipe, name=self.name, overrides=list(self.overrides), gpu_hour_usd=None,
+                        hardware=hardware,
+                        device=device, price=price, command=command, dataset_size=self.dataset_size,
+                        created=now_iso(self.start_ts), cwd=str(home))
+        write_json_atomic(rd.run_json, info)
+        log: list[str] = []
         ts = self.start_ts
 
         def event(kind: str, **f: Any) -> None:
-            ev.append(_line({"time": _iso(ts), "ts": ts, "event": kind, **f}))
+            rd.event(kind, at=ts, **f)
 
-        event("launched", recipe=self.recipe, command=info["command"], gpus=self.gpu_count,
-              gpu_hour_usd=self.gpu_hour_usd, device=self.device)
-        event("supervisor_started", pid=1000)
+        event("launched", recipe=self.recipe, command=command, gpus=self.gpu_count,
+              gpu_hour_usd=price.gpu_hour_usd, device=device)
+        event("supervisor_started", pid=1000, resume=False)
         attempt = 1
         event("attempt_started", attempt=attempt, pid=1001, gpus=self.gpu_count, resume_from=None)
         crash_at = sorted(self.restarts)
@@ -132,23 +140,24 @@ class SyntheticRun:
         while step <= self.steps:
             ts += self.step_s
             m = self.metrics_at(step, rng)
-            met.append(_line({"step": step, "attempt": attempt, "time": _iso(ts), "ts": ts, **m}))
+            rd.log_metrics(step, attempt, m, at=ts)
             for i in range(self.log_lines_per_step):
-                log.append(f"{{'loss': {m['loss']}, 'reward': {m['reward']}, 'epoch': {m['epoch']}}}"
-                           f" step {step}/{self.max_steps}" + (f" [{i}]" if i else "") + "\n")
+                # the trainer's own line per step
+                log.append(f"step {step}/{self.stop_at_step} format_reward {m[FORMAT]:.3f} accuracy_reward "
+                           f"{m[ACCURACY]:.3f} reward {m['reward']:.4g} kl {m['kl']:.4g} len {m[LENGTH]:.4g} "
+                           f"loss {m['loss']:.4g} lr {m['learning_rate']:.4g}" + (f" [{i}]" if i else "") + "\n")
             if step % 10 == 0 and self.gpu_count:  # one line per sample, as the supervisor writes
-                sysl.append(_line({"time": _iso(ts), "ts": ts, "gpus": [
-                    {"index": g, "util": round(80 + 15 * rng.random()), "mem_used": 38000 + g * 1500,
-                     "mem_total": 46068, "power_w": round(250 + 40 * rng.random(), 1)}
-                    for g in range(self.gpu_count)]}))
+                rd.log_system([{"index": g, "util": round(80 + 15 * rng.random()), "mem_used": 38000 + g * 1500,
+                                "mem_total": 46068, "power_w": round(250 + 40 * rng.random(), 1)}
+                               for g in range(self.gpu_count)], at=ts)
             if step % self.save_steps == 0:
-                ck = rd.checkpoint_path(step)
-                ck.mkdir(exist_ok=True)
-                (ck / CHECKPOINT_COMPLETE).write_text(_line({"step": step, "time": _iso(ts)}))
+                rd.checkpoint_path(step).mkdir(exist_ok=True)
+                rd.mark_complete(step, attempt, at=ts)
+                log.append(f"saved checkpoint-{step}\n")
             if crash_at and step == crash_at[0]:
                 crash_at.pop(0)
-                event("attempt_exited", attempt=attempt, code=-9, signal=9, step=step)
-                event("restarted", attempt=attempt + 1, delay_s=10, reason="exit code -9")
+                event("attempt_exited", attempt=attempt, code=-9, signal="SIGKILL", step=step, cpu_s=step * self.step_s)
+                event("restarted", attempt=attempt + 1, delay_s=10, reason="killed by SIGKILL")
                 log.append("Traceback (most recent call last):\nRuntimeError: CUDA error: an illegal memory access\n")
                 ts += 60
                 attempt += 1
@@ -158,29 +167,32 @@ class SyntheticRun:
                 step = (resume or 0) + 1
                 continue
             step += 1
+        cpu_s = self.steps * self.step_s
         if self.state == "finished":
-            event("attempt_exited", attempt=attempt, code=0, signal=None, step=self.steps)
-            event("finished")
+            event("attempt_exited", attempt=attempt, code=0, signal=None, step=self.steps, cpu_s=cpu_s)
+            event("finished", step=self.steps, supervisor_cpu_s=1.0)
         elif self.state == "stopped":
-            event("stop_requested")
-            event("attempt_exited", attempt=attempt, code=75, signal=None, step=self.steps)
-            event("stopped")
+            event("stop_requested", by="tina stop", attempt=attempt)
+            event("attempt_exited", attempt=attempt, code=75, signal=None, step=self.steps, cpu_s=cpu_s)
+            event("stopped", step=self.steps, supervisor_cpu_s=1.0)
         elif self.state == "failed":
-            event("attempt_exited", attempt=attempt, code=1, signal=None, step=self.steps)
-            event("failed", reason="exit code 1 after 3 restarts")
+            event("attempt_exited", attempt=attempt, code=1, signal=None, step=self.steps, cpu_s=cpu_s)
+            event("failed", reason="gave up after 3 restarts; last attempt exit code 1", supervisor_cpu_s=1.0)
+        gpus = [0] if self.gpu_count else []
         evals = [(None, self.base_evals)] if self.base_evals else []
         for ck_step, scores in evals + sorted(self.evals.items()):
-            for task, score in sorted(scores.items()):  # one evaluation per checkpoint x task
+            for task, score in sorted(scores.items()):  # one evaluation per checkpoint (or the base) x task
                 ts += 120
                 eid = f"{'base' if ck_step is None else f'ckpt{ck_step}'}-{task}-{self.seed:06x}"
                 common = {"eval_id": eid, "checkpoint": ck_step, "task": task}
-                event("eval_queued", **common, tasks=[task], gpus=[0] if self.gpu_count else [])
-                event("eval_started", **common, gpus=min(1, self.gpu_count), pid=2000 + (ck_step or 0))
+                pid = 2000 + (ck_step or 0)
+                event("eval_queued", **common, tasks=[task], gpus=gpus, gpus_explicit=False)
+                event("eval_started", **common, gpus=gpus, pid=pid, device="gpu" if gpus else "cpu",
+                      log=str(rd.eval_log(eid)))
                 ts += 600
-                event("eval_finished", **common, score=score, metric="pass@1", scores={task: score})
-        rd.events.write_text("".join(ev))
-        rd.metrics.write_text("".join(met))
-        rd.system.write_text("".join(sysl))
+                event("eval_finished", **common, gpus=gpus, pid=pid, score=score, metric="pass@1",
+                      metrics={"pass@1": score}, scores={task: score}, results_path=str(rd.evals / eid / "results.json"),
+                      details_path=None, model=str(rd.evals / eid / "merged"), seconds=600.0)
         rd.train_log.write_text("".join(log))
         if self.state == "running":
             self.heartbeat(rd)
@@ -189,14 +201,10 @@ class SyntheticRun:
     @staticmethod
     def heartbeat(rd: RunDir, pid: int | None = None) -> None:
         """Mark the run as live: a supervisor heartbeat naming a process that exists (ours)."""
-        import time
-
         pid = pid or os.getpid()
-        rec = {"pid": pid, "pgid": os.getpgid(pid), "started": time.time(), "heartbeat": time.time(),
-               "trainer_pid": pid, "attempt": 1}
-        tmp = rd.supervisor.with_name(".supervisor.json.tmp")
-        tmp.write_text(json.dumps(rec))
-        os.replace(tmp, rd.supervisor)
+        now = time.time()
+        write_json_atomic(rd.supervisor, runstate.heartbeat_record(pid=pid, started=now, now=now, trainer_pid=pid,
+                                                                   trainer_started=now, attempt=1))
 
 
 def demo_runs(steps: int = 300) -> list[SyntheticRun]:

@@ -72,7 +72,6 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
     from tina_core import gpu
     from tina_core.analysis import cost
     from tina_core.train.launcher import launch_command
-    from tina_core.recipe.loader import masked_override
 
     recipe = _load_validated(recipe_path, overrides, force=force)
     gpus = int(_recipe_value(recipe, "gpus", 0))
@@ -85,8 +84,24 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
     run_dir = create_run_dir(home, name or _recipe_value(recipe, "name", Path(recipe_path).stem))
     run_dir.recipe.write_text(recipe.to_yaml())
     command = launch_command(run_dir, recipe)
+    info = run_info(run_dir, recipe, recipe_path, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd,
+                    hardware={"gpus": found, "cpu_count": os.cpu_count(), "host": os.uname().nodename},
+                    device=device, price=price, command=command, dataset_size=getattr(recipe, "dataset_size", None))
+    write_json_atomic(run_dir.run_json, info)
+    run_dir.event("launched", recipe=str(recipe_path), command=command, gpus=info["gpu_count"],
+                  gpu_hour_usd=price.gpu_hour_usd, device=device)
+    return run_dir, recipe.secret_env
+
+
+def run_info(run_dir: RunDir, recipe: Any, recipe_path: str | Path, *, name: str | None, overrides: Sequence[str],
+             gpu_hour_usd: float | None, hardware: dict[str, Any], device: str, price: Any, command: list[str],
+             dataset_size: int | None, created: str | None = None, cwd: str | None = None) -> dict[str, Any]:
+    """A new run's ``run.json`` (ARCHITECTURE.md): who it is, how to make it again, what it runs on
+    and at what price. ``recipe``: the resolved ``Recipe``; ``price``: ``cost.Price``."""
+    from tina_core.recipe.loader import masked_override
+
     recorded = [masked_override(o) for o in overrides]
-    info = {
+    return {
         "run_id": run_dir.run_id,
         "name": name or _recipe_value(recipe, "name", run_dir.run_id),
         "recipe": str(recipe_path),
@@ -95,27 +110,23 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
         "tina_command": shlex.join(["tina", "run", str(recipe_path), *(["--name", name] if name else []),
                                     *[a for o in recorded for a in ("--set", o)],
                                     *(["--gpu-hour-usd", str(gpu_hour_usd)] if gpu_hour_usd is not None else [])]),
-        "created": now_iso(),
-        "hardware": {"gpus": found, "cpu_count": os.cpu_count(), "host": os.uname().nodename},
+        "created": created or now_iso(),
+        "hardware": hardware,
         "device": device,
-        "gpu_count": gpus,
+        "gpu_count": int(_recipe_value(recipe, "gpus", 0)),
         "gpu_hour_usd": price.gpu_hour_usd,
         "cpu_hour_usd": price.cpu_hour_usd,
         "price_source": price.source,
         "command": command,
-        "cwd": os.getcwd(),
+        "cwd": cwd or os.getcwd(),
         "stop_at_step": getattr(recipe, "stop_at_step", None),
         "max_steps": getattr(recipe, "max_steps", None),
         "save_steps": getattr(recipe, "save_steps", None),
-        "dataset_size": getattr(recipe, "dataset_size", None),
+        "dataset_size": dataset_size,
         "max_restarts": int(recipe.get("launch.max_restarts", DEFAULT_MAX_RESTARTS)),
         "stop_timeout_s": float(recipe.get("launch.stop_timeout_s", DEFAULT_STOP_TIMEOUT_S)),
         "imported": False,
     }
-    write_json_atomic(run_dir.run_json, info)
-    run_dir.event("launched", recipe=str(recipe_path), command=command, gpus=gpus,
-                  gpu_hour_usd=price.gpu_hour_usd, device=device)
-    return run_dir, recipe.secret_env
 
 
 def spawn_daemon(run_dir: RunDir, *, resume: bool = False, secret_env: dict[str, str] | None = None,

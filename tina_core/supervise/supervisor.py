@@ -164,9 +164,9 @@ class Supervisor:
         if not force and now - self._last_beat < HEARTBEAT_S:
             return
         self._last_beat = now
-        beat = {"pid": os.getpid(), "pgid": os.getpgid(0), "started": self.started, "heartbeat": now,
-                "trainer_pid": self.proc.pid if self.proc else None, "trainer_started": self.proc_started,
-                "attempt": self.attempt or None}
+        beat = runstate.heartbeat_record(pid=os.getpid(), started=self.started, now=now,
+                                         trainer_pid=self.proc.pid if self.proc else None,
+                                         trainer_started=self.proc_started, attempt=self.attempt or None)
         try:
             write_json_atomic(self.run_dir.supervisor, beat)
         except OSError as e:
@@ -188,8 +188,8 @@ class Supervisor:
             from tina_core.gpu import Sampler
 
             self._sampler = Sampler()
-        if record := self._sampler.record():
-            append_jsonl(self.run_dir.system, record)
+        if gpus := self._sampler.read():
+            self.run_dir.log_system(gpus)
 
     def check_budget(self) -> None:
         """``budget_reached`` once per threshold of ``alerts.budget_usd`` the run's total passes."""

@@ -14,14 +14,13 @@ import re
 import shutil
 import signal
 import sys
-import time
 import traceback
 from pathlib import Path
 
 from tina_core.recipe.configs import build_grpo_config, build_lora_config
 from tina_core.recipe.loader import Recipe, load_recipe, resolve_base_model
-from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, DISK_FULL_ERRNOS, RunDir, TinaError, append_jsonl,
-                              now_iso, tina_home, write_error_text, write_json_atomic)
+from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, DISK_FULL_ERRNOS, RunDir, TinaError, tina_home,
+                              write_error_text)
 
 EXIT_FINISHED = 0
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving; `tina resume` continues
@@ -69,7 +68,6 @@ def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopReque
             self.stop_at = recipe.stop_at_step
             self.stop = stop or StopRequest()
             self.stopped_by_signal = False
-            self.metrics_path = run_dir.metrics
 
         def _stop_agreed(self, args) -> bool:
             """Every rank must stop at the same step or the collectives hang: agree on the flag."""
@@ -96,9 +94,7 @@ def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopReque
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
                 return
-            now = time.time()
-            record = {"step": state.global_step, "attempt": attempt, "time": now_iso(), "ts": now, **logs}
-            append_jsonl(self.metrics_path, record)
+            run_dir.log_metrics(state.global_step, attempt, logs)
             if "train_runtime" not in logs:
                 parts = [f"{short} {logs[k]:.4g}" for k, short in _SUMMARY_KEYS if isinstance(logs.get(k), (int, float))]
                 fmt = [f"{k.split('/')[1]} {v:.3f}" for k, v in logs.items()
@@ -113,11 +109,8 @@ def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopReque
             if dist.is_available() and dist.is_initialized():
                 dist.barrier()
             if state.is_world_process_zero:
-                ckpt = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-                if ckpt.is_dir():
-                    write_json_atomic(ckpt / CHECKPOINT_COMPLETE, {
-                        "step": state.global_step, "attempt": attempt, "time": now_iso(),
-                        "files": sorted(p.name for p in ckpt.iterdir())})
+                if run_dir.checkpoint_path(state.global_step).is_dir():
+                    run_dir.mark_complete(state.global_step, attempt)
                     print(f"saved checkpoint-{state.global_step}", flush=True)
             return control
 
