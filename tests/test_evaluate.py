@@ -87,14 +87,16 @@ def test_lighteval_and_math_verify_work_together():
     assert fn.compute(doc=doc, model_response=ModelResponse(text=["so \\boxed{8}"])) == 0.0
 
 
-def test_custom_task_module_is_light_and_defines_the_missing_tasks():
+def test_task_module_is_light_and_defines_every_task():
     probe = "import sys, tina_core.evaluate.lighteval_tasks, tina_core.evaluate.queue; print('lighteval' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # listing tina's modules stays light
     from tina_core.evaluate import lighteval_tasks as eval_tasks
 
-    assert [t.name for t in eval_tasks.TASKS_TABLE] == ["tina_amc23", "tina_minerva", "tina_arith"]
-    assert eval_tasks.TASKS_TABLE[2].hf_repo == str(eval_tasks.TINY_EVAL_DIR)
+    names = [t.name for t in eval_tasks.TASKS_TABLE]
+    assert sorted(names) == sorted(ev_tasks.LIGHTEVAL_TASKS.values())  # every task tina runs is its own
+    assert sorted(ev_tasks.LIGHTEVAL_TASKS) == sorted(ev_tasks.TINA_TASKS + ev_tasks.CPU_TASKS)
+    assert dict(zip(names, eval_tasks.TASKS_TABLE))["tina_arith"].hf_repo == str(eval_tasks.TINY_EVAL_DIR)
     rows = [json.loads(line) for line in (eval_tasks.TINY_EVAL_DIR / "test.jsonl").open()]
     assert len(rows) == 40 and len({r["problem"] for r in rows}) == len(rows)
     import math_verify
@@ -104,6 +106,157 @@ def test_custom_task_module_is_light_and_defines_the_missing_tasks():
         assert math_verify.verify(math_verify.parse(f"${r['answer']}$"), math_verify.parse(f"${a + b}$"))
 
 
+# Two rows per benchmark, in its hub dataset's own columns (Tina's task file reads these), with
+# the boxed answer a correct completion ends on.
+HUB_ROWS = {
+    "tina_aime24": [({"problem": "Find $x$ if $x - 200 = 4$.", "answer": "204"}, "204"),
+                    ({"problem": "Find $y$ if $2y = 6$.", "answer": "3"}, "3")],
+    "tina_aime25": [({"problem": "Compute $7 \\cdot 11$.", "answer": "77"}, "77"),
+                    ({"problem": "Compute $3^3$.", "answer": "27"}, "27")],
+    "tina_amc23": [({"problem": "What is $1+1$?", "answer": 2.0}, "2"), ({"problem": "What is $5-1$?", "answer": 4.0}, "4")],
+    "tina_math_500": [({"problem": "Write $1/2$ as a decimal.", "solution": "It is $\\boxed{0.5}$.", "answer": "0.5"},
+                       "\\frac{1}{2}"),
+                      ({"problem": "Simplify $\\frac{2}{4}$.", "solution": "We get $\\boxed{\\frac{1}{2}}$.",
+                        "answer": "\\frac{1}{2}"}, "0.5")],
+    "tina_minerva": [({"problem": "Speed of 10 m in 2 s, in m/s?", "solution": "$10/2 = \\boxed{5}$"}, "5"),
+                     ({"problem": "Area of a 3 by 4 rectangle?", "solution": "Hence \\boxed{12}."}, "12")],
+    "tina_gpqa_diamond": [({"Question": "Which is a noble gas?", "Correct Answer": "Argon", "Incorrect Answer 1": "Iron",
+                            "Incorrect Answer 2": "Sodium", "Incorrect Answer 3": "Carbon"}, None),
+                          ({"Question": "Which is a prime?", "Correct Answer": "7", "Incorrect Answer 1": "8",
+                            "Incorrect Answer 2": "9", "Incorrect Answer 3": "10"}, None)],
+}
+
+
+def _tina_docs(tmp_path: Path, monkeypatch) -> dict:
+    """Tina's six tasks as lighteval 0.13 loads them, from local copies in the hubs' schemas."""
+    from lighteval.tasks.lighteval_task import LightevalTask
+
+    from tina_core.evaluate import lighteval_tasks as eval_tasks
+
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    for name, rows in HUB_ROWS.items():
+        folder = tmp_path / name
+        folder.mkdir()
+        split = eval_tasks.DATA[name][2]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r, _ in rows))
+        monkeypatch.setitem(eval_tasks.DATA, name, (str(folder), "default", split))
+    tasks = {c.name: LightevalTask(c) for c in eval_tasks._build_tasks_table() if c.name in HUB_ROWS}
+    LightevalTask.load_datasets(tasks, 1)
+    return {name: (task, task.get_docs()) for name, task in tasks.items()}
+
+
+def _score(task, doc, text: str) -> float:
+    from lighteval.models.model_output import ModelResponse
+
+    [metric] = task.metrics
+    assert metric.metric_name == "extractive_match"
+    return metric.sample_level_fn.compute(doc=doc, model_response=ModelResponse(text=[text]))
+
+
+def test_tinas_benchmarks_prompt_and_score_as_tina_did(tmp_path, monkeypatch):
+    """Tina's prompts (simple-evals' boxed template; GPQA's 'Answer: $LETTER'), her golds and her
+    extractive-match metrics, where lighteval 0.13's built-in math tasks ask for an 'ANSWER:' line
+    and score with pass@k; and her GPQA letter match, which finds a letter without an anchor."""
+    import random
+
+    from lighteval.metrics.dynamic_metrics import MultilingualExtractiveMatchMetric
+    from lighteval.metrics.utils.extractive_match_utils import IndicesExtractionConfig
+    from lighteval.models.model_output import ModelResponse
+    from lighteval.tasks.tasks.math_500 import math_500 as builtin_math_500
+
+    from tina_core.evaluate import lighteval_tasks as eval_tasks
+
+    random.seed(1234)  # as lighteval's pipeline does before it builds the prompts
+    loaded = _tina_docs(tmp_path, monkeypatch)
+    assert sorted(loaded) == sorted(HUB_ROWS)
+    for name, (task, docs) in loaded.items():
+        assert len(docs) == 2 and task.generation_size == 32768, name
+        if name == "tina_gpqa_diamond":
+            continue
+        gold_column = eval_tasks.MATH_TASKS[name][0]
+        for doc in docs:
+            [(row, answer)] = [(r, a) for r, a in HUB_ROWS[name] if doc.query.endswith(r["problem"])]
+            assert doc.query == eval_tasks.MATH_QUERY_TEMPLATE.format(question=row["problem"])
+            assert "$\\boxed{ANSWER}$" in doc.query and "ANSWER: $ANSWER" not in doc.query
+            assert doc.get_golds() == [str(row[gold_column])]
+            right = f"<think>\nwork\n</think>\nTherefore, the final answer is: $\\boxed{{{answer}}}$. I hope it is correct"
+            assert _score(task, doc, right) == 1.0, (name, doc.get_golds(), answer)
+            assert _score(task, doc, "Therefore, the final answer is: $\\boxed{999}$.") == 0.0, name
+    # lighteval 0.13's own math_500 prompts and scores otherwise.
+    builtin = builtin_math_500.prompt_function(HUB_ROWS["tina_math_500"][0][0], "math_500")
+    assert "ANSWER: $ANSWER" in builtin.query and "boxed" not in builtin.query
+    assert [m.metric_name for m in builtin_math_500.metrics] != ["extractive_match"]
+
+    gpqa, docs = loaded["tina_gpqa_diamond"]
+    for doc in docs:
+        [row] = [r for r, _ in HUB_ROWS["tina_gpqa_diamond"] if r["Question"] in doc.query]
+        letter = "ABCD"[doc.gold_index]
+        assert doc.choices == ["A", "B", "C", "D"]
+        assert f"\n{letter}) {row['Correct Answer']}\n" in doc.query + "\n"
+        assert doc.query.startswith("Answer the following multiple choice question.")
+        assert _score(gpqa, doc, f"Thinking it over... Answer: {letter}") == 1.0
+        assert _score(gpqa, doc, f"Answer: {'ABCD'[(doc.gold_index + 1) % 4]}") == 0.0
+        # No anchor: Tina's lighteval found the letter anyway; 0.13's default no longer does.
+        bare = f"The right option is {letter}"
+        assert _score(gpqa, doc, bare) == 1.0
+        default = IndicesExtractionConfig(prefix_for_extraction="NativeLetters")
+        fn = MultilingualExtractiveMatchMetric(gold_extraction_target=[default], pred_extraction_target=[default],
+                                              precision=5)
+        assert fn.compute(doc=doc, model_response=ModelResponse(text=[bare])) == 0.0
+
+
+def test_the_pipeline_scores_the_whole_completion_as_tinas_lighteval_did():
+    """lighteval 0.13 cuts <think>...</think> out before scoring unless told not to; Tina's lighteval
+    scored the whole completion."""
+    import torch
+
+    grad = torch.is_grad_enabled()
+    try:
+        from lighteval.pipeline import ParallelismManager, PipelineParameters
+    finally:
+        torch.set_grad_enabled(grad)  # importing lighteval's pipeline turns autograd off process-wide
+
+    from tina_core.evaluate import lighteval_tasks as eval_tasks
+
+    assert ev_job.pipeline_parameters(eval_tasks).remove_reasoning_tags is False
+    assert PipelineParameters(launcher_type=ParallelismManager.NONE).remove_reasoning_tags is True
+
+
+def test_vllm_requests_carry_tinas_settings(tiny_model, tmp_path):
+    """What tina's vLLM model class asks of each engine, built for real on the tiny model (building
+    the requests needs no vLLM): Tina's sampling, the context capped at the model's own, the
+    tokenizer's special tokens, one engine per GPU on its device; on CPU one engine, its KV cache
+    from VLLM_CPU_KVCACHE_SPACE and eager execution."""
+    from lighteval.tasks.requests import Doc
+
+    from tina_core.evaluate import vllm_model
+
+    model = vllm_model.build_model(str(tiny_model), vllm_model.devices_for([0, 1]), work=tmp_path / "engines",
+                                   cache_dir=tmp_path / "cache", system_prompt=None)
+    cfg = model.config
+    assert cfg.devices == ["0", "1"] and cfg.dtype == "bfloat16" and cfg.seed == 1234
+    assert cfg.max_model_length == 256  # the tiny model's context: shorter than Tina's 32768
+    gen = cfg.generation_parameters
+    assert (gen.temperature, gen.top_p, gen.max_new_tokens) == (0.6, 0.95, 32768)
+    assert cfg.model_name == tiny_model.name  # lighteval files results and its cache under this name
+    assert model.use_chat_template  # the tiny model, like Tina's, has a chat template
+
+    doc = Doc(query="What is 3 + 4?", choices=["7"], gold_index=0, task_name="tina_arith|0", generation_size=64)
+    ids = model.tokenizer(model.prompt_manager.prepare_prompt(doc), add_special_tokens=True)["input_ids"]
+    req = model._request(doc, ids)
+    assert req["prompt_token_ids"] == ids
+    assert req["sampling"] == {"temperature": 0.6, "top_p": 0.95, "n": 1, "max_tokens": 256 - len(ids), "stop": []}
+    with pytest.raises(ev_tasks.EvalError, match="its prompt has 300 tokens, the model's context 256"):
+        model._request(doc, [1] * 300)
+
+    assert vllm_model.devices_for([]) == ["cpu"]
+    assert vllm_model.engine_env("1") == {"CUDA_VISIBLE_DEVICES": "1"}
+    assert vllm_model.engine_args("m", 32768, "1") == {"model": "m", "dtype": "bfloat16", "seed": 1234,
+                                                       "max_model_len": 32768, "gpu_memory_utilization": 0.7}
+    assert vllm_model.engine_args("m", 256, "cpu")["enforce_eager"] is True
+    assert vllm_model.engine_env("cpu") == {"VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE") or "1"}
+
+
 # --- command lines ------------------------------------------------------------------------------------
 def test_dry_run_prints_merge_and_the_six_lighteval_commands(tmp_path, capsys):
     rd = _make_run(tmp_path, gpu_count=2, recipe=REPO / "recipes/tina/open_rs2.yaml")
@@ -111,30 +264,21 @@ def test_dry_run_prints_merge_and_the_six_lighteval_commands(tmp_path, capsys):
     assert cli_evals.cli_eval(tmp_path, rd.run_id, checkpoint="450", dry_run=True) == 0
     lines = [ln for ln in capsys.readouterr().out.splitlines() if ln and not ln.startswith("#")]
     merges = [ln for ln in lines if " merge " in ln]
-    runs = [ln for ln in lines if " vllm " in ln]
+    runs = [ln for ln in lines if " lighteval " in ln]
     assert len(merges) == 1 and len(runs) == 6
     merge = shlex.split(merges[0])
     assert merge[merge.index("--adapter") + 1] == str(rd.checkpoint_path(450))
     assert merge[merge.index("--dtype") + 1] == "bfloat16"
-    specs = []
+    tasks = []
     for ln in runs:
         argv = shlex.split(ln)
-        assert argv[0] == "CUDA_VISIBLE_DEVICES=0,1" and argv[1].endswith("lighteval") and argv[2] == "vllm"
-        args = argv[3]
-        assert args.startswith(f"model_name={rd.evals / 'merged' / 'checkpoint-450'},dtype=bfloat16,")
-        for part in ("data_parallel_size=2", "max_model_length=32768", "gpu_memory_utilization=0.7",
-                     "generation_parameters={max_new_tokens:32768,temperature:0.6,top_p:0.95}"):
-            assert part in args
-        assert argv[argv.index("--custom-tasks") + 1] == str(ev_tasks.EVAL_TASKS_FILE)
-        assert "--save-details" in argv
-        specs.append(argv[4])
-        assert argv[argv.index("--output-dir") + 1].startswith(str(rd.evals / "checkpoint-450"))
-    assert specs == ["aime24|0", "aime25|0", "tina_amc23|0", "math_500|0", "tina_minerva|0", "gpqa:diamond|0"]
-    # lighteval itself accepts the model arguments as printed
-    from lighteval.models.vllm.vllm_model import VLLMModelConfig
-
-    cfg = VLLMModelConfig.from_args(shlex.split(runs[0])[3])
-    assert cfg.data_parallel_size == 2 and cfg.generation_parameters.temperature == 0.6
+        assert argv[0] == "CUDA_VISIBLE_DEVICES=0,1" and argv[2:5] == ["-m", "tina_core.evaluate", "lighteval"]
+        opt = dict(zip(argv[5::2], argv[6::2]))
+        assert opt["--backend"] == "vllm" and opt["--gpus"] == "0,1"
+        assert opt["--model"] == str(rd.evals / "merged" / "checkpoint-450")
+        assert opt["--output-dir"].startswith(str(rd.evals / "checkpoint-450"))
+        tasks.append(opt["--task"])
+    assert tasks == ev_tasks.TINA_TASKS
     assert not _events(rd, "eval_queued")  # a dry run queues nothing
 
 
@@ -145,10 +289,10 @@ def test_dry_run_base_and_explicit_gpus_through_the_cli(tmp_path):
                           "--checkpoint", "base", "--tasks", "aime24,amc23", "--gpus", "1", "--dry-run"],
                          cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
-    lines = [ln for ln in out.stdout.splitlines() if " vllm " in ln]
+    lines = [ln for ln in out.stdout.splitlines() if " lighteval " in ln]
     assert len(lines) == 2 and " merge " not in out.stdout
-    assert all(ln.startswith("CUDA_VISIBLE_DEVICES=1 ") for ln in lines)
-    assert "model_name=deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B,dtype=bfloat16,data_parallel_size=1," in lines[0]
+    assert all(ln.startswith("CUDA_VISIBLE_DEVICES=1 ") and "--backend vllm" in ln for ln in lines)
+    assert "--model deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B --task aime24" in lines[0] and "--gpus 1" in lines[0]
 
 
 def test_bad_requests_are_clear_errors(tmp_path):

@@ -1,5 +1,7 @@
-"""The command lines an evaluation runs: the merge, then lighteval (vLLM on GPU, transformers on
-CPU), and the base model they start from. Light: what ``tina eval --dry-run`` prints comes from here.
+"""The command lines an evaluation runs: the merge, then lighteval (generating with vLLM, or with
+lighteval's transformers backend on a CPU box without vLLM), and the base model they start from.
+The job runs both steps in its own process; these are the equivalent standalone commands, what
+``tina eval --dry-run`` prints. Light: no heavy imports.
 """
 
 from __future__ import annotations
@@ -9,8 +11,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from tina_core.evaluate.tasks import (CPU_SETTINGS, EVAL_TASKS_FILE, GPU_SETTINGS, EvalError, lighteval_task,
-                                      merged_dir, output_dir)
+from tina_core.evaluate.tasks import CPU_TASKS, EvalError, eval_backend, merge_dtype, merged_dir, output_dir
 from tina_core.rundir import RunDir, read_json
 
 
@@ -18,33 +19,16 @@ def _python() -> str:
     return sys.executable or "python"
 
 
-def _lighteval_exe() -> str:
-    beside = Path(_python()).parent / "lighteval"
-    return str(beside) if beside.exists() else "lighteval"
-
-
 def merge_command(adapter: Path, out: Path, dtype: str) -> list[str]:
     return [_python(), "-m", "tina_core.evaluate", "merge", "--adapter", str(adapter), "--out", str(out),
             "--dtype", dtype]
 
 
-def vllm_command(model: str, task: str, out: Path, gpus: list[int]) -> list[str]:
-    s = GPU_SETTINGS
-    if "," in model:
-        raise EvalError(f"model path {model!r} contains a comma, which lighteval's model arguments cannot carry")
-    model_args = (f"model_name={model},dtype={s['dtype']},data_parallel_size={max(1, len(gpus))},"
-                  f"max_model_length={s['max_model_length']},gpu_memory_utilization={s['gpu_memory_utilization']},"
-                  f"cache_dir={out / 'cache'},"
-                  f"generation_parameters={{max_new_tokens:{s['max_new_tokens']},temperature:{s['temperature']},"
-                  f"top_p:{s['top_p']}}}")
-    return [_lighteval_exe(), "vllm", model_args, f"{lighteval_task(task)}|0", "--custom-tasks", str(EVAL_TASKS_FILE),
-            "--output-dir", str(out), "--save-details"]
-
-
-def cpu_command(model: str, task: str, out: Path, recipe: Path | None = None) -> list[str]:
+def lighteval_command(model: str, task: str, out: Path, gpus: list[int], recipe: Path | None = None) -> list[str]:
     extra = ["--recipe", str(recipe)] if recipe is not None and recipe.exists() else []
-    return [_python(), "-m", "tina_core.evaluate", "lighteval-cpu", "--model", model, "--task", lighteval_task(task),
-            "--output-dir", str(out), *extra]
+    devices = ["--gpus", ",".join(str(g) for g in gpus)] if gpus else []
+    return [_python(), "-m", "tina_core.evaluate", "lighteval", "--backend", eval_backend(gpus), "--model", model,
+            "--task", task, "--output-dir", str(out), *devices, *extra]
 
 
 def _child_env(**extra: str) -> dict[str, str]:
@@ -65,14 +49,14 @@ def plan_commands(home: Path, rd: RunDir, checkpoint: int | str, task: str, gpus
         model = base_model(home, rd)
     else:
         model = str(merged_dir(rd, int(checkpoint)))
-        dtype = GPU_SETTINGS["dtype"] if gpus else CPU_SETTINGS["dtype"]
+        dtype = merge_dtype(eval_backend(gpus))
         lines.append(shlex.join(merge_command(rd.checkpoint_path(int(checkpoint)), Path(model), dtype)))
     out = output_dir(rd, checkpoint, task)
-    if gpus:
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in _gpu_env(gpus).items())
-        lines.append(f"{env} {shlex.join(vllm_command(model, task, out, gpus))}")
-    else:
-        lines.append(f"HF_HUB_OFFLINE=1 {shlex.join(cpu_command(model, task, out, rd.recipe))}")
+    env = _gpu_env(gpus) if gpus else {}
+    if task in CPU_TASKS:
+        env["HF_HUB_OFFLINE"] = "1"
+    prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
+    lines.append(f"{prefix} {shlex.join(lighteval_command(model, task, out, gpus, rd.recipe))}".strip())
     return lines
 
 

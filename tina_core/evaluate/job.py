@@ -1,22 +1,22 @@
 """The job: one evaluation, ``python -m tina_core.evaluate job HOME RUN EVAL_ID``.
 
-Merges the LoRA adapter into its base model (cached per checkpoint), runs lighteval, parses the
-results into ``eval_finished`` (or ``eval_failed`` with the reason). On GPU that is Tina's
-``lighteval vllm`` command line per task; on CPU lighteval's transformers backend through its Python
-API, offline, with a registry limited to :mod:`tina_core.evaluate.lighteval_tasks` (lighteval's
-CLI imports every built-in task module, some of which need the network).
+Merges the LoRA adapter into its base model (cached per checkpoint), runs lighteval through its
+Python API with a registry limited to :mod:`tina_core.evaluate.lighteval_tasks` (lighteval's CLI
+imports every built-in task module, some of which need the network), and parses the results into
+``eval_finished`` (or ``eval_failed`` with the reason). Generation is vLLM's, through tina's model
+class (:mod:`tina_core.evaluate.vllm_model`), on GPUs and wherever vLLM's CPU build is installed;
+else lighteval's transformers backend on CPU (``tasks.eval_backend``).
 
 Heavy: torch, peft, transformers and lighteval are imported here, inside the functions that need them.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
-import shlex
 import shutil
-import subprocess
 import sys
 import threading
 import time
@@ -25,9 +25,11 @@ from pathlib import Path
 from typing import Any
 
 from tina_core import runstate
-from tina_core.evaluate.commands import _gpu_env, _looks_local, base_model, vllm_command
-from tina_core.evaluate.tasks import (CPU_SETTINGS, EVAL_TASKS_FILE, GPU_SETTINGS, EvalError, _label, lighteval_task,
-                                      log_tail, merged_dir, output_dir)
+from tina_core.evaluate.commands import _looks_local, base_model
+from tina_core.evaluate.tasks import (CPU_TASKS, EVAL_TASKS_FILE, TRAINING_PROMPT_TASKS, TRANSFORMERS_SETTINGS,
+                                      EvalError, _label, eval_backend, lighteval_task, log_tail, merge_dtype,
+                                      merged_dir, output_dir, task_name)
+from tina_core.evaluate.vllm_model import devices_for
 from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, read_json, write_json_atomic
 
 MERGED_MARK = "tina-merged.json"
@@ -109,39 +111,59 @@ def training_system_prompt(recipe_path: str | os.PathLike | None) -> str | None:
     return system_prompt_for(str(r.get("dataset.name") or ""), r.get("dataset.system_prompt"))
 
 
-def run_lighteval_cpu(model: str, task: str, out: str | os.PathLike, *, recipe: str | os.PathLike | None = None,
-                      max_new_tokens: int | None = None, max_samples: int | None = None) -> None:
-    """lighteval's transformers backend through its Python API, offline, on a registry limited to
-    tina's custom task module (its CLI would import every built-in task, some need the network).
-    The prompt carries the system prompt the run trained with (``recipe``): a small model knows
-    no other; Tina's GPU evaluation, like the paper's, uses none."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+def pipeline_parameters(tasks_module: Any, max_samples: int | None = None):
+    """lighteval's pipeline parameters for tina's tasks. Tina's lighteval scored the whole completion;
+    0.13 cuts ``<think>...</think>`` out first unless told not to (``remove_reasoning_tags``)."""
+    from lighteval.pipeline import ParallelismManager, PipelineParameters
+
+    return PipelineParameters(launcher_type=ParallelismManager.NONE, custom_tasks_directory=tasks_module,
+                              max_samples=max_samples, remove_reasoning_tags=False)
+
+
+def run_lighteval(model: str, task: str, out: str | os.PathLike, *, backend: str, devices: list[str],
+                  recipe: str | os.PathLike | None = None, max_samples: int | None = None) -> None:
+    """lighteval through its Python API on a registry limited to tina's task module, generating
+    with vLLM (``backend="vllm"``: one engine per device, ``vllm_model.devices_for(gpus)``) or with
+    lighteval's transformers backend on CPU (``devices`` unused), with Tina's settings. The tiny
+    benchmark's prompt carries the system prompt the run trained with (``recipe``): a small model
+    knows no other; Tina's benchmarks, like the paper's, have none."""
+    name = task_name(task)
+    if name in CPU_TASKS:  # shipped data: no hub needed, and none reachable on a CPU box
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     import tina_core.evaluate.lighteval_tasks as tasks_module
     from lighteval.logging.evaluation_tracker import EvaluationTracker
     from lighteval.models.model_input import GenerationParameters
     from lighteval.models.transformers.transformers_model import TransformersModelConfig
-    from lighteval.pipeline import ParallelismManager, Pipeline, PipelineParameters
+    from lighteval.pipeline import Pipeline
     from lighteval.tasks import registry
 
+    lname = lighteval_task(name)
     known = {c.name for c in tasks_module.TASKS_TABLE}
-    if task not in known:
-        raise EvalError(f"task {task!r} is not in {EVAL_TASKS_FILE.name} ({', '.join(sorted(known))}); "
-                        "lighteval's built-in tasks run on GPU")
+    if lname not in known:
+        raise EvalError(f"task {lname!r} is not in {EVAL_TASKS_FILE.name} ({', '.join(sorted(known))})")
     registry.Registry.load_all_task_configs = staticmethod(
         lambda custom_tasks=None, load_multilingual=False: registry.Registry._extract_configs(tasks_module))
     out = Path(out)
-    s = CPU_SETTINGS
+    system_prompt = training_system_prompt(recipe) if name in TRAINING_PROMPT_TASKS else None
     tracker = EvaluationTracker(output_dir=str(out), save_details=True)
-    params = PipelineParameters(launcher_type=ParallelismManager.NONE, custom_tasks_directory=tasks_module,
-                                max_samples=max_samples)
-    config = TransformersModelConfig(
-        model_name=model, device="cpu", dtype=s["dtype"], batch_size=s["batch_size"],
-        cache_dir=str(out / "cache"), system_prompt=training_system_prompt(recipe),
-        generation_parameters=GenerationParameters(temperature=s["temperature"], seed=42,
-                                                   max_new_tokens=max_new_tokens or s["max_new_tokens"]))
-    pipeline = Pipeline(tasks=f"{task}|0", pipeline_parameters=params, evaluation_tracker=tracker,
-                        model_config=config)
+    params = pipeline_parameters(tasks_module, max_samples)
+    if backend == "vllm":
+        from tina_core.evaluate.vllm_model import build_model
+
+        lighteval_model = build_model(model, devices, work=out / "engines", cache_dir=out / "cache",
+                                      system_prompt=system_prompt)
+        pipeline = Pipeline(tasks=f"{lname}|0", pipeline_parameters=params, evaluation_tracker=tracker,
+                            model=lighteval_model)
+    else:
+        s = TRANSFORMERS_SETTINGS
+        config = TransformersModelConfig(
+            model_name=model, device="cpu", dtype=s["dtype"], batch_size=s["batch_size"],
+            cache_dir=str(out / "cache"), system_prompt=system_prompt,
+            generation_parameters=GenerationParameters(temperature=s["temperature"], seed=42,
+                                                       max_new_tokens=s["max_new_tokens"]))
+        pipeline = Pipeline(tasks=f"{lname}|0", pipeline_parameters=params, evaluation_tracker=tracker,
+                            model_config=config)
     pipeline.evaluate()
     pipeline.show_results()
     pipeline.save_and_push_results()
@@ -208,7 +230,7 @@ def _heartbeat(path: Path) -> threading.Event:
     return stop
 
 
-def _model_for(home: Path, rd: RunDir, ev: dict[str, Any]) -> str:
+def _model_for(home: Path, rd: RunDir, ev: dict[str, Any], backend: str) -> str:
     if ev["checkpoint"] == "base":
         base = base_model(home, rd)
         if _looks_local(base) and not Path(base).expanduser().exists():
@@ -220,9 +242,8 @@ def _model_for(home: Path, rd: RunDir, ev: dict[str, Any]) -> str:
         raise EvalError(f"checkpoint-{step} is missing ({ckpt})")
     if not (ckpt / CHECKPOINT_COMPLETE).exists():
         raise EvalError(f"checkpoint-{step} is incomplete: no {CHECKPOINT_COMPLETE} (it was not fully saved)")
-    dtype = GPU_SETTINGS["dtype"] if ev["gpus"] else CPU_SETTINGS["dtype"]
     try:
-        return str(merge_adapter(ckpt, merged_dir(rd, step), dtype=dtype))
+        return str(merge_adapter(ckpt, merged_dir(rd, step), dtype=merge_dtype(backend)))
     except Exception as e:
         what = str(e) if isinstance(e, EvalError) else f"{type(e).__name__}: {e}"
         raise EvalError(f"merging checkpoint-{step} failed: {what}") from e
@@ -239,30 +260,27 @@ def run_job(home: Path, rd: RunDir, eval_id: str) -> int:
         print(f"evaluation {eval_id} is already {ev['state']}", flush=True)
         return 0
     gpus, task = ev["gpus"], ev["task"]
+    backend = eval_backend(gpus)
     common = dict(eval_id=eval_id, checkpoint=ev["checkpoint"], task=task, gpus=gpus, pid=os.getpid())
     _heartbeat(rd.eval_log(eval_id))
     t0 = time.time()
     print(f"evaluation {eval_id}: run {rd.run_id}, {_label(ev['checkpoint'])}, task {task}, "
-          f"{'GPUs ' + ','.join(map(str, gpus)) if gpus else 'CPU'}", flush=True)
+          f"{'GPUs ' + ','.join(map(str, gpus)) if gpus else 'CPU'}, {backend}", flush=True)
     try:
-        model = _model_for(home, rd, ev)
+        if backend == "vllm" and importlib.util.find_spec("vllm") is None:
+            raise EvalError(f"vLLM is not installed in {sys.executable} (make setup-gpu installs the GPU set)")
+        model = _model_for(home, rd, ev, backend)
         out = output_dir(rd, ev["checkpoint"], task)
         out.mkdir(parents=True, exist_ok=True)
-        if gpus:
-            cmd = vllm_command(model, task, out, gpus)
-            print("$ " + shlex.join(cmd), flush=True)
-            rc = subprocess.call(cmd, env={**os.environ, **_gpu_env(gpus)})
-            if rc != 0:
-                raise EvalError(f"lighteval exited with code {rc}" if rc > 0 else f"lighteval killed by signal {-rc}")
-        else:
-            max_samples = int(os.environ.get("TINA_EVAL_MAX_SAMPLES", "0")) or None
-            try:
-                run_lighteval_cpu(model, lighteval_task(task), out, recipe=rd.recipe, max_samples=max_samples)
-            except EvalError:
-                raise
-            except Exception as e:  # lighteval runs in this process on CPU: its crash is ours to name
-                traceback.print_exc()
-                raise EvalError(f"lighteval crashed: {type(e).__name__}: {e}") from e
+        max_samples = int(os.environ.get("TINA_EVAL_MAX_SAMPLES", "0")) or None
+        try:
+            run_lighteval(model, task, out, backend=backend, devices=devices_for(gpus), recipe=rd.recipe,
+                          max_samples=max_samples)
+        except EvalError:
+            raise
+        except Exception as e:  # lighteval runs in this process: its crash is ours to name
+            traceback.print_exc()
+            raise EvalError(f"lighteval crashed: {type(e).__name__}: {e}") from e
         res = parse_results(out, task, since=t0)
     except Exception as e:
         if not isinstance(e, EvalError):
@@ -275,7 +293,7 @@ def run_job(home: Path, rd: RunDir, eval_id: str) -> int:
                  + log_tail(rd.eval_log(eval_id)))
         return 1
     print(f"{task}: {res['metric']} = {res['score']:.4f} ({time.time() - t0:.1f}s)", flush=True)
-    rd.event("eval_finished", **common, score=res["score"], metric=res["metric"], metrics=res["metrics"],
+    rd.event("eval_finished", **common, backend=backend, score=res["score"], metric=res["metric"], metrics=res["metrics"],
              scores={task: res["score"]}, results_path=res["results_path"], details_path=res["details_path"],
              model=model, seconds=round(time.time() - t0, 3))
     return 0

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tina_core import runstate
-from tina_core.evaluate.tasks import CUSTOM_TASKS, TINA_TASKS, _task_slug, task_name
+from tina_core.evaluate.tasks import CPU_TASKS, TINA_TASKS, _task_slug, task_name
 from tina_core.rundir import RunDir, TinaError, find_run, tina_home
 
 
@@ -75,9 +75,9 @@ def resolve_checkpoints(home: Path, rd: RunDir, checkpoint: int | str) -> list[i
 
 
 def _check_backend(task: str, gpus: list[int]) -> None:
-    if not gpus and task not in CUSTOM_TASKS:
-        raise TinaError(f"task {task!r} is evaluated with vLLM on GPUs (lighteval's built-in task needs the hub); "
-                        f"this run has no GPUs: pass --gpus ids, or use a CPU task ({', '.join(CUSTOM_TASKS)})")
+    if not gpus and task not in CPU_TASKS:
+        raise TinaError(f"task {task!r} is evaluated with vLLM on GPUs (32768-token completions, data from the hub); "
+                        f"this run has no GPUs: pass --gpus ids, or use a CPU task ({', '.join(CPU_TASKS)})")
 
 
 def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | str = "recommended",
@@ -89,7 +89,7 @@ def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | s
     rd = find_run(h, run_ref)
     explicit = _parse_gpus(gpus)
     use_gpus = explicit if explicit is not None else _run_gpus(rd)
-    names = [task_name(t) for t in tasks] if tasks else (list(TINA_TASKS) if use_gpus else ["arith"])
+    names = [task_name(t) for t in tasks] if tasks else (list(TINA_TASKS) if use_gpus else list(CPU_TASKS))
     for t in names:
         _check_backend(t, use_gpus)
     active = {(e["checkpoint"], e["task"]): e["eval_id"] for e in runstate.evaluations(rd).values()

