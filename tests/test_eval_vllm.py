@@ -74,7 +74,7 @@ def test_tina_eval_scores_a_tiny_checkpoint_with_vllm(vllm_run, tiny_cache, monk
     assert (gen["temperature"], gen["top_p"], gen["max_new_tokens"]) == (0.6, 0.95, 32768)
     assert cfg["model_path"] == str(vllm_run.evals / "merged" / "checkpoint-6")
     merged = json.loads((vllm_run.evals / "merged" / "checkpoint-6" / "config.json").read_text())
-    assert merged["dtype"] == "bfloat16" and merged["head_dim"] == 32
+    assert merged["dtype"] == "bfloat16" and merged["hidden_size"] // merged["num_attention_heads"] == 32
     assert not (Path(fin["results_path"]).parents[2] / "engines").exists()  # its request files, once read
 
     run = json.loads(_tina(home, "status", vllm_run.run_id, "--json").stdout)
