@@ -230,3 +230,198 @@ def test_cli_import(tmp_path):
     assert "imported" in res.output and "phase transition: confirmed" in res.output
     [rd] = list_run_dirs(home)
     assert rd.info()["name"] == "rs2"
+
+
+# --- the formats people really have: small fixtures written here in each one's own shape ----------
+
+def _wobble(s: int, k: int = 37) -> float:
+    return ((s * k) % 11) / 11 - 0.5
+
+
+def _keys(home, rd) -> set[str]:
+    store = Store(home)
+    store.ingest()
+    return set(store.metric_keys(rd.run_id))
+
+
+NOTEBOOK_HEADER = ["Step", "Training Loss", "reward", "reward_std", "completion_length", "kl",
+                   "rewards / xmlcount_reward_func", "rewards / strict_format_reward_func",
+                   "rewards / correctness_reward_func"]
+
+
+def _notebook_rows(n: int = 120, turn: int = 70) -> list[list[str]]:
+    rows = []
+    for s in range(1, n + 1):
+        strict = (0.0 if s < turn else 0.35) + (0.03 * _wobble(s) if s >= turn else 0.0)
+        xml = (0.08 if s < turn else 0.42) + 0.04 * _wobble(s, 7)
+        correct = 0.4 + 0.6 * _wobble(s, 13)
+        length = (195 if s < turn - 3 else 150) + 8 * _wobble(s, 5)
+        rows.append([str(s), "No log" if s == 1 else f"{0.001 * _wobble(s):.6f}", f"{strict + xml + correct:.6f}",
+                     "0.3", f"{length:.3f}", f"{0.0001 * s:.6f}", f"{xml:.6f}", f"{strict:.6f}", f"{correct:.6f}"])
+    return rows
+
+
+def test_a_notebooks_printed_progress_table(tmp_path):
+    """The table an Unsloth/HF notebook prints: `Step`, `Training Loss` ("No log" before the first
+    log) and names spelled with spaces, imported under canonical names and judged on its own
+    format rewards."""
+    src = tmp_path / "grpo_notebook-table.csv"
+    src.write_text("\n".join(",".join(r) for r in [NOTEBOOK_HEADER, *_notebook_rows()]) + "\n")
+    home = tmp_path / "home"
+    rd = import_run(home, src)
+    assert _keys(home, rd) == {"loss", "reward", "reward_std", "completions/mean_length", "kl",
+                               "rewards/xmlcount_reward_func/mean", "rewards/strict_format_reward_func/mean",
+                               "rewards/correctness_reward_func/mean"}
+    assert "notebook's progress table" in rd.read_events()[0]["detail"]
+    [run] = list_runs(home)
+    ph = run["phase_transition"]
+    assert ph["status"] == "confirmed" and abs(ph["step"] - 70) <= 2 and ph["confidence"] == "high"
+    assert ph["signal"] in ("rewards/xmlcount_reward_func/mean", "rewards/strict_format_reward_func/mean")
+    assert "rewards/correctness_reward_func/mean" not in run["watch"]["signals"]
+
+
+def test_the_same_table_inside_an_executed_notebook(tmp_path):
+    """An .ipynb whose training cell printed two progress tables (a first start, then the run):
+    the last one is read."""
+    def html(rows):
+        head = "".join(f"<th>{h}</th>" for h in NOTEBOOK_HEADER)
+        body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>\n" for r in rows)
+        return ['<div><progress value="5" max="250"></progress>\n<table border="1" class="dataframe">\n',
+                f'<thead>\n <tr style="text-align: left;">{head}</tr>\n</thead>\n<tbody>\n{body}</tbody>\n</table><p>']
+    rows = _notebook_rows()
+    nb = {"nbformat": 4, "nbformat_minor": 0, "metadata": {}, "cells": [
+        {"cell_type": "markdown", "source": ["# GRPO"], "metadata": {}},
+        {"cell_type": "code", "source": ["trainer.train()"], "metadata": {}, "execution_count": 15, "outputs": [
+            {"output_type": "display_data", "data": {"text/html": html(rows[:5]), "text/plain": ["<IPython>"]}},
+            {"output_type": "display_data", "data": {"text/html": html(rows), "text/plain": ["<IPython>"]}}]}]}
+    src = tmp_path / "Qwen2.5_(3B)-GRPO.ipynb"
+    src.write_text(json.dumps(nb))
+    home = tmp_path / "home"
+    rd = import_run(home, src)
+    assert rd.info()["format"] == "notebook" and rd.info()["stop_at_step"] == 120
+    assert "the last of 2 progress table(s), in cell 1" in rd.read_events()[0]["detail"]
+    assert "rewards/strict_format_reward_func/mean" in _keys(home, rd)
+    [run] = list_runs(home)
+    assert abs(run["phase_transition"]["step"] - 70) <= 2
+
+
+def test_a_wandb_export_of_several_runs_and_one_metric_per_file(tmp_path):
+    """W&B's panel export: `Step` and `<run> - <metric>` columns with __MIN/__MAX companions; with
+    two runs in it, the run must be named. Panels export one metric each: the files of one run
+    merge by step."""
+    fmt = tmp_path / "format.csv"
+    rows = ['"Step","grpo-a - train/rewards/format_reward/mean","grpo-a - train/rewards/format_reward/mean__MIN",'
+            '"grpo-a - train/rewards/format_reward/mean__MAX","grpo-b - train/rewards/format_reward/mean"']
+    for s in range(1, 101):
+        a, b = (0.05 if s < 50 else 0.8), (0.1 if s < 30 else 0.9)
+        rows.append(f"{s},{a},{a - 0.1},{a + 0.1},{b}")
+    fmt.write_text("\n".join(rows) + "\n")
+    length = tmp_path / "length.csv"
+    length.write_text('"Step","grpo-b - train/completions/mean_length"\n'
+                      + "".join(f"{s},{300 - (100 if s >= 32 else 0) + 5 * _wobble(s)}\n" for s in range(1, 101)))
+    home = tmp_path / "home"
+    with pytest.raises(TinaError, match=r"several runs \(grpo-a, grpo-b\): name one with --run"):
+        import_run(home, fmt)
+    with pytest.raises(TinaError, match="no run 'grpo-c'"):
+        import_run(home, fmt, run="grpo-c")
+    rd = import_run(home, [fmt, length], run="grpo-b", name="b")
+    assert rd.info()["sources"] == [str(fmt.resolve()), str(length.resolve())]
+    store = Store(home)
+    store.ingest()
+    assert set(store.metric_keys(rd.run_id)) == {"rewards/format_reward/mean", "completions/mean_length"}
+    assert dict(store.metric_series(rd.run_id, "rewards/format_reward/mean", max_points=None))[40] == 0.9
+    ph = store.phase(rd.run_id)
+    assert ph["step"] == 30 and ph["confidence"] == "high" and "completions/mean_length" in ph["signals"]
+
+
+def test_trainer_state_with_logging_steps_10_and_what_real_logs_hold(tmp_path):
+    """A TRL 1.x trainer_state.json logged every 10 steps, starting with a byte-order mark, with a
+    NaN grad norm, a KL spike of 1e5, a missing entry (a step gap), an eval entry sharing a train
+    step, and a JSON-validity reward that jumps while length sits at its 128-token cap."""
+    hist = []
+    for s in range(10, 501, 10):
+        if s == 230:
+            continue  # a gap
+        hist.append({"step": s, "epoch": s / 900, "loss": 0.01, "grad_norm": float("nan") if s == 40 else 0.5,
+                     "kl": 1e5 if s == 300 else 0.001, "reward": 1.0,
+                     "rewards/valid_json_reward/mean": (-0.4 if s < 150 else 1.9) + 0.1 * _wobble(s // 10),
+                     "rewards/valid_json_reward/std": 0.5, "rewards/gameplay_scores/mean": 3 * _wobble(s // 10, 7),
+                     "completions/mean_length": 126.0 + _wobble(s // 10, 5), "completions/clipped_ratio": 0.95,
+                     "completions/max_length": 128.0})
+        if s % 100 == 0:
+            hist.append({"step": s, "eval_loss": 0.5})
+    state = {"global_step": 500, "max_steps": 500, "logging_steps": 10, "save_steps": 100, "log_history": hist}
+    src = tmp_path / "checkpoint-500" / "trainer_state.json"
+    src.parent.mkdir()
+    src.write_bytes(b"\xef\xbb\xbf" + json.dumps(state, indent=2).encode())  # json.dumps writes NaN
+    home = tmp_path / "home"
+    rd = import_run(home, src)
+    assert rd.info()["logging_steps"] == 10 and rd.info()["name"] == "checkpoint-500"
+    lines = [json.loads(x) for x in rd.metrics.read_text().splitlines()]
+    assert [r["step"] for r in lines] == [s for s in range(10, 501, 10) if s != 230]
+    assert lines[9]["eval_loss"] == 0.5 and lines[9]["loss"] == 0.01  # train and eval of step 100 merged
+    store = Store(home)
+    store.ingest()
+    assert max(v for _, v in store.metric_series(rd.run_id, "kl", max_points=None)) == 1e5
+    assert 40 not in dict(store.metric_series(rd.run_id, "grad_norm", max_points=None))  # NaN left out
+    [run] = list_runs(home)
+    ph = run["phase_transition"]
+    assert ph["signal"] == "rewards/valid_json_reward/mean" and ph["step"] == 150 and ph["confidence"] == "high"
+    assert any("sits at the cap" in r for r in ph["reasons"])
+    assert run["watch"]["signals"] == ["rewards/valid_json_reward/mean"]
+
+
+def test_jsonl_with_global_step_and_a_restarted_log(tmp_path):
+    """TRL 1.x-style JSONL (one logs dict per line, `global_step`, `NaN` as JSON writes it); the
+    log restarts at step 1 (a cell run again): the later attempt supersedes the earlier."""
+    src = tmp_path / "logs.jsonl"
+    lines = [json.dumps({"global_step": s, "rewards/format_reward/mean": 0.1, "loss": float("nan")}) for s in range(1, 6)]
+    lines += [json.dumps({"global_step": s, "rewards/format_reward/mean": 0.2, "kl": 0.01}) for s in range(1, 21)]
+    src.write_text("\ufeff" + "\n".join(lines) + "\n")
+    home = tmp_path / "home"
+    rd = import_run(home, src)
+    store = Store(home)
+    store.ingest()
+    fmt = store.metric_series(rd.run_id, "rewards/format_reward/mean", max_points=None)
+    assert [s for s, _ in fmt] == list(range(1, 21)) and {v for _, v in fmt} == {0.2}
+    assert rd.info()["stop_at_step"] == 20
+
+
+def _trackio_db(path, runs: dict[str, list[dict]]) -> None:
+    """A project database laid out as trackio's SQLiteStorage writes it (its metrics table)."""
+    import sqlite3
+
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE metrics (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, "
+                "timestamp TEXT NOT NULL, run_name TEXT NOT NULL, step INTEGER NOT NULL, metrics TEXT NOT NULL)")
+    con.execute("CREATE TABLE configs (id INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL, "
+                "run_name TEXT NOT NULL, config TEXT NOT NULL, created_at TEXT NOT NULL, UNIQUE(run_id))")
+    for name, logs in runs.items():
+        for i, m in enumerate(logs):
+            con.execute("INSERT INTO metrics (run_id, timestamp, run_name, step, metrics) VALUES (?, ?, ?, ?, ?)",
+                        [f"id-{name}", "2026-01-01T00:00:00", name, i, json.dumps(m)])
+    con.commit()
+    con.close()
+
+
+def test_a_trackio_database(tmp_path):
+    """trackio keeps a project per SQLite file; the Trainer's callback logs train/global_step in
+    every row (trackio's own step counts log calls); NaN is stored as the string "NaN"."""
+    def logs(turn):
+        return [{"train/rewards/format_reward/mean": 0.02 if s < turn else 0.85, "train/loss": "NaN" if s == 3 else 0.1,
+                 "train/completions/mean_length": 400 + 10 * _wobble(s), "train/global_step": s * 5}
+                for s in range(1, 61)]
+    db = tmp_path / "grpo-project.db"
+    _trackio_db(db, {"dainty-sunset-1": logs(30), "brisk-river-2": logs(20)})
+    home = tmp_path / "home"
+    before = db.read_bytes()
+    with pytest.raises(TinaError, match="several runs"):
+        import_run(home, db)
+    rd = import_run(home, db, run="dainty-sunset-1")
+    assert rd.info()["format"] == "trackio" and rd.info()["name"] == "dainty-sunset-1"
+    store = Store(home)
+    store.ingest()
+    assert set(store.metric_keys(rd.run_id)) == {"rewards/format_reward/mean", "loss", "completions/mean_length"}
+    assert [s for s, _ in store.metric_series(rd.run_id, "loss", max_points=None)][:3] == [5, 10, 20]
+    assert store.phase(rd.run_id)["step"] == 150
+    assert db.read_bytes() == before  # opened read-only: trackio's file is left as it was

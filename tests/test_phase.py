@@ -68,15 +68,21 @@ def test_result_object_signals_and_not_enough_data():
     assert phase.detect({FORMAT_REWARD: [(1, 0.0), (2, 0.0)]}) is None
     assert phase.detect({}) is None
     flat = [(s, 0.5 + 0.01 * (s % 3)) for s in range(1, 100)]
-    assert phase.detect({FORMAT_REWARD: flat}) == {
+    none = phase.detect({FORMAT_REWARD: flat})
+    assert {k: none[k] for k in ("step", "signal", "signals", "status", "size", "direction", "detected_at",
+                                 "confidence", "notes")} == {
         "step": None, "signal": None, "signals": [], "status": "none", "size": None, "direction": None,
-        "detected_at": None}
+        "detected_at": None, "confidence": None, "notes": []}
+    assert none["watch"]["signals"] == [FORMAT_REWARD] and none["evidence"][0]["moved"] is False
     fmt = [(s, 0.02 * (s % 2) if s < 60 else 0.9) for s in range(1, 120)]
     length = [(s, 30.0 + s % 4 if s < 63 else 60.0 + s % 4) for s in range(1, 120)]
     r = phase.detect({FORMAT_REWARD: fmt, COMPLETION_LENGTH: length, "loss": fmt})
     assert r["step"] == 60 and r["signal"] == FORMAT_REWARD and r["status"] == "confirmed"
     assert r["signals"] == [FORMAT_REWARD, COMPLETION_LENGTH]
     assert r["direction"] == "up" and r["size"] == pytest.approx(0.89, abs=0.02)
+    assert r["confidence"] == "high" and r["shape"] == "sharp"
+    assert [e["signal"] for e in r["evidence"] if e["moved"]] == [FORMAT_REWARD, COMPLETION_LENGTH]
+    assert any("corroborates" in x for x in r["reasons"])
     json.dumps(r)
 
 
@@ -110,8 +116,9 @@ def _run_with_recipe(home: Path, run_id: str, rewards: dict | None, series: dict
 
 
 def test_the_runs_recipe_says_which_format_rewards_are_watched(tmp_path):
-    """Detection watches completion length and the format rewards the run's recipe snapshot scores
-    with; a run without a snapshot (imported) is watched on every known format reward."""
+    """Detection watches the format rewards the run's recipe snapshot scores with (completion
+    length corroborates); a run without a snapshot (imported) is watched on every reward whose name
+    says format."""
     home = tmp_path / "home"
     flicker = [(s, 0.02 * (s % 2)) for s in range(1, 121)]
     tag = [(s, v if s < 40 else 0.9) for s, v in flicker]      # the tag-count reward turns at 40
@@ -124,10 +131,12 @@ def test_the_runs_recipe_says_which_format_rewards_are_watched(tmp_path):
     bad = _run_with_recipe(home, "damaged", {}, curves)
     bad.recipe.write_text("rewards: [unclosed")
 
-    assert phase.params_for_run(scored.path).signals == (TAG_COUNT_REWARD, COMPLETION_LENGTH)
-    assert phase.params_for_run(both.path).signals == (FORMAT_REWARD, TAG_COUNT_REWARD, COMPLETION_LENGTH)
-    assert phase.params_for_run(imported.path) is phase.DEFAULT == phase.params_for_run(bad.path)
-    assert phase.DEFAULT.signals == phase.params_for_run(both.path).signals  # every known format reward
+    assert phase.params_for_run(scored.path).signals == (TAG_COUNT_REWARD,)
+    assert phase.params_for_run(scored.path).watch_source == "recipe"
+    assert phase.params_for_run(both.path).signals == (FORMAT_REWARD, TAG_COUNT_REWARD)
+    # no snapshot, or a damaged one: the signals are chosen from the run's own keys
+    assert phase.params_for_run(imported.path) == phase.DEFAULT == phase.params_for_run(bad.path)
+    assert phase.DEFAULT.signals == () and phase.DEFAULT.watch_source == "auto"
 
     store = Store(home)
     store.ingest()

@@ -45,6 +45,7 @@ ACTIONS: tuple[Action, ...] = (
     Action("a", "align", "Overlay: align the runs by step / by each run's transition", "main"),
     Action("D", "diff", "What differs between the marked runs (their recipes' keys)", "main"),
     Action("T", "ablation", "Ablation table of the marked runs (every run when none is marked)", "main"),
+    Action("w", "choose_watch", "Choose the signals the phase marker watches (and see why)", "main", "watch"),
     # detail screen
     Action("escape,q", "close", "Back", "detail", "back"),
     Action("left,h", "move(-1)", "Cursor one step left", "detail", "cursor"),

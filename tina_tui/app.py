@@ -2,8 +2,9 @@
 
 One thread worker a second ingests the run directories and queries the store, then posts a single
 ``Refreshed`` message; widgets update from that message only. Actions that touch runs (start, stop,
-resume, evaluate) also run in thread workers and report back through notifications. Closing the
-cockpit never affects a run: it only reads run directories and asks the supervisor for things.
+resume, evaluate, the choice of watched signals) also run in thread workers and report back through
+notifications. Closing the cockpit never affects a run: it reads run directories, asks the
+supervisor for things, and records only what the user chose (a `watch_changed` event).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ from tina_tui.screens.help import HelpScreen
 from tina_tui.screens.main import MainScreen
 from tina_tui.screens.recipe_picker import RecipePicker
 from tina_tui.screens.task_chooser import TaskChooser
+from tina_tui.screens.watch_chooser import AUTO, WatchChooser
 
 if TYPE_CHECKING:
     from tina_tui.collector import RunRow
@@ -320,6 +322,37 @@ class TinaApp(App[None]):
                 if checkpoint == "base" else f"{checkpoint} checkpoint(s)")
         self.call_from_thread(self.push_screen, TaskChooser(what, dict(evaluate.TASKS), defaults),
                               lambda tasks: self.queue_eval(run_id, checkpoint, tasks) if tasks else None)
+
+    def choose_watch(self) -> None:
+        from tina_core.analysis.phase import explain
+
+        view = self.view
+        if view is None:
+            return
+        watch = view.run.get("watch") or {}
+        if not watch.get("candidates"):
+            self.notify(f"{view.run.get('name')}: no metrics to choose from yet", severity="warning")
+            return
+        rid = view.run_id
+        self.push_screen(WatchChooser(view.run.get("name") or rid, watch, explain(view.phase, watch)),
+                         lambda chosen: self.set_watch(rid, chosen) if chosen else None)
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def set_watch(self, run_id: str, chosen: list[str] | str) -> None:
+        """Record the choice (a watch_changed event) and let the next refresh show the re-judged marker."""
+        from tina_core.analysis.signals import record_watch, short
+        from tina_core.rundir import RunDir
+
+        view = self.view
+        keys = [c["signal"] for c in ((view.run.get("watch") or {}).get("candidates") or [])] if view else []
+        try:
+            picked = record_watch(RunDir(self.home / "runs" / run_id), None if chosen == AUTO else chosen, keys,
+                                  by="cockpit")
+        except (TinaError, OSError) as e:
+            self.post_message(ActionDone(f"watch: {e}", ok=False))
+            return
+        what = "the automatic choice" if picked is None else ", ".join(short(k) for k in picked)
+        self.post_message(ActionDone(f"{run_id}: watching {what}; judging the marker again"))
 
     @work(thread=True, group="actions", exit_on_error=False)
     def queue_eval(self, run_id: str, checkpoint: int | str, tasks: list[str]) -> None:

@@ -45,6 +45,22 @@ LOG_BACKFILL = 64 * 1024  # bytes of train.log shown when a run is first opened
 LOG_KEEP = 2000           # lines kept in the log widget
 TINA_PROMPTS_PER_STEP = 8  # 2 GPUs x 4 accumulation steps x G completions / G, in every Tina recipe
 
+def chart_keys(phase: dict[str, Any]) -> dict[str, str]:
+    """The metric each chart draws for a run: the format chart draws the marker's signal, else the
+    first watched one, when the run does not log Tina's format reward (other people's runs name
+    their rewards themselves); the accuracy chart its first correctness-like reward likewise."""
+    keys = {k: k for k, _ in CHARTS}
+    watch = phase.get("watch") or {}
+    cands = {c["signal"]: c for c in watch.get("candidates") or []}
+    if cands and FORMAT not in cands:
+        marked = phase.get("signal") if phase.get("status") in ("tentative", "confirmed") else None
+        first = next((k for k in watch.get("signals") or [] if k != LENGTH), None)
+        keys[FORMAT] = marked or first or FORMAT
+    if cands and ACCURACY not in cands:
+        keys[ACCURACY] = next((k for k, c in cands.items() if c["role"] == "correctness"), ACCURACY)
+    return keys
+
+
 @dataclass(frozen=True)
 class Notice:
     severity: str
@@ -68,6 +84,8 @@ class RunView:
     detail: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
     # Changes whenever what the index said about the run changed: widgets redraw on a new version.
     version: int = 0
+    # The metric each chart draws, by its CHARTS key (see chart_keys)
+    chart_keys: dict[str, str] = field(default_factory=dict)
 
     @property
     def run_id(self) -> str:
@@ -258,6 +276,7 @@ class _Queried:
     checkpoints: list[dict[str, Any]]
     system: list[dict[str, Any]]
     detail: dict[str, list[tuple[float, float]]]
+    chart_keys: dict[str, str]
 
 
 class Collector:
@@ -446,20 +465,22 @@ class Collector:
         def points(pts: list | None) -> list[tuple[float, float]]:
             return [(float(s), float(v)) for s, v in pts or [] if v is not None]
 
-        keys = [k for k, _ in CHARTS] + ["epoch"]
-        many = index.ask(Store.metric_series_many, rid, keys, max_points=SERIES_POINTS) or {}
-        series = {k: points(many.get(k)) for k in keys}
-        epoch = series.pop("epoch")
         age = LIVE_PHASE_MAX_AGE_S if runstate.is_live(run.get("state")) else 0.0
         phase = index.ask(Store.phase, rid, max_age_s=age) if index.available else run.get("phase_transition")
+        keys = chart_keys(phase or {"watch": run.get("watch")})  # another tool's runs name their rewards
+        many = index.ask(Store.metric_series_many, rid, [*keys.values(), "epoch"], max_points=SERIES_POINTS) or {}
+        series = {k: points(many.get(keys[k])) for k, _ in CHARTS}
+        epoch = points(many.get("epoch"))
         detail = {}
         if detail_key:
-            detail[detail_key] = points(index.ask(Store.metric_series, rid, detail_key, max_points=None))
+            detail[detail_key] = points(index.ask(Store.metric_series, rid, keys.get(detail_key, detail_key),
+                                                  max_points=None))
         # no system.jsonl (a CPU run): nothing to ask for
         system = (index.ask(Store.system_latest, rid) or []) if (self.home / "runs" / rid / "system.jsonl").exists() else []
         return _Queried(series=series, epoch=epoch, phase=phase,
                         recommendation=index.ask(Store.recommendation, rid, max_age_s=age),
-                        checkpoints=index.ask(Store.checkpoints, rid) or [], system=system, detail=detail)
+                        checkpoints=index.ask(Store.checkpoints, rid) or [], system=system, detail=detail,
+                        chart_keys=keys)
 
     def _view(self, index: Guarded, run: RunRow, files: RunFiles, detail_key: str | None = None) -> RunView:
         rid = run["run_id"]
@@ -487,7 +508,8 @@ class Collector:
         lines, reset = self._log.read()
         return RunView(run=run, series=queried.series, phase=queried.phase, recommendation=queried.recommendation,
                        checkpoints=ckpts, system=queried.system, log_lines=lines, log_reset=reset,
-                       detail=queried.detail, version=version)
+                       detail=queried.detail, version=version,
+                       chart_keys=queried.chart_keys)
 
     def _new_events(self, rd: RunDir) -> list[Notice]:
         tail = self._events.get(rd.run_id)

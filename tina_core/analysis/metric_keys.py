@@ -1,11 +1,15 @@
 """Metric names: everything is stored and shown under TRL 1.x's names.
 
-Tina's published logs come from TRL 0.15 (``rewards/format_reward``, ``completion_length``) and
-W&B exports add ``train/`` or ``eval/`` in front; both are mapped onto the canonical names so one
-query works across old and new runs.
+Tina's published logs come from TRL 0.15 (``rewards/format_reward``, ``completion_length``), W&B
+exports add ``train/`` or ``eval/`` in front, and the progress table a notebook prints spells keys
+with spaces (``rewards / strict_format_reward_func / mean``) beside the Trainer's own column names
+(``Step``, ``Training Loss``); all are mapped onto the canonical names so one query works across
+every run.
 """
 
 from __future__ import annotations
+
+import re
 
 FORMAT_REWARD = "rewards/format_reward/mean"
 TAG_COUNT_REWARD = "rewards/tag_count_reward/mean"
@@ -19,6 +23,16 @@ _LEGACY = {
     "completion_length": COMPLETION_LENGTH,
     "global_step": "step",
 }
+# The Trainer's notebook progress table prints these columns under its own names.
+_PRINTED = {
+    "step": "step",
+    "training loss": "loss",
+    "validation loss": "eval_loss",
+    "epoch": "epoch",
+    "learning rate": "learning_rate",
+    "grad norm": "grad_norm",
+}
+_SPACED_SLASH = re.compile(r"\s*/\s*")
 
 
 def normalise_key(key: str) -> str:
@@ -28,8 +42,13 @@ def normalise_key(key: str) -> str:
     ('rewards/format_reward/mean', 'completions/mean_length')
     >>> normalise_key("eval/rewards/accuracy_reward")
     'eval_rewards/accuracy_reward/mean'
+    >>> normalise_key("rewards / strict_format_reward_func"), normalise_key("Training Loss")
+    ('rewards/strict_format_reward_func/mean', 'loss')
     """
-    key = key.strip()
+    key = _SPACED_SLASH.sub("/", key.strip().lstrip("\ufeff"))
+    printed = _PRINTED.get(key.lower())
+    if printed is not None:
+        return printed
     if key.startswith("train/"):
         return normalise_key(key[len("train/"):])
     for prefix in ("eval/", "eval_"):

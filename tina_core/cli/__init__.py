@@ -111,13 +111,34 @@ def logs(
 
 @app.command("import")
 def import_(
-    path: Path = typer.Argument(..., help="metrics.jsonl, trainer_state.json or a CSV export"),
+    paths: list[Path] = typer.Argument(..., metavar="PATH...", help=(
+        "metrics.jsonl or JSONL, trainer_state.json, a CSV/TSV (W&B export, a notebook's progress table), "
+        "an executed .ipynb, a trackio .db; several files of one run are merged by step")),
     name: Optional[str] = typer.Option(None, "--name", "-n"),
+    run: Optional[str] = typer.Option(None, "--run", help="The run to take from a file holding several."),
+    watch: list[str] = typer.Option([], "--watch", "-w", metavar="SIGNAL",
+                                    help="A signal the phase marker comes from (repeat); default: chosen "
+                                         "from the run's reward names."),
 ) -> None:
     """Make a finished run from another tool's metrics."""
     from tina_core.cli import workspace
 
-    raise typer.Exit(workspace.cli_import(state.home, path, name=name))
+    raise typer.Exit(workspace.cli_import(state.home, paths, name=name, run=run, watch=watch))
+
+
+@app.command()
+def watch(
+    run_ref: str = typer.Argument(..., metavar="RUN"),
+    signals: list[str] = typer.Argument(None, metavar="[SIGNAL...]",
+                                        help="The signals the phase marker comes from (reward names or keys)."),
+    auto: bool = typer.Option(False, "--auto", help="Back to the automatic choice."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show which signals a run's phase marker watches and why; with SIGNAL... or --auto, change them
+    and judge the run again."""
+    from tina_core.cli import runs
+
+    raise typer.Exit(runs.cli_watch(state.home, run_ref, signals or [], auto=auto, as_json=as_json))
 
 
 @app.command("eval")

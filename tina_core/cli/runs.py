@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Sequence
 
 from tina_core import runstate
-from tina_core.report.runs import list_runs
+from tina_core.analysis.metric_keys import RECORD_FIELDS, normalise_record
+from tina_core.analysis.phase import explain
+from tina_core.analysis.signals import record_watch, short
+from tina_core.report.runs import list_runs, open_store
 from tina_core.cli.output import json_text, styled, table
 from tina_core.credentials import redact_text
-from tina_core.rundir import find_run
+from tina_core.rundir import TinaError, find_run, iter_jsonl
 from tina_core.supervise.logpump import tail_text
 
 # The lifecycle (supervisor, alerts) is imported by the commands that start or stop something:
@@ -137,7 +140,38 @@ def _money(v: float | None) -> str:
 def _phase(p: dict | None) -> str:
     if not p or p.get("status") in (None, "none"):
         return "-"
-    return f"{p.get('step')} {p.get('signal', '')} ({p.get('status')})"
+    conf = f", {p['confidence']} confidence" if p.get("confidence") else ""
+    return f"{p.get('step')} {short(p.get('signal') or '')} ({p.get('status')}{conf})"
+
+
+def why_lines(run: dict) -> list[str]:
+    """What the phase marker watches and why it stands (or not): for status, watch and import."""
+    return explain(run.get("phase_transition"), run.get("watch"))
+
+
+def cli_watch(home: Path, run_ref: str, signals: Sequence[str], *, auto: bool = False, as_json: bool = False) -> int:
+    run_dir = find_run(home, run_ref)
+    if signals and auto:
+        raise TinaError("name the signals to watch or give --auto, not both")
+    store = open_store(home)
+    if signals or auto:
+        keys = store.metric_keys(run_dir.run_id) if store is not None else sorted(
+            {k for r in iter_jsonl(run_dir.metrics) for k in normalise_record(r) if k not in RECORD_FIELDS})
+        record_watch(run_dir, None if auto else list(signals), keys, by="cli")
+    [run] = list_runs(home, store, run_dirs=[run_dir])
+    if as_json:
+        print(json_text({"run_id": run["run_id"], "watch": run["watch"], "phase_transition": run["phase_transition"]}))
+        return 0
+    print(f"{run['run_id']}: phase transition {_phase(run['phase_transition'])}")
+    for line in why_lines(run):
+        print(line)
+    cands = (run["watch"] or {}).get("candidates") or []
+    if cands:
+        print("signals:")
+        for c in cands:
+            print(f"  {'*' if c['watched'] else ' '} {short(c['signal']):36} {c['role']:12} {c['reason']}")
+        print("(* watched; tina watch RUN SIGNAL... chooses, tina watch RUN --auto goes back)")
+    return 0
 
 
 def _duration(s: float | None) -> str:
@@ -210,6 +244,8 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
         f"  projected {_money(run['projected_cost_usd'])}")
     print(f"phase transition {_phase(run['phase_transition'])}  recommended checkpoint "
         f"{run['recommended_checkpoint'] if run['recommended_checkpoint'] is not None else '-'}")
+    for line in why_lines(run):
+        print(line)
     if run["checkpoints"] or run["base"]["evals"]:
         rows = [("base", None, run["base"]["evals"])] if run["base"]["evals"] else []
         print(table(("checkpoint", "cost at", "evals"),

@@ -4,25 +4,39 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Sequence
 
+from tina_core.analysis.signals import short
 from tina_core.cli.output import json_text
 from tina_core.importer.readers import import_run
 from tina_core.report import run_cache
+from tina_core.report.runs import list_runs
 from tina_core.report.table import build_report, render_csv, render_text, write_plots
 from tina_core.rundir import TinaError, write_error_text
 from tina_core.store.index import Store
 
 
-def cli_import(home: Path, path: Path, name: str | None = None) -> int:
-    rd = import_run(home, path, name)
+def cli_import(home: Path, paths: Sequence[Path] | Path, name: str | None = None, *, run: str | None = None,
+               watch: Sequence[str] = ()) -> int:
+    from tina_core.cli.runs import why_lines
+
+    paths = [paths] if isinstance(paths, (str, Path)) else list(paths)
+    rd = import_run(home, paths, name, run=run, watch=list(watch) or None)
     store = Store(home)
     store.ingest([rd.run_id])
     info = rd.info()
-    ph = store.phase(rd.run_id)
-    print(f"imported {path} ({info['format']}) as {rd.run_id}: {len(store.metric_keys(rd.run_id))} "
-          f"metrics over {info['stop_at_step']} steps")
+    detail = rd.read_events()[0].get("detail")
+    [described] = list_runs(home, store, run_dirs=[rd])
+    ph = described["phase_transition"]
+    print(f"imported {', '.join(map(str, paths))} ({info['format']}{': ' + detail if detail else ''}) as "
+          f"{rd.run_id}: {len(store.metric_keys(rd.run_id))} metrics over {info['stop_at_step']} steps")
     if ph and ph["status"] != "none":
-        print(f"phase transition: {ph['status']} at step {ph['step']} ({ph['signal']})")
+        print(f"phase transition: {ph['status']} at step {ph['step']} ({short(ph['signal'])}, "
+              f"{ph['confidence']} confidence)")
+    else:
+        print("phase transition: none")
+    for line in why_lines(described):
+        print(line)
     return 0
 
 

@@ -81,6 +81,8 @@ SCHEMA: dict[str, Any] = {
                "max_restarts": int, "stop_timeout_s": _NUM},
     "price": {"gpu_hour_usd": (_NUM + (type(None),)), "cpu_hour_usd": (_NUM + (type(None),))},
     "divergences": dict,  # name -> what differs from how Tina ran, and why (documentation, printed by --dry-run)
+    # the signals the phase marker comes from (reward names, metric keys, `length`), or `auto`
+    "watch": (list, str),
 }
 TINY_MODEL = "tiny"  # model.name_or_path of the locally built tiny model
 # Where tina's own numbers must lie (inclusive; None: unbounded). Every number of tina's sections
@@ -135,6 +137,11 @@ def _check_section(data: dict, schema: dict, where: str, prefix: str = "") -> No
             if not isinstance(text, str):
                 raise RecipeError(f"{where}: divergences.{k}: expected a string (what differs from Tina, and why), "
                                   f"got {text!r}")
+    if prefix == "" and "watch" in data:
+        w = data["watch"]
+        if w != "auto" and not (isinstance(w, list) and w and all(isinstance(x, str) and x.strip() for x in w)):
+            raise RecipeError(f"{where}: watch: expected `auto` or a list of signal names (reward names like "
+                              f"strict_format_reward_func, metric keys, length), got {w!r}")
     if prefix == "" and "rewards" in data:
         for k, w in data["rewards"].items():
             if not _isinstance(w, _NUM) or not math.isfinite(w):

@@ -35,6 +35,25 @@ class PhaseTransition(TypedDict, total=False):
     status: str          # none | tentative | confirmed
     size: float
     direction: str       # up | down
+    detected_at: int
+    confidence: str      # high | medium | low
+    shape: str           # sharp | ramp
+    ramp_end: int | None
+    evidence: list[dict[str, Any]]
+    ignored: list[dict[str, Any]]
+    notes: list[dict[str, Any]]
+    reasons: list[str]
+    watch: "Watch"
+
+
+class Watch(TypedDict):
+    """What the phase marker comes from and why (tina_core.analysis.signals.Watch.as_dict)."""
+
+    signals: list[str]             # the marker's signals (canonical keys)
+    corroborating: str | None      # completion length, read beside them
+    source: str                    # auto | recipe | user
+    by: str | None                 # cli, cockpit, import, or None
+    candidates: list[dict[str, Any]]  # every signal the run logs: {signal, role, watched, why, reason}
 
 
 class CheckpointEntry(TypedDict):
@@ -92,6 +111,7 @@ class RunObject(TypedDict):
     seconds_per_step: float | None
     eta_s: float | None
     phase_transition: PhaseTransition | None
+    watch: Watch
     recommended_checkpoint: int | None
     best_evaluated_checkpoint: int | None
     recommendation_disagrees: bool
@@ -149,6 +169,15 @@ def _scores_by_checkpoint(evals: dict[str, dict[str, Any]]) -> dict[Any, dict[st
 
 def _warn(text: str) -> None:
     print(f"tina: warning: {text}", file=sys.stderr)
+
+
+def _watch_setting(run_dir: RunDir) -> Watch:
+    """What the run says to watch, before it has metrics enough to choose from."""
+    from tina_core.analysis.phase import params_for_run
+
+    p = params_for_run(run_dir.path)
+    return {"signals": list(p.signals), "corroborating": None, "source": p.watch_source, "by": p.watch_by,
+            "candidates": []}
 
 
 def describe(home: Path, run_dir: RunDir, store: "Store | Guarded | None" = None, *,
@@ -237,6 +266,8 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         "seconds_per_step": meter.seconds_per_step(),
         "eta_s": meter.eta_s(step) if is_live else None,
         "phase_transition": phase,
+        # which signals the marker comes from and why (also inside phase_transition, once there is one)
+        "watch": (phase or {}).get("watch") or _watch_setting(run_dir),
         "recommended_checkpoint": rec.get("recommended"),
         "best_evaluated_checkpoint": rec.get("best_evaluated"),
         "recommendation_disagrees": bool(rec.get("disagree", False)),

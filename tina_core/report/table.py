@@ -22,6 +22,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tina_core.analysis import metric_keys
+from tina_core.analysis.phase import explain
+from tina_core.analysis.signals import short
 from tina_core.recipe import diff
 from tina_core.report import paper
 from tina_core.report.runs import describe
@@ -197,7 +199,8 @@ def _tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         best = r["best_evaluated"] or r["recommended"]
         ours.append([
             r["name"] or r["run_id"], r["recipe_stem"] or "-",
-            "-" if not ph or ph["status"] == "none" else f"{ph['step']} {ph['status']}",
+            "-" if not ph or ph["status"] == "none" else
+            f"{ph['step']} {ph['status']}" + (f", {ph['confidence']} ({short(ph['signal'])})" if ph.get("confidence") else ""),
             _ck(r["recommended"]), _ck(r["best_evaluated"]),
             _f(best and best["avg"], "{:.4f}"),
             _f(r["cost_usd"]["train"]), _f(r["cost_usd"]["eval"]), _f(r["cost_usd"]["total"]),
@@ -256,6 +259,8 @@ def render_text(report: dict, markdown: bool) -> str:
             out += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows] or ["(no runs)"]
         out.append("")
     notes = [f"{r['name']}: {r['reason']}" for r in report["runs"]]
+    # why each marker stands (or none does): what is watched, the reasons, what was ignored
+    notes += [f"{r['name']}: {line.strip()}" for r in report["runs"] for line in explain(r["phase_transition"])]
     notes += sorted({f"cost: {r['cost_source']}" for r in report["runs"]})
     if any(r["cost_usd_machine_hour"] for r in report["runs"]):
         notes.append("train $ (machine-h): the same time priced per hour of the run's whole GPU machine, as "
@@ -285,7 +290,9 @@ def render_csv(report: dict) -> str:
                 "eval_usd", "total_usd", "train_usd_to_recommended", "vs_base", *extra,
                 # the ablation table's: the recommended checkpoint's avg and gain, the paper's row,
                 # and the run's value of every recipe key that differs between the runs
-                *ABLATION_CSV, *[f"recipe:{k}" for k in axis]])
+                *ABLATION_CSV, *[f"recipe:{k}" for k in axis],
+                # how sure the marker is, and the signal it comes from (added last: columns stay put)
+                "transition_confidence", "transition_signal"])
     for r in report["runs"]:
         a = ablation_rows[r["run_id"]]
         ph = r["phase_transition"] or {}
@@ -299,17 +306,18 @@ def render_csv(report: dict) -> str:
                     r["train_usd_to_recommended"], best.get("vs_base"), *[scores.get(t) for t in extra],
                     r["run_id"], a["transition_pct_epoch"], a["avg"], a["vs_base"],
                     (a["paper"] or {}).get("best_pct_epoch"), (a["paper"] or {}).get("avg_pct"),
-                    *[_csv_value(a["settings"].get(k, diff.ABSENT)) for k in axis]])
+                    *[_csv_value(a["settings"].get(k, diff.ABSENT)) for k in axis],
+                    ph.get("confidence"), ph.get("signal")])
         if r.get("base"):  # the base model, its own row: the gains above are over it
             b = r["base"]["scores"]
             w.writerow(["base", r["name"], r["recipe_stem"], *[None] * 6, *[b.get(t) for t in bench],
-                        r["base"]["avg"], *[None] * 5, *[b.get(t) for t in extra], r["run_id"], *pad[1:]])
+                        r["base"]["avg"], *[None] * 5, *[b.get(t) for t in extra], r["run_id"], *pad[1:], None, None])
     costs = {c.get("recipe"): c for c in report["paper"]["costs"] if c.get("recipe")}
     for m in report["paper"]["main_results"]:
         c = costs.get(m["recipe"], {})
         w.writerow(["paper", m["model"], m["recipe"], None, None, None, None, None, m["best_pct_epoch"],
                     m["aime24"], *[None] * (len(bench) - 1), m["avg"], c.get("train"), c.get("eval"),
-                    c.get("total"), None, None, *[None] * len(extra), *pad])
+                    c.get("total"), None, None, *[None] * len(extra), *pad, None, None])
     return buf.getvalue()
 
 
@@ -325,7 +333,9 @@ def write_plots(report: dict, store: Store, folder: Path) -> list[Path]:
     written = []
     for r in report["runs"]:
         keys = set(store.metric_keys(r["run_id"]))
-        panels = [[k for k in (metric_keys.FORMAT_REWARD, metric_keys.TAG_COUNT_REWARD) if k in keys],
+        watched = ((r["phase_transition"] or {}).get("watch") or {}).get("signals") or []
+        panels = [[k for k in dict.fromkeys([metric_keys.FORMAT_REWARD, metric_keys.TAG_COUNT_REWARD, *watched])
+                   if k in keys and k != metric_keys.COMPLETION_LENGTH],
                   [metric_keys.COMPLETION_LENGTH] if metric_keys.COMPLETION_LENGTH in keys else []]
         panels = [p for p in panels if p]
         if not panels:

@@ -166,7 +166,7 @@ class Store(Ingestion):
         run's marker is never stale and a 13,000-step run's lags by seconds."""
         from tina_core.analysis import phase as phase_mod
 
-        # by default the run's own format rewards (from its recipe snapshot) are watched
+        # what the run says to watch: its recipe snapshot, then its latest watch_changed event
         params = params or phase_mod.params_for_run(runs_root(self.home) / run_id)
         question = ("phase", params)
         recent = self.answers.get((run_id, question)) if max_age_s > 0 else None
@@ -189,7 +189,8 @@ class Store(Ingestion):
                                  "AND version = ?", [run_id, repr(params), version])
             if stored:
                 return json.loads(stored[0][0])
-            result = phase_mod.detect(self.metric_series_many(run_id, params.signals, max_points=None), params)
+            keys = phase_mod.series_keys(params, self.metric_keys(run_id))
+            result = phase_mod.detect(self.metric_series_many(run_id, keys, max_points=None), params)
             con.execute("INSERT OR REPLACE INTO phase_cache VALUES (?, ?, ?, ?)",
                         [run_id, repr(params), version, json.dumps(result)])
             return result

@@ -154,7 +154,7 @@ class DetailScreen(Screen[None]):
         if self.follow_cursor or plot.cursor >= len(pts):
             plot.cursor = len(pts) - 1
         self.query_one("#detail-title", Static).update(Text.assemble(
-            (f" {CHARTS[self.metric][1]} ", "bold reverse"), f"  {self.key}  ",
+            (f" {CHARTS[self.metric][1]} ", "bold reverse"), f"  {self.view.chart_keys.get(self.key, self.key)}  ",
             (f"{self.view.run.get('name', self.view.run_id)}", "bold"),
             ("   smoothing " + (f"EMA {self.weight:.2f}" if self.smoothing else "off (raw)"), "cyan")))
         self.query_one(CostBar).show(self.view.run, self.view.recommendation, self.view.checkpoints)

@@ -43,6 +43,7 @@ class Cockpit(Protocol):
     def toggle_align(self) -> None: ...
     def show_diff(self) -> None: ...
     def show_ablation(self) -> None: ...
+    def choose_watch(self) -> None: ...
 
 TABS = {"charts": ChartsPanel, "checkpoints": CheckpointsTable, "log": LogView, "system": GpuPanel}
 
@@ -174,5 +175,8 @@ class MainScreen(Screen[None]):
 
     def action_eval(self, which: str) -> None:
         self.app_.choose_eval(which)
+
+    def action_choose_watch(self) -> None:
+        self.app_.choose_watch()
 
 

@@ -13,7 +13,7 @@ from tina_tui.collector import CHARTS, Overlay, RunView
 from tina_tui.plot import (MARK_CONFIRMED, MARK_TENTATIVE, bucket_mean, column_of, fmt_value, marker_line,
                            spark_rows)
 from tina_tui.widgets.overlay import chooser, overlay_lines
-from tina_tui.widgets.text import eta_text, _style
+from tina_tui.widgets.text import _style, eta_text, marker_words
 
 
 class ChartsPanel(Widget, can_focus=True):
@@ -87,7 +87,7 @@ class ChartsPanel(Widget, can_focus=True):
         phase = view.phase or {}
         status = phase.get("status")
         mcol = column_of(phase["step"], x0, x1, sw) if status in ("tentative", "confirmed") else None
-        rows = max(1, (height - 2) // len(CHARTS) - 1)
+        rows = max(1, (height - 3) // len(CHARTS) - 1)
         mstyle = "bold magenta" if status == "confirmed" else "magenta"
         out: list[list[tuple[str, str]]] = []
         for i, (key, label) in enumerate(CHARTS):
@@ -109,13 +109,10 @@ class ChartsPanel(Widget, can_focus=True):
             axis += " " * left + pace
             gap -= left + len(pace)
         out.append([(pad + axis + " " * max(1, gap) + end, "dim")])
-        if status in ("tentative", "confirmed"):
-            label = dict(CHARTS).get(phase.get("signal"), phase.get("signal") or "")
-            out.append([(pad, ""), (f"{MARK_TENTATIVE} tentative {MARK_CONFIRMED} confirmed  "[:sw], "dim"),
-                        (f"{status} @ {phase.get('step')}: {label} {phase.get('direction') or ''}"[:max(0, sw - 33)],
-                         mstyle)])
-        else:
-            out.append([(pad, ""), ("no phase transition yet"[:sw], "dim")])
+        marked = status in ("tentative", "confirmed")
+        out.append([(pad, ""), (marker_words(phase)[:sw], mstyle if marked else "dim")])
+        out.append([(pad, ""), (f"{MARK_TENTATIVE} tentative {MARK_CONFIRMED} confirmed   w: what is watched, and why"[:sw],
+                                "dim")])
         return out
 
 

@@ -63,6 +63,30 @@ def marker_text(phase: PhaseTransition | None) -> Text:
     return Text("-", style="dim")
 
 
+def marker_words(phase: dict[str, Any] | None) -> str:
+    """The marker in a few words for the charts: status, step, signal, direction, how sure, and
+    the main why (length agrees or sits at the cap, a ramp, the total reward standing in); with no
+    marker, what is watched and a length-only note."""
+    from tina_core.analysis.signals import short
+
+    p = phase or {}
+    if p.get("status") not in ("tentative", "confirmed"):
+        notes = [f"; length turned @ {n['step']}, format flat: not it" for n in p.get("notes") or []]
+        watched = ", ".join(short(k) for k in (p.get("watch") or {}).get("signals") or [])
+        return "no phase transition yet" + (f" (watching {watched})" if watched else "") + "".join(notes[:1])
+    why = []
+    if p.get("shape") == "ramp":
+        why.append(f"ramp to {p['ramp_end']}" if p.get("ramp_end") else "ramp")
+    if "completions/mean_length" in (p.get("signals") or []):
+        why.append("length agrees")
+    elif any("cap" in (i.get("why") or "") for i in p.get("ignored") or [] if i.get("signal") == "completions/mean_length"):
+        why.append("length at cap")
+    if ((p.get("watch") or {}).get("signals") or [None])[0] == "reward" and p.get("signal") == "reward":
+        why.append("total reward only")
+    return (f"{p['status']} @ {p.get('step')} {short(p.get('signal') or '')} {p.get('direction') or ''} "
+            f"({'; '.join([p.get('confidence') or '?', *why])})")
+
+
 def _looks(text: Text) -> tuple:
     """What a Text shows: equal for two that draw the same."""
     return text.plain, str(text.style), tuple(text.spans)
