@@ -65,6 +65,7 @@ while step < stop_at:
     if step == crash_at and (attempt == 1 or os.environ.get("FT_CRASH_ALWAYS")):
         os.kill(os.getpid(), signal.SIGKILL)
     if term:
+        time.sleep(float(os.environ.get("FT_SAVE_S", "0")))  # a slow save
         save_ck(step); sys.exit(75)
 sys.exit(0)
 '''
@@ -225,7 +226,9 @@ def test_a_second_stop_is_one_graceful_stop(make_run, monkeypatch):
     trainer killed without saving. Now one graceful stop (a checkpoint at the step it was on, exit
     75); the second caller is told a stop is under way; a repeated SIGTERM changes nothing."""
     monkeypatch.setenv("FT_STOP", "100000")
-    monkeypatch.setenv("FT_SLEEP", "3")  # a long step: the second `tina stop` comes while it saves
+    monkeypatch.setenv("FT_SLEEP", "0.2")
+    monkeypatch.setenv("FT_SAVE_S", "5")  # a slow save: the second `tina stop` comes while it saves
+    monkeypatch.setenv("TINA_STOP_TIMEOUT_S", "120")
     rd = make_run()
     pid = lifecycle.spawn_daemon(rd)
     _wait_for(lambda: rd.metrics.exists())
