@@ -50,7 +50,7 @@ def workspace(home: Path, source: RunDir, n: int) -> list[RunDir]:
     return list_run_dirs(home)
 
 
-def wall(cmd: list[str], env: dict[str, str], before=None) -> float:
+def wall(cmd: list[str], env: dict[str, str], before=None, after=None) -> float:
     if before is not None:
         before()
     t0 = time.perf_counter()
@@ -58,6 +58,8 @@ def wall(cmd: list[str], env: dict[str, str], before=None) -> float:
     took = time.perf_counter() - t0
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stderr[-2000:]}")
+    if after is not None:
+        after()
     return took
 
 
@@ -98,12 +100,16 @@ def main() -> None:
             def clear() -> None:
                 cache_path(home).unlink(missing_ok=True)
 
+            def refill() -> None:  # so the next warm command finds every run kept again
+                wall(tina + ["ls"], env)
+
             cold = {"tina ls (cache cleared)": tina + ["ls"], "tina status RUN (cache cleared)": tina + ["status", some]}
         times: dict[str, list[float]] = {k: [] for k in (*commands, *cold)}
-        order = [(name, cmd, None) for name, cmd in commands.items()] + [(n, c, clear) for n, c in cold.items()]
+        order = [(name, cmd, None, None) for name, cmd in commands.items()]
+        order += [(name, cmd, clear, refill) for name, cmd in cold.items()]
         for i in range(args.repeats):
-            for name, cmd, before in order[i % len(order):] + order[:i % len(order)]:  # none always first
-                times[name].append(wall(cmd, env, before))
+            for name, cmd, before, after in order[i % len(order):] + order[:i % len(order)]:  # none always first
+                times[name].append(wall(cmd, env, before, after))
         base = statistics.median(times["python -c pass"])
         print(f"\nmedian of {args.repeats} fresh processes each (load average {os.getloadavg()[0]:.1f}):")
         for name, ts in times.items():
