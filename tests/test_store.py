@@ -424,10 +424,10 @@ def test_checkpoints_within_one_session_see_what_it_ingests(tmp_path):
         store.ingest()
         first = store.checkpoints("r1")
         first[0]["evals"]["x"] = 1.0                 # a caller's copy: changing it changes nothing
-        assert store.checkpoints("r1") == [{"step": 10, "evals": {}, "avg": None}]
+        assert store.checkpoints("r1") == [{"step": 10, "evals": {}, "avg": None, "resumable": True}]
         rd.event("eval_finished", eval_id="e1", checkpoint=10, scores={"a": 0.5})
         store.ingest()
-        assert store.checkpoints("r1") == [{"step": 10, "evals": {"a": 0.5}, "avg": 0.5}]
+        assert store.checkpoints("r1") == [{"step": 10, "evals": {"a": 0.5}, "avg": 0.5, "resumable": True}]
     assert store.checkpoints("r1") == Store(tmp_path).checkpoints("r1")
 
 

@@ -154,7 +154,9 @@ def test_the_tiny_recipe_learns_the_format(full_tiny_run):
     curve = [v for _, v in format_curve(run)]
     assert sum(curve[:20]) / 20 <= 0.05 and max(curve[:20]) <= 0.2, curve[:20]  # the base rarely formats
     assert sum(curve[-10:]) / 10 >= 0.8, curve[-10:]
-    assert run.checkpoint_steps() == [25, 50, 75, 100]
+    # the save grid, and the checkpoint the tentative transition asked for (unless it fell on the grid)
+    assert [s for s in run.checkpoint_steps() if s % 25 == 0] == [25, 50, 75, 100]
+    assert len([s for s in run.checkpoint_steps() if s % 25]) <= 1
     for step in run.checkpoint_steps():
         marker = json.loads((run.checkpoint_path(step) / CHECKPOINT_COMPLETE).read_text())
         assert marker["step"] == step and "adapter_model.safetensors" in marker["files"]
@@ -179,7 +181,8 @@ def test_phase_detection_on_the_real_tiny_curve_in_ls_and_status(full_tiny_run):
     # the marker sits where the evidence starts: inside the rise, or where it first flickers up
     assert start - 5 <= ph["step"] <= reach, (ph, start, reach, curve)
     rec = status["recommended_checkpoint"]
-    assert rec is not None and rec == max(s for s in run.checkpoint_steps() if s <= ph["step"])
+    assert rec is not None and rec == max(s for s in run.checkpoint_steps(evaluable=True) if s <= ph["step"])
+    assert ph["step"] - rec <= 3  # the ring's snapshot at the marker, pinned: not the save grid's
     [listed] = tina_json(run, "ls")
     assert (listed["phase_transition"], listed["recommended_checkpoint"]) == (ph, rec)
 

@@ -128,6 +128,44 @@ def append_jsonl(path: Path, record: dict[str, Any], *, fsync: bool = False) -> 
         raise
 
 
+class JsonlTail:
+    """The new complete records of a growing JSONL file, from where the last ``read`` stopped: a
+    partial last line waits for the next call, a malformed line is skipped (the store counts it),
+    and a file that shrank (rewritten) is read again from its start."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+
+    def read(self) -> tuple[list[dict[str, Any]], bool]:
+        """(new records, whether the file was found rewritten: drop what came from it before)."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return [], False
+        reset = size < self.offset
+        if reset:
+            self.offset = 0
+        if size == self.offset:
+            return [], reset
+        with self.path.open("rb") as f:
+            f.seek(self.offset)
+            data = f.read(size - self.offset)
+        end = data.rfind(b"\n")
+        if end < 0:
+            return [], reset
+        self.offset += end + 1
+        out = []
+        for raw in data[: end + 1].splitlines():
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                continue
+            if isinstance(rec, dict):
+                out.append(rec)
+        return out, reset
+
+
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Complete, well-formed records of a JSONL file; a partial last line and malformed lines are
     skipped here (the store counts and quarantines them)."""
@@ -173,6 +211,10 @@ CHECKPOINT_RE = re.compile(r"^checkpoint-(\d{1,15})$")
 # Written by the trainer's callback after a checkpoint is fully saved: a checkpoint without it is
 # half-written (killed mid-save) and is never resumed from or evaluated.
 CHECKPOINT_COMPLETE = "tina-complete.json"
+# Written into an adapter-only snapshot (tina_core.train.snapshots) once its files are all there:
+# it can be evaluated (merged into the base model) but not resumed from (no optimizer, scheduler
+# or RNG state). A checkpoint-N/ with this marker and no CHECKPOINT_COMPLETE is a pinned snapshot.
+CHECKPOINT_SNAPSHOT = "tina-snapshot.json"
 
 
 @dataclass(frozen=True)
@@ -270,15 +312,31 @@ class RunDir:
     def read_events(self) -> list[dict[str, Any]]:
         return list(iter_jsonl(self.events))
 
-    def checkpoint_steps(self, *, complete_only: bool = True) -> list[int]:
-        """Saved checkpoint steps, ascending; only fully saved ones unless asked otherwise."""
+    @property
+    def snapshots(self) -> Path:
+        """The trainer's ring of recent adapter snapshots (tina_core.train.snapshots)."""
+        return self.path / "snapshots"
+
+    def checkpoint_steps(self, *, complete_only: bool = True, evaluable: bool = False) -> list[int]:
+        """Saved checkpoint steps, ascending: the complete ones (resumable and evaluable), with
+        ``evaluable`` the pinned adapter snapshots too, with ``complete_only=False`` every
+        ``checkpoint-N`` folder (half-written ones included)."""
+        markers = (CHECKPOINT_COMPLETE, CHECKPOINT_SNAPSHOT) if evaluable else (CHECKPOINT_COMPLETE,)
         steps = []
         if self.checkpoints.is_dir():
             for p in self.checkpoints.iterdir():
                 m = CHECKPOINT_RE.match(p.name)
-                if m and p.is_dir() and (not complete_only or (p / CHECKPOINT_COMPLETE).exists()):
+                if m and p.is_dir() and (not complete_only or any((p / k).exists() for k in markers)):
                     steps.append(int(m.group(1)))
         return sorted(steps)
+
+    def checkpoint_kind(self, step: int) -> str | None:
+        """``complete`` (resumable and evaluable), ``snapshot`` (adapter only: evaluable), or None
+        (missing or half-written)."""
+        path = self.checkpoint_path(step)
+        if (path / CHECKPOINT_COMPLETE).exists():
+            return "complete"
+        return "snapshot" if (path / CHECKPOINT_SNAPSHOT).exists() else None
 
     def checkpoint_path(self, step: int) -> Path:
         return self.checkpoints / f"checkpoint-{step}"

@@ -205,6 +205,7 @@ def evaluations(rd: RunDir, events: Iterable[dict[str, Any]] | None = None) -> d
             out[eid] = {"eval_id": eid, "run_id": rd.run_id, "checkpoint": ev.get("checkpoint"),
                         "task": ev.get("task"), "state": "queued", "gpus": ev.get("gpus") or [],
                         "gpus_explicit": bool(ev.get("gpus_explicit")), "queued_ts": ev.get("ts"),
+                        "why": ev.get("why"),
                         "started_ts": None, "ended_ts": None, "pid": None, "score": None,
                         "metric": None, "reason": None, "scores": {}}
             continue

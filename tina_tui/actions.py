@@ -25,6 +25,7 @@ ACTIONS: tuple[Action, ...] = (
     Action("n", "new_run", "New run from a recipe", "main", "new"),
     Action("s", "stop_run", "Stop the selected run (asks first)", "main", "stop"),
     Action("r", "resume_run", "Resume the selected run", "main", "resume"),
+    Action("p", "policy", "Stop policy: N steps after the transition, a budget", "main"),
     Action("left_square_bracket", "prev_run", "Previous run", "main"),
     Action("right_square_bracket", "next_run", "Next run", "main"),
     Action("1", "tab('charts')", "Charts tab", "main"),

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from textual import work
 from textual.app import App
@@ -32,6 +32,7 @@ from tina_tui.screens.detail import DetailScreen
 from tina_tui.screens.diff import DiffScreen
 from tina_tui.screens.help import HelpScreen
 from tina_tui.screens.main import MainScreen
+from tina_tui.screens.policy import PolicyDialog
 from tina_tui.screens.recipe_picker import RecipePicker
 from tina_tui.screens.task_chooser import TaskChooser
 from tina_tui.screens.watch_chooser import AUTO, WatchChooser
@@ -237,8 +238,31 @@ class TinaApp(App[None]):
             return
         # Top-level recipes (tiny.yaml) first: they are the ones that run anywhere.
         recipes.sort(key=lambda r: (len(r[0].relative_to(self.recipes_root).parts), str(r[0])))
-        self.call_from_thread(self.push_screen, RecipePicker(recipes, self.recipes_root.parent),
+        self.call_from_thread(self.push_screen, RecipePicker(recipes, self.recipes_root.parent,
+                                                             self._recipe_costs(recipes)),
                               self._recipe_picked)
+
+    def _recipe_costs(self, recipes: list[tuple[Path, str]]) -> dict[Path, str]:
+        """What each recipe would cost to train, as `tina run --dry-run` projects it (this
+        workspace's own pace once it has one, else the documented one)."""
+        from tina_core.analysis import cost
+        from tina_core.recipe.loader import load_recipe
+        from tina_tui.widgets.text import usd
+
+        try:
+            measures = cost.measured(self.home)
+        except Exception:  # an unreadable run costs the picker its measured paces, nothing more
+            measures = ({}, {})
+        out = {}
+        for path, _ in recipes:
+            try:
+                plan = cost.launch_cost(self.home, load_recipe(path), measures=measures)
+            except Exception:
+                continue
+            to_stop, to_turn = plan.usd_to(plan.stop_at_step), plan.usd_to(plan.transition_step)
+            if to_stop is not None:
+                out[path] = f"{usd(to_stop)} to stop" + ("" if to_turn is None else f", {usd(to_turn)} to the transition")
+        return out
 
     def _recipe_picked(self, choice: tuple[Path, str | None] | None) -> None:
         if choice is not None:
@@ -278,6 +302,28 @@ class TinaApp(App[None]):
 
         try:
             self.post_message(ActionDone(lifecycle.stop_run(self.home, run_id).said))
+        except TinaError as e:
+            self.post_message(ActionDone(str(e), ok=False))
+
+    def choose_policy(self) -> None:
+        run = self._selected_run()
+        if run is None:
+            return
+        if run.get("imported"):
+            self.notify(f"{run.get('name')} was imported: it has no stop policy", severity="warning")
+            return
+        rid = run["run_id"]
+        self.push_screen(PolicyDialog(run.get("name") or rid, run.get("stop_policy") or {}),
+                         lambda changes: self.set_policy(rid, changes) if changes else None)
+
+    @work(thread=True, group="actions", exit_on_error=False)
+    def set_policy(self, run_id: str, changes: dict[str, Any]) -> None:
+        from tina_core.supervise import lifecycle
+        from tina_tui.widgets.text import policy_text
+
+        try:
+            now = lifecycle.set_policy(self.home, run_id, by="cockpit", **changes)
+            self.post_message(ActionDone(f"{run_id}: stop policy now {policy_text(now.as_dict())}"))
         except TinaError as e:
             self.post_message(ActionDone(str(e), ok=False))
 

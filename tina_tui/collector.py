@@ -222,7 +222,8 @@ def checkpoint_rows(run: RunRow, store_ckpts: list[dict[str, Any]],
     the checkpoint), the store (evals, avg) and the metric series (format/length/epoch there)."""
     by_step: dict[int, dict[str, Any]] = {}
     for c in run.get("checkpoints") or []:
-        by_step.setdefault(int(c["step"]), {}).update(cost_usd_at=c.get("cost_usd_at"), evals=c.get("evals") or {})
+        by_step.setdefault(int(c["step"]), {}).update(cost_usd_at=c.get("cost_usd_at"), evals=c.get("evals") or {},
+                                                      resumable=c.get("resumable", True))
     for c in store_ckpts:
         row = by_step.setdefault(int(c["step"]), {})
         if c.get("evals"):
@@ -255,6 +256,7 @@ def checkpoint_rows(run: RunRow, store_ckpts: list[dict[str, Any]],
             "avg": avg,
             "recommended": step == recommended,
             "best": step == best,
+            "snapshot": not row.get("resumable", True),  # a pinned adapter: evaluable, not resumable
         })
     if rows:
         # The base model first, as Tina reports gains over it; e on it evaluates the base model.
@@ -526,7 +528,8 @@ class Collector:
 
     def _run_notices(self, run: RunRow) -> list[Notice]:
         """Changes no event announces, for every run, seen since the last refresh: a supervisor that
-        died (kill -9, reboot: it could not write one) and the phase marker appearing or firming."""
+        died (kill -9, reboot: it could not write one) and the phase marker appearing or firming on a
+        run no supervisor watches."""
         if run.get("pending"):
             return []
         rid, name, out = run["run_id"], run.get("name", run["run_id"]), []
@@ -542,7 +545,8 @@ class Collector:
         status = p.get("status") or "none"
         before = self._phase_status.get(rid)
         self._phase_status[rid] = status
-        if before is not None and before != status and status != "none":
+        # a supervised run's watch records each change as a `transition` event, announced above
+        if before is not None and before != status and status != "none" and run.get("supervisor") != "alive":
             out.append(Notice("warning", f"{name}: phase transition {status} at step {p.get('step')} "
                                          f"({p.get('signal')} {p.get('direction', '')})", bell=True))
         return out

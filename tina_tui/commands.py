@@ -35,6 +35,8 @@ class CockpitCommands(Provider):
                 yield f"Stop {name}", app.confirm_stop, "asks first; saves a checkpoint"
             if state in ("stopped", "failed", "crashed"):
                 yield f"Resume {name}", app.resume, "from its latest complete checkpoint"
+            if not run.get("imported"):
+                yield f"Set the stop policy of {name}", app.choose_policy, "N steps after the transition, a budget"
             if view.checkpoints:
                 yield f"Evaluate the recommended checkpoint of {name}", partial(app.choose_eval, "recommended"), ""
                 yield f"Evaluate all checkpoints of {name}", partial(app.choose_eval, "all"), ""

@@ -98,6 +98,22 @@ def resume(
 
 
 @app.command()
+def policy(
+    run_ref: str = typer.Argument(..., metavar="RUN"),
+    after_transition: Optional[str] = typer.Option(
+        None, "--after-transition", help="Stop N steps after the phase transition is confirmed (off: never)."),
+    budget_usd: Optional[str] = typer.Option(
+        None, "--budget-usd", help="Stop before the run's cost would pass X dollars (off: no budget)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Show or change a run's stop policy, live: it takes effect within a second."""
+    from tina_core.cli import runs
+
+    raise typer.Exit(runs.cli_policy(state.home, run_ref, after_transition=after_transition,
+                                     budget_usd=budget_usd, as_json=as_json))
+
+
+@app.command()
 def logs(
     run_ref: str = typer.Argument(..., metavar="RUN"),
     follow: bool = typer.Option(False, "--follow", "-f"),
@@ -144,7 +160,8 @@ def watch(
 @app.command("eval")
 def eval_(
     run_ref: str = typer.Argument(..., metavar="RUN"),
-    checkpoint: str = typer.Option("recommended", "--checkpoint", "-c", help="N, recommended, all or base."),
+    checkpoint: str = typer.Option("recommended", "--checkpoint", "-c",
+                                   help="N, recommended, all, base, or transition (the two around the marker and base)."),
     tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated task names."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the merge and lighteval commands only."),
     wait: bool = typer.Option(False, "--wait", help="Run the queue in the foreground until these finish."),

@@ -60,9 +60,17 @@ def cli_run(home: Path, recipe: Path, *, name: str | None = None, detach: bool =
     from tina_core.supervise.supervisor import EXIT_CODES
 
     if dry_run:
+        from tina_core import gpu
+        from tina_core.analysis.cost import launch_cost
+
         resolved, command = plan_run(home, recipe, overrides=overrides)
         notes = "".join(f"# {line}\n" for line in dry_run_notes(resolved))
-        print(redact_text(f"{resolved.to_yaml().rstrip()}\n{notes}# launch command:\n{shlex.join(command)}"))
+        from tina_core.train.snapshots import disk_line
+
+        dollars = "".join(f"{line}\n" for line in
+                          launch_cost(home, resolved, gpu_name=gpu.gpu_model() if resolved.gpus else None).lines())
+        dollars += disk_line(resolved) + "\n"
+        print(redact_text(f"{resolved.to_yaml().rstrip()}\n{notes}{dollars}# launch command:\n{shlex.join(command)}"))
         return 0
     if detach:
         run_dir = start_run(home, recipe, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd, force=force)
@@ -98,6 +106,26 @@ def cli_resume(home: Path, run_ref: str, *, detach: bool = False) -> int:
         return 0
     print(run_dir.run_id, flush=True)
     return EXIT_CODES.get(supervise_foreground(run_dir, resume=True), 1)
+
+
+def cli_policy(home: Path, run_ref: str, *, after_transition: str | None = None, budget_usd: str | None = None,
+               as_json: bool = False) -> int:
+    from tina_core.analysis import policy
+    from tina_core.supervise.lifecycle import set_policy
+
+    changes = {k: policy.parse_value(k, v) for k, v in
+               (("after_transition", after_transition), ("budget_usd", budget_usd)) if v is not None}
+    run_dir = find_run(home, run_ref)
+    now = set_policy(home, run_dir.run_id, by="tina policy", **changes)
+    if as_json:
+        print(json_text(now.as_dict()))
+        return 0
+    done = "changed" if changes else "is"
+    print(f"{run_dir.run_id}: stop policy {done}: stop_at_step {now.stop_at_step or '-'}, after transition "
+          f"{'off' if now.after_transition is None else f'+{now.after_transition} steps'}, budget "
+          f"{'off' if now.budget_usd is None else f'${now.budget_usd:g}'}"
+          + ("" if now.evaluate else ", no evaluations after a policy stop"))
+    return 0
 
 
 def cli_logs(home: Path, run_ref: str, *, follow: bool = False, lines: int = 40) -> int:

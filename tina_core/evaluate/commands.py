@@ -71,7 +71,7 @@ def _looks_local(ref: str) -> bool:
 
 def base_model(home: Path, rd: RunDir) -> str:
     """The run's base model: what its checkpoints' adapter_config.json names, else the recipe's."""
-    for step in reversed(rd.checkpoint_steps()):
+    for step in reversed(rd.checkpoint_steps(evaluable=True)):
         base = _adapter_base(rd.checkpoint_path(step))
         if base and (not _looks_local(base) or Path(base).expanduser().exists()):
             return base

@@ -240,7 +240,7 @@ def _model_for(home: Path, rd: RunDir, ev: dict[str, Any], backend: str) -> str:
     ckpt = rd.checkpoint_path(step)
     if not ckpt.is_dir():
         raise EvalError(f"checkpoint-{step} is missing ({ckpt})")
-    if not (ckpt / CHECKPOINT_COMPLETE).exists():
+    if rd.checkpoint_kind(step) is None:  # a pinned snapshot is an adapter like any other
         raise EvalError(f"checkpoint-{step} is incomplete: no {CHECKPOINT_COMPLETE} (it was not fully saved)")
     try:
         return str(merge_adapter(ckpt, merged_dir(rd, step), dtype=merge_dtype(backend)))

@@ -45,32 +45,49 @@ def _recommended(home: Path, rd: RunDir) -> int:
     step = _store(home, rd).recommendation(rd.run_id).get("recommended")
     if step is None:
         raise TinaError(f"run {rd.run_id} has no recommended checkpoint yet; "
-                        f"pass --checkpoint N, all or base (complete checkpoints: {rd.checkpoint_steps() or 'none'})")
+                        f"pass --checkpoint N, all or base (checkpoints: {rd.checkpoint_steps(evaluable=True) or 'none'})")
     return int(step)
 
 
+def _transition_brackets(home: Path, rd: RunDir) -> list[int]:
+    """The checkpoints bracketing the run's marker: the one the supervisor acted on (its
+    ``transition`` events), else the index's (an imported run)."""
+    from tina_core.analysis import policy
+
+    marker = policy.marker(rd.read_events()) or _store(home, rd).phase(rd.run_id) or {}
+    if marker.get("status") not in policy.MARKED:
+        raise TinaError(f"run {rd.run_id} has no phase transition yet; pass --checkpoint N, recommended, all or base")
+    sides = [s for s in policy.brackets(int(marker["step"]), rd.checkpoint_steps(evaluable=True)) if s is not None]
+    if not sides:
+        raise TinaError(f"run {rd.run_id} has no checkpoint near its phase transition at step {marker['step']}")
+    return sides
+
+
 def resolve_checkpoints(home: Path, rd: RunDir, checkpoint: int | str) -> list[int | str]:
-    """``N``, ``"recommended"``, ``"all"`` or ``"base"`` -> checkpoint steps (or ``"base"``).
+    """``N``, ``"recommended"``, ``"all"``, ``"base"`` or ``"transition"`` (the checkpoints
+    bracketing the phase-transition marker, and the base model) -> checkpoint steps (or ``"base"``).
     A step with no directory at all is a user error; an incomplete one is queued and fails with
     that reason (it may still be being written)."""
     if isinstance(checkpoint, str):
         c = checkpoint.strip().lower()
         if c == "base":
             return ["base"]
+        if c == "transition":
+            return [*_transition_brackets(home, rd), "base"]
         if c == "all":
-            steps = rd.checkpoint_steps()
+            steps = rd.checkpoint_steps(evaluable=True)
             if not steps:
                 raise TinaError(f"run {rd.run_id} has no complete checkpoint yet")
             return list(steps)
         if c == "recommended":
             return [_recommended(home, rd)]
         if not c.removeprefix("checkpoint-").isdigit():
-            raise TinaError(f"--checkpoint: expected a step N, recommended, all or base, got {checkpoint!r}")
+            raise TinaError(f"--checkpoint: expected a step N, recommended, all, base or transition, got {checkpoint!r}")
         checkpoint = int(c.removeprefix("checkpoint-"))
     step = int(checkpoint)
     if not rd.checkpoint_path(step).is_dir():
         raise TinaError(f"run {rd.run_id} has no checkpoint-{step}; complete checkpoints: "
-                        f"{rd.checkpoint_steps() or 'none'}")
+                        f"{rd.checkpoint_steps(evaluable=True) or 'none'}")
     return [step]
 
 
@@ -82,9 +99,10 @@ def _check_backend(task: str, gpus: list[int]) -> None:
 
 def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | str = "recommended",
                tasks: Sequence[str] | None = None, *, gpus: str | Sequence[int] | None = None,
-               start_worker: bool = True) -> list[str]:
+               start_worker: bool = True, why: str | None = None) -> list[str]:
     """Queue evaluations of a run's checkpoint(s) x tasks; returns their eval ids (an identical
-    evaluation already queued or running is reused, not queued twice). Starts the worker."""
+    evaluation already queued or running is reused, not queued twice). Starts the worker.
+    ``why``: what asked for them, if not a person (``transition``: the stop policy)."""
     h = tina_home(home)
     rd = find_run(h, run_ref)
     explicit = _parse_gpus(gpus)
@@ -102,7 +120,7 @@ def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | s
                 continue
             eid = f"{'base' if ckpt == 'base' else f'ckpt{ckpt}'}-{_task_slug(t)}-{secrets.token_hex(3)}"
             rd.event("eval_queued", eval_id=eid, checkpoint=ckpt, task=t, tasks=[t], gpus=use_gpus,
-                     gpus_explicit=explicit is not None)
+                     gpus_explicit=explicit is not None, **({"why": why} if why else {}))
             ids.append(eid)
     if start_worker:
         from tina_core.evaluate.worker import ensure_worker

@@ -76,6 +76,9 @@ SCHEMA: dict[str, Any] = {
     "rewards": dict,
     "reward_options": dict,  # checked by rewards.resolve_options
     "stop_at_step": int,
+    # the stop policy (tina_core.analysis.policy) and the snapshot ring (tina_core.train.snapshots)
+    "stop": {"after_transition": (int, type(None)), "budget_usd": (_NUM + (type(None),)), "ring": int,
+             "evaluate": bool},
     "launch": {"gpus": int, "processes": int, "accelerate_config": (str, type(None)), "main_process_port": int,
                "num_machines": int, "machine_rank": int, "main_process_ip": str, "env": dict,
                "max_restarts": int, "stop_timeout_s": _NUM},
@@ -142,6 +145,13 @@ def _check_section(data: dict, schema: dict, where: str, prefix: str = "") -> No
         if w != "auto" and not (isinstance(w, list) and w and all(isinstance(x, str) and x.strip() for x in w)):
             raise RecipeError(f"{where}: watch: expected `auto` or a list of signal names (reward names like "
                               f"strict_format_reward_func, metric keys, length), got {w!r}")
+    if prefix == "" and isinstance(data.get("stop"), dict):
+        for key, least, what in (("after_transition", 0, "a number of steps >= 0"),
+                                 ("ring", 0, "a number of snapshots >= 0 (0: no ring)"),
+                                 ("budget_usd", 0, "dollars > 0")):
+            v = data["stop"].get(key)
+            if v is not None and (v < least or (key == "budget_usd" and v == 0)):
+                raise RecipeError(f"{where}: stop.{key}: expected {what}, got {v!r}")
     if prefix == "" and "rewards" in data:
         for k, w in data["rewards"].items():
             if not _isinstance(w, _NUM) or not math.isfinite(w):

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from tina_core import runstate
-from tina_core.analysis import cost
+from tina_core.analysis import cost, policy
 from tina_core.report import run_cache
 from tina_core.rundir import RunDir, iter_jsonl, list_run_dirs
 from tina_core.store.guard import Guarded
@@ -60,6 +60,7 @@ class CheckpointEntry(TypedDict):
     step: int
     cost_usd_at: float | None      # training dollars when its step was logged
     evals: dict[str, float]        # task -> score
+    resumable: bool                # False: an adapter snapshot pinned at the transition (evaluable only)
 
 
 class BaseModel(TypedDict):
@@ -76,6 +77,39 @@ class Evaluation(TypedDict):
     metric: str | None
     reason: str | None
     gpus: list[int] | None
+    why: str | None                # "transition": queued by the stop policy, not a person
+
+
+class StopPolicyFields(TypedDict):
+    """tina_core.analysis.policy.StopPolicy: the recipe's ``stop`` section and the changes since."""
+
+    stop_at_step: int | None
+    after_transition: int | None
+    budget_usd: float | None
+    evaluate: bool
+
+
+class Countdown(TypedDict):
+    by: str                        # stop_at_step | after_transition | budget_usd: whichever stops first
+    stop_step: int | None
+    steps_left: int | None
+    usd_left: float | None
+    waiting: bool                  # after_transition with no confirmed marker yet
+    text: str
+
+
+class StoppedBy(TypedDict):
+    by: str | None                 # after_transition | budget_usd | SIGTERM | Ctrl-C | trainer
+    reason: str | None
+
+
+class Pick(TypedDict):
+    step: int
+    avg: float | None
+    scores: dict[str, float]
+    brackets: list[int | None]     # [at or before the marker, after it]
+    reason: str
+    best_evaluated: dict[str, Any] | None   # {step, avg} of every evaluated checkpoint's best
 
 
 class WriteError(TypedDict):
@@ -126,6 +160,13 @@ class RunObject(TypedDict):
     supervisor_pid: int | None
     supervisor: str | None         # "alive", "gone" (an unfinished run nobody watches), None once ended
     orphan_trainer_pid: int | None  # a trainer training on after its supervisor died
+    stop_policy: StopPolicyFields
+    countdown: Countdown | None     # live runs
+    stopped_by: StoppedBy | None    # a stopped run: what stopped it
+    cost_to_stop_at_step_usd: float | None
+    saved_usd: float | None         # against running on to stop_at_step: done (a policy stop) or to come
+    saved_minutes: float | None
+    pick: Pick | None
     imported: bool
     path: str
 
@@ -148,7 +189,7 @@ def stub(run_dir: RunDir, state: str, **extra: Any) -> RunStub:
 
 LIVE_PHASE_MAX_AGE_S = 5.0  # a live run gains a step a second; detection reads all of them
 _SUMMARY_KEYS = ("train_runtime", "train_loss")  # the trainer's final summary log, not a step
-_EVAL_FIELDS = ("eval_id", "checkpoint", "task", "state", "score", "metric", "reason", "gpus")
+_EVAL_FIELDS = ("eval_id", "checkpoint", "task", "state", "score", "metric", "reason", "gpus", "why")
 
 
 def _normalise(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -231,9 +272,11 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
     event_scores = _scores_by_checkpoint(evals)
     listed = index.ask(Store.checkpoints, rid)
     if listed is None:
-        listed = [{"step": s, "evals": event_scores.get(s, {})} for s in run_dir.checkpoint_steps()]
-    checkpoints = [{"step": c["step"], "cost_usd_at": meter.cost_at_step(c["step"]), "evals": c.get("evals") or {}}
-                   for c in listed]
+        listed = [{"step": s, "evals": event_scores.get(s, {}), "resumable": run_dir.checkpoint_kind(s) == "complete"}
+                  for s in run_dir.checkpoint_steps(evaluable=True)]
+    checkpoints = [{"step": c["step"], "cost_usd_at": meter.cost_at_step(c["step"]), "evals": c.get("evals") or {},
+                    "resumable": c.get("resumable", True)} for c in listed]
+    stop = _stop_figures(run_dir, events, state, step, meter, phase, listed)
     # The base model is its own entry: Tina reports gains over it.
     base = index.ask(Store.base_evals, rid)
     base = dict(sorted(((event_scores.get("base") or {}) if base is None else base).items()))
@@ -284,6 +327,7 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         "write_errors": [{"file": e.get("file"), "error": e.get("error"), "attempt": e.get("attempt"),
                           "lost_bytes": lost.get(e.get("attempt")) if e.get("file") == "train.log" else None}
                          for e in events if e.get("event") == "write_failed"],
+        **stop,
         "supervisor_pid": live.supervisor_pid if live.supervisor == "alive" else None,
         # "gone": no supervisor watches this unfinished run; an orphaned trainer may train on
         "supervisor": live.supervisor,
@@ -291,6 +335,36 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         "imported": bool(info.get("imported", False)),
         "path": str(run_dir.path),
     })
+
+
+def _stop_figures(run_dir: RunDir, events: list[dict[str, Any]], state: str, step: int | None, meter: cost.Meter,
+                  phase: dict | None, listed: list[dict[str, Any]]) -> dict[str, Any]:
+    """The stop policy, its countdown, why the run stopped, the dollars it saved against running on
+    to stop_at_step, and the checkpoint picked around the transition."""
+    pol = policy.for_run(run_dir, events)
+    spent = meter.cost_usd()["total"]
+    rate, pace = meter.train_usd_per_hour(), meter.seconds_per_step()
+    clock = policy.countdown(pol, events, step, spent, policy.usd_per_step(pace, rate), policy.stop_reserve_usd(rate)) \
+        if runstate.is_live(state) else None
+    last_start = max((i for i, e in enumerate(events) if e.get("event") == "supervisor_started"), default=-1)
+    stopped = next((e for e in reversed(events[last_start + 1:]) if e.get("event") == "stopped"), None) \
+        if state == "stopped" else None
+    by_policy = bool(stopped and stopped.get("by") in policy.POLICY_STOPS)
+    # what ending early saves: done (a policy stop), or to come (the policy's countdown)
+    end = step if by_policy else clock.stop_step if clock and clock.by != "stop_at_step" else None
+    saved_usd, saved_min = policy.saved(pol.stop_at_step, end, pace, rate)
+    scored = [{**c, "avg": c.get("avg") if c.get("avg") is not None else
+               (sum(c["evals"].values()) / len(c["evals"]) if c.get("evals") else None)} for c in listed]
+    return {
+        "stop_policy": pol.as_dict(),
+        "countdown": None if clock is None else {**clock.as_dict(), "text": clock.text()},
+        "stopped_by": None if stopped is None else {"by": stopped.get("by"), "reason": stopped.get("reason")},
+        "cost_to_stop_at_step_usd": meter.projected_usd(step, finished=state == "finished"),
+        "saved_usd": saved_usd,
+        "saved_minutes": saved_min,
+        # around the marker the supervisor acted on (and pinned, and evaluated), else the index's
+        "pick": policy.pick(policy.marker(events) or phase, scored),
+    }
 
 
 def open_store(home: Path, run_ids: list[str] | None = None) -> Any:

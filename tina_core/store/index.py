@@ -196,12 +196,14 @@ class Store(Ingestion):
             return result
 
     def checkpoints(self, run_id: str) -> list[dict]:
-        """Complete checkpoints, ascending: [{step, evals: {task: score}, avg}] (latest score of
-        each task; avg is the mean over the tasks evaluated, None when none were)."""
+        """Evaluable checkpoints, ascending: [{step, evals: {task: score}, avg, resumable}] (latest
+        score of each task; avg is the mean over the tasks evaluated, None when none were;
+        resumable False for a pinned adapter snapshot)."""
         def query() -> list[dict]:
             with self.session():
-                steps = [s for (s,) in self._query(
-                    "SELECT step FROM checkpoints WHERE run_id = ? AND complete ORDER BY step", [run_id])]
+                kinds = dict(self._query(
+                    "SELECT step, resumable FROM checkpoints WHERE run_id = ? AND complete ORDER BY step", [run_id]))
+                steps = list(kinds)
                 scores = self._query(
                     "SELECT checkpoint, task, arg_max(score, coalesce(ts, 0)) FROM evaluations "
                     "WHERE run_id = ? AND checkpoint IS NOT NULL AND isfinite(score) GROUP BY ALL", [run_id])
@@ -211,7 +213,8 @@ class Store(Ingestion):
             out = []
             for s in sorted(set(steps) | set(evals)):
                 e = dict(sorted(evals.get(s, {}).items()))
-                out.append({"step": s, "evals": e, "avg": sum(e.values()) / len(e) if e else None})
+                out.append({"step": s, "evals": e, "avg": sum(e.values()) / len(e) if e else None,
+                            "resumable": bool(kinds.get(s, False))})
             return out
         return self._by_files(run_id, "checkpoints", lambda f: (f.events, f.checkpoints), query)
 

@@ -181,7 +181,8 @@ class Ingestion(Database):
         run_id = rd.run_id
         if prev is None or prev.run_json != files.run_json or prev.checkpoints != files.checkpoints:
             info = rd.info()
-            all_ck, done = rd.checkpoint_steps(complete_only=False), set(rd.checkpoint_steps())
+            all_ck = rd.checkpoint_steps(complete_only=False)
+            done, resumable = set(rd.checkpoint_steps(evaluable=True)), set(rd.checkpoint_steps())
             con.execute("BEGIN")
             con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", [
                 run_id, info.get("name"), info.get("recipe"), info.get("created"),
@@ -189,8 +190,9 @@ class Ingestion(Database):
                 json.dumps(info, default=str)])
             con.execute("DELETE FROM checkpoints WHERE run_id = ?", [run_id])
             if all_ck:
-                con.execute("INSERT INTO checkpoints SELECT ?, unnest($2::BIGINT[]), unnest($3::BOOLEAN[])",
-                            [run_id, all_ck, [s in done for s in all_ck]])
+                con.execute("INSERT INTO checkpoints SELECT ?, unnest($2::BIGINT[]), unnest($3::BOOLEAN[]), "
+                            "unnest($4::BOOLEAN[])",
+                            [run_id, all_ck, [s in done for s in all_ck], [s in resumable for s in all_ck]])
             con.execute("COMMIT")
         for name, before, now in ((METRICS, prev and prev.metrics, files.metrics),
                                   (EVENTS, prev and prev.events, files.events),

@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE TABLE IF NOT EXISTS attempts (
     run_id VARCHAR, attempt INTEGER, first_step BIGINT, PRIMARY KEY (run_id, attempt));
 CREATE TABLE IF NOT EXISTS checkpoints (
-    run_id VARCHAR, step BIGINT, complete BOOLEAN, PRIMARY KEY (run_id, step));
+    run_id VARCHAR, step BIGINT, complete BOOLEAN, resumable BOOLEAN, PRIMARY KEY (run_id, step));
 CREATE TABLE IF NOT EXISTS evaluations (
     run_id VARCHAR, eval_id VARCHAR, checkpoint BIGINT, task VARCHAR, score DOUBLE,
     details VARCHAR, ts DOUBLE);
@@ -52,6 +52,6 @@ QUALIFY row_number() OVER (PARTITION BY m.run_id, m.step, m.key
 """
 TABLES = ("runs", "metrics", "attempts", "checkpoints", "evaluations", "eval_samples", "events", "system",
           "quarantine", "ingest_state", "steps", "phase_cache")
-SCHEMA_VERSION = 3  # a file written with another version is dropped and read again
+SCHEMA_VERSION = 4  # a file written with another version is dropped and read again
 # Rows that came from each tailed file, dropped when that file is found rewritten from scratch.
 _FILE_TABLES = {METRICS: ("metrics", "attempts", "steps", "phase_cache"), EVENTS: ("events", "evaluations", "eval_samples"), SYSTEM: ("system",)}

@@ -262,12 +262,44 @@ def _supervisor_pid_once_up(run_dir: RunDir) -> int | None:
     return None
 
 
+def set_policy(home: Path, run_ref: str, *, by: str, **changes: Any):
+    """Change a run's stop policy (``after_transition``, ``budget_usd``: a value, or None for off),
+    live or not: a ``policy_changed`` event, which its supervisor reads within a second. Returns the
+    policy now in force."""
+    from tina_core.analysis import policy
+
+    run_dir = find_run(home, run_ref)
+    if run_dir.info().get("imported"):
+        raise TinaError(f"run {run_dir.run_id} was imported; it has no stop policy")
+    unknown = set(changes) - set(policy.POLICY_KEYS)
+    if unknown:
+        raise TinaError(f"unknown stop policy setting(s): {', '.join(sorted(unknown))}")
+    if changes:
+        run_dir.event("policy_changed", by=by, **changes)
+    return policy.for_run(run_dir)
+
+
 def resume_run(home: Path, run_ref: str, *, detach: bool = True) -> RunDir:
     """Continue a stopped, failed or crashed run from its latest complete checkpoint (detached)."""
     run_dir = check_resumable(home, run_ref)
     if detach:
         spawn_daemon(run_dir, resume=True)
     return run_dir
+
+
+def _check_budget(run_dir: RunDir) -> None:
+    """A run its budget stopped would stop again at once: say so before starting anything."""
+    from tina_core.analysis import cost, policy
+
+    events = run_dir.read_events()
+    pol = policy.for_run(run_dir, events)
+    if pol.budget_usd is None:
+        return
+    meter = cost.Meter.for_run(run_dir, open_until=max((e.get("ts", 0) for e in events), default=0))
+    spent, rate = meter.cost_usd()["total"], meter.train_usd_per_hour()
+    if policy.budget_spent(pol, spent, policy.usd_per_step(meter.seconds_per_step(), rate), policy.stop_reserve_usd(rate)):
+        raise TinaError(f"run {run_dir.run_id} has spent ${spent:.4g} of its ${pol.budget_usd:g} budget, too little "
+                        f"is left for a step: raise it first (tina policy {run_dir.run_id} --budget-usd X, or off)")
 
 
 def check_resumable(home: Path, run_ref: str) -> RunDir:
@@ -281,6 +313,7 @@ def check_resumable(home: Path, run_ref: str) -> RunDir:
         raise TinaError(f"run {run_dir.run_id} is {state} (supervisor pid {live.supervisor_pid}); nothing to resume")
     if state == "finished":
         raise TinaError(f"run {run_dir.run_id} is finished (reached step {info.get('stop_at_step')})")
+    _check_budget(run_dir)
     from tina_core.recipe.loader import load_recipe
 
     # The supervisor that was given these is gone, and tina never wrote them down.

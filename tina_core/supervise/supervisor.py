@@ -8,7 +8,10 @@ crash, which is restarted with back-off up to ``max_restarts`` times.
 
 Everything the supervisor knows is written down as it happens (``events.jsonl``, a heartbeat in
 ``supervisor.json`` every 2 s), so any process can tell the state of a run, and a dead supervisor
-shows as ``crashed`` rather than ``running``.
+shows as ``crashed`` rather than ``running``. Its live watch (``tina_core.supervise.watch``) follows
+the phase transition and the stop policy as the metrics arrive: it asks the trainer for checkpoints,
+pins the snapshots around the marker, schedules or makes the policy's stop, and after such a stop
+queues the evaluations of the checkpoints around the marker and of the base model.
 
 ``python -m tina_core.supervise RUN_DIR [--resume] [--daemon]`` is the daemon's entry point.
 """
@@ -39,6 +42,7 @@ from tina_core.rundir import (APPEND_FLAGS, RunDir, TinaError, append_bytes, app
 from tina_core.runstate import HEARTBEAT_S, end_group, kill_group, pid_alive, send_signal
 from tina_core.supervise.logpump import LogPump, output_to_log
 from tina_core.supervise.progress import Display
+from tina_core.supervise.watch import LiveWatch
 
 GPU_SAMPLE_S = 5.0
 BUDGET_CHECK_S = 5.0  # how often the run's dollars are added up against the alert thresholds
@@ -92,6 +96,8 @@ class Supervisor:
         self.started = time.time()
         self.cpu0 = _cpu_s(resource.RUSAGE_SELF)
         self.stop_requested: str | None = None
+        self.stop_by: tuple[str, str] | None = None  # (policy key, reason) of a stop the policy made
+        self.live: LiveWatch | None = None
         self.kill_now = False
         self.proc: subprocess.Popen | None = None
         self.proc_started: float | None = None
@@ -314,8 +320,47 @@ class Supervisor:
         self.stall.restart()
         self.event("attempt_started", attempt=attempt, pid=self.proc.pid,
                    gpus=int(self.info.get("gpu_count") or 0), resume_from=resume_from)
+        if self.live is not None:
+            self.live.attempt_started()
         self.beat(force=True)
         return self.proc
+
+    # the live watch -----------------------------------------------------------------------------
+    def poll_watch(self, *, last: bool = False) -> None:
+        """Let the live watch read and act; it asks for a stop when the policy says so (not once
+        the trainer is gone: ``last``). An error in it ends the watch, never the run."""
+        if self.live is None:
+            return
+        try:
+            order = self.live.poll()
+        except Exception as e:
+            self.log(f"live watch stopped: {type(e).__name__}: {e}")
+            self.live = None
+            return
+        if order is not None and not self.stop_requested and not last:
+            self.stop_by = order
+            self.log(f"stopping: {order[1]}")
+            self.request_stop(order[0])
+
+    def _stopped_fields(self, code: int, step: int | None) -> dict[str, Any]:
+        """Why the run stopped, for its ``stopped`` event."""
+        if self.stop_by is not None:
+            return {"by": self.stop_by[0], "reason": self.stop_by[1]}
+        if self.stop_requested:
+            return {"by": self.stop_requested}
+        if code == EXIT_STOPPED and self.live is not None and self.live.stopped_on_schedule(step):
+            return self.live.stop_fields("after_transition")
+        return {"by": "trainer"} if code == EXIT_STOPPED else {}
+
+    def _evaluate_after_stop(self, fields: dict[str, Any]) -> None:
+        from tina_core.analysis.policy import POLICY_STOPS
+
+        if self.live is None or fields.get("by") not in POLICY_STOPS or not self.live.policy.evaluate:
+            return
+        try:
+            self.live.transition_evaluations(runstate.run_home(self.run_dir))
+        except Exception as e:  # the run stopped as it should; say what could not be queued
+            self.log(f"could not queue the evaluations around the transition: {e}")
 
     def watch(self, proc: subprocess.Popen) -> int:
         """Wait for the trainer, keeping the heartbeat and handling stop requests."""
@@ -336,6 +381,7 @@ class Supervisor:
                         code = None
                 if code is not None:
                     return code
+                self.poll_watch()
                 if self.stop_requested and term_deadline is None:
                     if not self._stop_on_record():  # `tina stop` records its request itself
                         self.event("stop_requested", by=self.stop_requested, attempt=self.attempt)
@@ -378,6 +424,10 @@ class Supervisor:
         self.beat(force=True)
         self.event("supervisor_started", pid=os.getpid(), resume=resume)
         recover_orphan(self.run_dir, self.stop_timeout, previous)
+        try:
+            self.live = LiveWatch(self.run_dir, self.event, self.log)
+        except Exception as e:  # a run without a readable recipe snapshot still trains
+            self.log(f"no live watch: {type(e).__name__}: {e}")
         restarts, delay = 0, self.backoff
         try:
             while True:
@@ -407,7 +457,11 @@ class Supervisor:
                 if code == 0:
                     return self.finish("finished", step=step)
                 if self.stop_requested or code == EXIT_STOPPED:
-                    return self.finish("stopped", step=step)
+                    self.poll_watch(last=True)  # the last steps' metrics: the marker as the run ends
+                    fields = self._stopped_fields(code, step)
+                    state = self.finish("stopped", step=step, **fields)
+                    self._evaluate_after_stop(fields)
+                    return state
                 if not self.any_step():
                     return self.finish("failed", reason=f"the trainer {why} before its first step (see train.log)")
                 if restarts >= self.max_restarts:

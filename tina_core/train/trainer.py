@@ -2,9 +2,12 @@
 
 Reads ``RUN_DIR/recipe.yaml`` and trains a LoRA adapter with TRL's own ``GRPOTrainer``. The
 ``TinaCallback`` is the run directory's writer: one ``metrics.jsonl`` line per log call (rank 0),
-a ``tina-complete.json`` marker in each fully saved checkpoint, the stop at ``stop_at_step``, and a
-graceful stop on SIGTERM (save at the end of the current step, exit 75). Resumes from the latest
-complete checkpoint; a half-written one is moved aside.
+a ``tina-complete.json`` marker in each fully saved checkpoint, the ring of adapter snapshots
+(``tina_core.train.snapshots``), the stop at ``stop_at_step``, and a graceful stop on SIGTERM (save
+at the end of the current step, exit 75). The supervisor's requests come as events in
+``events.jsonl`` (``checkpoint_requested``: save at the end of this step; ``stop_scheduled``: save
+and stop at that step), read by rank 0 and agreed by every rank with the stop flag. Resumes from the
+latest complete checkpoint; a half-written one is moved aside.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from pathlib import Path
 
 from tina_core.recipe.configs import build_grpo_config, build_lora_config
 from tina_core.recipe.loader import Recipe, load_recipe, resolve_base_model
-from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, DISK_FULL_ERRNOS, RunDir, TinaError, tina_home,
-                              write_error_text)
+from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, DISK_FULL_ERRNOS, JsonlTail, RunDir, TinaError,
+                              tina_home, write_error_text)
+from tina_core.train import snapshots
 
 EXIT_FINISHED = 0
 EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving; `tina resume` continues
@@ -59,6 +63,35 @@ class StopRequest:
         return self
 
 
+class Requests:
+    """What the supervisor asked of this attempt, from ``events.jsonl``: the events after this
+    attempt's own ``attempt_started`` (earlier ones were for attempts gone). ``poll`` reads what is
+    new (a stat when nothing is)."""
+
+    def __init__(self, run_dir: RunDir, attempt: int) -> None:
+        self.attempt = attempt
+        self._tail = JsonlTail(run_dir.events)
+        self._ours = False
+        self.save_reason: str | None = None   # a checkpoint asked for, not yet saved
+        self.stop_step: int | None = None     # save and stop at the end of this step
+        self.stop_reason: str | None = None
+
+    def poll(self) -> None:
+        records, _ = self._tail.read()
+        for ev in records:
+            kind = ev.get("event")
+            if kind == "attempt_started":
+                self._ours = ev.get("attempt") == self.attempt
+            elif not self._ours:
+                continue
+            elif kind == "checkpoint_requested":
+                self.save_reason = str(ev.get("reason") or "asked")
+            elif kind == "stop_scheduled":
+                step = ev.get("step")
+                self.stop_step = step if isinstance(step, int) and not isinstance(step, bool) else None
+                self.stop_reason = ev.get("reason")
+
+
 def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopRequest | None = None):
     """The ``TrainerCallback`` that writes the run directory (built lazily: transformers is heavy)."""
     from transformers import TrainerCallback
@@ -68,28 +101,67 @@ def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopReque
             self.stop_at = recipe.stop_at_step
             self.stop = stop or StopRequest()
             self.stopped_by_signal = False
+            self.stopped_on_schedule: str | None = None
+            self.requests = Requests(run_dir, attempt)
+            self.ring = snapshots.ring_size(recipe)
+            self._ring_failed = False
+            self._adapter_size = 0
 
-        def _stop_agreed(self, args) -> bool:
-            """Every rank must stop at the same step or the collectives hang: agree on the flag."""
+        def _agreed(self, args) -> tuple[bool, bool, int | None]:
+            """(stop now, save now, scheduled stop step): every rank must save and stop at the same
+            step or the collectives hang. SIGTERM reaches every rank; the supervisor's requests
+            only rank 0, which reads them."""
+            save = self.requests.save_reason is not None
+            planned = self.requests.stop_step
             import torch.distributed as dist
 
             if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-                return self.stop.requested
+                return self.stop.requested, save, planned
             import torch
 
-            flag = torch.tensor([1.0 if self.stop.requested else 0.0], device=args.device)
-            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-            return bool(flag.item())
+            flags = torch.tensor([1.0 if self.stop.requested else 0.0, 1.0 if save else 0.0,
+                                  -1.0 if planned is None else float(planned)], device=args.device)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            asked, save, planned = flags.tolist()
+            return asked > 0, save > 0, None if planned < 0 else int(planned)
 
-        def on_step_end(self, args, state, control, **kwargs):
-            asked = self._stop_agreed(args)  # a collective: every rank, every step
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.is_world_process_zero:
+                self.requests.poll()
+            asked, save, planned = self._agreed(args)  # a collective: every rank, every step
             at_stop = state.global_step >= self.stop_at
+            on_schedule = planned is not None and state.global_step >= planned and not at_stop
             self.stopped_by_signal = asked and not at_stop  # a stop asked at the last step is a finish
-            if asked or at_stop:
+            if on_schedule:
+                self.stopped_on_schedule = self.requests.stop_reason or f"scheduled at step {planned}"
+            if asked or at_stop or on_schedule:
                 # Save here even when the step is not a multiple of save_steps.
                 control.should_save = True
                 control.should_training_stop = True
+            if save:
+                control.should_save = True
+                if state.is_world_process_zero:
+                    print(f"checkpoint asked for at step {state.global_step}: {self.requests.save_reason}", flush=True)
+                self.requests.save_reason = None
+            if not control.should_save and state.is_world_process_zero and model is not None:
+                self._snapshot(model, state.global_step)
             return control
+
+        def _snapshot(self, model, step: int) -> None:
+            """The adapter of this step into the ring (a saved checkpoint holds it anyway). A
+            snapshot that fails (a full disk) is skipped, said once: the metrics line and the
+            next checkpoint then meet the same disk and say so."""
+            if self.ring <= 0:
+                return
+            if not self._adapter_size:
+                self._adapter_size = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+            try:
+                snapshots.write_snapshot(run_dir, step, lambda d: save_adapter(model, d), self.ring,
+                                         attempt=attempt, size=self._adapter_size)
+            except Exception as e:
+                if not self._ring_failed:
+                    self._ring_failed = True
+                    print(f"tina: adapter snapshot of step {step} skipped: {type(e).__name__}: {e}", flush=True)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not state.is_world_process_zero or not logs:
@@ -117,13 +189,30 @@ def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopReque
     return TinaCallback()
 
 
+def save_adapter(model, folder: Path) -> None:
+    """The LoRA adapter's files as PEFT's ``save_pretrained`` writes them (weights, then the config
+    as for inference), without the model card it renders each time: a third of the cost, which
+    counts when the ring takes one every step of the tiny recipe."""
+    import dataclasses
+
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    name = model.active_adapter if isinstance(model.active_adapter, str) else "default"
+    state = {k: v.detach().contiguous() for k, v in get_peft_model_state_dict(model, adapter_name=name).items()}
+    save_file(state, str(folder / "adapter_model.safetensors"), metadata={"format": "pt"})
+    config = model.peft_config[name]
+    base = config.base_model_name_or_path or getattr(model.get_base_model(), "name_or_path", None)
+    dataclasses.replace(config, inference_mode=True, base_model_name_or_path=base).save_pretrained(str(folder))
+
+
 def set_aside_partial_checkpoints(run_dir: RunDir) -> list[Path]:
     """Move checkpoints without the completion marker out of Trainer's sight (its resume and
     rotation glob ``checkpoint-*``): they were cut off mid-save. Kept under ``.partial/``."""
     moved = []
     if not run_dir.checkpoints.is_dir():
         return moved
-    complete = set(run_dir.checkpoint_steps())
+    complete = set(run_dir.checkpoint_steps(evaluable=True))  # pinned snapshots are whole too
     for p in sorted(run_dir.checkpoints.iterdir()):
         m = CHECKPOINT_RE.match(p.name)
         if m and p.is_dir() and int(m.group(1)) not in complete:
@@ -220,6 +309,8 @@ def train(run_dir: RunDir) -> int:
             print(f"set aside half-written {p.name} (no {CHECKPOINT_COMPLETE}) -> {p}", flush=True)
     done = run_dir.checkpoint_steps()
     resume = run_dir.checkpoint_path(done[-1]) if done else None
+    if rank0:
+        snapshots.drop_after(run_dir, done[-1] if done else 0)
     if done and done[-1] >= recipe.stop_at_step:
         print(f"already at step {done[-1]} >= stop_at_step {recipe.stop_at_step}: nothing to do", flush=True)
         return EXIT_FINISHED
@@ -236,16 +327,23 @@ def train(run_dir: RunDir) -> int:
     if callback.stopped_by_signal:
         print(f"stopped on request at step {trainer.state.global_step}", flush=True)
         return EXIT_STOPPED
+    if callback.stopped_on_schedule:
+        print(f"stopped as scheduled at step {trainer.state.global_step}: {callback.stopped_on_schedule}", flush=True)
+        return EXIT_STOPPED
     if trainer.state.global_step < recipe.stop_at_step:  # the data gave out: not a finish
         raise TinaError(f"training ended at step {trainer.state.global_step}, before stop_at_step "
                         f"{recipe.stop_at_step}: the data gave no (more) batches")
     return EXIT_FINISHED
 
 
+_OS_ERROR_RE = re.compile(r"\(os error (\d+)\)")
+
+
 def disk_full(run_dir: RunDir, exc: BaseException) -> str | None:
     """The reason to give when ``exc`` ended training because the disk is full, else None.
 
-    An OSError in the exception's chain says so with its errno; torch.save does not ("unexpected
+    An OSError in the exception's chain says so with its errno, safetensors in its message only
+    ("I/O error: No space left on device (os error 28)"); torch.save does not at all ("unexpected
     pos 576 vs 534"), so then a small probe write into the run directory asks the disk itself."""
     cause, seen = None, exc
     for _ in range(16):
@@ -253,6 +351,9 @@ def disk_full(run_dir: RunDir, exc: BaseException) -> str | None:
             break
         if isinstance(seen, OSError) and seen.errno in DISK_FULL_ERRNOS:
             cause = seen
+            break
+        if (m := _OS_ERROR_RE.search(str(seen))) and int(m.group(1)) in DISK_FULL_ERRNOS:
+            cause = OSError(int(m.group(1)), os.strerror(int(m.group(1))))
             break
         seen = seen.__cause__ or seen.__context__
     if cause is None:
@@ -271,7 +372,7 @@ def disk_full(run_dir: RunDir, exc: BaseException) -> str | None:
     if cause is None:
         return None
     # A checkpoint without its marker is this attempt's (earlier ones were set aside at start).
-    partial = sorted(set(run_dir.checkpoint_steps(complete_only=False)) - set(run_dir.checkpoint_steps()))
+    partial = sorted(set(run_dir.checkpoint_steps(complete_only=False)) - set(run_dir.checkpoint_steps(evaluable=True)))
     if partial and (not cause.filename or run_dir.checkpoint_path(partial[-1]) in Path(cause.filename).parents):
         what = write_error_text(cause, f"checkpoint-{partial[-1]}", doing="saving")
     elif cause.filename:

@@ -15,14 +15,16 @@ from textual.widgets.option_list import Option
 
 
 class RecipePicker(ModalScreen["tuple[Path, str | None] | None"]):
-    """Pick a recipe (each with its one-line description) and optionally name the run."""
+    """Pick a recipe (each with its one-line description and projected cost) and optionally name the run."""
 
     BINDINGS = [Binding("escape", "dismiss(None)", "Cancel")]
 
-    def __init__(self, recipes: list[tuple[Path, str]], relative_to: Path | None = None) -> None:
+    def __init__(self, recipes: list[tuple[Path, str]], relative_to: Path | None = None,
+                 costs: dict[Path, str] | None = None) -> None:
         super().__init__()
         self.recipes = recipes
         self.relative_to = relative_to
+        self.costs = costs or {}
 
     def _label(self, path: Path) -> str:
         try:
@@ -33,7 +35,9 @@ class RecipePicker(ModalScreen["tuple[Path, str | None] | None"]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="recipe-box"):
             yield Label("Start a run: choose a recipe (enter), tab to name it", classes="dialog-title")
-            yield OptionList(*[Option(Text.assemble((self._label(p), "bold"), "  ", (d or "", "dim")), id=str(i))
+            yield OptionList(*[Option(Text.assemble((self._label(p), "bold"), "  ", (d or "", "dim"),
+                                                    *([("  " + self.costs[p], "green")] if p in self.costs else [])),
+                                      id=str(i))
                                for i, (p, d) in enumerate(self.recipes)], id="recipes")
             yield Input(placeholder="run name (optional)", id="run-name")
 

@@ -28,7 +28,8 @@ class CheckpointsTable(DataTable):
         new_run, self._run_id = run_id != self._run_id, run_id
         tasks = sorted({t for r in rows for t in r["evals"]})
         data = tuple((r["step"], r["epoch_pct"], r["format"], r["length"], r["phase"], r["cost_usd_at"],
-                      tuple(r["evals"].get(t) for t in tasks), r["avg"], r["recommended"], r.get("best"))
+                      tuple(r["evals"].get(t) for t in tasks), r["avg"], r["recommended"], r.get("best"),
+                      r.get("snapshot"))
                      for r in rows)
         if data == self._rows_data:
             return
@@ -38,7 +39,7 @@ class CheckpointsTable(DataTable):
         if shape != self._shape or not self.columns:
             self.clear(columns=True)
             self._shape = shape
-            for label in ("  ", "step", "%ep", "format", "length", "phase", "$ at"):
+            for label in ("   ", "step", "%ep", "format", "length", "phase", "$ at"):
                 self.add_column(label)
             for t in tasks:
                 self.add_column(t[:8])
@@ -48,7 +49,8 @@ class CheckpointsTable(DataTable):
         for r in rows:
             style = "bold green" if r["recommended"] else ""
             ep = "-" if r["epoch_pct"] is None else f"{r['epoch_pct']:.0f}%"
-            mark = ("*" if r["recommended"] else " ") + ("+" if r.get("best") else " ")
+            # * recommended, + best evaluated, s an adapter snapshot pinned at the transition (not resumable)
+            mark = ("*" if r["recommended"] else " ") + ("+" if r.get("best") else " ") + ("s" if r.get("snapshot") else " ")
             cells = [Text(mark, style=style), Text(str(r["step"]), style=style),
                      Text(ep), Text(fmt_value(r["format"])), Text(fmt_value(r["length"])),
                      Text(r["phase"] or "-", style="magenta" if r["phase"] == "after" else ""),

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from rich.text import Text
 
-from tina_tui.widgets.text import cost_line
+
+from tina_tui.widgets.text import cost_line, policy_line
 from tina_tui.widgets.panel import Panel
 
 if TYPE_CHECKING:
@@ -13,11 +15,20 @@ if TYPE_CHECKING:
 
 
 class CostBar(Panel):
-    """The money line: always visible, on the main screen and the detail view."""
+    """The money line: always visible, on the main screen and the detail view; a second line for a
+    run with a stop policy (its countdown, the stop, the dollars saved, the pick)."""
 
     def show(self, run: RunRow | None, recommendation: dict[str, Any] | None,
              checkpoints: list[dict[str, Any]]) -> None:
         rec = (recommendation or {}).get("recommended", (run or {}).get("recommended_checkpoint"))
-        self.set_text(cost_line(run, rec, checkpoints))
+        text = cost_line(run, rec, checkpoints)
+        second = policy_line(run)
+        lines = 1 if second is None else 2
+        if second is not None:
+            text = text + Text("\n") + second
+        # each line is cut at the terminal's width, never wrapped: the bar is exactly its lines tall
+        if self.id == "cost" and self.styles.height != lines:
+            self.styles.height = lines
+        self.set_text(text)
 
 

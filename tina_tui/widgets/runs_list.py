@@ -15,7 +15,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from tina_tui.plot import MARK_GLYPHS
-from tina_tui.widgets.text import MARK_STYLES, STATE_STYLE, usd, eta_text, marker_text, _looks
+from tina_tui.widgets.text import MARK_STYLES, STATE_STYLE, countdown_cell, usd, eta_text, marker_text, _looks
 
 if TYPE_CHECKING:
     from tina_tui.collector import RunRow
@@ -30,7 +30,7 @@ class RunsTable(Widget, can_focus=True):
     # (label, justify) of each column; the header and the cells below it align alike. The first is
     # a marked run's glyph in the overlay (space marks, x clears).
     COLUMNS = (("", "left"), ("run", "left"), ("state", "left"), ("step/stop", "right"), ("eta", "right"), ("$", "right"),
-               ("marker", "left"), ("rec", "right"))
+               ("marker", "left"), ("rec", "right"), ("stop", "right"))
     BINDINGS = [Binding("up", "move(-1)", show=False), Binding("down", "move(1)", show=False),
                 Binding("pageup", "move(-5)", show=False), Binding("pagedown", "move(5)", show=False),
                 Binding("home", "move(-1000000)", show=False), Binding("end", "move(1000000)", show=False),
@@ -86,6 +86,7 @@ class RunsTable(Widget, can_focus=True):
             Text(usd((run.get("cost_usd") or {}).get("total"))),
             marker_text(run.get("phase_transition")),
             Text("-" if rec is None else str(rec)),
+            countdown_cell(run),  # what is left before the stop policy stops it
         )
 
     @property

@@ -23,13 +23,16 @@ STATE_STYLE = {"running": "bold green", "stopping": "yellow", "finished": "cyan"
 
 
 def amount(v: float | None) -> str:
+    """Dollars without the sign; under a cent, in cents (a CPU box's run moves by fractions of one)."""
     if v is None:
         return "-"
+    if 0 < abs(v) < 0.01:
+        return f"{v * 100:.2f}¢"
     return f"{v:,.2f}" if v < 1000 else f"{v:,.0f}"
 
 
 def usd(v: float | None) -> str:
-    return "-" if v is None else "$" + amount(v)
+    return "-" if v is None else amount(v) if 0 < abs(v) < 0.01 else "$" + amount(v)
 
 
 def duration(seconds: float | None) -> str:
@@ -111,6 +114,75 @@ def cost_line(run: RunRow | None, recommended: int | None, checkpoints: list[dic
     t.append(f"  at stop {usd(run.get('projected_cost_usd'))}")
     t.append("  to rec: -" if recommended is None else f"  to rec {recommended}: {usd(rec_cost)}", style="green")
     t.append(f"  {duration(run.get('elapsed_s'))} on {run.get('device') or 'cpu'}", style="dim")
+    return t
+
+
+POLICY_WORDS = {"after_transition": "after the transition", "budget_usd": "on its budget",
+                "stop_at_step": "at stop_at_step"}
+
+
+def policy_text(policy: dict[str, Any] | None) -> str:
+    """``transition+5, budget $0.10``, or ``-`` for a run that stops at stop_at_step only."""
+    policy = policy or {}
+    parts = [] if policy.get("after_transition") is None else [f"transition+{policy['after_transition']}"]
+    if policy.get("budget_usd") is not None:
+        parts.append(f"budget {usd(policy['budget_usd'])}")
+    return ", ".join(parts) or "-"
+
+
+def countdown_cell(run: RunRow) -> Text:
+    """The runs list's ``stop`` column: what is left before the policy stops a live run."""
+    c = run.get("countdown")
+    pol = run.get("stop_policy") or {}
+    if not c or (pol.get("after_transition") is None and pol.get("budget_usd") is None):
+        return Text("-", style="dim")
+    if c.get("waiting"):
+        return Text("marker?", style="magenta")
+    if c.get("by") == "budget_usd" and c.get("usd_left") is not None:
+        return Text(usd(max(c["usd_left"], 0.0)), style="yellow")
+    left = c.get("steps_left")
+    return Text("-" if left is None else f"{max(left, 0)} st", style="yellow" if c.get("by") != "stop_at_step" else "")
+
+
+def policy_line(run: RunRow | None) -> Text | None:
+    """The money line's second line, for a run with a stop policy or stopped by one: the policy and
+    its countdown, the stop and why, the dollars saved against stop_at_step, the pick beside the
+    best evaluated checkpoint and the automatic evaluations. None when there is nothing to say."""
+    if not run:
+        return None
+    pol = run.get("stop_policy") or {}
+    stopped = run.get("stopped_by") or {}
+    by_policy = stopped.get("by") in ("after_transition", "budget_usd")
+    if pol.get("after_transition") is None and pol.get("budget_usd") is None and not by_policy:
+        return None
+    t = Text(no_wrap=True, overflow="ellipsis")
+    if by_policy:
+        t.append(f"stopped {POLICY_WORDS[stopped['by']]} at {run.get('step')}", style="bold yellow")
+    else:
+        t.append(f"stop {policy_text(pol)}", style="bold")
+        c = run.get("countdown") or {}
+        if c.get("waiting"):
+            t.append(": awaiting the marker", style="magenta")
+        elif c:
+            what = (f"{usd(max(c['usd_left'], 0.0))} left" if c.get("by") == "budget_usd" and c.get("usd_left") is not None
+                    else f"{max(c.get('steps_left') or 0, 0)} steps left")
+            t.append(f": {what}" + (f" (step {c['stop_step']})" if c.get("stop_step") is not None else ""),
+                     style="yellow")
+    if run.get("saved_usd") is not None:
+        t.append(f"  saved {usd(run['saved_usd'])}" + ("" if by_policy else "?"), style="green")
+        if run.get("saved_minutes") is not None:
+            t.append(f" {duration(60 * run['saved_minutes'])}", style="green")
+    auto = [e for e in run.get("evaluations") or [] if e.get("why") == "transition"]
+    if auto:
+        done = sum(1 for e in auto if e.get("state") in ("finished", "failed", "cancelled"))
+        t.append(f"  auto-evals {done}/{len(auto)}", style="cyan" if done < len(auto) else "")
+    pick = run.get("pick")
+    if pick and (by_policy or auto):
+        t.append(f"  pick {pick['step']}" + ("" if pick.get("avg") is None else f" {100 * pick['avg']:.1f}"),
+                 style="bold green")
+        best = pick.get("best_evaluated")
+        if best:
+            t.append(f" best {best['step']} {100 * best['avg']:.1f}")
     return t
 
 

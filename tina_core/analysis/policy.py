@@ -1,0 +1,267 @@
+"""The stop policy: when a run stops before ``stop_at_step``, what it then evaluates, and what it saved.
+
+A run stops at ``stop_at_step`` (its trainer does), or earlier by its policy:
+
+- ``stop.after_transition: N``: N steps after its phase-transition marker is confirmed, counted from
+  the step at which the supervisor saw the verdict (its ``transition`` event's ``detected_at``);
+- ``stop.budget_usd: X``: before the next step and the stop itself (its checkpoint, the trainer's
+  exit: STOP_RESERVE_S) would take the run's cost (training and evaluation so far) past X.
+
+The recipe's ``stop`` section sets the policy; ``policy_changed`` events (``tina policy RUN``, the
+cockpit's ``p``) change it on a live run, so the run directory says which policy held when. A stop
+by the policy is graceful (a checkpoint at that step) and its ``stopped`` event says why (``by``:
+``after_transition`` or ``budget_usd``, and ``reason``). Afterwards the checkpoints bracketing the
+marker and the base model are evaluated (``stop.evaluate``, default on), and the pick is the better
+scoring of the two brackets, or until scores exist the one at or before the marker (Tina's rule).
+
+Pure functions of a run's recipe snapshot and events: the supervisor decides with them, and ``tina
+status``, the report and the cockpit show the same figures. Light (yaml through the recipe loader).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from tina_core.rundir import RunDir, TinaError
+
+POLICY_KEYS = ("after_transition", "budget_usd")  # what a policy_changed event may set
+POLICY_STOPS = POLICY_KEYS                         # ``by`` of a stop the policy made
+MARKED = ("tentative", "confirmed")
+# What a graceful stop takes after the step in flight: its checkpoint and the trainer's exit (the
+# tiny recipe's exit took 6.5 s on a loaded 2-core box; a GPU run's adapter save takes seconds).
+STOP_RESERVE_S = 10.0
+
+
+@dataclass(frozen=True)
+class StopPolicy:
+    stop_at_step: int | None = None
+    after_transition: int | None = None  # steps after the confirmed marker; None: off
+    budget_usd: float | None = None      # None: off
+    evaluate: bool = True                # evaluate the brackets and the base after a policy stop
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        """``transition+5, $0.10`` (``-`` when only stop_at_step holds)."""
+        parts = [] if self.after_transition is None else [f"transition+{self.after_transition}"]
+        if self.budget_usd is not None:
+            parts.append(f"${self.budget_usd:g}")
+        return ", ".join(parts) or "-"
+
+
+def from_recipe(data: dict[str, Any]) -> StopPolicy:
+    """The policy a (parsed) recipe sets."""
+    stop = data.get("stop") or {}
+    stop_at = data.get("stop_at_step") or (data.get("grpo") or {}).get("max_steps")
+    return StopPolicy(stop_at_step=int(stop_at) if isinstance(stop_at, int) and stop_at > 0 else None,
+                      after_transition=stop.get("after_transition"), budget_usd=stop.get("budget_usd"),
+                      evaluate=bool(stop.get("evaluate", True)))
+
+
+def apply_changes(policy: StopPolicy, events: Iterable[dict[str, Any]]) -> StopPolicy:
+    """``policy`` after the ``policy_changed`` events, in order (a key absent is unchanged, null is off)."""
+    for ev in events:
+        if ev.get("event") == "policy_changed":
+            policy = dataclasses.replace(policy, **{k: ev[k] for k in POLICY_KEYS if k in ev})
+    return policy
+
+
+_RECIPES: dict[Path, tuple[tuple, StopPolicy]] = {}
+
+
+def recipe_policy(rd: RunDir) -> StopPolicy:
+    """The policy of a run's recipe snapshot (remembered per file state: the cockpit asks every
+    second); a run without one (imported) has only its run.json's stop_at_step."""
+    from tina_core.recipe.loader import parse_yaml
+
+    info_stop = rd.info().get("stop_at_step")
+    try:
+        st = rd.recipe.stat()
+    except OSError:
+        return StopPolicy(stop_at_step=info_stop)
+    sig = (st.st_mtime_ns, st.st_size)
+    hit = _RECIPES.get(rd.recipe)
+    if hit is None or hit[0] != sig:
+        try:
+            data = parse_yaml(rd.recipe.read_text())
+            policy = from_recipe(data) if isinstance(data, dict) else StopPolicy()
+        except Exception:  # a damaged snapshot: no policy beyond stop_at_step
+            policy = StopPolicy()
+        _RECIPES[rd.recipe] = hit = (sig, policy)
+    return dataclasses.replace(hit[1], stop_at_step=info_stop or hit[1].stop_at_step)
+
+
+def for_run(rd: RunDir, events: Sequence[dict[str, Any]] | None = None) -> StopPolicy:
+    """The policy in force now: the recipe's, changed by the run's ``policy_changed`` events."""
+    return apply_changes(recipe_policy(rd), rd.read_events() if events is None else events)
+
+
+def parse_value(key: str, raw: str | int | float | None) -> int | float | None:
+    """A policy value from the command line or the cockpit: ``off`` (or empty) turns it off."""
+    if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "off", "none", "-")):
+        return None
+    try:
+        if key == "after_transition":
+            value: int | float = int(str(raw).strip())
+            if value >= 0:
+                return value
+        else:
+            value = float(str(raw).strip().lstrip("$"))
+            if value > 0 and math.isfinite(value):
+                return value
+    except ValueError:
+        pass
+    what = "a number of steps >= 0" if key == "after_transition" else "dollars > 0, e.g. 2.50"
+    raise TinaError(f"{key.replace('_', '-')}: expected {what} or off, got {raw!r}")
+
+
+# --- the marker, as the supervisor saw it -----------------------------------------------------
+def marker(events: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    """The latest ``transition`` event if it is tentative or confirmed; None before any, or once
+    the latest says rejected."""
+    last = None
+    for ev in events:
+        if ev.get("event") == "transition":
+            last = ev
+    return last if last is not None and last.get("status") in MARKED else None
+
+
+def _confirmed_index(events: Sequence[dict[str, Any]]) -> int | None:
+    last = None
+    for i, ev in enumerate(events):
+        if ev.get("event") == "transition":
+            last = i if ev.get("status") == "confirmed" else None
+    return last
+
+
+def after_transition_stop(policy: StopPolicy, events: Sequence[dict[str, Any]]) -> int | None:
+    """The step ``stop.after_transition`` stops at: the confirmation's step + N; None without a
+    confirmed marker or N, or once a stop for this confirmation happened (a resumed run trains on)."""
+    if policy.after_transition is None:
+        return None
+    i = _confirmed_index(events)
+    if i is None or not isinstance(events[i].get("detected_at"), int):
+        return None
+    if any(e.get("event") == "stopped" and e.get("by") == "after_transition" for e in events[i + 1:]):
+        return None
+    return events[i]["detected_at"] + policy.after_transition
+
+
+def usd_per_step(seconds_per_step: float | None, usd_per_hour: float) -> float | None:
+    return None if seconds_per_step is None else seconds_per_step * usd_per_hour / 3600
+
+
+def stop_reserve_usd(usd_per_hour: float) -> float:
+    return STOP_RESERVE_S * usd_per_hour / 3600
+
+
+def budget_spent(policy: StopPolicy, spent_usd: float, per_step_usd: float | None, reserve_usd: float = 0.0) -> bool:
+    """True once the money left would not cover the next step and the stop (``reserve_usd``); before
+    the pace is known, once only the reserve is left."""
+    if policy.budget_usd is None:
+        return False
+    return policy.budget_usd - spent_usd <= (per_step_usd or 0.0) + reserve_usd
+
+
+@dataclass(frozen=True)
+class Countdown:
+    by: str                   # stop_at_step | after_transition | budget_usd: whichever stops first
+    stop_step: int | None     # the step it stops at (for a budget: at the recent pace)
+    steps_left: int | None
+    usd_left: float | None    # with a budget
+    waiting: bool = False     # after_transition, no confirmed marker yet
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def text(self) -> str:
+        """``3 steps``, ``$0.04 left``, ``awaiting the transition``."""
+        if self.waiting:
+            return "awaiting the transition"
+        if self.by == "budget_usd" and self.usd_left is not None:
+            return f"${max(self.usd_left, 0):.4g} left"
+        return "-" if self.steps_left is None else f"{max(self.steps_left, 0)} step{'s' if self.steps_left != 1 else ''}"
+
+
+def countdown(policy: StopPolicy, events: Sequence[dict[str, Any]], step: int | None, spent_usd: float,
+              per_step_usd: float | None, reserve_usd: float = 0.0) -> Countdown | None:
+    """What stops the run first, and how far off it is (None before its first step)."""
+    if step is None:
+        return None
+    options: list[Countdown] = []
+    if policy.stop_at_step:
+        options.append(Countdown("stop_at_step", policy.stop_at_step, policy.stop_at_step - step, None))
+    if policy.after_transition is not None:
+        at = after_transition_stop(policy, events)
+        options.append(Countdown("after_transition", at, None if at is None else at - step, None, waiting=at is None))
+    if policy.budget_usd is not None:
+        left = policy.budget_usd - spent_usd
+        # it stops once less than a step's money (and the stop's) is left
+        steps = None if not per_step_usd else max(0, math.floor((left - reserve_usd) / per_step_usd + 1e-9) - 1)
+        options.append(Countdown("budget_usd", None if steps is None else step + steps, steps, round(left, 6)))
+    if not options:
+        return None
+    known = [c for c in options if c.steps_left is not None]
+    # A budget without a pace yet, or a transition not yet confirmed, still says what it waits for.
+    return min(known, key=lambda c: (c.steps_left, c.by == "stop_at_step")) if known else options[-1]
+
+
+def stop_reason(by: str, policy: StopPolicy, events: Sequence[dict[str, Any]], spent_usd: float) -> str:
+    if by == "after_transition":
+        m = marker(events) or {}
+        return (f"{policy.after_transition} steps after the phase transition at step {m.get('step')} was "
+                f"confirmed at step {m.get('detected_at')}")
+    if by == "budget_usd":
+        return (f"budget ${policy.budget_usd:g} reached (${spent_usd:.4g} spent; the next step and the stop "
+                "would pass it)")
+    return by
+
+
+# --- what to evaluate, and the pick -------------------------------------------------------------
+def brackets(marker_step: int, steps: Iterable[int]) -> tuple[int | None, int | None]:
+    """(the latest of ``steps`` at or before ``marker_step``, the first after it)."""
+    steps = sorted(set(steps))
+    before = [s for s in steps if s <= marker_step]
+    after = [s for s in steps if s > marker_step]
+    return (before[-1] if before else None), (after[0] if after else None)
+
+
+def pick(phase: dict[str, Any] | None, checkpoints: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
+    """The checkpoint to keep: of the two bracketing the marker, the better evaluated (the one at or
+    before it on a tie), or the one at or before it while neither has a score. Beside it, the best
+    evaluated checkpoint of all. None without a marker or a checkpoint near it."""
+    if not phase or phase.get("status") not in MARKED or phase.get("step") is None:
+        return None
+    by_step = {int(c["step"]): c for c in checkpoints if isinstance(c.get("step"), int)}
+    before, after = brackets(int(phase["step"]), by_step)
+    sides = [s for s in (before, after) if s is not None]
+    if not sides:
+        return None
+    scored = [s for s in sides if by_step[s].get("avg") is not None]
+    if scored:
+        chosen = max(scored, key=lambda s: (by_step[s]["avg"], s == before))
+        why = (f"the better evaluated of checkpoints {' and '.join(map(str, sides))}, which bracket the "
+               f"transition at step {phase['step']}")
+    else:
+        chosen = sides[0]
+        why = f"latest at or before the transition at step {phase['step']}; evaluate {' and '.join(map(str, sides))}"
+    evaluated = [c for c in by_step.values() if c.get("avg") is not None]
+    best = max(evaluated, key=lambda c: (c["avg"], -c["step"])) if evaluated else None
+    return {"step": chosen, "avg": by_step[chosen].get("avg"), "scores": by_step[chosen].get("evals") or {},
+            "brackets": [before, after], "reason": why,
+            "best_evaluated": None if best is None else {"step": best["step"], "avg": best["avg"]}}
+
+
+def saved(stop_at_step: int | None, end_step: int | None, seconds_per_step: float | None,
+          usd_per_hour: float) -> tuple[float | None, float | None]:
+    """(dollars, minutes) not spent by ending at ``end_step`` instead of ``stop_at_step``, at the
+    run's recent pace and price."""
+    if not stop_at_step or end_step is None or seconds_per_step is None:
+        return None, None
+    seconds = max(0, stop_at_step - end_step) * seconds_per_step
+    return round(seconds * usd_per_hour / 3600, 6), round(seconds / 60, 2)
