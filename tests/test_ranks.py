@@ -199,3 +199,21 @@ def test_two_machines_on_one_box(tmp_path, tiny_model, tiny_cache):
     assert events(other, "attempt_exited")[0]["code"] == 75
     said = [line for line in other.train_log.read_text().splitlines() if "stopped on request at step" in line]
     assert said and said[0].endswith(f"step {last}")
+
+
+def test_a_cpu_rank_s_indexed_device_loads_a_checkpoint():
+    """What a resume with CPU ranks does (transformers loads the optimizer with
+    ``map_location=args.device``, ``cpu:0`` under accelerate): torch's own loader, with the
+    trainer's registration, puts the tensors on the CPU."""
+    import io
+
+    import torch
+
+    from tina_core.train.trainer import _load_indexed_cpu_storages
+
+    buf = io.BytesIO()
+    torch.save({"exp_avg": torch.arange(4.0)}, buf)
+    _load_indexed_cpu_storages()
+    buf.seek(0)
+    state = torch.load(buf, map_location=torch.device("cpu", 0), weights_only=True)
+    assert state["exp_avg"].device.type == "cpu" and state["exp_avg"].tolist() == [0.0, 1.0, 2.0, 3.0]

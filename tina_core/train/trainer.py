@@ -295,6 +295,19 @@ def build_trainer(run_dir: RunDir, recipe: Recipe, callbacks: list = ()):
                        processing_class=tokenizer, peft_config=build_lora_config(recipe), callbacks=list(callbacks))
 
 
+def _load_indexed_cpu_storages() -> None:
+    """CPU ranks resume: accelerate 1.15 gives each CPU rank the device ``cpu:0``, transformers loads
+    the optimizer's state with ``map_location=args.device`` once there are several ranks, and torch
+    2.13's loader knows only ``cpu``, so the resume would die in ``torch.load``. A CPU location with
+    an index is the CPU (there is one): a deserializer that says so, through torch's own registry."""
+    import torch.serialization
+
+    def indexed_cpu(storage, location: str):
+        return storage if location.startswith("cpu:") else None
+
+    torch.serialization.register_package(9, lambda storage: None, indexed_cpu)
+
+
 def train(run_dir: RunDir) -> int:
     if not run_dir.recipe.is_file():
         raise TinaError(f"{run_dir.recipe}: no recipe snapshot in the run directory")
@@ -323,6 +336,8 @@ def train(run_dir: RunDir) -> int:
     print(f"training {recipe.name}: attempt {attempt}, "
           f"{'resuming from ' + resume.name if resume else 'from scratch'}, stop at step {recipe.stop_at_step} "
           f"of {recipe.max_steps}", flush=True)
+    if resume is not None and trainer.args.device.type == "cpu":
+        _load_indexed_cpu_storages()
     trainer.train(resume_from_checkpoint=str(resume) if resume else None)
     if callback.stopped_by_signal:
         print(f"stopped on request at step {trainer.state.global_step}", flush=True)
