@@ -190,7 +190,9 @@ class SyntheticRun:
                 event("eval_started", **common, gpus=gpus, pid=pid, device="gpu" if gpus else "cpu",
                       log=str(rd.eval_log(eid)))
                 ts += 600
-                event("eval_finished", **common, gpus=gpus, pid=pid, score=score, metric="pass@1",
+                # the backend a GPU box (vLLM) or a plain CPU box (lighteval's transformers) generates with
+                event("eval_finished", **common, gpus=gpus, pid=pid, backend="vllm" if gpus else "transformers",
+                      score=score, metric="pass@1",
                       metrics={"pass@1": score}, scores={task: score}, results_path=str(rd.evals / eid / "results.json"),
                       details_path=None, model=str(rd.evals / eid / "merged"), seconds=600.0)
         rd.train_log.write_text("".join(log))
