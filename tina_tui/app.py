@@ -112,6 +112,8 @@ class TinaApp(App[None]):
     def refresh_data(self) -> None:
         """Gather a new snapshot now, or right after the one in flight (never two at once, and a
         request made meanwhile, e.g. a new selection, is not lost)."""
+        if not self.is_running:  # shutting down: the screens are going
+            return
         if self.refreshing:
             self._again = True
             return
@@ -129,6 +131,8 @@ class TinaApp(App[None]):
 
     def on_refreshed(self, message: Refreshed) -> None:
         self.refreshing = False
+        if not self.is_running:  # a snapshot that arrives while the app shuts down has nowhere to go
+            return
         if self._again or self.collector.pending:
             self.refresh_data()
         snap = message.snapshot
@@ -312,18 +316,18 @@ class TinaApp(App[None]):
         if run.get("imported"):
             self.notify(f"{run.get('name')} was imported: it has no stop policy", severity="warning")
             return
-        rid = run["run_id"]
-        self.push_screen(PolicyDialog(run.get("name") or rid, run.get("stop_policy") or {}),
-                         lambda changes: self.set_policy(rid, changes) if changes else None)
+        rid, name = run["run_id"], run.get("name") or run["run_id"]
+        self.push_screen(PolicyDialog(name, run.get("stop_policy") or {}),
+                         lambda changes: self.set_policy(rid, changes, name) if changes else None)
 
     @work(thread=True, group="actions", exit_on_error=False)
-    def set_policy(self, run_id: str, changes: dict[str, Any]) -> None:
+    def set_policy(self, run_id: str, changes: dict[str, Any], name: str | None = None) -> None:
         from tina_core.supervise import lifecycle
         from tina_tui.widgets.text import policy_text
 
         try:
             now = lifecycle.set_policy(self.home, run_id, by="cockpit", **changes)
-            self.post_message(ActionDone(f"{run_id}: stop policy now {policy_text(now.as_dict())}"))
+            self.post_message(ActionDone(f"{name or run_id}: stop policy now {policy_text(now.as_dict())}"))
         except TinaError as e:
             self.post_message(ActionDone(str(e), ok=False))
 
