@@ -56,7 +56,9 @@ def save_ck(s):
 while step < stop_at:
     time.sleep(float(os.environ.get("FT_SLEEP", "0.05")))
     step += 1
-    rd.log_metrics(step, attempt, {"rewards/format_reward/mean": step / stop_at})
+    jump = int(os.environ.get("FT_JUMP_AT", "0"))  # a format reward that turns there (a phase transition)
+    fmt = (0.9 + 0.01 * (step % 3) if step >= jump else 0.02 * (step % 3)) if jump else step / stop_at
+    rd.log_metrics(step, attempt, {"rewards/format_reward/mean": fmt})
     if step % save == 0 or step == stop_at:
         save_ck(step)
     if step == int(os.environ.get("FT_HANG_AT", "0")):  # alive, logging nothing (a hung collective)
@@ -438,3 +440,33 @@ def test_alerts_of_a_supervised_run_go_out_as_they_are_recorded(make_run, monkey
     assert (stalled["attempt"], stalled["step"]) == (2, 7) and stalled["after_s"] >= 1
     assert next(b["record"] for b in hook.bodies if b["event"] == "budget_reached")["threshold_usd"] == 0.002
     assert "no new metrics line" in rd.train_log.read_text()
+
+
+def test_a_transition_and_the_end_reach_the_webhook(make_run, monkeypatch):
+    """The supervisor's live watch finds the format reward's turn as the metrics arrive; its
+    ``transition`` events (tentative, then confirmed) and the run's end go to a real webhook, each
+    as the JSON record the run keeps."""
+    from test_alerts import Hook
+
+    monkeypatch.setenv("FT_STOP", "60")
+    monkeypatch.setenv("FT_SAVE", "20")
+    monkeypatch.setenv("FT_JUMP_AT", "25")
+    monkeypatch.setenv("FT_SLEEP", "0.02")
+    hook = Hook()
+    try:
+        rd = make_run(stop_at=60)
+        (make_run.home / "config.yaml").write_text(f"alerts:\n  webhook: {hook.url}\n")
+        assert supervisor.Supervisor(rd).run() == "finished"
+        bodies = list(hook.bodies)
+    finally:
+        hook.close()
+    recorded = [e for e in rd.read_events() if e["event"] in ("transition", "finished")]
+    assert [b["record"] for b in bodies] == recorded
+    turns = [b for b in bodies if b["event"] == "transition"]
+    assert [b["record"]["status"] for b in turns][-1] == "confirmed", [b["record"] for b in turns]
+    confirmed = turns[-1]
+    assert confirmed["record"]["signal"] == "rewards/format_reward/mean"
+    assert abs(confirmed["record"]["step"] - 25) <= 2
+    assert confirmed["text"] == f"contract: phase transition confirmed at step {confirmed['record']['step']} " \
+                                f"(rewards/format_reward/mean)"
+    assert bodies[-1]["event"] == "finished" and bodies[-1]["record"]["step"] == 60
