@@ -226,6 +226,7 @@ def test_data_that_gives_no_batch_after_the_prompt_filter_fails_the_run(tiny_hom
     assert rd.checkpoint_steps() == []
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_ctrl_c_resume_and_a_killed_trainer(tiny_home):
     """One tiny run through everything that interrupts training: Ctrl-C on a foreground `tina run`
@@ -306,6 +307,7 @@ def _refused(out: subprocess.CompletedProcess, rd: RunDir, events_before: bytes,
     assert rd.events.read_bytes() == events_before
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_detached_run_stop_resume_and_a_killed_supervisor(tiny_home, monkeypatch):
     """Done-when 2 and 3 on one detached tiny run, all through the CLI: two `tina stop` at once are
@@ -336,9 +338,10 @@ def test_detached_run_stop_resume_and_a_killed_supervisor(tiny_home, monkeypatch
     asked = next(e["ts"] for e in rd.read_events() if e["event"] == "stop_requested")
     logged_before = max(r["step"] for r in iter_jsonl(rd.metrics) if r.get("ts", 0) < asked)
     stopped_at = _steps(rd)[-1]
-    # The step in flight when the trainer heard the signal (a step or two after the last one logged
-    # before the request was recorded, ~50 ms each), saved there rather than on the save_steps grid.
-    assert logged_before < stopped_at <= logged_before + 3
+    # Saved at the step in flight when the trainer heard the signal: after the last one logged before
+    # the request was recorded (how many steps later depends on the machine's load, ~50 ms a step idle),
+    # and well within one save interval of it: the stop does not wait for the save_steps grid.
+    assert logged_before < stopped_at < logged_before + save
     assert rd.checkpoint_steps() == [s for s in range(save, stopped_at, save)] + [stopped_at]
     ckpt = rd.checkpoint_path(stopped_at)
     assert (ckpt / "adapter_model.safetensors").is_file()
@@ -436,6 +439,7 @@ def _no_secret_in_the_index(db: Path) -> None:
         con.close()
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_foreground_run_prints_plain_progress_and_no_credential(tiny_home):
     """`tina run` with its output piped: plain progress lines with every figure. A token given with
