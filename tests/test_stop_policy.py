@@ -143,6 +143,10 @@ def test_countdown_picks_whatever_stops_first():
     assert policy.countdown(pol, confirmed, 60, 0.98, 0.01).by == "budget_usd"
     no_pace = policy.countdown(policy.StopPolicy(after_transition=5), [], 3, 0, None)
     assert no_pace.waiting and no_pace.text() == "awaiting the transition"
+    # while it waits for the marker, stop_at_step bounds it
+    bounded = policy.countdown(policy.StopPolicy(stop_at_step=100, after_transition=5), [], 17, 0, None)
+    assert (bounded.by, bounded.waiting, bounded.steps_left, bounded.text()) == \
+        ("after_transition", True, 83, "awaiting the transition (at most 83 steps)")
     # a stop this confirmation already made is spent: a resumed run trains on
     assert policy.after_transition_stop(pol, confirmed + [{"event": "stopped", "by": "after_transition"}]) is None
     assert policy.budget_spent(pol, 0.995, 0.01) and not policy.budget_spent(pol, 0.98, 0.01)

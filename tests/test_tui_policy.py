@@ -20,7 +20,7 @@ from test_tui_support import make_app, screen_text, settle
 
 from tina_core import runstate
 from tina_core.evaluate import queue as ev_queue
-from tina_core.rundir import RunDir, list_run_dirs, write_json_atomic
+from tina_core.rundir import RunDir, iter_jsonl, list_run_dirs, write_json_atomic
 from tina_core.supervise import lifecycle
 from tina_core.train import snapshots
 from tina_tui.screens.policy import PolicyDialog
@@ -111,10 +111,10 @@ async def test_the_stop_the_saved_dollars_the_evaluations_and_the_pick(home, tin
         run = app.view.run
         assert run["stopped_by"]["by"] == "after_transition" and run["saved_usd"] > 0
         text = _cost_text(app)
-        assert "stopped after the transition at 6" in text and "auto-evals 3/3" in text
+        assert "stopped at 6 by transition+2" in text and "evals 3/3" in text
         assert re.search(r"saved \d\.\d\d¢", text), text
         # the pick is the better of the two around the marker; beside it the best of all
-        assert "pick 5 75.0 best 5 75.0" in text
+        assert "evals 3/3: pick 5 75.0 (best)" in text
         await pilot.press("2")
         await settle(app, pilot)
         rows = {r["step"]: r for r in app.view.checkpoints}
@@ -126,30 +126,43 @@ async def test_the_stop_the_saved_dollars_the_evaluations_and_the_pick(home, tin
 def test_in_tmux_a_keyboard_user_stops_a_live_run_at_its_transition(home, tiny_model, tiny_cache):
     """The real cockpit at 80x24 on a real tiny run: the policy and its countdown, a change of it by
     keyboard, the stop, the automatic evaluations and the saved dollars."""
-    out = subprocess.run([sys.executable, "-m", "tina_core.cli", "--home", str(home), "run",
-                          str(ROOT / "recipes" / "tiny.yaml"), "--detach", "--name", "pol",
-                          "--set", "stop.after_transition=60"], cwd=ROOT, capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    [rd] = list_run_dirs(home)
     sock = f"tina-policy-{os.getpid()}"
     _cockpit(sock, home, tiny_cache)
     try:
-        _wait_pane(sock, lambda t: "stop transition+60" in t, 120, "the policy on the money line")
+        _wait_pane(sock, lambda t: "n new" in t, 60, "the cockpit")
+        # a policy that would never stop it before stop_at_step: the user brings it in
+        out = subprocess.run([sys.executable, "-m", "tina_core.cli", "--home", str(home), "run",
+                              str(ROOT / "recipes" / "tiny.yaml"), "--detach", "--name", "pol",
+                              "--set", "stop.after_transition=200", "--set", "stop_at_step=150"],
+                             cwd=ROOT, capture_output=True, text=True)
+        assert out.returncode == 0, out.stderr
+        [rd] = list_run_dirs(home)
+        # the policy on the money line, what it waits for there and in the runs list's stop column
+        _wait_pane(sock, lambda t: "stop transition+200: awaiting the marker" in t and "marker?" in t, 120,
+                   "the policy and its countdown")
         _tmux(sock, "send-keys", "-t", "tui", "p")
         _wait_pane(sock, lambda t: "Stop policy of pol" in t, 30, "the policy dialog")
-        _tmux(sock, "send-keys", "-t", "tui", "End", "C-u", "3", "Enter")
-        _wait_pane(sock, lambda t: "stop policy now transition+3" in t, 30, "the change applied")
+        for key in ("C-e", "C-u", "3"):  # to the end, clear what is there, type the new value
+            _tmux(sock, "send-keys", "-t", "tui", key)
+            time.sleep(0.3)
+        _wait_pane(sock, lambda t: re.search(r"▎?\s*3\s", t.split("stop N steps after")[-1]) is not None, 10, "the 3 typed")
+        _tmux(sock, "send-keys", "-t", "tui", "Enter")
+        _wait_pane(sock, lambda t: "stop policy now" in t, 30, "the change applied")
         changed = [e for e in rd.read_events() if e["event"] == "policy_changed"]
         assert [(e["by"], e["after_transition"]) for e in changed] == [("cockpit", 3)]
-        text = _wait_pane(sock, lambda t: "stopped after the transition" in t, 400, "the stop")
+        text = _wait_pane(sock, lambda t: "stopped at" in t and "by transition+3" in t, 400, "the stop")
         stopped = next(e for e in rd.read_events() if e["event"] == "stopped")
         confirmed = [e for e in rd.read_events() if e["event"] == "transition" and e["status"] == "confirmed"][-1]
-        assert stopped["by"] == "after_transition" and stopped["step"] <= confirmed["detected_at"] + 3 + 1
-        text = _wait_pane(sock, lambda t: "auto-evals 3/3" in t and "pick" in t, 400, "the automatic evaluations")
+        # 3 steps after the confirmation, or at once if the change came later than that (plus the step in flight)
+        at_change = max(r["step"] for r in iter_jsonl(rd.metrics) if r.get("ts", 0) <= changed[0]["ts"])
+        assert stopped["by"] == "after_transition"
+        assert stopped["step"] <= max(confirmed["detected_at"] + 3, at_change + 1) + 1
+        text = _wait_pane(sock, lambda t: "evals 3/3: pick" in t, 400, "the automatic evaluations")
         assert re.search(r"saved \d+\.\d\d¢", text), text
-        assert "stopped" in [ln for ln in text.splitlines() if ln.startswith(" pol")][0]
+        assert any(re.match(r"\s*pol\s+stopped", ln) for ln in text.splitlines()), text
     finally:
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
-        ev_queue.cancel_eval(home, rd.run_id)
-        if runstate.liveness(rd).state in ("running", "stopping"):
-            lifecycle.stop_run(home, rd.run_id, wait=True)
+        for rd in list_run_dirs(home):
+            ev_queue.cancel_eval(home, rd.run_id)
+            if runstate.liveness(rd).state in ("running", "stopping"):
+                lifecycle.stop_run(home, rd.run_id, wait=True)

@@ -182,7 +182,7 @@ class Countdown:
     def text(self) -> str:
         """``3 steps``, ``$0.04 left``, ``awaiting the transition``."""
         if self.waiting:
-            return "awaiting the transition"
+            return "awaiting the transition" + ("" if self.steps_left is None else f" (at most {max(self.steps_left, 0)} steps)")
         if self.by == "budget_usd" and self.usd_left is not None:
             return f"${max(self.usd_left, 0):.4g} left"
         return "-" if self.steps_left is None else f"{max(self.steps_left, 0)} step{'s' if self.steps_left != 1 else ''}"
@@ -207,8 +207,13 @@ def countdown(policy: StopPolicy, events: Sequence[dict[str, Any]], step: int | 
     if not options:
         return None
     known = [c for c in options if c.steps_left is not None]
-    # A budget without a pace yet, or a transition not yet confirmed, still says what it waits for.
-    return min(known, key=lambda c: (c.steps_left, c.by == "stop_at_step")) if known else options[-1]
+    first = min(known, key=lambda c: (c.steps_left, c.by == "stop_at_step")) if known else None
+    waiting = next((c for c in options if c.waiting), None)
+    if waiting is not None and (first is None or first.by == "stop_at_step"):
+        # the policy's own state: it waits for the marker, stop_at_step the most it can take
+        return dataclasses.replace(waiting, stop_step=first and first.stop_step, steps_left=first and first.steps_left)
+    # a budget without a pace yet still says what it waits for
+    return first or options[-1]
 
 
 def stop_reason(by: str, policy: StopPolicy, events: Sequence[dict[str, Any]], spent_usd: float) -> str:

@@ -24,8 +24,12 @@ class CostBar(Panel):
         text = cost_line(run, rec, checkpoints)
         second = policy_line(run)
         lines = 1 if second is None else 2
-        if second is not None:
-            text = text + Text("\n") + second
+        if second is not None:  # joined so that neither line wraps (Text + Text would)
+            both = Text(no_wrap=True, overflow="ellipsis")
+            both.append_text(text)
+            both.append("\n")
+            both.append_text(second)
+            text = both
         # each line is cut at the terminal's width, never wrapped: the bar is exactly its lines tall
         if self.id == "cost" and self.styles.height != lines:
             self.styles.height = lines

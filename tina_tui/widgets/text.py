@@ -117,10 +117,6 @@ def cost_line(run: RunRow | None, recommended: int | None, checkpoints: list[dic
     return t
 
 
-POLICY_WORDS = {"after_transition": "after the transition", "budget_usd": "on its budget",
-                "stop_at_step": "at stop_at_step"}
-
-
 def policy_text(policy: dict[str, Any] | None) -> str:
     """``transition+5, budget $0.10``, or ``-`` for a run that stops at stop_at_step only."""
     policy = policy or {}
@@ -157,12 +153,15 @@ def policy_line(run: RunRow | None) -> Text | None:
         return None
     t = Text(no_wrap=True, overflow="ellipsis")
     if by_policy:
-        t.append(f"stopped {POLICY_WORDS[stopped['by']]} at {run.get('step')}", style="bold yellow")
+        what = (f"transition+{pol.get('after_transition')}" if stopped["by"] == "after_transition"
+                else f"budget {usd(pol.get('budget_usd'))}")
+        t.append(f"stopped at {run.get('step')} by {what}", style="bold yellow")
     else:
         t.append(f"stop {policy_text(pol)}", style="bold")
         c = run.get("countdown") or {}
         if c.get("waiting"):
-            t.append(": awaiting the marker", style="magenta")
+            t.append(": awaiting the marker" + ("" if c.get("steps_left") is None else
+                                                f" (at most {max(c['steps_left'], 0)} steps)"), style="magenta")
         elif c:
             what = (f"{usd(max(c['usd_left'], 0.0))} left" if c.get("by") == "budget_usd" and c.get("usd_left") is not None
                     else f"{max(c.get('steps_left') or 0, 0)} steps left")
@@ -171,18 +170,20 @@ def policy_line(run: RunRow | None) -> Text | None:
     if run.get("saved_usd") is not None:
         t.append(f"  saved {usd(run['saved_usd'])}" + ("" if by_policy else "?"), style="green")
         if run.get("saved_minutes") is not None:
-            t.append(f" {duration(60 * run['saved_minutes'])}", style="green")
+            t.append(f" {eta_text(60 * run['saved_minutes'])}", style="green")
     auto = [e for e in run.get("evaluations") or [] if e.get("why") == "transition"]
     if auto:
         done = sum(1 for e in auto if e.get("state") in ("finished", "failed", "cancelled"))
-        t.append(f"  auto-evals {done}/{len(auto)}", style="cyan" if done < len(auto) else "")
+        t.append(f"  evals {done}/{len(auto)}", style="cyan" if done < len(auto) else "")
     pick = run.get("pick")
     if pick and (by_policy or auto):
-        t.append(f"  pick {pick['step']}" + ("" if pick.get("avg") is None else f" {100 * pick['avg']:.1f}"),
+        t.append(f": pick {pick['step']}" + ("" if pick.get("avg") is None else f" {100 * pick['avg']:.1f}"),
                  style="bold green")
         best = pick.get("best_evaluated")
-        if best:
-            t.append(f" best {best['step']} {100 * best['avg']:.1f}")
+        if best and best["step"] == pick["step"]:
+            t.append(" (best)")
+        elif best:
+            t.append(f", best {best['step']} {100 * best['avg']:.1f}")
     return t
 
 
