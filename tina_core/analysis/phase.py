@@ -186,6 +186,15 @@ def _ref_stats(c1: list[float], c2: list[float], a: int, b: int, p: PhaseParams)
     return mean, max(math.sqrt(var), p.abs_floor, p.rel_floor * abs(mean))
 
 
+def load_segmentation() -> None:
+    """Import what confirmation needs (numpy and ruptures, about a second with scipy) ahead of time.
+    A live watch calls it as it starts: imported at the first alarm instead, the second would fall
+    just when the run's recent snapshots are about to be pinned, and a fast run would train on
+    past them meanwhile."""
+    import numpy  # noqa: F401
+    import ruptures  # noqa: F401
+
+
 def _l2_cost():
     """ruptures' l2 cost (sum of squared deviations from the segment mean) from prefix sums: the
     same segmentation as ``model="l2"``, without a numpy var() per candidate segment."""

@@ -50,6 +50,7 @@ class LiveWatch:
         self.step: int | None = None
         self._new_steps = False
         self._brackets_whole = self.marker is None
+        phase.load_segmentation()  # now, while the trainer starts, not at the first alarm
 
     # --- reading -------------------------------------------------------------------------------
     def _read_events(self) -> list[dict[str, Any]]:
