@@ -562,6 +562,7 @@ def test_recommended_checkpoint_and_base_for_real(home, transition_run):
     assert moved_store.query(dump) == indexed
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_a_lighteval_crash_and_an_oom_kill_fail_only_their_evaluation(home, transition_run, tiny_model, tmp_path):
     """Run B's base model is half written: the real lighteval crashes loading it and its job exits

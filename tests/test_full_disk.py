@@ -69,6 +69,7 @@ def _files(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir())}
 
 
+@pytest.mark.extended
 def test_disk_full_after_a_checkpoint(home, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setenv("TINA_RESTART_BACKOFF_S", "0.2")
     hook = tmp_path / "hook"

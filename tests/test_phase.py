@@ -173,6 +173,7 @@ def test_recommendation_rule(ph, cks, expect):
     assert expect[3] in r["reason"]
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_detection_on_a_real_tiny_run(request):
     """The shared tiny run from conftest (a few GRPO steps): the store reads it and the detector

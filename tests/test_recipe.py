@@ -409,6 +409,7 @@ print(int("trl" in sys.modules))
 """
 
 
+@pytest.mark.extended
 def test_a_passed_library_check_is_remembered_per_sections_and_versions(tmp_path, fresh_cache):
     def validate(*overrides: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, "-c", VALIDATE_TWICE, str(RECIPES_DIR / "tiny.yaml"), *overrides],

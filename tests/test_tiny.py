@@ -187,6 +187,7 @@ def test_phase_detection_on_the_real_tiny_curve_in_ls_and_status(full_tiny_run):
     assert (listed["phase_transition"], listed["recommended_checkpoint"]) == (ph, rec)
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 @shares_the_full_run
 def test_same_seed_same_format_curve(full_tiny_run, home, tiny_cache):

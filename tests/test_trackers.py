@@ -55,6 +55,7 @@ def _scalars(folder: Path) -> dict[str, dict[int, float]]:
     return out
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_a_run_logs_to_tensorboard_and_to_tina_and_keeps_the_key_out(home, tiny_cache, tiny_model, monkeypatch):
     monkeypatch.setenv("WANDB_API_KEY", WANDB_KEY)

@@ -122,7 +122,7 @@ def test_real_app_in_tmux_from_recipe_to_marker_to_evaluation(home, tiny_model, 
         _wait_pane(sock, lambda t: "n new" in t, 30, "the cockpit again")
         # The tiny model learns the format within its 100 steps: the marker shows in the runs list
         # and under the charts, for steps trained while no cockpit was open too.
-        text = _wait_pane(sock, lambda t: MARKER_LINE.search(t) and any(
+        _wait_pane(sock, lambda t: MARKER_LINE.search(t) and any(
             m in ln for ln in t.splitlines() if "running" in ln or "finished" in ln for m in ("│ ", "┆ ")),
             400, "the phase marker")
         assert len(run.metrics.read_text().splitlines()) > steps_then
