@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from tina_core.rundir import RunDir
-from tina_tui.collector import FORMAT, LENGTH, EventTail, FileTail, checkpoint_rows
+from tina_core.rundir import JsonlTail, RunDir
+from tina_tui.collector import FORMAT, LENGTH, FileTail, checkpoint_rows
 from tina_tui.plot import (BARS, MARK_CONFIRMED, MARK_TENTATIVE, braille_plot, bucket_mean, column_of, ema,
                            fmt_value, marker_line, spark_rows, value_at)
 
@@ -105,19 +105,20 @@ def test_log_tail_backfill_starts_on_a_line_boundary(tmp_path, monkeypatch):
     assert reset and lines == ["line019"]
 
 
-def test_event_tail_reports_only_new_events(tmp_path):
+def test_the_cockpit_s_event_tail_reports_only_new_events(tmp_path):
     rd = RunDir(tmp_path / "r")
     rd.path.mkdir()
     rd.event("launched")
-    tail = EventTail(rd)
-    assert tail.read() == []
+    tail = JsonlTail(rd.events, from_end=True)  # as the collector follows each run's events
+    assert tail.read() == ([], False)
     rd.event("restarted", attempt=2)
     with rd.events.open("a") as f:
         f.write('{"event": "half')                 # a partial line waits
-    assert [e["event"] for e in tail.read()] == ["restarted"]
+    assert [e["event"] for e in tail.read()[0]] == ["restarted"]
     with rd.events.open("a") as f:
         f.write('"}\n')
-    assert tail.read() == [{"event": "half"}]
+    assert tail.read() == ([{"event": "half"}], False)
+    assert JsonlTail(tmp_path / "none", from_end=True).read() == ([], False)  # no file yet
 
 
 def test_checkpoint_rows_join_cost_evals_curves_and_phase():

@@ -131,11 +131,17 @@ def append_jsonl(path: Path, record: dict[str, Any], *, fsync: bool = False) -> 
 class JsonlTail:
     """The new complete records of a growing JSONL file, from where the last ``read`` stopped: a
     partial last line waits for the next call, a malformed line is skipped (the store counts it),
-    and a file that shrank (rewritten) is read again from its start."""
+    and a file that shrank (rewritten) is read again from its start. ``from_end``: only what is
+    appended after now."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, from_end: bool = False) -> None:
         self.path = path
         self.offset = 0
+        if from_end:
+            try:
+                self.offset = path.stat().st_size
+            except FileNotFoundError:
+                pass
 
     def read(self) -> tuple[list[dict[str, Any]], bool]:
         """(new records, whether the file was found rewritten: drop what came from it before)."""

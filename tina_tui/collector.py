@@ -8,7 +8,6 @@ store), so opening the cockpit after hours away shows all that happened meanwhil
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from tina_core import runstate
 from tina_core.alerts import ALERT_EVENTS, event_text
 from tina_core.caches import Cache
-from tina_core.rundir import FileStamp, RunDir, RunFiles, TinaError, list_run_dirs
+from tina_core.rundir import FileStamp, JsonlTail, RunDir, RunFiles, TinaError, list_run_dirs
 from tina_core.store.guard import Guarded
 
 if TYPE_CHECKING:
@@ -169,41 +168,6 @@ class FileTail:
         return lines[-LOG_KEEP:], reset
 
 
-class EventTail:
-    """New lifecycle events per run since the cockpit first saw that run."""
-
-    def __init__(self, rd: RunDir) -> None:
-        self.rd = rd
-        try:
-            self.offset = rd.events.stat().st_size
-        except FileNotFoundError:
-            self.offset = 0
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            size = self.rd.events.stat().st_size
-        except FileNotFoundError:
-            return []
-        if size <= self.offset:
-            return []
-        with self.rd.events.open("rb") as f:
-            f.seek(self.offset)
-            data = f.read(size - self.offset)
-        end = data.rfind(b"\n")
-        if end < 0:
-            return []
-        self.offset += end + 1
-        out = []
-        for raw in data[: end + 1].splitlines():
-            try:
-                rec = json.loads(raw)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out
-
-
 def _nearest_at_or_before(points: list[tuple[float, float]], step: float) -> float | None:
     best = None
     for s, v in points:
@@ -303,7 +267,7 @@ class Collector:
         self._overlays: Cache[str, Overlay] = Cache("collector.overlay", 1)
         self.pending = False
         self._log: FileTail | None = None
-        self._events: dict[str, EventTail] = {}
+        self._events: dict[str, JsonlTail] = {}  # each run's events since the cockpit first saw it
         self._phase_status: dict[str, str] = {}
         self._states: dict[str, tuple[str | None, bool]] = {}  # run -> (state, orphaned)
 
@@ -516,11 +480,11 @@ class Collector:
     def _new_events(self, rd: RunDir) -> list[Notice]:
         tail = self._events.get(rd.run_id)
         if tail is None:
-            self._events[rd.run_id] = EventTail(rd)
+            self._events[rd.run_id] = JsonlTail(rd.events, from_end=True)
             return []
         out = []
         name = rd.info().get("name") or rd.run_id
-        for ev in tail.read():
+        for ev in tail.read()[0]:
             said = event_text(name, ev)
             if said:
                 out.append(Notice(*said, bell=ev.get("event") in ALERT_EVENTS))
