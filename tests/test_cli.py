@@ -525,3 +525,36 @@ def test_foreground_run_on_a_terminal_draws_the_live_panel(tiny_home):
     assert "at $3.60/h" in screen  # while the trainer was alive
     assert "Ctrl-C: save and stop" in final
     _no_secret(screen)
+
+
+def test_ls_and_status_answer_as_typer_would_without_it(tmp_path):
+    """`tina ls` and `tina status RUN` skip Typer (its pydantic import is half a listing's time): in
+    every spelling the short path takes, a fresh process prints exactly what the Typer command prints,
+    and never imports Typer; any other spelling is Typer's."""
+    from typer.testing import CliRunner
+
+    from tina_core.cli.commands import app
+    from tina_tui.demo import SyntheticRun
+
+    home = tmp_path / "h"
+    SyntheticRun("one-20260101-000000-0001", name="one", steps=30, stop_at_step=30, save_steps=10,
+                 transition=12).write(home)
+    SyntheticRun("two-20260101-000000-0002", name="two", steps=20, stop_at_step=40, save_steps=10,
+                 state="stopped").write(home)
+    probe = "import sys, runpy; sys.argv[0] = 'tina'; " \
+            "import atexit; atexit.register(lambda: print('typer' in sys.modules, file=sys.stderr)); " \
+            "runpy.run_module('tina_core.cli', run_name='__main__')"
+    for args in (["ls"], ["ls", "--json"], ["status", "one"], ["status", "two", "--json"], ["status", "--json", "one"]):
+        for spelt in (["--home", str(home), *args], [f"--home={home}", *args]):
+            fast = subprocess.run([sys.executable, "-c", probe, *spelt], cwd=ROOT, capture_output=True, text=True)
+            typed = CliRunner().invoke(app, ["--home", str(home), *args])
+            assert (fast.returncode, fast.stdout) == (typed.exit_code, typed.output), (spelt, fast.stderr)
+            assert fast.stderr.strip().endswith("False"), (spelt, fast.stderr)  # Typer never imported
+    # --help, a wrong run, an unknown option: Typer's, or the same refusal
+    helped = subprocess.run([sys.executable, "-c", probe, "--home", str(home), "ls", "--help"], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert helped.returncode == 0 and "All runs in the workspace" in helped.stdout and helped.stderr.strip().endswith("True")
+    missing = tina(home, "status", "nope")
+    assert missing.returncode == 2 and "no run 'nope'" in missing.stderr
+    unknown = tina(home, "ls", "--jsn")
+    assert unknown.returncode == 2 and "--jsn" in unknown.stderr

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tina_core.cli import app
+from tina_core.cli.commands import app
 from tina_core.importer.readers import IMPORTING, import_run
 from tina_core.rundir import RunDir, TinaError, list_run_dirs
 from tina_core.report.runs import list_runs

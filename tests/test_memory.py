@@ -97,7 +97,7 @@ def test_an_unknown_hub_model_has_no_estimate(tmp_path, monkeypatch):
 def test_dry_run_prints_the_estimate(tmp_path):
     from typer.testing import CliRunner
 
-    from tina_core.cli import app
+    from tina_core.cli.commands import app
 
     res = CliRunner().invoke(app, ["--home", str(tmp_path), "run", str(TINA / "open_rs3_long_completion.yaml"),
                                    "--dry-run", *[a for o in UNCAPPED_AT_TINAS_SHARE for a in ("--set", o)]])
@@ -129,7 +129,7 @@ def test_a_launch_that_cannot_fit_is_refused_with_the_numbers(two_l40s, tmp_path
     # through `tina run`: refused before a run directory exists
     from typer.testing import CliRunner
 
-    from tina_core.cli import app
+    from tina_core.cli.commands import app
 
     home = tmp_path / "home"
     res = CliRunner().invoke(app, ["--home", str(home), "run", str(TINA / "open_rs3_long_completion.yaml"),

@@ -211,7 +211,7 @@ def test_dry_run_of_every_tina_recipe_shows_the_accelerate_deepspeed_command(tmp
     """`tina run <recipe> --dry-run` through the CLI (in-process: the validation imports TRL once)."""
     from typer.testing import CliRunner
 
-    from tina_core.cli import app
+    from tina_core.cli.commands import app
 
     home = tmp_path / "home"
     res = CliRunner().invoke(app, ["--home", str(home), "run", str(path), "--dry-run"])

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tina_core.analysis import phase, signals
 from tina_core.analysis.metric_keys import COMPLETION_LENGTH
-from tina_core.cli import app
+from tina_core.cli.commands import app
 from tina_core.importer.readers import import_run
 from tina_core.recipe.loader import RECIPES_DIR, load_recipe
 from tina_core.rundir import RunDir, write_json_atomic

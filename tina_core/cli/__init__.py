@@ -1,218 +1,49 @@
-"""`tina`: the headless command line (Typer).
+"""`tina`: the headless command line.
 
-Each command is a thin shell over a function in tina_core; modules are imported inside the
-command so `tina --help` and `tina ls` start fast (no torch / transformers / trl at start-up).
-Machine-readable output goes to stdout, diagnostics to stderr.
+The commands are Typer's (``tina_core.cli.commands``). ``tina ls`` and ``tina status RUN``, the ones
+typed most (a tmux status line may run one every few seconds), are answered without it: Typer
+converts every parameter through a pydantic adapter, whose import is about half of a listing's
+0.3 s. Any other form of them (another option, ``--help``, a misspelling) is Typer's to parse.
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
-from typing import Optional
-
-import typer
+from typing import Sequence
 
 from tina_core.credentials import redact_text
 from tina_core.rundir import TinaError, tina_home
 
-app = typer.Typer(
-    name="tina",
-    help="LoRA-GRPO reasoning post-training runs: launch, supervise, analyse, evaluate.",
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,
-)
+
+def _listing(argv: Sequence[str]) -> int | None:
+    """``[--home H] ls [--json]`` or ``[--home H] status RUN [--json]`` answered; None for the rest."""
+    args = list(argv)
+    home = None
+    if len(args) >= 2 and args[0] == "--home":
+        home, args = args[1], args[2:]
+    elif args and args[0].startswith("--home="):
+        home, args = args[0].partition("=")[2], args[1:]
+    as_json = args[1:].count("--json") == 1
+    if as_json:
+        args.remove("--json")
+    if args == ["ls"] or (len(args) == 2 and args[0] == "status" and not args[1].startswith("-")):
+        from tina_core.cli import runs
+
+        if args[0] == "ls":
+            return runs.cli_ls(tina_home(home), as_json=as_json)
+        return runs.cli_status(tina_home(home), args[1], as_json=as_json)
+    return None
 
 
-class _State:
-    home: Path
-
-
-state = _State()
-
-
-@app.callback()
-def _global(
-    home: Optional[Path] = typer.Option(
-        None, "--home", envvar="TINA_HOME", help="Workspace directory (default ~/.tina)."
-    ),
-) -> None:
-    state.home = tina_home(home)
-
-
-@app.command()
-def run(
-    recipe: Path = typer.Argument(..., help="Recipe YAML, e.g. recipes/tiny.yaml"),
-    name: Optional[str] = typer.Option(None, "--name", "-n", help="Run name (default: recipe name)."),
-    detach: bool = typer.Option(False, "--detach", "-d", help="Supervise in the background and return."),
-    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: key.path=value (repeatable)."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and launch command only."),
-    gpu_hour_usd: Optional[float] = typer.Option(None, "--gpu-hour-usd", help="Price per GPU-hour for the cost meter."),
-    force: bool = typer.Option(False, "--force", help="Launch even if the memory estimate exceeds the GPUs."),
-) -> None:
-    """Create a run from RECIPE and supervise it (foreground unless --detach)."""
-    from tina_core.cli import runs
-
-    raise typer.Exit(runs.cli_run(state.home, recipe, name=name, detach=detach, overrides=set_,
-                                        dry_run=dry_run, gpu_hour_usd=gpu_hour_usd, force=force))
-
-
-@app.command("ls")
-def ls(as_json: bool = typer.Option(False, "--json", help="One JSON object per run, as a list.")) -> None:
-    """All runs in the workspace."""
-    from tina_core.cli import runs
-
-    raise typer.Exit(runs.cli_ls(state.home, as_json=as_json))
-
-
-@app.command()
-def status(
-    run_ref: str = typer.Argument(..., metavar="RUN"),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """One run in full."""
-    from tina_core.cli import runs
-
-    raise typer.Exit(runs.cli_status(state.home, run_ref, as_json=as_json))
-
-
-@app.command()
-def stop(run_ref: str = typer.Argument(..., metavar="RUN"),
-         wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the run has stopped.")) -> None:
-    """Ask a run to save a checkpoint at the end of its step and stop."""
-    from tina_core.cli import runs
-
-    raise typer.Exit(runs.cli_stop(state.home, run_ref, wait=wait))
-
-
-@app.command()
-def resume(
-    run_ref: str = typer.Argument(..., metavar="RUN"),
-    detach: bool = typer.Option(False, "--detach", "-d"),
-) -> None:
-    """Continue a stopped, failed or crashed run from its latest complete checkpoint."""
-    from tina_core.cli import runs
-
-    raise typer.Exit(runs.cli_resume(state.home, run_ref, detach=detach))
-
-
-@app.command()
-def policy(
-    run_ref: str = typer.Argument(..., metavar="RUN"),
-    after_transition: Optional[str] = typer.Option(
-        None, "--after-transition", help="Stop N steps after the phase transition is confirmed (off: never)."),
-    budget_usd: Optional[str] = typer.Option(
-        None, "--budget-usd", help="Stop before the run's cost would pass X dollars (off: no budget)."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Show or change a run's stop policy, live: it takes effect within a second."""
-    from tina_core.cli import runs
-
-    raise typer.Exit(runs.cli_policy(state.home, run_ref, after_transition=after_transition,
-                                     budget_usd=budget_usd, as_json=as_json))
-
-
-@app.command()
-def logs(
-    run_ref: str = typer.Argument(..., metavar="RUN"),
-    follow: bool = typer.Option(False, "--follow", "-f"),
-    lines: int = typer.Option(40, "--lines", "-n", min=0, help="Last lines to show first (0: none)."),
-) -> None:
-    """The trainer's output (train.log)."""
-    from tina_core.cli import runs
-
-    raise typer.Exit(runs.cli_logs(state.home, run_ref, follow=follow, lines=lines))
-
-
-@app.command("import")
-def import_(
-    paths: list[Path] = typer.Argument(..., metavar="PATH...", help=(
-        "metrics.jsonl or JSONL, trainer_state.json, a CSV/TSV (W&B export, a notebook's progress table), "
-        "an executed .ipynb, a trackio .db; several files of one run are merged by step")),
-    name: Optional[str] = typer.Option(None, "--name", "-n"),
-    run: Optional[str] = typer.Option(None, "--run", help="The run to take from a file holding several."),
-    watch: list[str] = typer.Option([], "--watch", "-w", metavar="SIGNAL",
-                                    help="A signal the phase marker comes from (repeat); default: chosen "
-                                         "from the run's reward names."),
-) -> None:
-    """Make a finished run from another tool's metrics."""
-    from tina_core.cli import workspace
-
-    raise typer.Exit(workspace.cli_import(state.home, paths, name=name, run=run, watch=watch))
-
-
-@app.command()
-def watch(
-    run_ref: str = typer.Argument(..., metavar="RUN"),
-    signals: list[str] = typer.Argument(None, metavar="[SIGNAL...]",
-                                        help="The signals the phase marker comes from (reward names or keys)."),
-    auto: bool = typer.Option(False, "--auto", help="Back to the automatic choice."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Show which signals a run's phase marker watches and why; with SIGNAL... or --auto, change them
-    and judge the run again."""
-    from tina_core.cli import runs
-
-    raise typer.Exit(runs.cli_watch(state.home, run_ref, signals or [], auto=auto, as_json=as_json))
-
-
-@app.command("eval")
-def eval_(
-    run_ref: str = typer.Argument(..., metavar="RUN"),
-    checkpoint: str = typer.Option("recommended", "--checkpoint", "-c",
-                                   help="N, recommended, all, base, or transition (the two around the marker and base)."),
-    tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated task names."),
-    dry_run: bool = typer.Option(False, "--dry-run", help="Print the merge and lighteval commands only."),
-    wait: bool = typer.Option(False, "--wait", help="Run the queue in the foreground until these finish."),
-    gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU ids to use even while training runs, e.g. 1."),
-    cancel: bool = typer.Option(False, "--cancel", help="Cancel queued or running evaluations of RUN."),
-) -> None:
-    """Queue evaluations of checkpoints (Tina's six benchmarks on GPU, the tiny benchmark on CPU)."""
-    from tina_core.cli import evals
-
-    raise typer.Exit(evals.cli_eval(state.home, run_ref, checkpoint=checkpoint, tasks=tasks,
-                                       dry_run=dry_run, wait=wait, gpus=gpus, cancel=cancel))
-
-
-@app.command()
-def report(
-    refs: Optional[list[str]] = typer.Argument(None, metavar="[RUN]...", help="Only these runs (default: all)."),
-    as_json: bool = typer.Option(False, "--json"),
-    as_csv: bool = typer.Option(False, "--csv"),
-    as_md: bool = typer.Option(False, "--md"),
-    plots: Optional[Path] = typer.Option(None, "--plots", help="Write a PNG per run into this folder."),
-) -> None:
-    """A Tina-style table over runs, beside the paper's rows; first the ablation table (what
-    differs between the runs and what each bought)."""
-    from tina_core.cli import workspace
-
-    fmt = "json" if as_json else "csv" if as_csv else "md" if as_md else "table"
-    raise typer.Exit(workspace.cli_report(state.home, fmt=fmt, plots=plots, refs=refs or []))
-
-
-@app.command()
-def diff(
-    refs: list[str] = typer.Argument(..., metavar="RUN RUN...", help="Runs (id, prefix or name) or recipe files."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """The recipe keys whose values differ between runs (the ablation axis), nothing else."""
-    from tina_core.cli import workspace
-
-    raise typer.Exit(workspace.cli_diff(state.home, refs, as_json=as_json))
-
-
-@app.command()
-def ingest(rebuild: bool = typer.Option(False, "--rebuild", help="Recreate the database from the run directories.")) -> None:
-    """Bring the DuckDB index up to date with the run directories."""
-    from tina_core.cli import workspace
-
-    raise typer.Exit(workspace.cli_ingest(state.home, rebuild=rebuild))
-
-
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        app()
+        code = _listing(argv)
+        if code is None:
+            from tina_core.cli.commands import app
+
+            app(args=argv)  # exits with the command's code
+        sys.exit(code)
     except TinaError as e:
         print(f"tina: error: {redact_text(str(e))}", file=sys.stderr)
         sys.exit(2)
