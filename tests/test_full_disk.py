@@ -139,6 +139,7 @@ def small_disk(tmp_path):
         subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
 
 
+@pytest.mark.extended
 def test_a_real_full_disk_mid_checkpoint(small_disk, tiny_model, tiny_cache, monkeypatch):
     monkeypatch.setenv("TINA_CACHE", str(tiny_cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")

@@ -136,6 +136,7 @@ use_cpu: true
 """
 
 
+@pytest.mark.extended
 def test_sigterm_through_the_accelerate_launcher(home, tiny_cache, tmp_path):
     """The GPU launch path (accelerate launch under tina's wrapper), here with a one-process CPU
     accelerate config: SIGTERM to the whole process group still ends in a saved step and exit 75."""

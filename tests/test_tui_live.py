@@ -171,6 +171,7 @@ def test_an_alert_rings_the_bell_in_the_tmux_pane(home, tiny_cache):
         subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
 
 
+@pytest.mark.extended
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_two_runs_marked_by_keyboard_are_both_in_the_chart(home, tiny_cache):
     from test_tui_support import ablation_workspace
