@@ -128,6 +128,16 @@ def append_jsonl(path: Path, record: dict[str, Any], *, fsync: bool = False) -> 
         raise
 
 
+def read_whole_lines(path: Path, offset: int, size: int) -> tuple[bytes, int]:
+    """The complete lines of ``path`` between ``offset`` and ``size`` (a partial last line is left
+    for later), and the offset after them."""
+    with path.open("rb") as f:
+        f.seek(offset)
+        data = f.read(size - offset)
+    end = data.rfind(b"\n")
+    return (b"", offset) if end < 0 else (data[: end + 1], offset + end + 1)
+
+
 class JsonlTail:
     """The new complete records of a growing JSONL file, from where the last ``read`` stopped: a
     partial last line waits for the next call, a malformed line is skipped (the store counts it),
@@ -154,15 +164,9 @@ class JsonlTail:
             self.offset = 0
         if size == self.offset:
             return [], reset
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            data = f.read(size - self.offset)
-        end = data.rfind(b"\n")
-        if end < 0:
-            return [], reset
-        self.offset += end + 1
+        data, self.offset = read_whole_lines(self.path, self.offset, size)
         out = []
-        for raw in data[: end + 1].splitlines():
+        for raw in data.splitlines():
             try:
                 rec = json.loads(raw)
             except ValueError:

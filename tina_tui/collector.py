@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from tina_core import runstate
 from tina_core.alerts import ALERT_EVENTS, event_text
 from tina_core.caches import Cache
-from tina_core.rundir import FileStamp, JsonlTail, RunDir, RunFiles, TinaError, list_run_dirs
+from tina_core.rundir import FileStamp, JsonlTail, RunDir, RunFiles, TinaError, list_run_dirs, read_whole_lines
 from tina_core.store.guard import Guarded
 
 if TYPE_CHECKING:
@@ -154,15 +154,11 @@ class FileTail:
             self.offset, reset = max(0, size - LOG_BACKFILL), True
         if size == self.offset:
             return [], reset
-        with self.path.open("rb") as f:
-            f.seek(self.offset)
-            data = f.read(size - self.offset)
-        end = data.rfind(b"\n")
-        if end < 0:
-            return [], reset
         skip_partial = reset and self.offset > 0
-        self.offset += end + 1
-        lines = data[: end + 1].decode(errors="replace").splitlines()
+        data, self.offset = read_whole_lines(self.path, self.offset, size)
+        if not data:
+            return [], reset
+        lines = data.decode(errors="replace").splitlines()
         if skip_partial:  # backfill started mid-line
             lines = lines[1:]
         return lines[-LOG_KEEP:], reset
