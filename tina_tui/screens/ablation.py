@@ -9,29 +9,19 @@ from typing import Any
 
 from rich.text import Text
 from textual import work
-from textual.app import ComposeResult
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from tina_core.report.table import ablation_cells
-from tina_tui.actions import bindings
-from tina_tui.plot import MARK_GLYPHS
-from tina_tui.widgets.text import MARK_STYLES
+from tina_tui.screens.compare import CompareScreen, run_column
 
 
-class AblationScreen(Screen[None]):
-    BINDINGS = bindings("compare")
-
+class AblationScreen(CompareScreen):
     def __init__(self, collector: Any, run_ids: list[str], marks: dict[str, int]) -> None:
         super().__init__()
         self.collector, self.run_ids, self.marks = collector, run_ids, marks
 
-    def compose(self) -> ComposeResult:
-        what = f"{len(self.run_ids)} marked runs" if self.run_ids else "every run (none is marked)"
-        yield Static(Text(f" ablation table: {what} ", style="bold reverse"), id="compare-title")
-        yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
-        yield Static(id="compare-note")
-        yield Footer()
+    def title_text(self) -> str:
+        return "ablation table: " + (f"{len(self.run_ids)} marked runs" if self.run_ids else "every run (none is marked)")
 
     def on_mount(self) -> None:
         self.query_one(DataTable).focus()
@@ -57,9 +47,7 @@ class AblationScreen(Screen[None]):
         table = self.query_one(DataTable)
         table.add_column("")
         for row, r in zip(rows, abl["rows"]):
-            mark = self.marks.get(r["run_id"])
-            table.add_column(Text(row[0]) if mark is None else Text.assemble(
-                (MARK_GLYPHS[mark] + " ", f"bold {MARK_STYLES[mark]}"), row[0]))
+            table.add_column(run_column(row[0], self.marks.get(r["run_id"])))
         for i, label in enumerate(head[1:], 1):
             table.add_row(Text(label, style="bold"), *[row[i] for row in rows])
         axis = abl["axis"]
@@ -67,6 +55,3 @@ class AblationScreen(Screen[None]):
             "nothing (the recipes are the same)"
         note.update(Text(f"differs: {what}. avg, vs base: points, of the recommended checkpoint; paper: "
                          "Tina's row for the recipe (tina report prints it too)", style="dim"))
-
-    def action_close(self) -> None:
-        self.dismiss(None)

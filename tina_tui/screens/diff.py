@@ -7,29 +7,20 @@ from pathlib import Path
 
 from rich.text import Text
 from textual import work
-from textual.app import ComposeResult
-from textual.screen import Screen
-from textual.widgets import DataTable, Footer, Static
+from textual.widgets import DataTable, Static
 
 from tina_core.recipe import diff
 from tina_core.rundir import RunDir, TinaError, runs_root
-from tina_tui.actions import bindings
-from tina_tui.plot import MARK_GLYPHS
-from tina_tui.widgets.text import MARK_STYLES
+from tina_tui.screens.compare import CompareScreen, run_column
 
 
-class DiffScreen(Screen[None]):
-    BINDINGS = bindings("compare")
-
+class DiffScreen(CompareScreen):
     def __init__(self, home: Path, run_ids: list[str], marks: dict[str, int]) -> None:
         super().__init__()
         self.home, self.run_ids, self.marks = home, run_ids, marks
 
-    def compose(self) -> ComposeResult:
-        yield Static(Text(f" what differs between {len(self.run_ids)} runs ", style="bold reverse"), id="compare-title")
-        yield DataTable(id="compare-table", cursor_type="row", zebra_stripes=True)
-        yield Static(id="compare-note")
-        yield Footer()
+    def title_text(self) -> str:
+        return f"what differs between {len(self.run_ids)} runs"
 
     def on_mount(self) -> None:
         self.query_one(DataTable).focus()
@@ -52,17 +43,10 @@ class DiffScreen(Screen[None]):
         table = self.query_one(DataTable)
         table.add_column("key")
         for side, label in zip(sides, diff.labels(sides)):
-            mark = self.marks.get(side.run_id or "")
-            head = Text(label)
-            if mark is not None:
-                head = Text.assemble((MARK_GLYPHS[mark] + " ", f"bold {MARK_STYLES[mark]}"), label)
-            table.add_column(head)
+            table.add_column(run_column(label, self.marks.get(side.run_id or "")))
         for d in found:
             table.add_row(Text(d.key, style="bold"),
                           *[Text(diff.show_value(v), style="dim" if v is diff.ABSENT else "") for v in d.values])
         note.update(Text(f"{len(found)} key(s) differ, nothing else shown (names and descriptions left out); "
                          "tina diff RUN RUN... prints the same" if found else
                          "the recipes are the same apart from their names and descriptions", style="dim"))
-
-    def action_close(self) -> None:
-        self.dismiss(None)
