@@ -36,8 +36,15 @@ def bucket_mean(points: Points, x0: float, x1: float, width: int) -> list[float 
     The mean, not the max: noisy per-step rewards would otherwise read as their best outliers."""
     sums = [0.0] * width
     counts = [0] * width
-    for s, v in _finite(points):
-        c = column_of(s, x0, x1, width)
+    span, last, isfinite = x1 - x0, width - 1, math.isfinite
+    whole = width <= 1 or span <= 0  # everything in column 0, as column_of says
+    # column_of's arithmetic inlined, in its order (so a step's column is the marker's): this loop
+    # runs for every point of every chart each time a live run logs a step
+    for s, v in points:
+        if v is None or s is None or not (isfinite(v) and isfinite(s)):
+            continue
+        c = 0 if whole else int((s - x0) / span * width)
+        c = 0 if c < 0 else last if c > last else c
         sums[c] += v
         counts[c] += 1
     return [sums[i] / counts[i] if counts[i] else None for i in range(width)]
