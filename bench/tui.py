@@ -176,6 +176,7 @@ def main() -> None:
     home = Path(tempfile.mkdtemp(prefix="tina-bench-"))
     t = time.perf_counter()
     build(home, args.runs, args.steps)
+    os.sync()  # the cold probe reads the files, not the disk writing them back meanwhile
     print(f"workspace: {args.runs} runs x {args.steps} steps in {time.perf_counter() - t:.1f}s ({home})")
     live = LiveWriter(home, period=1.0)
     cold = first_frame(home)

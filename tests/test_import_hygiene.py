@@ -72,3 +72,9 @@ def test_readers_ask_the_run_state_module_never_a_daemon():
                "tina_core.evaluate.job"}
     for reader in ("tina_core.report.runs", "tina_core.analysis.cost", "tina_core.report.table", "tina_tui.collector"):
         assert not edges[reader] & daemons, reader
+
+
+def test_the_cockpit_opens_the_index_off_its_event_loop(tmp_path):
+    # DuckDB's import is most of a second on a cold cache: the first refresh's worker thread pays
+    # it while the first frame paints
+    assert "duckdb" not in _loaded_after("import tina_tui.app", tmp_path)

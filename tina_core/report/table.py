@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tina_core.analysis import metric_keys
 from tina_core.analysis.phase import explain
@@ -28,7 +28,9 @@ from tina_core.recipe import diff
 from tina_core.report import paper
 from tina_core.report.runs import describe
 from tina_core.rundir import RunDir, TinaError, find_run, list_run_dirs
-from tina_core.store.index import Store
+
+if TYPE_CHECKING:  # the cockpit imports this module at start-up; duckdb is imported where it is used
+    from tina_core.store.index import Store
 
 
 def _recipe_info(rd: RunDir) -> tuple[str | None, float | None]:
@@ -105,7 +107,10 @@ def build_report(home: Path, refs: Sequence[str] = (), store: Store | None = Non
     """The report over every run, or over the runs ``refs`` names (ids, prefixes or names)."""
     dirs = [find_run(home, r) for r in refs] if refs else list_run_dirs(home)
     dirs = list({rd.run_id: rd for rd in dirs}.values())  # a run named twice counts once
-    store = store or Store(home)
+    if store is None:
+        from tina_core.store.index import Store
+
+        store = Store(home)
     with store.session():
         store.ingest([rd.run_id for rd in dirs] if refs else None)
         runs = [run_row(store, rd) for rd in dirs]
