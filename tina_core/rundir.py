@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tina_core.credentials import redact
+from tina_core.events import Kind, as_kind
 
 DEFAULT_HOME = Path("~/.tina")
 RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
@@ -276,13 +277,15 @@ class RunDir:
         return read_json(self.run_json, {}) or {}
 
     @staticmethod
-    def event_record(kind: str, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
+    def event_record(kind: Kind, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
+        """An ``events.jsonl`` record of ``kind`` (a string that is not a Kind is a ValueError)."""
+        kind = as_kind(kind)
         at = time.time() if at is None else at
-        return {"time": now_iso(at), "ts": at, "event": kind, **fields}
+        return {"time": now_iso(at), "ts": at, "event": kind.value, **fields}
 
-    def event(self, kind: str, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
-        """Record a lifecycle event (``launched``, ``attempt_started``, ``eval_finished``...) that
-        happened now (or ``at``, epoch seconds)."""
+    def event(self, kind: Kind, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
+        """Record a lifecycle event (``Kind.LAUNCHED``, ``Kind.EVAL_FINISHED``...; its fields:
+        ``tina_core.events``) that happened now (or ``at``, epoch seconds)."""
         rec = self.event_record(kind, at=at, **fields)
         append_jsonl(self.events, rec, fsync=True)
         return rec
