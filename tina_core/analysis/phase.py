@@ -43,6 +43,7 @@ import yaml
 
 from tina_core.analysis import signals as sig
 from tina_core.caches import Cache
+from tina_core.events import Kind, is_kind
 from tina_core.rundir import FileStamp
 
 
@@ -109,13 +110,13 @@ def _latest_watch_event(path: Path) -> dict | None:
     from tina_core.rundir import iter_jsonl
 
     try:
-        if b'"watch_changed"' not in path.read_bytes():
+        if f'"{Kind.WATCH_CHANGED}"'.encode() not in path.read_bytes():
             return None
     except OSError:
         return None
     found = None
     for ev in iter_jsonl(path):
-        if ev.get("event") == "watch_changed":
+        if is_kind(ev, Kind.WATCH_CHANGED):
             found = ev
     return found
 

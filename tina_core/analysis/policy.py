@@ -26,11 +26,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
+from tina_core.events import MARKED, Kind, is_kind, marker
 from tina_core.rundir import RunDir, TinaError
 
 POLICY_KEYS = ("after_transition", "budget_usd")  # what a policy_changed event may set
 POLICY_STOPS = POLICY_KEYS                         # ``by`` of a stop the policy made
-MARKED = ("tentative", "confirmed")
 # What a graceful stop takes after the step in flight: its checkpoint and the trainer's exit (the
 # tiny recipe's exit took 6.5 s on a loaded 2-core box; a GPU run's adapter save takes seconds).
 STOP_RESERVE_S = 10.0
@@ -66,7 +66,7 @@ def from_recipe(data: dict[str, Any]) -> StopPolicy:
 def apply_changes(policy: StopPolicy, events: Iterable[dict[str, Any]]) -> StopPolicy:
     """``policy`` after the ``policy_changed`` events, in order (a key absent is unchanged, null is off)."""
     for ev in events:
-        if ev.get("event") == "policy_changed":
+        if is_kind(ev, Kind.POLICY_CHANGED):
             policy = dataclasses.replace(policy, **{k: ev[k] for k in POLICY_KEYS if k in ev})
     return policy
 
@@ -120,21 +120,11 @@ def parse_value(key: str, raw: str | int | float | None) -> int | float | None:
     raise TinaError(f"{key.replace('_', '-')}: expected {what} or off, got {raw!r}")
 
 
-# --- the marker, as the supervisor saw it -----------------------------------------------------
-def marker(events: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
-    """The latest ``transition`` event if it is tentative or confirmed; None before any, or once
-    the latest says rejected."""
-    last = None
-    for ev in events:
-        if ev.get("event") == "transition":
-            last = ev
-    return last if last is not None and last.get("status") in MARKED else None
-
-
+# --- the marker, as the supervisor saw it (events.marker) -----------------------------------
 def _confirmed_index(events: Sequence[dict[str, Any]]) -> int | None:
     last = None
     for i, ev in enumerate(events):
-        if ev.get("event") == "transition":
+        if is_kind(ev, Kind.TRANSITION):
             last = i if ev.get("status") == "confirmed" else None
     return last
 
@@ -147,7 +137,7 @@ def after_transition_stop(policy: StopPolicy, events: Sequence[dict[str, Any]]) 
     i = _confirmed_index(events)
     if i is None or not isinstance(events[i].get("detected_at"), int):
         return None
-    if any(e.get("event") == "stopped" and e.get("by") == "after_transition" for e in events[i + 1:]):
+    if any(is_kind(e, Kind.STOPPED) and e.get("by") == "after_transition" for e in events[i + 1:]):
         return None
     return events[i]["detected_at"] + policy.after_transition
 

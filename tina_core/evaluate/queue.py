@@ -11,6 +11,7 @@ from typing import Sequence
 
 from tina_core import runstate
 from tina_core.evaluate.tasks import CPU_TASKS, TINA_TASKS, _task_slug, task_name
+from tina_core.events import MARKED, Kind, marker
 from tina_core.rundir import RunDir, TinaError, find_run, tina_home
 
 
@@ -54,12 +55,12 @@ def _transition_brackets(home: Path, rd: RunDir) -> list[int]:
     ``transition`` events), else the index's (an imported run)."""
     from tina_core.analysis import policy
 
-    marker = policy.marker(rd.read_events()) or _store(home, rd).phase(rd.run_id) or {}
-    if marker.get("status") not in policy.MARKED:
+    m = marker(rd.read_events()) or _store(home, rd).phase(rd.run_id) or {}
+    if m.get("status") not in MARKED:
         raise TinaError(f"run {rd.run_id} has no phase transition yet; pass --checkpoint N, recommended, all or base")
-    sides = [s for s in policy.brackets(int(marker["step"]), rd.checkpoint_steps(evaluable=True)) if s is not None]
+    sides = [s for s in policy.brackets(int(m["step"]), rd.checkpoint_steps(evaluable=True)) if s is not None]
     if not sides:
-        raise TinaError(f"run {rd.run_id} has no checkpoint near its phase transition at step {marker['step']}")
+        raise TinaError(f"run {rd.run_id} has no checkpoint near its phase transition at step {m['step']}")
     return sides
 
 
@@ -119,7 +120,7 @@ def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | s
                 ids.append(active[(ckpt, t)])
                 continue
             eid = f"{'base' if ckpt == 'base' else f'ckpt{ckpt}'}-{_task_slug(t)}-{secrets.token_hex(3)}"
-            rd.event("eval_queued", eval_id=eid, checkpoint=ckpt, task=t, tasks=[t], gpus=use_gpus,
+            rd.event(Kind.EVAL_QUEUED, eval_id=eid, checkpoint=ckpt, task=t, tasks=[t], gpus=use_gpus,
                      gpus_explicit=explicit is not None, **({"why": why} if why else {}))
             ids.append(eid)
     if start_worker:
@@ -140,7 +141,7 @@ def cancel_eval(home: str | os.PathLike | None, run_ref: str, eval_id: str | Non
                and (eval_id is None or e["eval_id"] == eval_id)]
     for e in targets:
         # The event first: the worker then knows the job's death was asked for, not a failure.
-        rd.event("eval_cancelled", eval_id=e["eval_id"], checkpoint=e["checkpoint"], task=e["task"],
+        rd.event(Kind.EVAL_CANCELLED, eval_id=e["eval_id"], checkpoint=e["checkpoint"], task=e["task"],
                  gpus=e["gpus"] if e["state"] == "running" else [], was=e["state"])
         if e["state"] == "running" and isinstance(e.get("pid"), int):
             runstate.end_group(e["pid"], 5.0)

@@ -24,6 +24,7 @@ from typing import Any, Callable
 
 from tina_core.analysis import cost, phase, policy
 from tina_core.analysis.metric_keys import normalise_key
+from tina_core.events import Kind, is_kind
 from tina_core.rundir import JsonlTail, RunDir
 from tina_core.train import snapshots
 
@@ -92,7 +93,7 @@ class LiveWatch:
     def poll(self, now: float | None = None) -> tuple[str, str] | None:
         """Read what is new and act on it; returns ``(by, reason)`` when the run must stop now."""
         for ev in self._read_events():
-            if ev.get("event") == "policy_changed":
+            if is_kind(ev, Kind.POLICY_CHANGED):
                 self.policy = policy.apply_changes(self.policy, [ev])
                 self.log(f"stop policy now {self.policy.describe()} (changed by {ev.get('by', '?')})")
                 self._schedule()
@@ -108,7 +109,7 @@ class LiveWatch:
     def attempt_started(self) -> None:
         """A new trainer attempt reads only the events after its own start: tell it the stop again."""
         if self.scheduled is not None:
-            self._event("stop_scheduled", step=self.scheduled, reason=self._stop_reason("after_transition"),
+            self._event(Kind.STOP_SCHEDULED, step=self.scheduled, reason=self._stop_reason("after_transition"),
                         by="after_transition")
 
     def meter(self, now: float | None = None) -> cost.Meter:
@@ -132,16 +133,16 @@ class LiveWatch:
         if _same(old, new):
             return
         if old is not None and (new is None or (new["status"] == "tentative" and not _same_place(old, new))):
-            self._event("transition", status="rejected", step=old.get("step"), signal=old.get("signal"),
+            self._event(Kind.TRANSITION, status="rejected", step=old.get("step"), signal=old.get("signal"),
                         detected_at=self.step)
             self.log(f"phase transition at step {old.get('step')} rejected (at step {self.step})")
         if new is not None:
-            self._event("transition", status=new["status"], step=new["step"], signal=new["signal"],
+            self._event(Kind.TRANSITION, status=new["status"], step=new["step"], signal=new["signal"],
                         detected_at=self.step, alarm_at=new.get("detected_at"), size=new.get("size"),
                         direction=new.get("direction"), signals=new.get("signals"))
             self.log(f"phase transition {new['status']} at step {new['step']} ({new['signal']}), seen at step {self.step}")
             if new["status"] == "tentative" and (old is None or not _same_place(old, new)):
-                self._event("checkpoint_requested", step=self.step,
+                self._event(Kind.CHECKPOINT_REQUESTED, step=self.step,
                             reason=f"tentative phase transition at step {new['step']}")
         self._read_events()  # our own events, so the policy functions see them
         self.marker = None if new is None else {**new, "detected_at": self.step}
@@ -149,7 +150,7 @@ class LiveWatch:
 
     def _pin(self) -> None:
         m = self.marker
-        keep = {e.get("checkpoint") for e in self.events if e.get("event") == "eval_queued"}
+        keep = {e.get("checkpoint") for e in self.events if is_kind(e, Kind.EVAL_QUEUED)}
         why = {"marker": m.get("step"), "status": m.get("status")} if m else {}
         try:
             got = snapshots.reconcile(self.rd, m.get("step") if m else None, why, keep=keep)
@@ -159,9 +160,9 @@ class LiveWatch:
         self._brackets_whole = m is None or (got["before"] is not None and got["after"] is not None)
         for step in got["pinned"]:
             side = "before" if step == got["before"] else "after"
-            self._event("checkpoint_pinned", step=step, side=side, marker=m.get("step"), status=m.get("status"))
+            self._event(Kind.CHECKPOINT_PINNED, step=step, side=side, marker=m.get("step"), status=m.get("status"))
         for step in got["unpinned"]:
-            self._event("checkpoint_unpinned", step=step)
+            self._event(Kind.CHECKPOINT_UNPINNED, step=step)
 
     # --- the stop ----------------------------------------------------------------------------
     def _schedule(self) -> None:
@@ -170,7 +171,7 @@ class LiveWatch:
         if at == self.scheduled:
             return
         self.scheduled = at
-        self._event("stop_scheduled", step=at, by="after_transition",
+        self._event(Kind.STOP_SCHEDULED, step=at, by="after_transition",
                     reason=self._stop_reason("after_transition") if at is not None else "cancelled")
         self.log(f"stop scheduled at step {at}" if at is not None else "scheduled stop cancelled")
 
