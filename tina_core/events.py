@@ -47,11 +47,16 @@ class Kind(StrEnum):
     EVAL_FINISHED = "eval_finished"
     EVAL_FAILED = "eval_failed"
     EVAL_CANCELLED = "eval_cancelled"
+    # sweeps (tina_core.sweep): a run waiting for its engine, and what the engine did with it
+    QUEUED = "queued"
+    CANCELLED = "cancelled"
+    SLURM_TASK = "slurm_task"
+    REQUEUED = "requeued"
 
 
 # --- groups readers ask about -------------------------------------------------------------------
 # The events that end a supervisor's watch: the run's state is then the event's name.
-RUN_ENDED = (Kind.FINISHED, Kind.STOPPED, Kind.FAILED)
+RUN_ENDED = (Kind.FINISHED, Kind.STOPPED, Kind.FAILED, Kind.CANCELLED)
 # What starts a supervisor's watch of a run: ``launched`` (created, its supervisor not up yet) and
 # ``supervisor_started`` (run and resume).
 STARTS = (Kind.LAUNCHED, Kind.SUPERVISOR_STARTED)
@@ -89,6 +94,8 @@ class Launched(Event):
     gpus: int             # a count: the GPUs the trainer runs on (0 on CPU)
     gpu_hour_usd: float   # the price per GPU-hour (per CPU-hour on CPU)
     device: str           # the GPU's name, or "cpu"
+    gpu_ids: NotRequired[list[int]]   # the GPUs a sweep's queue gave it (CUDA_VISIBLE_DEVICES)
+    host: NotRequired[str]            # where it started (a sweep's run: the engine's machine)
 
 
 class SupervisorStarted(Event):
@@ -270,6 +277,41 @@ class EvalCancelled(Event):
     was: str                    # queued or running
 
 
+class Queued(Event):
+    """A sweep's run, created and checked, waiting for its engine to start it (then ``launched``)."""
+
+    recipe: str
+    command: list[str]
+    gpus: int             # a count, as in ``launched``
+    gpu_hour_usd: float
+    device: str
+    sweep: str            # the sweep's name
+    engine: str           # local or slurm
+
+
+class Cancelled(Event):
+    """A queued run that will never start: `tina stop`, the cockpit's ``s``, or its Slurm job gone."""
+
+    by: str
+    reason: str
+
+
+class SlurmTask(Event):
+    """A Slurm array task took the run (each requeue is a new one)."""
+
+    job: str              # ARRAYJOB_TASK, as squeue names it
+    job_id: str           # the task's own job id
+    restart: int          # SLURM_RESTART_COUNT: 0, then one more per requeue
+    node: str
+
+
+class Requeued(Event):
+    """The task stopped the run before its time limit and asked Slurm to run it again."""
+
+    job: str
+    reason: str
+
+
 RECORD_TYPES: dict[Kind, type[Event]] = {
     Kind.LAUNCHED: Launched, Kind.SUPERVISOR_STARTED: SupervisorStarted, Kind.ATTEMPT_STARTED: AttemptStarted,
     Kind.ATTEMPT_EXITED: AttemptExited, Kind.RESTARTED: Restarted, Kind.STOP_REQUESTED: StopRequested,
@@ -280,6 +322,7 @@ RECORD_TYPES: dict[Kind, type[Event]] = {
     Kind.CHECKPOINT_UNPINNED: CheckpointUnpinned, Kind.STOP_SCHEDULED: StopScheduled,
     Kind.EVAL_QUEUED: EvalQueued, Kind.EVAL_STARTED: EvalStarted, Kind.EVAL_FINISHED: EvalFinished,
     Kind.EVAL_FAILED: EvalFailed, Kind.EVAL_CANCELLED: EvalCancelled,
+    Kind.QUEUED: Queued, Kind.CANCELLED: Cancelled, Kind.SLURM_TASK: SlurmTask, Kind.REQUEUED: Requeued,
 }
 
 
