@@ -19,15 +19,15 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Iterable
 
+from tina_core.events import EVAL_ENDED, EVAL_KINDS, RUN_ENDED, Kind, is_kind, kind_of, open_attempts, since_start
 from tina_core.rundir import RunDir, list_run_dirs, read_json, tina_home
 
 # --- states -------------------------------------------------------------------------------------
 LIVE_STATES = ("running", "stopping")
-# The events that end a supervisor's watch; the run's state is then the event's name.
-ENDED_STATES = ("finished", "stopped", "failed")
+# A run whose supervisor's watch ended: the state is the name of the event that ended it.
+ENDED_STATES: tuple[str, ...] = tuple(k.value for k in RUN_ENDED)
 RUN_STATES = (*LIVE_STATES, *ENDED_STATES, "crashed")
 EVAL_ACTIVE_STATES = ("queued", "running")
-EVAL_ENDED_EVENTS = ("eval_finished", "eval_failed", "eval_cancelled")
 
 HEARTBEAT_S = 2.0           # the supervisor rewrites supervisor.json this often
 HEARTBEAT_TIMEOUT_S = 15.0  # a heartbeat older than this: the supervisor is gone
@@ -143,37 +143,24 @@ def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
 
     if run_dir.info().get("imported"):
         return out("finished")
-    last_start = max((i for i, e in enumerate(events) if e.get("event") in ("supervisor_started", "launched")),
-                     default=-1)
-    since = events[last_start + 1:] if last_start >= 0 else events
-    terminal = [e["event"] for e in since if e.get("event") in ENDED_STATES]
+    start, since = since_start(events, launched=True)
+    terminal = [e["event"] for e in since if is_kind(e, *RUN_ENDED)]
     if terminal:
         return out(terminal[-1])
     fresh = isinstance(hb.get("heartbeat"), (int, float)) and now - hb["heartbeat"] <= HEARTBEAT_TIMEOUT_S
-    started_ts = events[last_start].get("ts", 0) if last_start >= 0 else 0
-    if last_start >= 0 and events[last_start].get("event") == "launched":
+    started_ts = start.get("ts", 0) if start is not None else 0
+    if start is not None and is_kind(start, Kind.LAUNCHED):
         # Created, supervisor not up yet: give it the heartbeat timeout to appear.
         alive = now - started_ts <= HEARTBEAT_TIMEOUT_S or (fresh and pid_alive(hb.get("pid")))
     else:
         alive = fresh and pid_alive(hb.get("pid")) and hb.get("heartbeat", 0) >= started_ts - 1
-    stopping = any(e.get("event") == "stop_requested" for e in since)
+    stopping = any(is_kind(e, Kind.STOP_REQUESTED) for e in since)
     if alive:
         return out("stopping" if stopping else "running")
     trainer = hb.get("trainer_pid")
     if open_attempts(since) and pid_alive(trainer, started=hb.get("trainer_started")):
         return replace(out("stopping" if stopping else "running"), supervisor_gone=True, orphan_trainer_pid=trainer)
     return replace(out("crashed"), supervisor_gone=True)
-
-
-def open_attempts(events: Iterable[dict[str, Any]]) -> list[int]:
-    """Trainer attempts started and never recorded as exited."""
-    started, exited = [], set()
-    for e in events:
-        if e.get("event") == "attempt_started":
-            started.append(e.get("attempt"))
-        elif e.get("event") == "attempt_exited":
-            exited.add(e.get("attempt"))
-    return [a for a in started if a not in exited]
 
 
 def trainer_last_alive(hb: dict[str, Any], last_logged_ts: float | None) -> float | None:
@@ -198,10 +185,10 @@ def evaluations(rd: RunDir, events: Iterable[dict[str, Any]] | None = None) -> d
     with ``state`` queued, running, finished, failed or cancelled (the first terminal event wins)."""
     out: dict[str, dict[str, Any]] = {}
     for ev in rd.read_events() if events is None else events:
-        kind, eid = ev.get("event"), ev.get("eval_id")
-        if not (isinstance(kind, str) and kind.startswith("eval_")) or not eid:
+        kind, eid = kind_of(ev), ev.get("eval_id")
+        if kind not in EVAL_KINDS or not eid:
             continue
-        if kind == "eval_queued":
+        if kind is Kind.EVAL_QUEUED:
             out[eid] = {"eval_id": eid, "run_id": rd.run_id, "checkpoint": ev.get("checkpoint"),
                         "task": ev.get("task"), "state": "queued", "gpus": ev.get("gpus") or [],
                         "gpus_explicit": bool(ev.get("gpus_explicit")), "queued_ts": ev.get("ts"),
@@ -212,9 +199,9 @@ def evaluations(rd: RunDir, events: Iterable[dict[str, Any]] | None = None) -> d
         rec = out.get(eid)
         if rec is None or rec["state"] not in EVAL_ACTIVE_STATES:
             continue
-        if kind == "eval_started":
+        if kind is Kind.EVAL_STARTED:
             rec.update(state="running", started_ts=ev.get("ts"), pid=ev.get("pid"))
-        elif kind in EVAL_ENDED_EVENTS:
+        elif kind in EVAL_ENDED:
             rec.update(state=kind.removeprefix("eval_"), ended_ts=ev.get("ts"),
                        score=ev.get("score"), metric=ev.get("metric"), reason=ev.get("reason"),
                        results_path=ev.get("results_path"), details_path=ev.get("details_path"),

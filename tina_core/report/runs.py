@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from tina_core import runstate
 from tina_core.analysis import cost, policy
+from tina_core.events import Kind, last_of, marker, of_kind, open_attempts, since_start
 from tina_core.report import run_cache
 from tina_core.rundir import RunDir, iter_jsonl, list_run_dirs
 from tina_core.store.guard import Guarded
@@ -254,7 +255,7 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
     if is_live:
         open_until = now
     else:
-        open_ = set(runstate.open_attempts(events))
+        open_ = set(open_attempts(events))
         logged = max((ts for ts, a in times.values() if a in open_), default=None)
         open_until = runstate.trainer_last_alive({"heartbeat": live.heartbeat}, logged) or last_ts or now
     meter = cost.Meter(info, events, times, open_until=open_until,
@@ -283,9 +284,9 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
 
     trains = [iv for iv in meter.intervals if iv.kind == "train"]
     stop_at = info.get("stop_at_step") or info.get("max_steps")
-    failed = [e for e in events if e.get("event") == "failed"]
-    lost = {e.get("attempt"): e["lost_log_bytes"] for e in events
-            if e.get("event") == "attempt_exited" and e.get("lost_log_bytes")}
+    failed = of_kind(events, Kind.FAILED)
+    lost = {e.get("attempt"): e["lost_log_bytes"] for e in of_kind(events, Kind.ATTEMPT_EXITED)
+            if e.get("lost_log_bytes")}
     return RunObject({
         "run_id": run_dir.run_id,
         "name": info.get("name", run_dir.run_id),
@@ -294,7 +295,7 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         "step": step,
         "stop_at_step": stop_at,
         "max_steps": info.get("max_steps"),
-        "restarts": sum(1 for e in events if e.get("event") == "restarted"),
+        "restarts": len(of_kind(events, Kind.RESTARTED)),
         "attempts": len(trains),
         "started_at": info.get("created"),
         "elapsed_s": round(meter.seconds("train"), 1),
@@ -326,7 +327,7 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         # writes a full disk refused (the supervisor's own: what the trainer could not write ends it)
         "write_errors": [{"file": e.get("file"), "error": e.get("error"), "attempt": e.get("attempt"),
                           "lost_bytes": lost.get(e.get("attempt")) if e.get("file") == "train.log" else None}
-                         for e in events if e.get("event") == "write_failed"],
+                         for e in of_kind(events, Kind.WRITE_FAILED)],
         **stop,
         "supervisor_pid": live.supervisor_pid if live.supervisor == "alive" else None,
         # "gone": no supervisor watches this unfinished run; an orphaned trainer may train on
@@ -346,9 +347,7 @@ def _stop_figures(run_dir: RunDir, events: list[dict[str, Any]], state: str, ste
     rate, pace = meter.train_usd_per_hour(), meter.seconds_per_step()
     clock = policy.countdown(pol, events, step, spent, policy.usd_per_step(pace, rate), policy.stop_reserve_usd(rate)) \
         if runstate.is_live(state) else None
-    last_start = max((i for i, e in enumerate(events) if e.get("event") == "supervisor_started"), default=-1)
-    stopped = next((e for e in reversed(events[last_start + 1:]) if e.get("event") == "stopped"), None) \
-        if state == "stopped" else None
+    stopped = last_of(since_start(events)[1], Kind.STOPPED) if state == "stopped" else None
     by_policy = bool(stopped and stopped.get("by") in policy.POLICY_STOPS)
     # what ending early saves: done (a policy stop), or to come (the policy's countdown)
     end = step if by_policy else clock.stop_step if clock and clock.by != "stop_at_step" else None
@@ -363,7 +362,7 @@ def _stop_figures(run_dir: RunDir, events: list[dict[str, Any]], state: str, ste
         "saved_usd": saved_usd,
         "saved_minutes": saved_min,
         # around the marker the supervisor acted on (and pinned, and evaluated), else the index's
-        "pick": policy.pick(policy.marker(events) or phase, scored),
+        "pick": policy.pick(marker(events) or phase, scored),
     }
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 from tina_core import runstate
+from tina_core.events import Kind
 from tina_core.rundir import RunDir, TinaError, create_run_dir, find_run, now_iso, read_json, runs_root, write_json_atomic
 from tina_core.supervise.logpump import tail_text
 from tina_core.supervise.progress import Display
@@ -88,7 +89,7 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
                     hardware={"gpus": found, "cpu_count": os.cpu_count(), "host": os.uname().nodename},
                     device=device, price=price, command=command, dataset_size=getattr(recipe, "dataset_size", None))
     write_json_atomic(run_dir.run_json, info)
-    run_dir.event("launched", recipe=str(recipe_path), command=command, gpus=info["gpu_count"],
+    run_dir.event(Kind.LAUNCHED, recipe=str(recipe_path), command=command, gpus=info["gpu_count"],
                   gpu_hour_usd=price.gpu_hour_usd, device=device)
     return run_dir, recipe.secret_env
 
@@ -228,15 +229,15 @@ def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None
             sup = Supervisor(run_dir)
             sup.acquire()
             try:
-                run_dir.event("stop_requested", by="tina stop (no supervisor)", pid=os.getpid())
+                run_dir.event(Kind.STOP_REQUESTED, by="tina stop (no supervisor)", pid=os.getpid())
                 recover_orphan(run_dir, stop_timeout, read_json(run_dir.supervisor, {}) or {})
-                run_dir.event("stopped", step=None)
+                run_dir.event(Kind.STOPPED, step=None)
             finally:
                 sup.release()
             return StopOutcome("stopped", f"stopped {rid}" + (f" (its orphaned trainer, pid {live.orphan_trainer_pid}, "
                                                                "at a checkpoint)" if live.orphan_trainer_pid else ""))
         else:
-            run_dir.event("stop_requested", by="tina stop", pid=os.getpid())
+            run_dir.event(Kind.STOP_REQUESTED, by="tina stop", pid=os.getpid())
             pid = live.supervisor_pid or _supervisor_pid_once_up(run_dir)
             if isinstance(pid, int):
                 runstate.send_signal(pid, signal.SIGTERM)
@@ -275,7 +276,7 @@ def set_policy(home: Path, run_ref: str, *, by: str, **changes: Any):
     if unknown:
         raise TinaError(f"unknown stop policy setting(s): {', '.join(sorted(unknown))}")
     if changes:
-        run_dir.event("policy_changed", by=by, **changes)
+        run_dir.event(Kind.POLICY_CHANGED, by=by, **changes)
     return policy.for_run(run_dir)
 
 

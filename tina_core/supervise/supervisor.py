@@ -37,6 +37,8 @@ from typing import Any, Sequence
 from tina_core import runstate
 from tina_core.alerts import Alerts, StallWatch, budgets_passed
 from tina_core.credentials import redact, redact_text, remember_secrets
+from tina_core.events import (EXIT_FINISHED, EXIT_STOPPED, Kind, is_kind, of_kind, open_attempts,
+                              since_start)
 from tina_core.rundir import (APPEND_FLAGS, RunDir, TinaError, append_bytes, append_jsonl, iter_jsonl, now_iso,
                               read_json, write_error_text, write_json_atomic)
 from tina_core.runstate import HEARTBEAT_S, end_group, kill_group, pid_alive, send_signal
@@ -49,11 +51,10 @@ BUDGET_CHECK_S = 5.0  # how often the run's dollars are added up against the ale
 DEFAULT_STOP_TIMEOUT_S = 120.0
 DEFAULT_MAX_RESTARTS = 3
 DEFAULT_BACKOFF_S = 5.0
-EXIT_STOPPED = 75
 LOCK_NAME = "supervisor.lock"
 LOG_NAME = "supervisor.log"
 # Exit codes of `tina run` (foreground) and `tina resume`.
-EXIT_CODES = {"finished": 0, "failed": 1, "stopped": EXIT_STOPPED}
+EXIT_CODES = {Kind.FINISHED: EXIT_FINISHED, Kind.FAILED: 1, Kind.STOPPED: EXIT_STOPPED}
 
 
 def _env_float(name: str, default: float) -> float:
@@ -208,11 +209,11 @@ class Supervisor:
 
         events = self.run_dir.read_events() + self._pending
         if self._budget_told is None:
-            self._budget_told = {e.get("threshold_usd") for e in events if e.get("event") == "budget_reached"}
+            self._budget_told = {e.get("threshold_usd") for e in of_kind(events, Kind.BUDGET_REACHED)}
         spent = Meter(self.info, events, {}, open_until=now).cost_usd()["total"]
         for t in budgets_passed(thresholds, spent, self._budget_told):
             self._budget_told.add(t)
-            self.event("budget_reached", threshold_usd=t, cost_usd=round(spent, 4), attempt=self.attempt or None,
+            self.event(Kind.BUDGET_REACHED, threshold_usd=t, cost_usd=round(spent, 4), attempt=self.attempt or None,
                        step=self.last_step(self.attempt) if self.attempt else None)
 
     def check_stall(self) -> None:
@@ -220,7 +221,7 @@ class Supervisor:
         waited = self.stall.check()
         if waited is not None:
             step = self.last_step(self.attempt)
-            self.event("stalled", attempt=self.attempt, step=step, after_s=round(waited, 1))
+            self.event(Kind.STALLED, attempt=self.attempt, step=step, after_s=round(waited, 1))
             self.log(f"no new metrics line for {waited:.0f} s (last step {step}); the trainer is alive")
 
     def tick(self) -> None:
@@ -233,7 +234,7 @@ class Supervisor:
         self.display.update()
 
     # writing on a full disk ---------------------------------------------------------------------
-    def event(self, kind: str, **fields: Any) -> None:
+    def event(self, kind: Kind, **fields: Any) -> None:
         """Record an event; one the disk refuses waits, in order, and goes in at a later tick."""
         self._pending.append(self.run_dir.event_record(kind, **fields))
         self._flush_events()
@@ -255,7 +256,7 @@ class Supervisor:
             return
         self.write_errors[path.name] = text
         self.display.note(f"warning: {text}")
-        self._pending.append(self.run_dir.event_record("write_failed", file=path.name, error=text,
+        self._pending.append(self.run_dir.event_record(Kind.WRITE_FAILED, file=path.name, error=text,
                                                        attempt=self.attempt or None))
 
     def sleep(self, seconds: float) -> None:
@@ -268,8 +269,8 @@ class Supervisor:
     # attempts -----------------------------------------------------------------------------------
     def _next_attempt(self) -> int:
         # ours too: an attempt_started the disk refused is not in the file yet
-        return 1 + max([self.attempt, *(e.get("attempt", 0) for e in self.run_dir.read_events()
-                                        if e.get("event") == "attempt_started")])
+        return 1 + max([self.attempt, *(e.get("attempt", 0)
+                                        for e in of_kind(self.run_dir.read_events(), Kind.ATTEMPT_STARTED))])
 
     def _trainer_env(self, attempt: int) -> dict[str, str]:
         if self._env is None:
@@ -318,7 +319,7 @@ class Supervisor:
         self._pump.start()
         self.proc_started = time.time()
         self.stall.restart()
-        self.event("attempt_started", attempt=attempt, pid=self.proc.pid,
+        self.event(Kind.ATTEMPT_STARTED, attempt=attempt, pid=self.proc.pid,
                    gpus=int(self.info.get("gpu_count") or 0), resume_from=resume_from)
         if self.live is not None:
             self.live.attempt_started()
@@ -384,7 +385,7 @@ class Supervisor:
                 self.poll_watch()
                 if self.stop_requested and term_deadline is None:
                     if not self._stop_on_record():  # `tina stop` records its request itself
-                        self.event("stop_requested", by=self.stop_requested, attempt=self.attempt)
+                        self.event(Kind.STOP_REQUESTED, by=self.stop_requested, attempt=self.attempt)
                     self.log(f"stop requested ({self.stop_requested}): the trainer saves a checkpoint and exits")
                     send_signal(proc.pid, signal.SIGTERM)
                     term_deadline = time.monotonic() + self.stop_timeout
@@ -399,10 +400,8 @@ class Supervisor:
 
     def _stop_on_record(self) -> bool:
         """Whether a stop request is in the events since this supervisor started."""
-        events = self.run_dir.read_events()
-        mine = max((i for i, e in enumerate(events) if e.get("event") == "supervisor_started"
-                    and e.get("pid") == os.getpid()), default=len(events))
-        return any(e.get("event") == "stop_requested" for e in events[mine:])
+        mine, since = since_start(self.run_dir.read_events(), pid=os.getpid())
+        return mine is not None and any(is_kind(e, Kind.STOP_REQUESTED) for e in since)
 
     def last_step(self, attempt: int) -> int | None:
         steps = [r["step"] for r in iter_jsonl(self.run_dir.metrics)
@@ -412,7 +411,7 @@ class Supervisor:
     def any_step(self) -> bool:
         return any(isinstance(r.get("step"), int) for r in iter_jsonl(self.run_dir.metrics))
 
-    def finish(self, state: str, **fields: Any) -> str:
+    def finish(self, state: Kind, **fields: Any) -> str:
         # what supervising cost this process, for bench/supervision_overhead.py
         self.event(state, **fields, supervisor_cpu_s=round(_cpu_s(resource.RUSAGE_SELF) - self.cpu0, 2))
         self.log(state + (f": {fields['reason']}" if fields.get("reason") else ""))
@@ -422,7 +421,7 @@ class Supervisor:
         """Supervise until the run is finished, stopped or failed; returns that state."""
         previous = read_json(self.run_dir.supervisor, {}) or {}  # read before our heartbeat replaces it
         self.beat(force=True)
-        self.event("supervisor_started", pid=os.getpid(), resume=resume)
+        self.event(Kind.SUPERVISOR_STARTED, pid=os.getpid(), resume=resume)
         recover_orphan(self.run_dir, self.stop_timeout, previous)
         try:
             self.live = LiveWatch(self.run_dir, self.event, self.log)
@@ -432,7 +431,7 @@ class Supervisor:
         try:
             while True:
                 if self.stop_requested:
-                    return self.finish("stopped", step=None)
+                    return self.finish(Kind.STOPPED, step=None)
                 attempt = self._next_attempt()
                 self.write_errors.clear()
                 children_cpu = _cpu_s(resource.RUSAGE_CHILDREN)
@@ -445,7 +444,7 @@ class Supervisor:
                 lost = self.output.lost_bytes
                 if self.output.error:
                     self._write_failed(self.run_dir.train_log, self.output.error)
-                self.event("attempt_exited", attempt=attempt, code=code, signal=sig, step=step,
+                self.event(Kind.ATTEMPT_EXITED, attempt=attempt, code=code, signal=sig, step=step,
                            cpu_s=round(_cpu_s(resource.RUSAGE_CHILDREN) - children_cpu, 2),
                            **({"lost_log_bytes": lost} if lost else {}))
                 self.proc = None
@@ -455,28 +454,28 @@ class Supervisor:
                     why += f": {said}"  # on a full disk train.log may not have it
                 self.log(f"attempt {attempt} ended: {why}")
                 if code == 0:
-                    return self.finish("finished", step=step)
+                    return self.finish(Kind.FINISHED, step=step)
                 if self.stop_requested or code == EXIT_STOPPED:
                     self.poll_watch(last=True)  # the last steps' metrics: the marker as the run ends
                     fields = self._stopped_fields(code, step)
-                    state = self.finish("stopped", step=step, **fields)
+                    state = self.finish(Kind.STOPPED, step=step, **fields)
                     self._evaluate_after_stop(fields)
                     return state
                 if not self.any_step():
-                    return self.finish("failed", reason=f"the trainer {why} before its first step (see train.log)")
+                    return self.finish(Kind.FAILED, reason=f"the trainer {why} before its first step (see train.log)")
                 if restarts >= self.max_restarts:
-                    return self.finish("failed", reason=f"gave up after {restarts} restarts; last attempt {why}")
+                    return self.finish(Kind.FAILED, reason=f"gave up after {restarts} restarts; last attempt {why}")
                 restarts += 1
-                self.event("restarted", attempt=attempt + 1, delay_s=delay, reason=why)
+                self.event(Kind.RESTARTED, attempt=attempt + 1, delay_s=delay, reason=why)
                 self.log(f"restarting in {delay:g} s ({restarts}/{self.max_restarts})")
                 self.sleep(delay)
                 delay *= 2
         except BaseException as e:
             if self.proc is not None and self.proc.poll() is None:
                 end_group(self.proc.pid, self.stop_timeout, term_group=False, proc=self.proc)
-                self.event("attempt_exited", attempt=self.attempt, code=self.proc.poll(), signal=None,
+                self.event(Kind.ATTEMPT_EXITED, attempt=self.attempt, code=self.proc.poll(), signal=None,
                            step=self.last_step(self.attempt))
-            self.finish("failed", reason=f"supervisor error: {type(e).__name__}: {e}")
+            self.finish(Kind.FAILED, reason=f"supervisor error: {type(e).__name__}: {e}")
             raise
         finally:
             self.beat(force=True)
@@ -527,8 +526,8 @@ def recover_orphan(run_dir: RunDir, stop_timeout: float, hb: dict[str, Any]) -> 
     if it trained on until we stopped it, else when it was last known alive (its last heartbeat or
     metrics line), so the cost meter counts all of its time."""
     events = run_dir.read_events()
-    open_attempts = runstate.open_attempts(events)
-    if not open_attempts:
+    attempts = open_attempts(events)
+    if not attempts:
         return
     pid = hb.get("trainer_pid")
     orphan = pid_alive(pid, started=hb.get("trainer_started"))  # still the trainer it started
@@ -536,13 +535,13 @@ def recover_orphan(run_dir: RunDir, stop_timeout: float, hb: dict[str, Any]) -> 
         end_group(pid, stop_timeout, term_group=False)
     elif isinstance(pid, int):
         kill_group(pid)  # leftovers of a group whose leader is gone
-    logged = [r for r in iter_jsonl(run_dir.metrics) if r.get("attempt", 1) in open_attempts]
+    logged = [r for r in iter_jsonl(run_dir.metrics) if r.get("attempt", 1) in attempts]
     steps = [r["step"] for r in logged if isinstance(r.get("step"), int)]
     # an orphan we stopped really ran until now
     end_ts = None if orphan else runstate.trainer_last_alive(
         hb, max((r["ts"] for r in logged if isinstance(r.get("ts"), (int, float))), default=None))
-    for a in open_attempts:
-        run_dir.event("attempt_exited", attempt=a, code=None, signal=None, orphan=True,
+    for a in attempts:
+        run_dir.event(Kind.ATTEMPT_EXITED, attempt=a, code=None, signal=None, orphan=True,
                       step=steps[-1] if steps else None, **({"end_ts": end_ts} if end_ts else {}))
 
 

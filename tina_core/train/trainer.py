@@ -20,16 +20,13 @@ import sys
 import traceback
 from pathlib import Path
 
+from tina_core.events import EXIT_DISK_FULL, EXIT_ERROR, EXIT_FINISHED, EXIT_STOPPED, Kind, kind_of
 from tina_core.recipe.configs import build_grpo_config, build_lora_config
 from tina_core.recipe.loader import Recipe, load_recipe, resolve_base_model
 from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, DISK_FULL_ERRNOS, JsonlTail, RunDir, TinaError,
                               tina_home, write_error_text)
 from tina_core.train import snapshots
 
-EXIT_FINISHED = 0
-EXIT_STOPPED = 75  # EX_TEMPFAIL: stopped on request after saving; `tina resume` continues
-EXIT_ERROR = 2
-EXIT_DISK_FULL = 74  # EX_IOERR: the run directory could not be written; resume once there is room
 PROBE_BYTES = 64 * 1024
 
 # Keys worth a glance in the one-line-per-step stdout summary.
@@ -79,14 +76,14 @@ class Requests:
     def poll(self) -> None:
         records, _ = self._tail.read()
         for ev in records:
-            kind = ev.get("event")
-            if kind == "attempt_started":
+            kind = kind_of(ev)
+            if kind is Kind.ATTEMPT_STARTED:
                 self._ours = ev.get("attempt") == self.attempt
             elif not self._ours:
                 continue
-            elif kind == "checkpoint_requested":
+            elif kind is Kind.CHECKPOINT_REQUESTED:
                 self.save_reason = str(ev.get("reason") or "asked")
-            elif kind == "stop_scheduled":
+            elif kind is Kind.STOP_SCHEDULED:
                 step = ev.get("step")
                 self.stop_step = step if isinstance(step, int) and not isinstance(step, bool) else None
                 self.stop_reason = ev.get("reason")
