@@ -37,11 +37,12 @@ from pathlib import Path
 from typing import Any, Callable
 
 from tina_core.credentials import redact, redact_text
+from tina_core.events import Kind, kind_of
 from tina_core.rundir import RunDir, TinaError, workspace_config
 
 # Events worth telling someone who is not watching (every kind here has a text below).
-ALERT_EVENTS = ("transition", "stalled", "budget_reached", "restarted", "failed", "finished", "stopped",
-                "eval_finished", "eval_failed")
+ALERT_EVENTS = (Kind.TRANSITION, Kind.STALLED, Kind.BUDGET_REACHED, Kind.RESTARTED, Kind.FAILED, Kind.FINISHED,
+                Kind.STOPPED, Kind.EVAL_FINISHED, Kind.EVAL_FAILED)
 DEFAULT_STALL_AFTER_S = 900.0  # Tina's steps take about a minute; LEET calls a run dead after ten
 DEFAULT_TIMEOUT_S = 10.0
 QUEUE_MAX = 256
@@ -67,26 +68,26 @@ def _minutes(seconds: Any) -> str:
 
 
 # kind -> (severity, text): the one wording of every announced event (the cockpit's notices too).
-EVENT_TEXT: dict[str, tuple[str, Callable[[str, dict[str, Any]], str]]] = {
-    "transition": ("warning", _transition),
-    "stalled": ("error", lambda run, e: f"{run}: no new step for {_minutes(e.get('after_s'))} (last step "
-                                        f"{e.get('step') if e.get('step') is not None else 'none yet'}); "
-                                        "the trainer is still alive"),
-    "budget_reached": ("warning", lambda run, e: f"{run}: ${e.get('cost_usd', 0):.2f} spent, past the "
-                                                 f"${e.get('threshold_usd', 0):g} alert"),
-    "restarted": ("warning", lambda run, e: f"{run}: crashed, restarting (attempt {e.get('attempt', '?')})"),
-    "failed": ("error", lambda run, e: f"{run}: failed: {_first_line(e.get('reason'))}"),
-    "finished": ("information", lambda run, e: f"{run}: finished"
-                                               + (f" at step {e['step']}" if e.get("step") is not None else "")),
-    "stopped": ("information", lambda run, e: f"{run}: stopped"
-                                              + (f" at step {e['step']}" if e.get("step") is not None else "")
-                                              + (f" ({e['reason']})" if e.get("reason") else "")),
-    "eval_finished": ("information", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of "
-                                                    f"{_checkpoint(e)} = {_score(e.get('score'))}"),
-    "eval_failed": ("error", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of {_checkpoint(e)} failed: "
-                                            f"{_first_line(e.get('reason'))}"),
-    "write_failed": ("error", lambda run, e: f"{run}: cannot write {e.get('file')}: {e.get('error')} "
-                                              "(is the disk full?)"),
+EVENT_TEXT: dict[Kind, tuple[str, Callable[[str, dict[str, Any]], str]]] = {
+    Kind.TRANSITION: ("warning", _transition),
+    Kind.STALLED: ("error", lambda run, e: f"{run}: no new step for {_minutes(e.get('after_s'))} (last step "
+                                           f"{e.get('step') if e.get('step') is not None else 'none yet'}); "
+                                           "the trainer is still alive"),
+    Kind.BUDGET_REACHED: ("warning", lambda run, e: f"{run}: ${e.get('cost_usd', 0):.2f} spent, past the "
+                                                    f"${e.get('threshold_usd', 0):g} alert"),
+    Kind.RESTARTED: ("warning", lambda run, e: f"{run}: crashed, restarting (attempt {e.get('attempt', '?')})"),
+    Kind.FAILED: ("error", lambda run, e: f"{run}: failed: {_first_line(e.get('reason'))}"),
+    Kind.FINISHED: ("information", lambda run, e: f"{run}: finished"
+                                                  + (f" at step {e['step']}" if e.get("step") is not None else "")),
+    Kind.STOPPED: ("information", lambda run, e: f"{run}: stopped"
+                                                 + (f" at step {e['step']}" if e.get("step") is not None else "")
+                                                 + (f" ({e['reason']})" if e.get("reason") else "")),
+    Kind.EVAL_FINISHED: ("information", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of "
+                                                       f"{_checkpoint(e)} = {_score(e.get('score'))}"),
+    Kind.EVAL_FAILED: ("error", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of {_checkpoint(e)} failed: "
+                                               f"{_first_line(e.get('reason'))}"),
+    Kind.WRITE_FAILED: ("error", lambda run, e: f"{run}: cannot write {e.get('file')}: {e.get('error')} "
+                                                 "(is the disk full?)"),
 }
 
 
@@ -97,7 +98,8 @@ def _checkpoint(e: dict[str, Any]) -> str:
 
 def event_text(run_name: str, record: dict[str, Any]) -> tuple[str, str] | None:
     """(severity, one line) for an event worth announcing, else None."""
-    spec = EVENT_TEXT.get(record.get("event", ""))
+    kind = kind_of(record)
+    spec = EVENT_TEXT.get(kind) if kind is not None else None
     return (spec[0], spec[1](run_name, record)) if spec else None
 
 
@@ -105,7 +107,7 @@ def event_text(run_name: str, record: dict[str, Any]) -> tuple[str, str] | None:
 class AlertConfig:
     webhook: str | None = None
     command: str | None = None
-    events: tuple[str, ...] = ALERT_EVENTS
+    events: tuple[Kind, ...] = ALERT_EVENTS
     stall_after_s: float = DEFAULT_STALL_AFTER_S
     budget_usd: tuple[float, ...] = ()
     timeout_s: float = DEFAULT_TIMEOUT_S
@@ -151,7 +153,7 @@ def load_config(home: Path) -> AlertConfig:
     budget = section.get("budget_usd", [])
     budget = budget if isinstance(budget, list) else [budget]
     return AlertConfig(
-        webhook=webhook, command=command, events=tuple(events),
+        webhook=webhook, command=command, events=tuple(Kind(e) for e in events),
         stall_after_s=_number(f"{where}.stall_after_s", section.get("stall_after_s", DEFAULT_STALL_AFTER_S)),
         budget_usd=tuple(sorted(_number(f"{where}.budget_usd", b, positive=True) for b in budget)),
         timeout_s=_number(f"{where}.timeout_s", section.get("timeout_s", DEFAULT_TIMEOUT_S), positive=True))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tina_core import runstate
+from tina_core.events import EVAL_ENDED, Kind, gpu_count, is_kind, kind_of, marker
 from tina_core.rundir import RunDir, TinaError, iter_jsonl, workspace_config
 
 CHECK_PROVIDER = "default, check your provider"
@@ -135,18 +136,17 @@ def intervals(events: Iterable[dict[str, Any]]) -> list[Interval]:
     out: list[Interval] = []
     open_: dict[tuple[str, Any], Interval] = {}
     for ev in events:
-        kind, ts = ev.get("event"), ev.get("ts")
+        kind, ts = kind_of(ev), ev.get("ts")
         if not isinstance(ts, (int, float)):
             continue
-        if kind in ("attempt_started", "eval_started"):
-            iv = Interval("train" if kind == "attempt_started" else "eval",
-                          ev.get("attempt") if kind == "attempt_started" else ev.get("eval_id"),
-                          float(ts), None,  # gpus: a count (trainer) or a list of ids (evaluations)
-                          len(g) if isinstance(g := ev.get("gpus"), list) else int(g or 0))
+        if kind in (Kind.ATTEMPT_STARTED, Kind.EVAL_STARTED):
+            train = kind is Kind.ATTEMPT_STARTED
+            iv = Interval("train" if train else "eval", ev.get("attempt") if train else ev.get("eval_id"),
+                          float(ts), None, gpu_count(ev))
             open_[(iv.kind, iv.key)] = iv
             out.append(iv)
-        elif kind == "attempt_exited" or kind in ("eval_finished", "eval_failed", "eval_cancelled"):
-            k = ("train", ev.get("attempt")) if kind == "attempt_exited" else ("eval", ev.get("eval_id"))
+        elif kind is Kind.ATTEMPT_EXITED or kind in EVAL_ENDED:
+            k = ("train", ev.get("attempt")) if kind is Kind.ATTEMPT_EXITED else ("eval", ev.get("eval_id"))
             iv = open_.pop(k, None)
             if iv is not None:  # end_ts: when a dead supervisor's attempt really ended
                 end = ev.get("end_ts", ts)
@@ -330,7 +330,6 @@ class LaunchCost:
 def measured(home: Path, store: Any = None) -> tuple[dict[tuple, list[float]], dict[str, list[int]]]:
     """What this workspace has measured itself: seconds per step by (model, device, GPUs) over its
     ended runs, and transition steps by recipe file stem (the markers its supervisors placed)."""
-    from tina_core.analysis.policy import marker
     from tina_core.recipe.loader import parse_yaml
     from tina_core.rundir import list_run_dirs
 
@@ -343,7 +342,7 @@ def measured(home: Path, store: Any = None) -> tuple[dict[tuple, list[float]], d
         events = rd.read_events()
         if (m := marker(events)) is not None and info.get("recipe"):
             transitions.setdefault(Path(info["recipe"]).stem, []).append(int(m["step"]))
-        if not any(e.get("event") in ("finished", "stopped") for e in events):
+        if not any(is_kind(e, Kind.FINISHED, Kind.STOPPED) for e in events):
             continue
         try:
             model = ((parse_yaml(rd.recipe.read_text()) or {}).get("model") or {}).get("name_or_path")

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
 from tina_core.analysis.metric_keys import COMPLETION_LENGTH, normalise_key
+from tina_core.events import Kind
 from tina_core.rundir import RunDir, TinaError
 
 TOTAL_REWARD = "reward"
@@ -115,7 +116,7 @@ def record_watch(rd: RunDir, names: Sequence[str] | None, available: Iterable[st
     """Change what a run watches: a ``watch_changed`` event with the named signals (checked against
     the keys the run logs), or with none to go back to the automatic choice. Returns the keys."""
     keys = resolve_all(names, available) if names else None
-    rd.event("watch_changed", signals=keys, by=by)
+    rd.event(Kind.WATCH_CHANGED, signals=keys, by=by)
     return keys
 
 

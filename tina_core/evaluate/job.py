@@ -30,6 +30,7 @@ from tina_core.evaluate.tasks import (CPU_TASKS, EVAL_TASKS_FILE, TRAINING_PROMP
                                       EvalError, _label, eval_backend, lighteval_task, log_tail, merge_dtype,
                                       merged_dir, output_dir, task_name)
 from tina_core.evaluate.vllm_model import devices_for
+from tina_core.events import Kind
 from tina_core.rundir import CHECKPOINT_COMPLETE, RunDir, read_json, write_json_atomic
 
 MERGED_MARK = "tina-merged.json"
@@ -289,11 +290,11 @@ def run_job(home: Path, rd: RunDir, eval_id: str) -> int:
         print(f"evaluation failed: {msg}", file=sys.stderr, flush=True)
         sys.stdout.flush()
         sys.stderr.flush()
-        rd.event("eval_failed", **common, reason=f"{msg}\n--- last lines of {rd.eval_log(eval_id).name} ---\n"
+        rd.event(Kind.EVAL_FAILED, **common, reason=f"{msg}\n--- last lines of {rd.eval_log(eval_id).name} ---\n"
                  + log_tail(rd.eval_log(eval_id)))
         return 1
     print(f"{task}: {res['metric']} = {res['score']:.4f} ({time.time() - t0:.1f}s)", flush=True)
-    rd.event("eval_finished", **common, backend=backend, score=res["score"], metric=res["metric"], metrics=res["metrics"],
+    rd.event(Kind.EVAL_FINISHED, **common, backend=backend, score=res["score"], metric=res["metric"], metrics=res["metrics"],
              scores={task: res["score"]}, results_path=res["results_path"], details_path=res["details_path"],
              model=model, seconds=round(time.time() - t0, 3))
     return 0

@@ -21,6 +21,7 @@ from tina_core import runstate
 from tina_core.alerts import Alerts
 from tina_core.evaluate.commands import _child_env, _gpu_env, _python
 from tina_core.evaluate.tasks import log_tail
+from tina_core.events import EVAL_RESULTS, Kind, is_kind
 from tina_core.rundir import RunDir, tina_home
 
 WORKER_LOCK = runstate.EVAL_WORKER_LOCK
@@ -111,7 +112,7 @@ def _run_one(home: Path, rd: RunDir, ev: dict[str, Any]) -> None:
                                 stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, cwd=str(rd.path))
     common = dict(eval_id=eid, checkpoint=ev["checkpoint"], task=ev["task"], gpus=ev["gpus"], pid=proc.pid)
-    rd.event("eval_started", **common, device="gpu" if ev["gpus"] else "cpu", log=str(log))
+    rd.event(Kind.EVAL_STARTED, **common, device="gpu" if ev["gpus"] else "cpu", log=str(log))
     _wlog(f"started {rd.run_id}/{eid} pid {proc.pid}")
     timeout = _timeout_s(ev)
     try:
@@ -120,7 +121,7 @@ def _run_one(home: Path, rd: RunDir, ev: dict[str, Any]) -> None:
         runstate.end_group(proc.pid, 5.0, proc=proc)
         proc.wait()
         if runstate.evaluations(rd)[eid]["state"] == "running":
-            rd.event("eval_failed", **common, reason=f"timed out after {timeout:g}s\n--- last lines of {log.name} ---\n"
+            rd.event(Kind.EVAL_FAILED, **common, reason=f"timed out after {timeout:g}s\n--- last lines of {log.name} ---\n"
                      + log_tail(log))
         _wlog(f"timed out {rd.run_id}/{eid}")
         return
@@ -128,7 +129,7 @@ def _run_one(home: Path, rd: RunDir, ev: dict[str, Any]) -> None:
     if runstate.evaluations(rd)[eid]["state"] == "running":  # the job died before recording its end
         why = f"exited with code {rc}" if rc >= 0 else f"killed by signal {signal.Signals(-rc).name}"
         hint = " (out of memory?)" if rc == -signal.SIGKILL else ""
-        rd.event("eval_failed", **common, reason=f"evaluation process {why}{hint}\n--- last lines of {log.name} ---\n"
+        rd.event(Kind.EVAL_FAILED, **common, reason=f"evaluation process {why}{hint}\n--- last lines of {log.name} ---\n"
                  + log_tail(log))
     _wlog(f"ended {rd.run_id}/{eid} rc {rc} -> {runstate.evaluations(rd)[eid]['state']}")
 
@@ -136,7 +137,7 @@ def _run_one(home: Path, rd: RunDir, ev: dict[str, Any]) -> None:
 def _announce(alerts: Alerts, rd: RunDir, eval_id: str) -> None:
     """An evaluation's result (or failure), as recorded by its job or by us, to the alert targets."""
     ends = [e for e in rd.read_events()
-            if e.get("eval_id") == eval_id and e.get("event") in ("eval_finished", "eval_failed")]
+            if e.get("eval_id") == eval_id and is_kind(e, *EVAL_RESULTS)]
     if ends:
         alerts.send(rd, ends[-1])
 
@@ -153,7 +154,7 @@ def _reap_orphans(home: Path, items: list[dict[str, Any]], alerts: Alerts) -> bo
             alive = True
             continue
         if runstate.evaluations(rd).get(ev["eval_id"], {}).get("state") == "running":
-            rd.event("eval_failed", eval_id=ev["eval_id"], checkpoint=ev["checkpoint"], task=ev["task"],
+            rd.event(Kind.EVAL_FAILED, eval_id=ev["eval_id"], checkpoint=ev["checkpoint"], task=ev["task"],
                      gpus=ev["gpus"], pid=ev.get("pid"), end_ts=runstate.eval_last_alive(rd, ev),
                      reason="evaluation process ended without recording a result (its worker stopped or was "
                             "killed)\n"

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Sequence
 
 from tina_core.analysis import signals
+from tina_core.events import Kind
 from tina_core.importer import jsonl, notebook, table, trackio, trainer_state
 from tina_core.importer.records import Read
 from tina_core.rundir import RunDir, TinaError, new_run_id, now_iso, runs_root, write_json_atomic
@@ -116,11 +117,11 @@ def import_run(home: Path, path: Path | Sequence[Path], name: str | None = None,
         last = max(r["step"] for r in records if r["attempt"] == records[-1]["attempt"])
         with open(rd.metrics, "w") as f:
             f.write("".join(json.dumps(r, allow_nan=True) + "\n" for r in records))
-        rd.event("imported", source=sources[0], sources=sources, format=got.format, steps=len(records),
+        rd.event(Kind.IMPORTED, source=sources[0], sources=sources, format=got.format, steps=len(records),
                  skipped_rows=got.skipped, detail=got.detail)
         if chosen:
-            rd.event("watch_changed", signals=chosen, by="import")
-        rd.event("finished", step=last)
+            rd.event(Kind.WATCH_CHANGED, signals=chosen, by="import")
+        rd.event(Kind.FINISHED, step=last)
         write_json_atomic(rd.run_json, {
             "run_id": run_id, "name": name, "recipe": None, "created": now_iso(), "hardware": None,
             "device": None, "gpu_count": None, "gpu_hour_usd": None, "command": [],

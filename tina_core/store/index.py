@@ -16,6 +16,7 @@ from typing import Any, Callable, Hashable, Iterable
 
 from tina_core.analysis import metric_keys
 from tina_core.caches import Cache
+from tina_core.events import Kind, of_kind
 from tina_core.rundir import RunFiles, runs_root
 from tina_core.store.ingest import Ingestion
 from tina_core.store.database import _sql_str
@@ -252,10 +253,10 @@ class Store(Ingestion):
             "AND ts = (SELECT max(ts) FROM system WHERE run_id = $1) ORDER BY gpu", [run_id]))
         return [dict(zip(("index", "util", "mem_used", "mem_total", "power_w", "ts"), r)) for r in rows]
 
-    def events(self, run_id: str, kinds: Iterable[str] | None = None) -> list[dict]:
+    def events(self, run_id: str, kinds: Iterable[Kind] | None = None) -> list[dict]:
         rows = self._query('SELECT data FROM events WHERE run_id = ? ORDER BY "offset"', [run_id])
         out = [json.loads(d) for (d,) in rows]
-        return out if kinds is None else [e for e in out if e.get("event") in set(kinds)]
+        return out if kinds is None else of_kind(out, *kinds)
 
     def quarantine(self, run_id: str | None = None) -> list[dict]:
         sql = 'SELECT run_id, file, "offset", text, reason FROM quarantine'

@@ -20,6 +20,7 @@ import duckdb
 
 from tina_core.analysis import metric_keys
 from tina_core.caches import Cache
+from tina_core.events import Kind, is_kind
 from tina_core.rundir import RunDir, RunFiles, TinaError, list_run_dirs, runs_root
 from tina_core.store.database import Database, _ident, _sql_str
 from tina_core.store.records import MAX_INT, MAX_STEP, events_problem, metrics_problem, system_problem
@@ -388,7 +389,7 @@ class Ingestion(Database):
                          [json.dumps(r, default=str) for _, r in good]])
         evals, samples = [], 0
         for here, r in good:
-            if r["event"] != "eval_finished" or not isinstance(r.get("scores"), dict):
+            if not is_kind(r, Kind.EVAL_FINISHED) or not isinstance(r.get("scores"), dict):
                 continue
             ck = r.get("checkpoint")
             details = r.get("details") or r.get("details_path")

@@ -6,13 +6,15 @@ A line that breaks them (``{"step": 35, "attempt": 99999999999}``, a step of -3 
 given as text) is one bad line: ``store.ingest`` quarantines it like a malformed one and the rest
 of the workspace is indexed as usual; ``tina import`` refuses the file, naming the line.
 
-Light: the standard library only (``tina import`` and the ingest share it).
+Light: the standard library and ``tina_core.events`` (``tina import`` and the ingest share it).
 """
 
 from __future__ import annotations
 
 import math
 from typing import Any
+
+from tina_core.events import Kind, is_kind
 
 # Steps, checkpoint steps and sizes: integers a DOUBLE holds exactly, well inside BIGINT.
 MAX_STEP = 2**53
@@ -76,7 +78,7 @@ def events_problem(rec: dict) -> str | None:
         return "no 'event' name"
     if problem := _time_problem(rec):
         return problem
-    if rec["event"] == "eval_finished":
+    if is_kind(rec, Kind.EVAL_FINISHED):
         ck = rec.get("checkpoint")
         if isinstance(ck, (int, float)) and not isinstance(ck, bool) and step_of(ck) is None:
             return f"'checkpoint' {ck} is not a step (0..{MAX_STEP})"
