@@ -32,7 +32,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tina_core.analysis.policy import marker  # noqa: E402
+from tina_core.events import Kind, marker, of_kind  # noqa: E402
 from tina_core.recipe.loader import load_recipe  # noqa: E402
 from tina_core.rundir import RunDir  # noqa: E402
 from tina_core.train import snapshots  # noqa: E402
@@ -70,9 +70,9 @@ def wait_evals(home: Path, rd: RunDir, timeout: float = 1800) -> dict:
 
 def trainer_seconds(rd: RunDir) -> float:
     ev = rd.read_events()
-    starts = {e["attempt"]: e["ts"] for e in ev if e["event"] == "attempt_started"}
-    return sum(e.get("end_ts", e["ts"]) - starts[e["attempt"]] for e in ev
-               if e["event"] == "attempt_exited" and e["attempt"] in starts)
+    starts = {e["attempt"]: e["ts"] for e in of_kind(ev, Kind.ATTEMPT_STARTED)}
+    return sum(e.get("end_ts", e["ts"]) - starts[e["attempt"]] for e in of_kind(ev, Kind.ATTEMPT_EXITED)
+               if e["attempt"] in starts)
 
 
 def disk(paths: list[Path]) -> int:
@@ -90,7 +90,7 @@ def disk(paths: list[Path]) -> int:
 
 def one_seed(home: Path, seed: int, after: int) -> dict:
     rd = train(home, f"policy-{seed}", seed, f"stop.after_transition={after}")
-    queued = any(e["event"] == "eval_queued" for e in rd.read_events())  # none without a marker
+    queued = bool(of_kind(rd.read_events(), Kind.EVAL_QUEUED))  # none without a marker
     policy_run = wait_evals(home, rd) if queued else status(home, rd.run_id)
     m = marker(rd.read_events())
     full = train(home, f"full-{seed}", seed)

@@ -35,6 +35,7 @@ sys.path.insert(0, str(ROOT))
 
 from tina_core.train.launcher import launch_env  # noqa: E402
 from tina_core.recipe.loader import load_recipe  # noqa: E402
+from tina_core.events import Kind, last_of  # noqa: E402
 from tina_core.rundir import RunDir, create_run_dir, read_json, write_json_atomic  # noqa: E402
 
 
@@ -51,9 +52,10 @@ def supervised(home: Path, recipe: Path, overrides: list[str]) -> tuple[float, f
     if out.returncode != 0:
         sys.exit(f"tina run failed ({out.returncode}):\n{out.stderr[-2000:]}")
     run_dir = RunDir(home / "runs" / out.stdout.split()[0])
-    ev = {e["event"]: e for e in run_dir.read_events()}
-    CPU.append((ev["finished"]["supervisor_cpu_s"], ev["attempt_exited"]["cpu_s"]))
-    return wall, ev["attempt_exited"]["ts"] - ev["attempt_started"]["ts"], run_dir
+    events = run_dir.read_events()
+    started, exited = last_of(events, Kind.ATTEMPT_STARTED), last_of(events, Kind.ATTEMPT_EXITED)
+    CPU.append((last_of(events, Kind.FINISHED)["supervisor_cpu_s"], exited["cpu_s"]))
+    return wall, exited["ts"] - started["ts"], run_dir
 
 
 def direct(home: Path, template: RunDir) -> float:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from tina_core import runstate
 from tina_core.alerts import ALERT_EVENTS, event_text
 from tina_core.caches import Cache
+from tina_core.events import is_kind
 from tina_core.rundir import FileStamp, JsonlTail, RunDir, RunFiles, TinaError, list_run_dirs, read_whole_lines
 from tina_core.store.guard import Guarded
 
@@ -483,7 +484,7 @@ class Collector:
         for ev in tail.read()[0]:
             said = event_text(name, ev)
             if said:
-                out.append(Notice(*said, bell=ev.get("event") in ALERT_EVENTS))
+                out.append(Notice(*said, bell=is_kind(ev, *ALERT_EVENTS)))
         return out
 
     def _run_notices(self, run: RunRow) -> list[Notice]:

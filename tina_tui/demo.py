@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tina_core import runstate
+from tina_core.events import EXIT_STOPPED, Kind
 from tina_core.rundir import RunDir, now_iso, runs_root, write_json_atomic
 
 EPOCH_START = 1767225600.0  # 2026-01-01T00:00:00Z: fixed so synthetic runs render the same everywhere
@@ -127,14 +128,14 @@ class SyntheticRun:
         log: list[str] = []
         ts = self.start_ts
 
-        def event(kind: str, **f: Any) -> None:
+        def event(kind: Kind, **f: Any) -> None:
             rd.event(kind, at=ts, **f)
 
-        event("launched", recipe=self.recipe, command=command, gpus=self.gpu_count,
+        event(Kind.LAUNCHED, recipe=self.recipe, command=command, gpus=self.gpu_count,
               gpu_hour_usd=price.gpu_hour_usd, device=device)
-        event("supervisor_started", pid=1000, resume=False)
+        event(Kind.SUPERVISOR_STARTED, pid=1000, resume=False)
         attempt = 1
-        event("attempt_started", attempt=attempt, pid=1001, gpus=self.gpu_count, resume_from=None)
+        event(Kind.ATTEMPT_STARTED, attempt=attempt, pid=1001, gpus=self.gpu_count, resume_from=None)
         crash_at = sorted(self.restarts)
         step = 1
         while step <= self.steps:
@@ -156,28 +157,28 @@ class SyntheticRun:
                 log.append(f"saved checkpoint-{step}\n")
             if crash_at and step == crash_at[0]:
                 crash_at.pop(0)
-                event("attempt_exited", attempt=attempt, code=-9, signal="SIGKILL", step=step, cpu_s=step * self.step_s)
-                event("restarted", attempt=attempt + 1, delay_s=10, reason="killed by SIGKILL")
+                event(Kind.ATTEMPT_EXITED, attempt=attempt, code=-9, signal="SIGKILL", step=step, cpu_s=step * self.step_s)
+                event(Kind.RESTARTED, attempt=attempt + 1, delay_s=10, reason="killed by SIGKILL")
                 log.append("Traceback (most recent call last):\nRuntimeError: CUDA error: an illegal memory access\n")
                 ts += 60
                 attempt += 1
                 resume = (step // self.save_steps) * self.save_steps or None
-                event("attempt_started", attempt=attempt, pid=1000 + attempt, gpus=self.gpu_count,
+                event(Kind.ATTEMPT_STARTED, attempt=attempt, pid=1000 + attempt, gpus=self.gpu_count,
                       resume_from=resume)
                 step = (resume or 0) + 1
                 continue
             step += 1
         cpu_s = self.steps * self.step_s
         if self.state == "finished":
-            event("attempt_exited", attempt=attempt, code=0, signal=None, step=self.steps, cpu_s=cpu_s)
-            event("finished", step=self.steps, supervisor_cpu_s=1.0)
+            event(Kind.ATTEMPT_EXITED, attempt=attempt, code=0, signal=None, step=self.steps, cpu_s=cpu_s)
+            event(Kind.FINISHED, step=self.steps, supervisor_cpu_s=1.0)
         elif self.state == "stopped":
-            event("stop_requested", by="tina stop", attempt=attempt)
-            event("attempt_exited", attempt=attempt, code=75, signal=None, step=self.steps, cpu_s=cpu_s)
-            event("stopped", step=self.steps, supervisor_cpu_s=1.0)
+            event(Kind.STOP_REQUESTED, by="tina stop", attempt=attempt)
+            event(Kind.ATTEMPT_EXITED, attempt=attempt, code=EXIT_STOPPED, signal=None, step=self.steps, cpu_s=cpu_s)
+            event(Kind.STOPPED, step=self.steps, supervisor_cpu_s=1.0)
         elif self.state == "failed":
-            event("attempt_exited", attempt=attempt, code=1, signal=None, step=self.steps, cpu_s=cpu_s)
-            event("failed", reason="gave up after 3 restarts; last attempt exit code 1", supervisor_cpu_s=1.0)
+            event(Kind.ATTEMPT_EXITED, attempt=attempt, code=1, signal=None, step=self.steps, cpu_s=cpu_s)
+            event(Kind.FAILED, reason="gave up after 3 restarts; last attempt exit code 1", supervisor_cpu_s=1.0)
         gpus = [0] if self.gpu_count else []
         evals = [(None, self.base_evals)] if self.base_evals else []
         for ck_step, scores in evals + sorted(self.evals.items()):
@@ -186,12 +187,12 @@ class SyntheticRun:
                 eid = f"{'base' if ck_step is None else f'ckpt{ck_step}'}-{task}-{self.seed:06x}"
                 common = {"eval_id": eid, "checkpoint": ck_step, "task": task}
                 pid = 2000 + (ck_step or 0)
-                event("eval_queued", **common, tasks=[task], gpus=gpus, gpus_explicit=False)
-                event("eval_started", **common, gpus=gpus, pid=pid, device="gpu" if gpus else "cpu",
+                event(Kind.EVAL_QUEUED, **common, tasks=[task], gpus=gpus, gpus_explicit=False)
+                event(Kind.EVAL_STARTED, **common, gpus=gpus, pid=pid, device="gpu" if gpus else "cpu",
                       log=str(rd.eval_log(eid)))
                 ts += 600
                 # the backend a GPU box (vLLM) or a plain CPU box (lighteval's transformers) generates with
-                event("eval_finished", **common, gpus=gpus, pid=pid, backend="vllm" if gpus else "transformers",
+                event(Kind.EVAL_FINISHED, **common, gpus=gpus, pid=pid, backend="vllm" if gpus else "transformers",
                       score=score, metric="pass@1",
                       metrics={"pass@1": score}, scores={task: score}, results_path=str(rd.evals / eid / "results.json"),
                       details_path=None, model=str(rd.evals / eid / "merged"), seconds=600.0)
