@@ -1,8 +1,10 @@
 """Tina's maths on TRL 1.16, as the recipes resolve it: each test here fails if a recipe (or the
 installed TRL) stops doing what Tina did, or stops saying where it differs (issue 11, items 3-8
-and 11-13; the rewards' items 6 and 8 are in test_rewards.py)."""
+and 11-13; the rewards' items 6 and 8 are in test_rewards.py; issue 20, items 3-5)."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 
@@ -26,6 +28,82 @@ def test_no_vllm_importance_sampling_correction(path):
 
     assert GRPOConfig.__dataclass_fields__["vllm_importance_sampling_correction"].default is True  # why it is pinned
     assert config(path).vllm_importance_sampling_correction is False
+
+
+@pytest.mark.parametrize("path", TINA_RECIPES, ids=lambda p: p.stem)
+def test_no_bias_correction_of_the_kl_term(path):
+    """TRL 1.16 multiplies the per-token KL by exp(logp - logp.detach()) by default: value 1, but
+    a different KL gradient whenever beta != 0. Tina's TRL 0.15.2 loss has no such factor."""
+    import inspect
+
+    from trl import GRPOConfig, GRPOTrainer
+
+    assert GRPOConfig.__dataclass_fields__["use_bias_correction_kl"].default is True  # why it is pinned
+    assert "use_bias_correction_kl" in inspect.getsource(GRPOTrainer)  # the loss still reads it
+    cfg = config(path)
+    assert cfg.use_bias_correction_kl is False and cfg.beta == 0.04
+
+
+def test_len_and_cosine_verify_the_answer_against_the_gold_in_tina_s_order():
+    """math-verify's sides differ: a gold relation ``x < 3`` accepts the interval ``(-oo, 3)``, an
+    interval gold does not accept the relation. Tina's len and cosine rewards call
+    ``verify(answer, gold)``, her accuracy reward ``verify(gold, answer)``; tina's do the same."""
+    from tina_core.recipe.rewards import accuracy_reward, make_cosine_scaled_reward, make_len_reward
+
+    cosine = make_cosine_scaled_reward(max_len=1000)
+    interval, relation = r"The answer is $\boxed{(-\infty, 3)}$.", r"The answer is $\boxed{x < 3}$."
+    interval_gold, relation_gold = r"$(-\infty, 3)$", "$x < 3$"
+
+    def shape(text):  # the cosine's 0.5 * (1 + cos(pi * chars / max_len))
+        return 0.5 * (1 + math.cos(math.pi * len(text) / 1000))
+
+    # gold x < 3, answer the interval: accuracy (gold first) says correct, cosine (answer first) wrong
+    assert accuracy_reward([interval], solution=[relation_gold]) == [1.0]
+    assert cosine([interval], solution=[relation_gold]) == [pytest.approx(-0.5 + 0.5 * shape(interval))]
+    # the other way round: the interval gold and the relation answer
+    assert accuracy_reward([relation], solution=[interval_gold]) == [0.0]
+    assert cosine([relation], solution=[interval_gold]) == [pytest.approx(0.5 + 0.5 * shape(relation))]
+    # len_reward reads correctness the same way: a wrong answer's lambda is capped at 0
+    assert make_len_reward(2)([relation, relation + " Yes."], solution=[interval_gold] * 2) == [0.5, -0.5]
+    assert make_len_reward(2)([interval, interval + " Yes."], solution=[relation_gold] * 2) == [0.0, -0.5]
+
+
+@pytest.mark.slow
+def test_trl_hands_vllm_one_bos_where_tina_s_text_prompts_got_two(tmp_path, tiny_model):
+    """The distilled tokenizer adds a BOS (its tokenizer_config.json: add_bos_token true) and Tina's
+    chat template begins with one. Tina's TRL 0.15.2 gave vLLM the prompt text, tokenised with
+    special tokens: two BOS. The installed TRL tokenises the conversation through the chat template
+    (``_tokenize_prompts``, whose ids go to vLLM as ``prompt_token_ids``): one. Shown on the tiny
+    tokenizer set up as the distilled one is (no hub here); `bos_tokens` in recipes/base/tina.yaml
+    says so."""
+    import inspect
+
+    import trl.generation.vllm_generation as vllm_generation
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    from tina_core.recipe.prompts import REASON_CHAT_TEMPLATE
+
+    plain = AutoTokenizer.from_pretrained(tiny_model)
+    tok = AutoTokenizer.from_pretrained(tiny_model, add_bos_token=True, bos_token=plain.eos_token)
+    tok.chat_template = REASON_CHAT_TEMPLATE
+    bos = tok.bos_token_id
+    args = GRPOConfig(output_dir=str(tmp_path), use_vllm=False, bf16=False, use_cpu=True, report_to=[],
+                      per_device_train_batch_size=2, num_generations=2, max_steps=1, gradient_checkpointing=False)
+    prompt = [{"role": "system", "content": "Add."}, {"role": "user", "content": "3 + 4"}]
+    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(tiny_model), args=args, processing_class=tok,
+                          reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+                          train_dataset=Dataset.from_list([{"prompt": prompt}] * 2))
+    [ids], _, _ = trainer._tokenize_prompts([prompt])
+    text = tok.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+    assert text.startswith(tok.bos_token)
+    assert list(ids[:2]).count(bos) == 1                               # TRL 1.x: one BOS
+    assert tok(text)["input_ids"][:2] == [bos, bos]                    # Tina's text through vLLM: two
+    assert tok(text, add_special_tokens=False)["input_ids"] == list(ids)  # her trainer's own ids: one
+    assert "prompt_token_ids" in inspect.getsource(vllm_generation)    # ids, not text, reach vLLM
+    base = load_recipe(RECIPES_DIR / "base" / "tina.yaml")
+    assert "two BOS" in base.data["divergences"]["bos_tokens"]
 
 
 def test_dr_grpo_row_runs_as_it_ran_and_the_applied_variant_is_dr_grpo():
@@ -101,7 +179,7 @@ def test_divergences_are_named_in_one_place():
     """recipes/base/tina.yaml lists every deliberate divergence; every Tina recipe inherits the list
     (and its run snapshot carries it)."""
     base = load_recipe(RECIPES_DIR / "base" / "tina.yaml")
-    assert {"logprob_temperature", "attention", "long_prompts", "vllm_placement"} <= set(base.data["divergences"])
+    assert {"logprob_temperature", "attention", "long_prompts", "vllm_placement", "bos_tokens"} <= set(base.data["divergences"])
     for path in TINA_RECIPES:
         recipe = load_recipe(path)
         assert recipe.data["divergences"] == base.data["divergences"], path
@@ -162,3 +240,5 @@ def test_dry_run_lists_the_values_that_differ_from_trl_s_own_defaults():
             assert f"grpo.{key}" not in diffs
     notes = dry_run_notes(recipe)
     assert "  grpo.vllm_importance_sampling_correction: False (default True)" in notes
+    assert "  grpo.use_bias_correction_kl: False (default True)" in notes
+    assert "  use_bias_correction_kl: false\n" in recipe.to_yaml()  # what `tina run --dry-run` prints

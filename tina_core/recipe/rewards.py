@@ -17,6 +17,9 @@ Semantics follow Tina's ``rewards.py`` (lengths are in characters), with these d
   turns it on.
 - math-verify also works off the main thread (see ``_math_verify``).
 
+Like Tina's, the len and cosine rewards call math-verify as ``verify(answer, gold)`` and the accuracy
+reward as ``verify(gold, answer)``: math-verify reads its two sides differently, so the order is Tina's.
+
 math-verify (sympy) is imported on first use: this module is imported by the cockpit for
 ``FORMAT_REWARD_KEYS`` and must stay light.
 """
@@ -152,18 +155,23 @@ def _parse_answer(text: str, boxed, read_answer_tag: bool) -> list:
     return parse(text, extraction_config=tina, **kw)
 
 
-def _verify(gold, answer) -> bool:
+def _verify(gold, target) -> bool:
+    """math-verify's ``verify(gold, target)``. Its two sides are not symmetric (a gold relation such
+    as ``x < 3`` matches a target interval ``(-oo, 3)``, not the other way round), so each reward
+    passes them in Tina's order."""
     mv = _math_verify()
-    return bool(mv["verify"](list(gold), answer, **_timeouts()[1]))
+    return bool(mv["verify"](list(gold), list(target), **_timeouts()[1]))
 
 
 def _correct_or_none(text: str, solution: str, read_answer_tag: bool) -> bool | None:
-    """Whether ``text`` answers ``solution`` (Tina's len/cosine reading); None if the gold won't parse."""
+    """Whether ``text`` answers ``solution`` (Tina's len/cosine reading); None if the gold won't parse.
+    As in Tina's len and cosine rewards, the answer goes first: ``verify(answer, gold)`` (her
+    accuracy reward, and so ours, calls ``verify(gold, answer)``)."""
     gold = _parse_gold(str(solution), True)
     if not gold:
         return None
     try:
-        return _verify(gold, _parse_answer(text, True, read_answer_tag))
+        return _verify(_parse_answer(text, True, read_answer_tag), gold)
     except Exception as e:  # math-verify's own errors: count as not verified
         log.warning("verify failed: %s", e)
         return False
