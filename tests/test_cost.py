@@ -109,3 +109,41 @@ def test_cost_at_step_and_projection(tmp_path):
     assert m.eta_s(4) == pytest.approx(12.0)          # 6 steps left
     assert m.projected_usd(4) == pytest.approx(0.008 + 0.012)
     assert m.projected_usd(4, finished=True) == m.cost_usd()["total"]
+
+
+def _paced_run(home, tiny_run, name: str, steps: int, seconds: float) -> RunDir:
+    """A run of the tiny recipe written through the product's writers: ``steps`` logged steps
+    ``seconds`` apart, no end event (a live run)."""
+    import time
+
+    from tina_core.recipe.loader import RECIPES_DIR
+    from tina_core.rundir import append_jsonl
+
+    rd = create_run_dir(home, name)
+    rd.recipe.write_text(tiny_run.recipe.read_text())
+    write_json_atomic(rd.run_json, {**tiny_run.info(), "recipe": str(RECIPES_DIR / "tiny.yaml")})
+    t0 = time.time()
+    for s in range(1, steps + 1):
+        append_jsonl(rd.metrics, {"step": s, "attempt": 1, "ts": t0 + seconds * s})
+    return rd
+
+
+def test_the_dry_run_says_what_pace_it_assumes_and_why_until_a_run_here_has_one(tiny_run, tmp_path):
+    """The documented pace is stated as an assumption with its reason; a run of the same model on
+    the same device replaces it as soon as it has MEASURED_MIN_STEPS steps, ended or still live."""
+    from tina_core.recipe.loader import RECIPES_DIR, load_recipe
+
+    rs2 = cost.launch_cost(tmp_path, load_recipe(RECIPES_DIR / "tina" / "open_rs2.yaml"))
+    [pace] = [line for line in rs2.lines() if line.startswith("#   pace:")]
+    assert pace.startswith("#   pace: assumes 60 s/step because it is Tina's on 2 x L40S")
+    assert "four vLLM generations one after another" in pace and "25-45 s/step" in pace
+
+    tiny = load_recipe(RECIPES_DIR / "tiny.yaml")
+    _paced_run(tmp_path, tiny_run, "short", cost.MEASURED_MIN_STEPS - 1, 3.0)
+    before = cost.launch_cost(tmp_path, tiny)
+    assert before.seconds_per_step == cost.STEP_SECONDS[("tiny", "cpu", 0)][0]
+    assert "#   pace: assumes 0.12 s/step because bench/tiny_phase_transition.py measured" in before.lines()[1]
+    _paced_run(tmp_path, tiny_run, "live", cost.MEASURED_MIN_STEPS, 2.0)
+    after = cost.launch_cost(tmp_path, tiny)
+    assert after.seconds_per_step == pytest.approx(2.0)
+    assert after.lines()[1] == "#   pace: 2 s/step, measured here over 1 run(s)"

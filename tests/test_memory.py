@@ -67,6 +67,40 @@ def test_the_estimate_grows_with_what_it_models():
     assert "vllm" not in server.parts
 
 
+def test_zero2_keeps_deepspeed_s_default_reduce_bucket():
+    """accelerate builds the DeepSpeed config from recipes/accelerate/zero2.yaml without
+    ``reduce_bucket_size`` (and transformers fills only keys set to "auto"), so DeepSpeed's default
+    applies: one bucket of 5e8 elements in the engine's bf16, about 0.93 GiB per GPU."""
+    from accelerate.utils import DeepSpeedPlugin
+    from test_install_set import _pins
+
+    from tina_core.recipe.loader import ACCELERATE_DIR, parse_yaml
+
+    ds = parse_yaml((ACCELERATE_DIR / "zero2.yaml").read_text())["deepspeed_config"]
+    plugin = DeepSpeedPlugin(zero_stage=ds["zero_stage"], offload_optimizer_device=ds["offload_optimizer_device"],
+                             offload_param_device=ds["offload_param_device"], zero3_init_flag=ds["zero3_init_flag"],
+                             gradient_clipping=ds["gradient_clipping"])
+    assert "reduce_bucket_size" not in plugin.deepspeed_config["zero_optimization"]
+    assert "reduce_bucket_size" not in ds
+    # the default was read from the pinned release: a new pin means reading it again
+    assert _pins()["deepspeed"] == memory.ZERO_DEFAULTS_READ_FROM
+    est = estimate(TINA / "open_rs2.yaml")
+    assert est.parts["zero_bucket"] == 5 * 10**8 * 2 and round(est.parts["zero_bucket"] / memory.GIB, 2) == 0.93
+    assert "zero_bucket" not in estimate(TINA / "open_rs2.yaml", "launch.accelerate_config=cpu_ranks.yaml").parts
+    # Tina's thoughts recipe: about 3.5 GiB left on an L40S once the bucket is counted
+    thoughts = estimate(TINA / "thoughts.yaml")
+    assert 3.0 < (thoughts.gpu_bytes - thoughts.total) / memory.GIB < 4.0
+
+
+def test_the_bucket_is_the_installed_deepspeed_s_default():
+    """Where DeepSpeed is installed (the GPU box's set), its own ZeRO config says 5e8 elements and
+    no overlapping second buffer below ZeRO-3."""
+    zero = pytest.importorskip("deepspeed.runtime.zero.config")
+    cfg = zero.DeepSpeedZeroConfig(stage=2)
+    assert cfg.reduce_bucket_size == memory.ZERO_REDUCE_BUCKET_ELEMENTS
+    assert cfg.overlap_comm is False
+
+
 def test_on_the_common_gpus():
     recipe = load_recipe(TINA / "open_rs2.yaml")
     verdicts = dict(memory.on_known_gpus(recipe, resolved_grpo(recipe)))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tina_core import runstate
-from tina_core.events import EVAL_ENDED, Kind, gpu_count, is_kind, kind_of, marker
+from tina_core.events import EVAL_ENDED, Kind, gpu_count, kind_of, marker
 from tina_core.rundir import RunDir, TinaError, iter_jsonl, workspace_config
 
 CHECK_PROVIDER = "default, check your provider"
@@ -257,13 +257,15 @@ def usd_per_hour_now(run_dir: RunDir) -> float:
 
 
 # --- before launch: what a recipe will cost -----------------------------------------------------
-# Seconds per optimizer step of a model on a device (model, GPU model or "cpu", GPUs), until the
-# workspace has measured its own: its ended runs of the same model on the same device then decide.
+# Seconds per optimizer step of a model on a device (model, GPU model or "cpu", GPUs) and why, until
+# the workspace has measured its own: its runs of the same model on the same device (MEASURED_MIN_STEPS
+# steps or more, ended or not) then decide. The dry run says "assumes N s/step because <why>".
 STEP_SECONDS: dict[tuple[str, str, int], tuple[float, str]] = {
     ("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "L40S", 2): (
-        60.0, "Tina paper: one RL step usually within a minute on 2 x L40S; its $15 for Open-RS2's "
-              "850 steps suggests nearer 30 s"),
-    ("tiny", "cpu", 0): (0.12, "bench/tiny_phase_transition.py: 10-15 s for its 100 steps on 2 cores"),
+        60.0, "it is Tina's on 2 x L40S (the paper: a step within a minute), with her layout: four "
+              "vLLM generations one after another on GPU 0 each step; tina generates on both GPUs in one "
+              "call a step, estimated at 25-45 s/step, so this is an upper bound until a run here measures it"),
+    ("tiny", "cpu", 0): (0.12, "bench/tiny_phase_transition.py measured 10-15 s for its 100 steps on 2 cores"),
 }
 ASSUMED_GPU = "L40S"  # a GPU recipe planned on a machine without one: Tina's hardware
 # Where a recipe's transition typically falls, for those the paper has no figure for (its best
@@ -273,6 +275,7 @@ TYPICAL_TRANSITION: dict[str, tuple[int, str]] = {
     "tiny": (47, "the tiny recipe's with seed 42, bench/tiny_phase_transition.py"),
 }
 MEASURED_MIN_STEPS = 10  # a run's pace counts once it has this many steps
+MEASURED = "measured here"
 
 
 def usd_text(v: float | None) -> str:
@@ -315,9 +318,14 @@ class LaunchCost:
             usd, h = self.usd_to(step), self.hours_to(step)
             return "unknown (no pace for this model and device yet)" if usd is None else \
                 f"{usd_text(usd)} ({h * 60:,.1f} min)" if h < 1 else f"{usd_text(usd)} ({h:,.1f} h)"
-        pace = "?" if self.seconds_per_step is None else f"{self.seconds_per_step:.3g}"
+        if self.seconds_per_step is None:
+            pace = f"unknown: {self.pace_source}"
+        elif self.pace_source.startswith(MEASURED):
+            pace = f"{self.seconds_per_step:.3g} s/step, {self.pace_source}"
+        else:
+            pace = f"assumes {self.seconds_per_step:.3g} s/step because {self.pace_source}"
         out = [f"# cost, training only: {self.device}, ${self.usd_per_hour:g}/hour ({self.price_source})",
-               f"#   pace: {pace} s/step ({self.pace_source})",
+               f"#   pace: {pace}",
                f"#   to stop_at_step {self.stop_at_step}: {money(self.stop_at_step)}"]
         if self.transition_step is None:
             out.append(f"#   to the typical transition: {self.transition_source}")
@@ -329,7 +337,8 @@ class LaunchCost:
 
 def measured(home: Path, store: Any = None) -> tuple[dict[tuple, list[float]], dict[str, list[int]]]:
     """What this workspace has measured itself: seconds per step by (model, device, GPUs) over its
-    ended runs, and transition steps by recipe file stem (the markers its supervisors placed)."""
+    runs with MEASURED_MIN_STEPS steps or more (a live one counts as soon as it has them), and
+    transition steps by recipe file stem (the markers its supervisors placed)."""
     from tina_core.recipe.loader import parse_yaml
     from tina_core.rundir import list_run_dirs
 
@@ -342,8 +351,6 @@ def measured(home: Path, store: Any = None) -> tuple[dict[tuple, list[float]], d
         events = rd.read_events()
         if (m := marker(events)) is not None and info.get("recipe"):
             transitions.setdefault(Path(info["recipe"]).stem, []).append(int(m["step"]))
-        if not any(is_kind(e, Kind.FINISHED, Kind.STOPPED) for e in events):
-            continue
         try:
             model = ((parse_yaml(rd.recipe.read_text()) or {}).get("model") or {}).get("name_or_path")
         except Exception:
@@ -384,7 +391,7 @@ def launch_cost(home: Path, recipe: Any, *, gpu_name: str | None = None,
     model = "tiny" if recipe.is_tiny else str(recipe.get("model.name_or_path"))
     key = (model, device_key(device), gpus)
     if paces.get(key):
-        pace, pace_source = _median(paces[key]), f"measured here over {len(paces[key])} run(s)"
+        pace, pace_source = _median(paces[key]), f"{MEASURED} over {len(paces[key])} run(s)"
     elif key in STEP_SECONDS:
         pace, pace_source = STEP_SECONDS[key]
     else:

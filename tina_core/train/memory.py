@@ -1,7 +1,8 @@
 """What a recipe needs of each GPU, estimated before anything launches.
 
 ``estimate(recipe, grpo)`` adds up, per training GPU: the base model's weights, the LoRA adapter with
-its gradients and AdamW state (ZeRO-2 splits the optimizer's share over the ranks), the activations
+its gradients and AdamW state (ZeRO-2 splits the optimizer's share over the ranks), DeepSpeed's
+gradient reduce bucket (ZeRO-1/2: 5e8 elements, 0.93 GiB in bf16, whatever the adapter's size), the activations
 of one micro-batch at the recipe's longest sequence with gradient checkpointing, vLLM's reservation
 (``vllm_gpu_memory_utilization`` of the GPU, colocated; none while it sleeps or serves from another
 GPU) and the CUDA/NCCL runtime. ``tina run --dry-run`` prints it; a launch that cannot fit the GPUs
@@ -71,6 +72,14 @@ KNOWN_GPUS_MIB: dict[str, int] = {
 }
 
 RUNTIME_BYTES = 1 * GIB        # CUDA context, cuBLAS workspace, NCCL buffers per process
+# DeepSpeed ZeRO-1/2 reduce the gradients through a bucket of ``reduce_bucket_size`` elements, one
+# buffer allocated whole (stage_1_and_2.py, ``setup_buckets``; a second only with overlap_comm, off
+# by default below ZeRO-3), in the engine's dtype under ZeRO-2 and fp32 under ZeRO-1. accelerate
+# builds its DeepSpeed config without the key (recipes/accelerate/zero2.yaml sets none), so
+# DeepSpeed's default applies: 5e8 (``DeepSpeedZeroConfig.reduce_bucket_size``, deepspeed 0.19.8,
+# the version requirements/gpu.txt pins; tests/test_memory.py reads it where DeepSpeed is installed).
+ZERO_REDUCE_BUCKET_ELEMENTS = 500_000_000
+ZERO_DEFAULTS_READ_FROM = "0.19.8"  # the deepspeed release the default above was read from
 LM_HEAD_TILE_BYTES = 4096 * 32768 * 4  # TRL's chunked log-prob tile (tokens x vocab slice, fp32)
 DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4, "auto": 2}
 
@@ -200,7 +209,8 @@ class Estimate:
 
 _VLLM_NOTE = "vllm_gpu_memory_utilization of the GPU"
 LABELS = {"runtime": "CUDA/NCCL runtime", "weights": "weights", "lora_optimizer": "LoRA + grads + AdamW",
-          "activations": "activations", "generation_kv": "generation KV cache", "vllm": "vLLM reservation"}
+          "zero_bucket": "ZeRO reduce bucket", "activations": "activations", "generation_kv": "generation KV cache",
+          "vllm": "vLLM reservation"}
 
 
 def estimate(recipe, grpo: Mapping[str, Any], gpu_bytes: int) -> Estimate | None:
@@ -250,8 +260,10 @@ def estimate(recipe, grpo: Mapping[str, Any], gpu_bytes: int) -> Estimate | None
         activations += micro * arch.num_heads * seq * seq * a  # one layer's attention matrix
     activations += tokens * h * (a + 4) + LM_HEAD_TILE_BYTES  # final hidden, its fp32 gradient, a tile
 
-    parts = {"runtime": RUNTIME_BYTES, "weights": arch.parameters() * a, "lora_optimizer": int(lora),
-             "activations": int(activations)}
+    parts = {"runtime": RUNTIME_BYTES, "weights": arch.parameters() * a, "lora_optimizer": int(lora)}
+    if zero in (1, 2):
+        parts["zero_bucket"] = ZERO_REDUCE_BUCKET_ELEMENTS * (a if zero == 2 else 4)
+    parts["activations"] = int(activations)
     sleeps = False
     if use_vllm and str(grpo.get("vllm_mode") or "colocate") == "colocate":
         parts["vllm"] = int(float(grpo.get("vllm_gpu_memory_utilization") or 0.3) * gpu_bytes)
