@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, replace
@@ -26,13 +27,17 @@ from tina_core.rundir import RunDir, list_run_dirs, read_json, tina_home
 LIVE_STATES = ("running", "stopping")
 # A run whose supervisor's watch ended: the state is the name of the event that ended it.
 ENDED_STATES: tuple[str, ...] = tuple(k.value for k in RUN_ENDED)
-RUN_STATES = (*LIVE_STATES, *ENDED_STATES, "crashed")
+# queued: a sweep's run its engine has not started yet (cancelled, in ENDED_STATES: one it never will)
+RUN_STATES = (*LIVE_STATES, *ENDED_STATES, "crashed", "queued")
 EVAL_ACTIVE_STATES = ("queued", "running")
 
 HEARTBEAT_S = 2.0           # the supervisor rewrites supervisor.json this often
 HEARTBEAT_TIMEOUT_S = 15.0  # a heartbeat older than this: the supervisor is gone
 EVAL_PROCESS_MARK = "tina_core.evaluate"  # in the command line of every evaluation process
 EVAL_WORKER_LOCK = "eval-worker.lock"  # $TINA_HOME/: the worker's flock, holding its pid
+# This machine, as a heartbeat names it: a supervisor on another one (a Slurm node sharing the
+# workspace) is judged by its heartbeat alone, never by a pid of this machine's.
+HOST = socket.gethostname()
 
 
 def is_live(state: str | None) -> bool:
@@ -40,14 +45,16 @@ def is_live(state: str | None) -> bool:
 
 
 def can_stop(state: str | None) -> bool:
-    """A stop can be asked of a live run, and of a crashed one (its orphans are then stopped)."""
-    return state in (*LIVE_STATES, "crashed")
+    """A stop can be asked of a live run, of a crashed one (its orphans are then stopped) and of a
+    queued one (it is cancelled)."""
+    return state in (*LIVE_STATES, "crashed", "queued")
 
 
 def can_resume(state: str | None, supervisor_gone: bool = False) -> bool:
     """A run can be resumed once it ended early, and while no supervisor watches it: a new one
-    takes its orphaned trainer over (stops it at a checkpoint, then trains on from there)."""
-    return state in ("stopped", "failed", "crashed") or (supervisor_gone and is_live(state))
+    takes its orphaned trainer over (stops it at a checkpoint, then trains on from there). A cancelled
+    sweep's run starts then."""
+    return state in ("stopped", "failed", "crashed", "cancelled") or (supervisor_gone and is_live(state))
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -117,6 +124,12 @@ class Liveness:
     # still counts, until `tina resume` takes it over or `tina stop` stops it at a checkpoint.
     supervisor_gone: bool = False
     orphan_trainer_pid: int | None = None
+    host: str | None = None       # the supervisor's machine (None: this one, as before hosts were written)
+
+    @property
+    def remote(self) -> bool:
+        """Supervised from another machine: its pids are not this machine's to signal."""
+        return self.host not in (None, HOST)
 
     @property
     def supervisor(self) -> str | None:
@@ -128,7 +141,12 @@ def heartbeat_record(*, pid: int, started: float, now: float, trainer_pid: int |
                      trainer_started: float | None, attempt: int | None) -> dict[str, Any]:
     """What a supervisor writes to ``supervisor.json`` every few seconds (``liveness`` reads it)."""
     return {"pid": pid, "pgid": os.getpgid(pid), "started": started, "heartbeat": now, "trainer_pid": trainer_pid,
-            "trainer_started": trainer_started, "attempt": attempt}
+            "trainer_started": trainer_started, "attempt": attempt, "host": HOST}
+
+
+def on_this_host(hb: dict[str, Any]) -> bool:
+    """Whether a heartbeat's pids are this machine's (a heartbeat without a host is)."""
+    return hb.get("host") in (None, HOST)
 
 
 def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
@@ -139,7 +157,7 @@ def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
     hb = read_json(run_dir.supervisor, {}) or {}
 
     def out(state: str) -> Liveness:
-        return Liveness(state, hb.get("pid"), hb.get("trainer_pid"), hb.get("heartbeat"))
+        return Liveness(state, hb.get("pid"), hb.get("trainer_pid"), hb.get("heartbeat"), host=hb.get("host"))
 
     if run_dir.info().get("imported"):
         return out("finished")
@@ -147,18 +165,22 @@ def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
     terminal = [e["event"] for e in since if is_kind(e, *RUN_ENDED)]
     if terminal:
         return out(terminal[-1])
+    if start is None and any(is_kind(e, Kind.QUEUED) for e in events):
+        return out("queued")
+    # a pid of another machine's says nothing here: its fresh heartbeat is all there is
+    here = on_this_host(hb)
     fresh = isinstance(hb.get("heartbeat"), (int, float)) and now - hb["heartbeat"] <= HEARTBEAT_TIMEOUT_S
     started_ts = start.get("ts", 0) if start is not None else 0
     if start is not None and is_kind(start, Kind.LAUNCHED):
         # Created, supervisor not up yet: give it the heartbeat timeout to appear.
-        alive = now - started_ts <= HEARTBEAT_TIMEOUT_S or (fresh and pid_alive(hb.get("pid")))
+        alive = now - started_ts <= HEARTBEAT_TIMEOUT_S or (fresh and (not here or pid_alive(hb.get("pid"))))
     else:
-        alive = fresh and pid_alive(hb.get("pid")) and hb.get("heartbeat", 0) >= started_ts - 1
+        alive = fresh and (not here or pid_alive(hb.get("pid"))) and hb.get("heartbeat", 0) >= started_ts - 1
     stopping = any(is_kind(e, Kind.STOP_REQUESTED) for e in since)
     if alive:
         return out("stopping" if stopping else "running")
     trainer = hb.get("trainer_pid")
-    if open_attempts(since) and pid_alive(trainer, started=hb.get("trainer_started")):
+    if open_attempts(since) and here and pid_alive(trainer, started=hb.get("trainer_started")):
         return replace(out("stopping" if stopping else "running"), supervisor_gone=True, orphan_trainer_pid=trainer)
     return replace(out("crashed"), supervisor_gone=True)
 

@@ -56,6 +56,41 @@ def run(
                                         dry_run=dry_run, gpu_hour_usd=gpu_hour_usd, force=force))
 
 
+@app.command()
+def sweep(
+    recipes: list[Path] = typer.Argument(..., metavar="RECIPE...", help="Recipe YAMLs, e.g. recipes/tina/*.yaml"),
+    grid: list[str] = typer.Option([], "--grid", "-g", metavar="KEY=V1,V2",
+                                   help="Every combination of these values with the others' (repeatable)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value in every run: key.path=value."),
+    max_parallel: Optional[int] = typer.Option(None, "--max-parallel", "-k",
+                                               help="Runs at a time (local: the GPUs' share; Slurm: all)."),
+    name: Optional[str] = typer.Option(None, "--name", "-n", help="The sweep's name (default: sweep-DATE-TIME)."),
+    engine: str = typer.Option("local", "--engine", help="local (a queue on this machine) or slurm (a job array)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print every run, the dollars and the engine's job only."),
+    gpus: Optional[str] = typer.Option(None, "--gpus", help="local: the GPU ids the queue hands out (default: all)."),
+    gpu_hour_usd: Optional[float] = typer.Option(None, "--gpu-hour-usd", help="Price per GPU-hour for every run."),
+    partition: Optional[str] = typer.Option(None, "--partition", help="slurm: sbatch --partition."),
+    account: Optional[str] = typer.Option(None, "--account", help="slurm: sbatch --account."),
+    gpus_per_task: Optional[int] = typer.Option(None, "--gpus-per-task",
+                                                help="slurm: GPUs per task (default: the runs' launch.gpus)."),
+    cpus_per_task: Optional[int] = typer.Option(None, "--cpus-per-task", help="slurm: sbatch --cpus-per-task."),
+    time_limit: Optional[str] = typer.Option(None, "--time", help="slurm: each task's time limit, e.g. 24:00:00."),
+    signal_s: Optional[int] = typer.Option(None, "--signal-s",
+                                           help="slurm: TERM this many seconds before the time limit (default 300)."),
+    sbatch: list[str] = typer.Option([], "--sbatch", metavar="OPTION",
+                                     help="slurm: one more #SBATCH line, e.g. --sbatch=--qos=normal (repeatable)."),
+) -> None:
+    """Run several recipes and/or a grid of overrides as one sweep, K at a time, on this machine or
+    as a Slurm job array. Every run is checked and priced before anything starts."""
+    from tina_core.cli import sweeps
+
+    given = {"partition": partition, "account": account, "gpus_per_task": gpus_per_task,
+             "cpus_per_task": cpus_per_task, "time": time_limit, "signal_s": signal_s, "sbatch": sbatch}
+    raise typer.Exit(sweeps.cli_sweep(state.home, recipes, grids=grid, sets=set_, name=name, engine=engine,
+                                      max_parallel=max_parallel, dry_run=dry_run, gpus=gpus,
+                                      gpu_hour_usd=gpu_hour_usd, slurm_given=given))
+
+
 @app.command("ls")
 def ls(as_json: bool = typer.Option(False, "--json", help="One JSON object per run, as a list.")) -> None:
     """All runs in the workspace."""
@@ -78,7 +113,7 @@ def status(
 @app.command()
 def stop(run_ref: str = typer.Argument(..., metavar="RUN"),
          wait: bool = typer.Option(True, "--wait/--no-wait", help="Wait until the run has stopped.")) -> None:
-    """Ask a run to save a checkpoint at the end of its step and stop."""
+    """Ask a run to save a checkpoint at the end of its step and stop (a sweep's queued run: cancel it)."""
     from tina_core.cli import runs
 
     raise typer.Exit(runs.cli_stop(state.home, run_ref, wait=wait))
@@ -180,13 +215,14 @@ def report(
     as_csv: bool = typer.Option(False, "--csv"),
     as_md: bool = typer.Option(False, "--md"),
     plots: Optional[Path] = typer.Option(None, "--plots", help="Write a PNG per run into this folder."),
+    sweep_name: Optional[str] = typer.Option(None, "--sweep", metavar="NAME", help="Only the runs of this sweep."),
 ) -> None:
     """A Tina-style table over runs, beside the paper's rows; first the ablation table (what
     differs between the runs and what each bought)."""
     from tina_core.cli import workspace
 
     fmt = "json" if as_json else "csv" if as_csv else "md" if as_md else "table"
-    raise typer.Exit(workspace.cli_report(state.home, fmt=fmt, plots=plots, refs=refs or []))
+    raise typer.Exit(workspace.cli_report(state.home, fmt=fmt, plots=plots, refs=refs or [], sweep=sweep_name))
 
 
 @app.command()

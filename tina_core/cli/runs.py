@@ -87,9 +87,9 @@ def cli_run(home: Path, recipe: Path, *, name: str | None = None, detach: bool =
 def cli_stop(home: Path, run_ref: str, *, wait: bool = True) -> int:
     """Prints what happened (stderr) and the run's state (stdout); exits 0 once the run is not
     running, whether this command stopped it, another stop did, or it had already ended."""
-    from tina_core.supervise.lifecycle import stop_run
+    from tina_core.sweep.control import stop
 
-    outcome = stop_run(home, run_ref, wait=wait)
+    outcome = stop(home, run_ref, wait=wait)
     print(outcome.said, file=sys.stderr)
     print(outcome.state)
     return 0 if outcome.state in (*runstate.ENDED_STATES, "stopping") else 1
@@ -210,11 +210,31 @@ def _duration(s: float | None) -> str:
 
 
 STATE_STYLE = {"running": "green", "stopping": "yellow", "finished": "blue", "stopped": "yellow",
-               "failed": "red", "crashed": "bold red"}
+               "failed": "red", "crashed": "bold red", "queued": "cyan", "cancelled": "dim"}
 
 
-def _revive_eval_worker(home: Path, runs: list[dict]) -> None:
-    """A run whose evaluations have no worker alive (killed): start one, and say so."""
+def state_text(r: dict) -> str:
+    """A run's state with what its engine adds: why it waits, its node, what killed it."""
+    q = r.get("queue") or {}
+    if r.get("orphan_trainer_pid"):
+        return f"{r['state']} (no supervisor)"
+    if r["state"] == "queued" and q.get("reason"):
+        return f"queued ({q['reason']})"
+    if r["state"] in ("running", "stopping") and q.get("engine") == "slurm" and q.get("node"):
+        return f"{r['state']} on {q['node']}"
+    if q.get("killed"):
+        return f"{r['state']} (Slurm: {q['killed']})"
+    return r["state"]
+
+
+def _revive_daemons(home: Path, runs: list[dict]) -> None:
+    """A run whose evaluations have no worker alive (killed): start one, and say so; the same for a
+    local sweep whose queue is gone with runs still queued."""
+    if any(r.get("state") == "queued" for r in runs):
+        from tina_core.sweep.local import revive_queues
+
+        if note := revive_queues(home, runs):
+            print(f"tina: {note}", file=sys.stderr)
     if any(r.get("eval_worker") == "gone" for r in runs):
         from tina_core.evaluate.worker import revive_worker
 
@@ -224,34 +244,38 @@ def _revive_eval_worker(home: Path, runs: list[dict]) -> None:
 
 def cli_ls(home: Path, *, as_json: bool = False) -> int:
     runs = list_runs(home)
-    _revive_eval_worker(home, runs)
+    _revive_daemons(home, runs)
     if as_json:
         print(json_text(runs))
         return 0
     if not runs:
         print(f"no runs in {home} yet: tina run recipes/tiny.yaml")
         return 0
-    rows = [(r["run_id"], (r["state"] + (" (no supervisor)" if r.get("orphan_trainer_pid") else ""),
-                           STATE_STYLE.get(r["state"])),
+    sweeps = any(r.get("sweep") for r in runs)
+    rows = [(r["run_id"], *((r.get("sweep") or "-",) if sweeps else ()), (state_text(r), STATE_STYLE.get(r["state"])),
              f"{r['step'] if r['step'] is not None else '-'}/{r['stop_at_step'] or '?'}",
              str(r["restarts"]), _duration(r["elapsed_s"]),
              f"{r['gpu_count']}x {r['device']}" if r["gpu_count"] else r["device"],
              _money(r["cost_usd"]["total"]), _money(r["projected_cost_usd"]), _phase(r["phase_transition"]),
              str(r["recommended_checkpoint"]) if r["recommended_checkpoint"] is not None else "-")
             for r in runs]
-    print(table(("run", "state", "step", "restarts", "time", "device", "cost", "projected", "phase", "recommended"),
+    print(table(("run", *(("sweep",) if sweeps else ()), "state", "step", "restarts", "time", "device", "cost",
+                 "projected", "phase", "recommended"),
                 rows, right=("step", "restarts", "cost", "projected")))
     return 0
 
 
 def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
     [run] = list_runs(home, run_dirs=[find_run(home, run_ref)])
-    _revive_eval_worker(home, [run])
+    _revive_daemons(home, [run])
     if as_json:
         print(json_text(run))
         return 0
     c = run["cost_usd"]
-    print(f"{styled(run['run_id'], 'bold')}  {styled(run['state'], STATE_STYLE.get(run['state']))}  ({run['recipe']})")
+    print(f"{styled(run['run_id'], 'bold')}  {styled(state_text(run), STATE_STYLE.get(run['state']))}  ({run['recipe']})")
+    if q := run.get("queue"):
+        print(f"sweep {run['sweep']}, run {q['index']}, engine {q['engine']}"
+              + (f", Slurm task {q['job']} ({q['slurm_state'] or 'forgotten by Slurm'})" if q["job"] else ""))
     if run["failure"]:
         print(styled(f"failed: {run['failure']}", "red"))
     if run.get("orphan_trainer_pid"):

@@ -40,12 +40,17 @@ def cli_import(home: Path, paths: Sequence[Path] | Path, name: str | None = None
     return 0
 
 
-def cli_report(home: Path, fmt: str = "table", plots: Path | None = None, refs: list[str] = ()) -> int:
+def cli_report(home: Path, fmt: str = "table", plots: Path | None = None, refs: list[str] = (),
+               sweep: str | None = None) -> int:
     if plots is not None:  # a folder that cannot be one is said before anything is printed
         try:
             Path(plots).mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise TinaError(f"--plots {plots}: cannot use it as a folder ({e.strerror or e})") from None
+    if sweep is not None:
+        from tina_core.sweep.record import runs_of
+
+        refs = [*refs, *runs_of(home, sweep)]
     report = build_report(home, refs)
     if fmt == "json":
         sys.stdout.write(json_text(report) + "\n")

@@ -59,7 +59,10 @@ def files_key(rd: RunDir) -> dict[str, Any]:
 
 
 def cacheable(run: dict[str, Any]) -> bool:
-    """An object that stays true while the run's files stay as they are."""
+    """An object that stays true while the run's files stay as they are. Slurm may still requeue a
+    stopped or killed run of a sweep (it then shows queued): only its end is final."""
+    if (run.get("queue") or {}).get("engine") == "slurm" and run.get("state") not in ("finished", "cancelled"):
+        return False
     return run.get("state") in runstate.ENDED_STATES and not run.get("evals_pending")
 
 

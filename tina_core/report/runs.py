@@ -17,6 +17,7 @@ from tina_core.events import Kind, last_of, marker, of_kind, open_attempts, sinc
 from tina_core.report import run_cache
 from tina_core.rundir import RunDir, iter_jsonl, list_run_dirs
 from tina_core.store.guard import Guarded
+from tina_core.sweep.state import Queue, Sweeps, overlay
 
 if TYPE_CHECKING:
     from tina_core.store.index import Store
@@ -170,6 +171,8 @@ class RunObject(TypedDict):
     pick: Pick | None
     imported: bool
     path: str
+    sweep: str | None               # the sweep the run belongs to (tina sweep --name), or None
+    queue: Queue | None             # a sweep's run: its engine's view (why it waits, its node, what killed it)
 
 
 class RunStub(TypedDict):
@@ -237,7 +240,8 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
     info = run_dir.info()
     events = run_dir.read_events()
     live = runstate.liveness(run_dir, events, now)
-    state = live.state
+    # a sweep's run as its engine sees it: queued with Slurm's reason, requeued, killed by Slurm...
+    state, queue = overlay(Sweeps(home), run_dir, info, live.state, events)
     is_live = runstate.is_live(state)
     last_ts = max((e.get("ts", 0) for e in events), default=0) or None
     rid = run_dir.run_id
@@ -323,7 +327,7 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         "eval_worker": None if not pending else "alive" if runstate.eval_worker_pid(home) else "gone",
         "evaluations": [{k: e.get(k) for k in _EVAL_FIELDS} for e in evals.values()],
         "last_metrics": last_metrics,
-        "failure": failed[-1].get("reason") if state == "failed" and failed else None,
+        "failure": (failed[-1].get("reason") if failed else (queue or {}).get("reason")) if state == "failed" else None,
         # writes a full disk refused (the supervisor's own: what the trainer could not write ends it)
         "write_errors": [{"file": e.get("file"), "error": e.get("error"), "attempt": e.get("attempt"),
                           "lost_bytes": lost.get(e.get("attempt")) if e.get("file") == "train.log" else None}
@@ -334,6 +338,8 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         "supervisor": live.supervisor,
         "orphan_trainer_pid": live.orphan_trainer_pid,
         "imported": bool(info.get("imported", False)),
+        "sweep": info.get("sweep"),
+        "queue": queue,
         "path": str(run_dir.path),
     })
 

@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from tina_core import runstate
 from tina_core.events import Kind
@@ -33,7 +33,7 @@ def _recipe_value(recipe: Any, attr: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def _load_validated(recipe_path: Path, overrides: Sequence[str], *, hardware: bool = True, force: bool = False):
+def load_validated(recipe_path: Path, overrides: Sequence[str], *, hardware: bool = True, force: bool = False):
     """The resolved recipe, checked completely (heavy: imports TRL) before anything is created.
     Missing GPUs are reported first: that check is instant, validation is not. Then a GPU recipe's
     memory estimate against the GPUs here (``force`` launches one that does not fit)."""
@@ -58,14 +58,21 @@ def plan_run(home: Path, recipe_path: Path, *, overrides: Sequence[str] = ()):
     placeholder run directory. Creates nothing."""
     from tina_core.train.launcher import launch_command
 
-    recipe = _load_validated(recipe_path, overrides, hardware=False)
+    recipe = load_validated(recipe_path, overrides, hardware=False)
     return recipe, launch_command(RunDir(runs_root(home) / "<run_id>"), recipe)
 
 
+SLURM_DEVICE = "GPU (Slurm's)"  # a Slurm run's GPUs are the node's; its task's `launched` names them
+
+
 def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overrides: Sequence[str] = (),
-               gpu_hour_usd: float | None = None, force: bool = False) -> tuple[RunDir, dict[str, str]]:
+               gpu_hour_usd: float | None = None, force: bool = False, resolved: Any = None,
+               sweep: tuple[str, int, str] | None = None) -> tuple[RunDir, dict[str, str]]:
     """Validate the recipe and the hardware, then create the run directory with its recipe
     snapshot, ``run.json`` and the ``launched`` event. Nothing is created if any check fails.
+    ``resolved``: the recipe already checked (a sweep checks every run first). ``sweep``: (name,
+    index, engine) of the sweep the run belongs to: it is ``queued`` until its engine starts it, and
+    a Slurm run's GPUs are not this machine's.
 
     Returns the run directory and the recipe's credential-looking ``launch.env`` entries: the
     snapshot withholds their values, so the caller hands them to the supervisor (``secret_env``),
@@ -74,10 +81,11 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
     from tina_core.analysis import cost
     from tina_core.train.launcher import launch_command
 
-    recipe = _load_validated(recipe_path, overrides, force=force)
+    recipe = resolved if resolved is not None else load_validated(recipe_path, overrides, force=force)
     gpus = int(_recipe_value(recipe, "gpus", 0))
-    found = gpu.gpus() if gpus else []
-    device = found[0]["name"] if found else "cpu"
+    here = sweep is None or sweep[2] == "local"
+    found = gpu.gpus() if gpus and here else []
+    device = found[0]["name"] if found else "cpu" if not gpus else SLURM_DEVICE
     price = cost.resolve_price(home, device, cli_gpu_hour_usd=gpu_hour_usd,
                                recipe_gpu_hour_usd=recipe.get("price.gpu_hour_usd"),
                                recipe_cpu_hour_usd=recipe.get("price.cpu_hour_usd"))
@@ -88,9 +96,15 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
     info = run_info(run_dir, recipe, recipe_path, name=name, overrides=overrides, gpu_hour_usd=gpu_hour_usd,
                     hardware={"gpus": found, "cpu_count": os.cpu_count(), "host": os.uname().nodename},
                     device=device, price=price, command=command, dataset_size=getattr(recipe, "dataset_size", None))
+    if sweep is not None:
+        info.update(sweep=sweep[0], sweep_index=sweep[1])
     write_json_atomic(run_dir.run_json, info)
-    run_dir.event(Kind.LAUNCHED, recipe=str(recipe_path), command=command, gpus=info["gpu_count"],
-                  gpu_hour_usd=price.gpu_hour_usd, device=device)
+    fields = dict(recipe=str(recipe_path), command=command, gpus=info["gpu_count"], gpu_hour_usd=price.gpu_hour_usd,
+                  device=device)
+    if sweep is not None:
+        run_dir.event(Kind.QUEUED, **fields, sweep=sweep[0], engine=sweep[2])
+    else:
+        run_dir.event(Kind.LAUNCHED, **fields)
     return run_dir, recipe.secret_env
 
 
@@ -131,15 +145,17 @@ def run_info(run_dir: RunDir, recipe: Any, recipe_path: str | Path, *, name: str
 
 
 def spawn_daemon(run_dir: RunDir, *, resume: bool = False, secret_env: dict[str, str] | None = None,
-                 wait_s: float = 30.0) -> int:
+                 wait_s: float = 30.0, env: dict[str, str] | None = None) -> int:
     """Start a detached supervisor for ``run_dir`` and return its pid once its heartbeat is up.
     It forks away from this process, so it survives the terminal, SSH and the TUI. ``secret_env``
-    (withheld launch.env credentials) goes into its environment only."""
+    (withheld launch.env credentials) goes into its environment only; ``env``: more of it (the GPUs
+    a sweep's queue gives the run)."""
     cmd = [sys.executable, "-m", "tina_core.supervise", str(run_dir.path), "--daemon"]
     if resume:
         cmd.append("--resume")
     proc = subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
-                          env={**os.environ, **(secret_env or {})}, start_new_session=True, timeout=wait_s)
+                          env={**os.environ, **(env or {}), **(secret_env or {})}, start_new_session=True,
+                          timeout=wait_s)
     if proc.returncode != 0:
         msg = (proc.stderr.strip().splitlines() or [f"exit code {proc.returncode}"])[-1]
         raise TinaError(msg.removeprefix("tina: error: "))
@@ -210,10 +226,13 @@ def _stop_claim(run_dir: RunDir) -> Iterator[bool]:
         os.close(fd)
 
 
-def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None = None) -> StopOutcome:
+def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None = None,
+             ask: Callable[[runstate.Liveness], None] | None = None) -> StopOutcome:
     """Ask a run to stop (save at the end of its step, then exit). Idempotent: a run already
     stopping, or one another caller is stopping right now, gets no second request (the caller is
-    told so), and an ended run is left as it is."""
+    told so), and an ended run is left as it is. ``ask``: how to reach a supervisor on another
+    machine (a Slurm task's: tina_core.sweep.control), once the request is recorded; without it
+    such a run is refused, since its pids are not this machine's."""
     run_dir = find_run(home, run_ref)
     rid = run_dir.run_id
     stop_timeout = stop_timeout_s(run_dir.info())
@@ -221,6 +240,8 @@ def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None
         live = runstate.liveness(run_dir)
         if live.state in runstate.ENDED_STATES:
             return StopOutcome(live.state, f"run {rid} is already {live.state}: nothing to stop")
+        if live.remote and ask is None and live.supervisor == "alive":
+            raise TinaError(f"run {rid} is supervised on {live.host}; stop it there")
         if not mine or (live.state == "stopping" and not live.supervisor_gone):
             said = f"a stop of {rid} is already under way; it saves a checkpoint at the end of its step"
         elif live.supervisor_gone:
@@ -238,8 +259,9 @@ def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None
                                                                "at a checkpoint)" if live.orphan_trainer_pid else ""))
         else:
             run_dir.event(Kind.STOP_REQUESTED, by="tina stop", pid=os.getpid())
-            pid = live.supervisor_pid or _supervisor_pid_once_up(run_dir)
-            if isinstance(pid, int):
+            if ask is not None:
+                ask(live)
+            elif isinstance(pid := live.supervisor_pid or _supervisor_pid_once_up(run_dir), int):
                 runstate.send_signal(pid, signal.SIGTERM)
             said = f"asked {rid} to stop; it saves a checkpoint at the end of its step"
     if not wait:

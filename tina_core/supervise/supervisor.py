@@ -529,11 +529,13 @@ def recover_orphan(run_dir: RunDir, stop_timeout: float, hb: dict[str, Any]) -> 
     attempts = open_attempts(events)
     if not attempts:
         return
+    # a trainer of another machine (a Slurm task's, requeued here) went with its node or its task
+    here = runstate.on_this_host(hb)
     pid = hb.get("trainer_pid")
-    orphan = pid_alive(pid, started=hb.get("trainer_started"))  # still the trainer it started
+    orphan = here and pid_alive(pid, started=hb.get("trainer_started"))  # still the trainer it started
     if orphan:
         end_group(pid, stop_timeout, term_group=False)
-    elif isinstance(pid, int):
+    elif isinstance(pid, int) and here:
         kill_group(pid)  # leftovers of a group whose leader is gone
     logged = [r for r in iter_jsonl(run_dir.metrics) if r.get("attempt", 1) in attempts]
     steps = [r["step"] for r in logged if isinstance(r.get("step"), int)]
