@@ -38,6 +38,7 @@ synthetic figures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -51,9 +52,10 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "bench"), str(ROOT)]
 
-from synthetic import generate, scenarios  # noqa: E402
-from tina_core.analysis import metric_keys, phase  # noqa: E402
-from tina_core.analysis import signals as sig  # noqa: E402
+from synthetic import generate, scenarios
+
+from tina_core.analysis import metric_keys, phase
+from tina_core.analysis.changes import Change, SignalWatch
 
 TINY_CURVE = ROOT / "tests" / "data" / "tiny_run_metrics.jsonl"
 LABELS = ROOT / "bench" / "real_logs.yaml"
@@ -64,18 +66,15 @@ C_GRID = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 # --- the naive baseline ---------------------------------------------------------------------------
 def naive_alerts(series, c: float, p: phase.PhaseParams = phase.DEFAULT) -> list[int]:
     """Steps at which the change-threshold alert goes off (each time it turns on)."""
-    steps, x = phase._clean(series)
-    c1, c2 = [0.0], [0.0]
-    for v in x:
-        c1.append(c1[-1] + v)
-        c2.append(c2[-1] + v * v)
+    pts = [(s, v) for s, v in series if v is not None and math.isfinite(v)]
+    steps, x = [s for s, _ in pts], [v for _, v in pts]
     out, on = [], False
     for t in range(CURRENT + MIN_PRIOR - 1, len(x)):
-        a, b = t + 1 - CURRENT, t + 1
-        lo = max(0, a - PRIOR)
-        cur = (c1[b] - c1[a]) / CURRENT
-        mean, sd = phase._ref_stats(c1, c2, lo, a, p)
-        fire = abs(cur - mean) > c * sd
+        a = t + 1 - CURRENT
+        prior = x[max(0, a - PRIOR): a]
+        mean = statistics.fmean(prior)
+        sd = max(statistics.stdev(prior), p.abs_floor, p.rel_floor * abs(mean))
+        fire = abs(statistics.fmean(x[a: t + 1]) - mean) > c * sd
         if fire and not on:
             out.append(steps[t])
         on = fire
@@ -83,17 +82,25 @@ def naive_alerts(series, c: float, p: phase.PhaseParams = phase.DEFAULT) -> list
 
 
 # --- synthetic ------------------------------------------------------------------------------------
+def judge_curve(series, params: phase.PhaseParams) -> tuple[Change | None, Change | None, int]:
+    """(the first live alarm, the final marker, flips) of one signal fed one point at a time."""
+    w = SignalWatch("x", params)
+    w.extend(series)
+    first = w.verdicts[0] if w.verdicts else None
+    final = max(w.holding(), key=lambda c: abs(c.size), default=None)
+    return first, final, sum(1 for c in w.verdicts if c.withdrawn_at is not None)
+
+
 def evaluate(params: phase.PhaseParams, seeds: int) -> tuple[list[tuple], dict]:
-    rows, delays, fa_live, fa_final, misses, n_change, n_all = [], [], 0, 0, 0, 0, 0
+    rows, delays, fa_live, fa_final, misses, n_change, n_all, flips = [], [], 0, 0, 0, 0, 0, 0
     for sc in scenarios():
-        d, live_fa, final_fa, miss = [], 0, 0, 0
+        d, live_fa, final_fa, miss, flip = [], 0, 0, 0, 0
         for seed in range(seeds):
             series, truth = generate(sc, seed)
-            found = list(phase.alarms("x", series, params))
-            final = found[-1] if found and found[-1].status != "rejected" else None
-            first_live = found[0] if found else None
+            first_live, final, f = judge_curve(series, params)
+            flip += f
             if truth is None:
-                live_fa += bool(found)
+                live_fa += first_live is not None
                 final_fa += final is not None
                 continue
             live_fa += first_live is not None and first_live.detected_at < truth
@@ -106,15 +113,17 @@ def evaluate(params: phase.PhaseParams, seeds: int) -> tuple[list[tuple], dict]:
         n_all += seeds
         fa_live += live_fa
         fa_final += final_fa
+        flips += flip
         if sc.change:
             n_change += seeds
             misses += miss
             delays += d
         med = statistics.median(d) if d else float("nan")
-        rows.append((sc.name, med, live_fa / seeds, final_fa / seeds, miss / seeds if sc.change else float("nan")))
+        rows.append((sc.name, med, live_fa / seeds, final_fa / seeds, miss / seeds if sc.change else float("nan"),
+                     flip))
     summary = {"median_delay": statistics.median(delays) if delays else float("nan"),
                "false_alarm_live": fa_live / n_all, "false_alarm_final": fa_final / n_all,
-               "miss": misses / max(n_change, 1)}
+               "miss": misses / max(n_change, 1), "flips": flips, "curves": n_all}
     return rows, summary
 
 
@@ -172,19 +181,24 @@ def series_of(path: Path) -> dict[str, list[tuple[int, float]]]:
     return {k: sorted(d.items()) for k, d in out.items()}
 
 
-def replay(series: dict, params: phase.PhaseParams) -> list[tuple[int, dict | None]]:
-    """tina's phase object after each logged step, as a live run would have shown it."""
-    steps = sorted({s for pts in series.values() for s, _ in pts})
-    return [(s, phase.detect({k: [(a, v) for a, v in pts if a <= s] for k, pts in series.items()}, params))
-            for s in steps]
+def replay(series: dict, params: phase.PhaseParams) -> tuple[list[tuple[int, phase.Marker | None]], phase.PhaseWatch]:
+    """tina's marker after each logged step, as the live watch saw it, and the watch at the end."""
+    w = phase.PhaseWatch(params)
+    shown = []
+    for step, values in phase.rows_of(series):
+        w.push(step, values)
+        shown.append((step, w.marker))
+    return shown, w
 
 
-def judge_real(logs: Path, c: float, params: phase.PhaseParams) -> None:
-    labels = yaml.safe_load(LABELS.read_text())["runs"]
+def judge_real(logs: Path, c: float, params: phase.PhaseParams, labels_file: Path = LABELS) -> dict:
+    """Every labelled run of ``labels_file`` found in ``logs``: tina and the baseline against the
+    label, printed, and the totals returned."""
+    labels = yaml.safe_load(labels_file.read_text())["runs"]
     results = []
     t0 = time.perf_counter()
-    print(f"\nReal GRPO logs from {logs} (labels: {LABELS.relative_to(ROOT)})")
-    head = f"{'run':44} {'label':>15}  {'tina (final)':30} {'tina live':>10}  {'baseline':>9}"
+    print(f"\nReal GRPO logs from {logs} (labels: {labels_file.relative_to(ROOT)})")
+    head = f"{'run':44} {'label':>15}  {'tina (final)':34} {'tina live':>10} {'flips':>5}  {'baseline':>9}"
     print(head + "\n" + "-" * len(head))
     for lab in labels:
         path = logs / lab["file"]
@@ -192,31 +206,33 @@ def judge_real(logs: Path, c: float, params: phase.PhaseParams) -> None:
             print(f"{lab['file'][:44]:44} missing, skipped")
             continue
         series = series_of(path)
-        final = phase.detect(series, params)
-        shown = replay(series, params)
-        watch = sig.choose(series, params.signals if params.watch_source != "auto" else None, params.watch_source)
+        shown, w = replay(series, params)
+        final = phase.detect(series, dataclasses.replace(params, ended=True))  # a finished log
         lo, hi = lab.get("window") or (None, None)
+
         def inside(s, lo=lo, hi=hi):
             return lo is not None and lo <= s <= hi
-        live_wrong = next((s for s, r in shown if r and r["status"] != "none" and not inside(r["step"])), None)
+        live_wrong = next((s for s, m in shown if m is not None and not inside(m.step)), None)
         marker = final if final and final["status"] != "none" else None
-        alerts = sorted({a for k in watch.primary + [watch.length] if k and k in series
+        watch = w.watch
+        alerts = sorted({a for k in (watch.primary + [watch.length] if watch else []) if k and k in series
                          for a in naive_alerts(series[k], c)})
         base_wrong = next((a for a in alerts if not inside(a)), None)
         results.append({"label": lab["label"], "step": lab.get("step"), "marker": marker, "inside": inside,
-                        "live_wrong": live_wrong, "alerts": alerts, "base_wrong": base_wrong})
+                        "live_wrong": live_wrong, "alerts": alerts, "base_wrong": base_wrong, "flips": w.flips})
         lbl = lab["label"] + (f" @{lab['step']}" if lab.get("step") is not None else "")
         tina = ("-" if marker is None else
                 f"{marker['status'][:4]} @{marker['step']} {marker['confidence']} {marker['shape']}"
                 f"{' ok' if inside(marker['step']) else ' WRONG'}")
         base = "-" if not alerts else f"@{alerts[0]}{'' if inside(alerts[0]) else '!'}"
-        print(f"{lab['file'][:44]:44} {lbl:>15}  {tina:30} {'-' if live_wrong is None else f'@{live_wrong}!':>10}"
-              f"  {base:>9}")
+        print(f"{lab['file'][:44]:44} {lbl:>15}  {tina:34} {'-' if live_wrong is None else f'@{live_wrong}!':>10}"
+              f" {w.flips:5d}  {base:>9}")
     took = time.perf_counter() - t0
-    print("(! and WRONG: outside the label's window; tina live: the first step at which a replay showed a "
-          "marker outside it)")
+    print("(! and WRONG: outside the label's window; tina live: the first step at which the live watch showed a "
+          "marker outside it; flips: confirmed markers later withdrawn)")
     scored = [r for r in results if r["label"] in ("transition", "ramp", "none")]
     changes = [r for r in scored if r["label"] != "none"]
+    totals = {}
     for who in ("tina", "tina, sure", "baseline"):
         found, fa, fa_live, delays = 0, 0, 0, []
         for r in scored:
@@ -241,13 +257,25 @@ def judge_real(logs: Path, c: float, params: phase.PhaseParams) -> None:
         live = f" (live: {fa_live}/{len(scored)})" if who != "tina, sure" else ""
         print(f"{who:>10}: found {found}/{len(changes)} transitions and ramps, false alarms {fa}/{len(scored)} "
               f"runs{live}, median delay {med} steps")
+        totals[who] = {"found": found, "changes": len(changes), "false_alarms": fa, "runs": len(scored)}
+    # precision per confidence: of the markers tina gave at each level, how many were right
+    for level in ("high", "medium", "low"):
+        given = [r for r in scored if r["marker"] and r["marker"]["confidence"] == level]
+        right = sum(1 for r in given if r["label"] != "none" and r["inside"](r["marker"]["step"]))
+        prec = f"{right / len(given):.0%}" if given else "-"
+        print(f"  {level:>6} confidence: {right}/{len(given)} right ({prec})")
+        totals[level] = (right, len(given))
+    flips = sum(r["flips"] for r in results)
+    print(f"  flips (confirmed, later withdrawn): {flips} over {len(results)} runs")
+    totals["flips"] = flips
     total = [r for r in results if r["label"] == "total-only"]
     if total:
         low = sum(1 for r in total if r["marker"] and r["marker"]["confidence"] == "low" and r["inside"](r["marker"]["step"]))
         base = sum(1 for r in total if r["alerts"] and r["inside"](r["alerts"][0]))
         print(f"total reward only ({len(total)} runs): tina marks {low} in the window, with low confidence; "
               f"the baseline's first alert is in the window on {base}")
-    print(f"({took:.1f} s, every run replayed one logged step at a time)")
+    print(f"({took:.1f} s, every run fed one logged step at a time)")
+    return totals
 
 
 # --- the tiny curve -------------------------------------------------------------------------------
@@ -291,14 +319,15 @@ def main() -> None:
     rows, summary = evaluate(params, args.seeds)
     took = time.perf_counter() - t0
     print(f"{params}\n")
-    print(f"{'scenario':42} {'median delay':>12} {'FA live':>8} {'FA final':>8} {'miss':>6}")
-    for name, med, fal, faf, miss in rows:
-        print(f"{name:42} {med:12.1f} {fal:8.2f} {faf:8.2f} {miss:6.2f}")
+    print(f"{'scenario':42} {'median delay':>12} {'FA live':>8} {'FA final':>8} {'miss':>6} {'flips':>6}")
+    for name, med, fal, faf, miss, flips in rows:
+        print(f"{name:42} {med:12.1f} {fal:8.2f} {faf:8.2f} {miss:6.2f} {flips:6d}")
     n = len(rows) * args.seeds
     print(f"\ntina ({args.seeds} seeds per scenario, {n} curves of 300 steps, {1000 * took / n:.1f} ms per curve): "
           f"median delay {summary['median_delay']:.1f} steps (target <= 10), false alarms live "
           f"{summary['false_alarm_live']:.1%} / final {summary['false_alarm_final']:.1%} (target <= 5%), "
-          f"misses {summary['miss']:.1%} (target <= 5%)")
+          f"misses {summary['miss']:.1%} (target <= 5%), flips (a confirmed move withdrawn) "
+          f"{summary['flips']}/{summary['curves']} curves")
     grid = [evaluate_naive(c, args.seeds) for c in C_GRID]
     pick = next((g for g in grid if g["false_alarm"] <= 0.05), grid[-1])
     print("baseline (10 vs 50 mean shift), threshold c x sd: " + ", ".join(

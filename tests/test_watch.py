@@ -127,7 +127,7 @@ def test_a_ramp_is_reported_as_one_from_where_it_starts():
 
 
 def test_a_small_move_against_the_noise_has_low_confidence():
-    ph = phase.detect({XML: curve(200, 120, 0.0, 0.1, 0.18, k=7)})
+    ph = phase.detect({XML: curve(200, 120, 0.0, 0.13, 0.18, k=7)})
     assert ph["status"] == "confirmed" and ph["confidence"] == "low" and ph["evidence"][0]["sigmas"] < 3
     assert any("small move against the step-to-step noise" in r for r in ph["reasons"])
 

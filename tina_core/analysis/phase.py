@@ -1,11 +1,17 @@
-"""Online detection of the format phase transition, and the checkpoint it recommends.
+"""The format phase transition of a run: one marker across its watched signals, judged one logged
+step at a time, and what it means.
 
 Tina's finding: format reward and completion length turn sharply at some step, and the checkpoint
 with the best held-out accuracy sits at or just before that turn. What counts (README, "Phase
 transition"):
 
 - the format transition is a sharp, lasting change in a *format* reward (which rewards those are,
-  and why: tina_core.analysis.signals);
+  and why: tina_core.analysis.signals); each signal's lasting changes are judged online by
+  ``changes.SignalWatch`` (an alarm, one verdict, withdrawn only when the signal falls back);
+- **the** transition is the largest lasting move: each confirmed move is weighed by its share of
+  its signal's range, by how far it stands out of the noise (up to ``high_sigmas``), and a strict
+  or exact reward over a lenient one (``soft``, ``approx``, ``xmlcount``, ``tag_count``...); the
+  other confirmed moves are named beside it as notes;
 - a completion-length turn nearby corroborates it; a length change alone, while format rewards
   exist and stay flat, is not the transition (it is reported as a note);
 - length pinned at the cap (clipped ratio near 1, or sitting at its maximum) is no evidence either
@@ -13,73 +19,42 @@ transition"):
 - a run that logs no format reward gets a marker from its total reward only, with low confidence;
 - a gradual ramp is reported as one, from where it starts.
 
-Each signal is judged in two stages:
-
-1. live: a two-sided CUSUM on the raw per-step values, standardised against a reference window that
-   lags behind the current step (and stops moving while a change is building up, so a slow ramp
-   cannot drag the reference along with it). An alarm drops a *tentative* marker at the step where
-   the evidence started to accumulate.
-2. confirm: once enough points follow the marker, ruptures (PELT, l2 cost, ``jump=1``) re-segments
-   the neighbourhood. A breakpoint near the marker with a large enough shift *confirms* it and fixes
-   its position; none rejects the alarm and the watch goes on after it.
-
-Everything runs on the whole series each time (results are cached by the store), and each decision
-uses only points up to the step it is made at, so what is reported is what an online detector would
-have said. Parameters live in PhaseParams; bench/detector.py is what justifies their defaults.
+Determinism: ``PhaseWatch.push`` takes the run's next logged step; the marker after it (and so
+every ``transition`` event the supervisor writes, and every stop it schedules) is a pure function
+of the steps so far, in order, whatever batches they were read in. ``detect`` is the same watch fed
+a whole series at once: what every reader shows is what the live watch said at that step.
+Parameters live in PhaseParams (tina_core.analysis.changes); bench/detector.py justifies them.
 ``params_for_run`` is the one place that says what a run watches: every reader asks it.
 """
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import math
 import os
+import re
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 import yaml
 
 from tina_core.analysis import signals as sig
+from tina_core.analysis.changes import (CONFIRMED, DEFAULT, REJECTED, TENTATIVE, Change, PhaseParams,
+                                        SignalWatch, load_segmentation)
 from tina_core.caches import Cache
 from tina_core.events import Kind, is_kind
 from tina_core.rundir import FileStamp
 
+__all__ = ["DEFAULT", "Change", "Marker", "PhaseParams", "PhaseWatch", "detect", "explain", "load_segmentation",
+           "params_for_run", "recommend", "series_keys", "wanted", "watch_summary"]
 
-@dataclass(frozen=True)
-class PhaseParams:
-    # What is watched: the chosen marker signals (canonical keys) and who chose them (recipe | user,
-    # and through what); with watch_source "auto" they are chosen from the run's own keys
-    # (signals.choose) and ``signals`` is empty.
-    signals: tuple[str, ...] = ()
-    watch_source: str = "auto"
-    watch_by: str | None = None
-    window: int = 50          # reference window, in logged points
-    lag: int = 5              # gap between the reference window and the point being tested
-    min_ref: int = 6          # points the reference needs before watching starts
-    k: float = 1.0            # CUSUM slack (reference sigmas): a smaller shift never accumulates
-    h: float = 8.0            # CUSUM alarm threshold (reference sigmas)
-    abs_floor: float = 0.02   # sigma floor: a reward flat at exactly 0 still has a scale
-    rel_floor: float = 0.02   # sigma floor relative to |reference mean| (lengths in tokens)
-    confirm_points: int = 12  # points after the marker before ruptures may confirm it
-    confirm_span: int = 40    # at most this many points after the marker go into the check
-    min_size: int = 3         # ruptures: shortest segment
-    penalty: float = 4.0      # ruptures: breakpoint penalty, x sigma^2 x log(points)
-    min_shift: float = 1.5    # confirmed only if the level moved by this many reference sigmas
-    min_part: float = 0.15    # ...and the marker's own breakpoint carries this much of the move
-    join_within: int = 50     # other signals turning within this many steps are listed too
-    ramp_points: int = 10     # a move taking this many logged points to reach 80% of itself...
-    ramp_share: float = 0.15  # ...and this share of the log is a ramp
-    pinned_ratio: float = 0.9  # clipped ratio at or above this on both sides: length is at the cap
-    pinned_points: int = 10   # ...over this many points either side of the step
-    sure_sigmas: float = 3.0  # a confirmed move smaller than this (reference sigmas) has low confidence
-    high_sigmas: float = 6.0  # a sharp confirmed move this large is sure even without length
-
-
-DEFAULT = PhaseParams()
 # The parameters for a run's recipe snapshot and watch_changed events, while those files stay the
 # same (parsing costs about a millisecond, and the cockpit asks for a live run every second).
+# A ramp is followed this many points past its start to see how far it goes.
+RAMP_SPAN = 40
 _RUN_PARAMS: Cache[tuple[Path, PhaseParams], PhaseParams] = Cache("phase.params_for_run", 256)
 
 
@@ -105,35 +80,36 @@ def _recipe_watch(path: Path) -> tuple[tuple[str, ...] | None, str]:
     return (metrics, "recipe") if metrics else (None, "auto")
 
 
-def _latest_watch_event(path: Path) -> dict | None:
-    """The last ``watch_changed`` event of an events file, or None."""
+def _event_facts(path: Path) -> tuple[dict | None, bool]:
+    """(the last ``watch_changed`` event or None, whether the run has ended) of an events file:
+    ended when its latest start or end is an end (``finished``, ``stopped``...) or it was imported."""
+    from tina_core.events import RUN_ENDED, STARTS
     from tina_core.rundir import iter_jsonl
 
-    try:
-        if f'"{Kind.WATCH_CHANGED}"'.encode() not in path.read_bytes():
-            return None
-    except OSError:
-        return None
-    found = None
+    found, ended = None, False
     for ev in iter_jsonl(path):
         if is_kind(ev, Kind.WATCH_CHANGED):
             found = ev
-    return found
+        elif is_kind(ev, *STARTS):
+            ended = False
+        elif is_kind(ev, *RUN_ENDED, Kind.IMPORTED):
+            ended = True
+    return found, ended
 
 
 def params_for_run(run_path: str | os.PathLike, base: PhaseParams = DEFAULT) -> PhaseParams:
     """``base`` watching what the run says: its recipe snapshot (``recipe.yaml``: a ``watch:`` list,
     else the format rewards it scores with), then its latest ``watch_changed`` event (``signals``: a
     list, or null for the automatic choice; ``by``). A run with neither (imported) is watched
-    automatically. Remembered while those two files stay the same: the cockpit asks for every run on
-    every refresh."""
+    automatically. ``ended`` once the run's events say it ended (a resume makes it live again).
+    Remembered while those two files stay the same: the cockpit asks for every run on every refresh."""
     run_path = Path(run_path)
     recipe, events = run_path / "recipe.yaml", run_path / "events.jsonl"
     stamps = (FileStamp.of(recipe), FileStamp.of(events))
 
     def read() -> PhaseParams:
         chosen, source, by = (*_recipe_watch(recipe), "recipe") if stamps[0] else (None, "auto", None)
-        ev = _latest_watch_event(events) if stamps[1] else None
+        ev, ended = _event_facts(events) if stamps[1] else (None, False)
         if ev is not None:
             picked = ev.get("signals")
             by = str(ev.get("by") or "user")
@@ -143,7 +119,7 @@ def params_for_run(run_path: str | os.PathLike, base: PhaseParams = DEFAULT) -> 
                 chosen, source = None, "auto"
         if source == "auto" and ev is None:
             by = None
-        return dataclasses.replace(base, signals=chosen or (), watch_source=source, watch_by=by)
+        return dataclasses.replace(base, signals=chosen or (), watch_source=source, watch_by=by, ended=ended)
     return _RUN_PARAMS.fetch((run_path, base), stamps, read)
 
 
@@ -159,214 +135,340 @@ def series_keys(params: PhaseParams, available: Iterable[str]) -> list[str]:
     return list(dict.fromkeys([*params.signals, *(k for k in available if wanted(params, k))]))
 
 
+
+# --- which move is the transition ---------------------------------------------------------------
+# A lenient reward gives partial credit (a tag counted, an approximate match); a strict or exact one
+# scores the whole format. When both move, the strict one's move is the transition; a lenient
+# move alone, while a stricter reward is watched and flat, may be an early partial one.
+_LENIENT = re.compile(r"soft|approx|lenient|loose|partial|count|fuzzy", re.IGNORECASE)
+LENIENT_WEIGHT = 0.6
+
+
+def lenient(key: str) -> bool:
+    return bool(_LENIENT.search(sig.reward_name(key) or ""))
+
+
+def weight(c: Change, p: PhaseParams) -> float:
+    """How much a confirmed move counts as *the* transition: its share of its signal's range, how far
+    it stands out of the step-to-step noise (full weight from ``high_sigmas``), strict over lenient."""
+    return c.rel * min(1.0, c.sigmas / p.high_sigmas) * (LENIENT_WEIGHT if lenient(c.signal) else 1.0)
+
+
+def _clean(series: Iterable[tuple[int, float]]) -> list[tuple[int, float]]:
+    return [(int(s), float(v)) for s, v in series if v is not None and math.isfinite(v)]
+
+
 @dataclass(frozen=True)
-class Change:
+class Marker:
+    """The marker in force after a step, as a ``transition`` event records it."""
+
+    status: str                  # tentative | confirmed
+    step: int
     signal: str
-    step: int            # first step of the new regime (the marker)
-    detected_at: int     # step at which the live alarm fired
-    status: str          # tentative | confirmed | rejected
-    size: float          # the move, in the signal's units
-    direction: str       # up | down
-    before: float = 0.0  # the reference level it moved from
-    sigma: float = 0.0   # the reference's scale (size / sigma: the move in sigmas)
+    at: int                      # the run's step when the watch reached this verdict
+    alarm_at: int                # the step of the live alarm
+    size: float
+    direction: str
+    sure: bool                   # confirmed, and not of low confidence: a stop policy may act on it
+    signals: tuple[str, ...] = ()
+
+    def same_place(self, other: "Marker | None") -> bool:
+        return other is not None and (self.step, self.signal) == (other.step, other.signal)
+
+    def same_place_as(self, c: Change) -> bool:
+        return (self.step, self.signal) == (c.step, c.signal)
+
+    def record(self) -> dict[str, Any]:
+        """The fields of its ``transition`` event (``detected_at``: the step it was seen at)."""
+        return {"status": self.status, "step": self.step, "signal": self.signal, "detected_at": self.at,
+                "alarm_at": self.alarm_at, "size": self.size, "direction": self.direction,
+                "signals": list(self.signals), "sure": self.sure}
 
 
-def _clean(series: Iterable[tuple[int, float]]) -> tuple[list[int], list[float]]:
-    steps, values = [], []
-    for s, v in series:
-        if v is not None and math.isfinite(v):
-            steps.append(int(s))
-            values.append(float(v))
-    return steps, values
+class PhaseWatch:
+    """The marker across a run's watched signals, judged one logged step at a time (the module's
+    contract). ``push`` returns the changes of the marker that step caused, as ``transition``
+    records (``status`` rejected when a marker is withdrawn); ``history`` keeps them all."""
 
+    def __init__(self, params: PhaseParams = DEFAULT) -> None:
+        self.p = params
+        self.series: dict[str, list[tuple[int, float]]] = {}
+        self.signals: dict[str, SignalWatch] = {}
+        self.watch: sig.Watch | None = None
+        self.step: int | None = None
+        self.points = 0              # steps pushed
+        self.marker: Marker | None = None
+        self.history: list[dict[str, Any]] = []
+        self._keys: frozenset[str] = frozenset()
+        self._next_choice = 1        # the point count at which the watch is chosen again
+        self._sure_at: int | None = None
 
-def _ref_stats(c1: list[float], c2: list[float], a: int, b: int, p: PhaseParams) -> tuple[float, float]:
-    n = b - a
-    mean = (c1[b] - c1[a]) / n
-    var = max((c2[b] - c2[a]) / n - mean * mean, 0.0) * n / max(n - 1, 1)
-    return mean, max(math.sqrt(var), p.abs_floor, p.rel_floor * abs(mean))
+    # --- feeding ---------------------------------------------------------------------------------
+    def push(self, step: int, values: Mapping[str, float]) -> list[dict[str, Any]]:
+        """The run's next logged step (``values``: canonical key -> value; keys ``wanted`` reads)."""
+        if self.step is not None and step <= self.step:
+            raise ValueError(f"steps must increase: {step} after {self.step}")
+        self.step, self.points = step, self.points + 1
+        for key, v in values.items():
+            if wanted(self.p, key) and v is not None and math.isfinite(v):
+                self.series.setdefault(key, []).append((step, float(v)))
+        self._choose()
+        for key, w in self.signals.items():
+            pts = self.series.get(key)
+            if pts and pts[-1][0] == step:
+                w.push(step, pts[-1][1])
+        return self._update(step)
 
+    def extend(self, rows: Iterable[tuple[int, Mapping[str, float]]]) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        for step, values in rows:
+            out += self.push(step, values)
+        return out
 
-def load_segmentation() -> None:
-    """Import what confirmation needs (numpy and ruptures, about a second with scipy) ahead of time.
-    A live watch calls it as it starts: imported at the first alarm instead, the second would fall
-    just when the run's recent snapshots are about to be pinned, and a fast run would train on
-    past them meanwhile."""
-    import numpy  # noqa: F401
-    import ruptures  # noqa: F401
-
-
-def _l2_cost():
-    """ruptures' l2 cost (sum of squared deviations from the segment mean) from prefix sums: the
-    same segmentation as ``model="l2"``, without a numpy var() per candidate segment."""
-    from ruptures.base import BaseCost
-
-    class CostL2Prefix(BaseCost):
-        model = "l2"
-        min_size = 1
-
-        def fit(self, signal):
-            self.signal = signal
-            v = [float(a) for a in signal.reshape(-1)]
-            self.c1, self.c2 = [0.0], [0.0]
-            for a in v:
-                self.c1.append(self.c1[-1] + a)
-                self.c2.append(self.c2[-1] + a * a)
-            return self
-
-        def error(self, start, end):
-            s1 = self.c1[end] - self.c1[start]
-            return self.c2[end] - self.c2[start] - s1 * s1 / (end - start)
-
-    return CostL2Prefix()
-
-
-def _confirm(x: list[float], onset: int, ref: tuple[float, float], p: PhaseParams, direction: str
-             ) -> tuple[str, int, float]:
-    """('confirmed'|'rejected'|'tentative', index of the new regime's first point, size)."""
-    n = len(x)
-    mean0, sigma = ref
-    post = x[onset: min(n, onset + p.confirm_span)]
-    tail = post[-p.confirm_points:]
-    size = sum(tail) / len(tail) - mean0
-    if n - onset < p.confirm_points:
-        return "tentative", onset, size
-    if abs(size) < p.min_shift * sigma or (size > 0) != (direction == "up"):
-        return "rejected", onset, size  # too small to pass below: spare the segmentation
-    import numpy as np
-    import ruptures
-
-    lo = max(0, onset - p.window - p.lag)
-    hi = min(n, onset + p.confirm_span)
-    seg = np.asarray(x[lo:hi], dtype=float).reshape(-1, 1)
-    pen = p.penalty * sigma * sigma * math.log(len(seg))
-    pelt = ruptures.Pelt(custom_cost=_l2_cost(), min_size=p.min_size, jump=1)
-    bkps = pelt.fit(seg).predict(pen=pen)[:-1]
-    near = [b for b in bkps if onset - lo - p.window <= b <= onset - lo + p.confirm_points]
-    if not near:
-        return "rejected", onset, size
-    # The new regime starts at the first breakpoint that carries a real part of the move: a ramp
-    # is cut into several steps, and a low reward may flicker a little before it turns.
-    edges = [0, *bkps, len(seg)]
-    sign = 1.0 if direction == "up" else -1.0
-    total = float(seg[-p.confirm_points:, 0].mean() - seg[: max(near[0], 1), 0].mean())
-    best = None
-    for b in near:
-        i = edges.index(b)
-        step_shift = sign * float(seg[b:edges[i + 1], 0].mean() - seg[edges[i - 1]:b, 0].mean())
-        if step_shift >= max(p.min_shift * sigma, p.min_part * abs(total)):
-            best = b
-            break
-    if best is None or sign * total < p.min_shift * sigma:
-        return "rejected", onset, size
-    return "confirmed", lo + best, float(seg[best:, 0][-p.confirm_points:].mean() - mean0)
-
-
-def alarms(signal: str, series: Iterable[tuple[int, float]], params: PhaseParams = DEFAULT
-           ) -> Iterator[Change]:
-    """Every live alarm in order, each with its verdict (``rejected`` ones included), stopping
-    after the first that is not rejected."""
-    p = params
-    steps, x = _clean(series)
-    n = len(x)
-    c1, c2 = [0.0], [0.0]
-    for v in x:
-        c1.append(c1[-1] + v)
-        c2.append(c2[-1] + v * v)
-    s_up = s_down = 0.0
-    start_up = start_down = None  # where the current accumulation began
-    head = p.min_ref + p.lag      # points the live watch cannot test: the reference needs them
-    early = _head_change(signal, steps, x, p) if n > head else None
-    if early is not None:
-        yield early
-        if early.status != "rejected":
+    def _choose(self) -> None:
+        """The watch, chosen again when the run logs a new key, and as its point count doubles
+        (a reward watched by behaviour needs points to be judged, and re-reading them at every
+        step would cost a long run its speed). A signal watched from now on is judged on its
+        whole series so far, as if watched from the start."""
+        keys = frozenset(self.series)
+        if keys == self._keys and self.points < self._next_choice:
             return
-    for t in range(head, n):
-        ref_end = t - p.lag
-        building = [s for s in (start_up, start_down) if s is not None]
-        if building:
-            ref_end = min(ref_end, min(building))
-        ref_start = max(0, ref_end - p.window)
-        if ref_end - ref_start < p.min_ref:
-            continue
-        mean, sigma = _ref_stats(c1, c2, ref_start, ref_end, p)
-        z = (x[t] - mean) / sigma
-        s_up = max(0.0, s_up + z - p.k)
-        s_down = max(0.0, s_down - z - p.k)
-        start_up = (t if start_up is None else start_up) if s_up > 0 else None
-        start_down = (t if start_down is None else start_down) if s_down > 0 else None
-        if s_up > p.h or s_down > p.h:
-            direction = "up" if s_up > p.h else "down"
-            onset = start_up if direction == "up" else start_down
-            # Judged with what is known now: the alarm's own points, then up to confirm_span
-            # points past the marker as they arrive.
-            upto = x[: max(t + 1, min(n, onset + p.confirm_span))]
-            status, idx, size = _confirm(upto, onset, (mean, sigma), p, direction)
-            yield Change(signal, steps[idx], steps[t], status, size, direction, mean, sigma)
-            if status != "rejected":
-                return
-            s_up = s_down = 0.0
-            start_up = start_down = None
+        self._keys = keys
+        while self._next_choice <= self.points:
+            self._next_choice *= 2
+        self.watch = sig.choose(self.series, self.p.signals if self.p.watch_source != "auto" else None,
+                                self.p.watch_source, self.p.watch_by)
+        for key in self.judged_keys:
+            if key not in self.signals:
+                w = self.signals[key] = SignalWatch(key, self.p)
+                w.extend(self.series.get(key, [])[:-1] if self._logged_now(key) else self.series.get(key, []))
+
+    def _logged_now(self, key: str) -> bool:
+        pts = self.series.get(key)
+        return bool(pts) and pts[-1][0] == self.step
+
+    # --- what is watched ---------------------------------------------------------------------------
+    @property
+    def primary(self) -> list[str]:
+        """The signals a marker comes from (completion length when nothing else is logged)."""
+        if self.watch is None:
+            return []
+        keys = [k for k in self.watch.primary if k in self.series]
+        return keys or ([self.watch.length] if self.watch.length in self.series else [])
+
+    @property
+    def length(self) -> str | None:
+        """Completion length, read to corroborate (unless it is the marker's own signal)."""
+        if self.watch is None or self.watch.length not in self.series or self.watch.length in self.primary:
+            return None
+        return self.watch.length
+
+    @property
+    def judged_keys(self) -> list[str]:
+        return self.primary + ([self.length] if self.length else [])
+
+    @property
+    def stand_in(self) -> bool:
+        return self.watch is not None and (self.watch.total_only or self.primary == [self.watch.length])
+
+    # --- the marker --------------------------------------------------------------------------------
+    def moves(self) -> list[Change]:
+        """Every confirmed move of a primary signal that still holds, as far as it went."""
+        return [c for key in self.primary for c in self.signals[key].holding()]
+
+    def chosen(self) -> Change | None:
+        """The transition: the weightiest confirmed move that holds (earliest on a tie); before any,
+        the weightiest pending alarm."""
+        moves = self.moves()
+        if not moves:
+            moves = [c for k in self.primary if (c := self.signals[k].pending) is not None]
+        return max(moves, key=lambda c: (weight(c, self.p), -c.step), default=None)
+
+    def _stricter_flat(self, c: Change) -> list[str]:
+        """The watched non-lenient format rewards that never moved, beside a lenient marker."""
+        if not lenient(c.signal):
+            return []
+        return [k for k in self.primary if not lenient(k) and k != c.signal and sig.reward_name(k)
+                and not self.signals[k].held and self.signals[k].pending is None]
+
+    def _sure(self, c: Change) -> bool:
+        """Confirmed and not of low confidence (see ``confidence``): what a stop may act on."""
+        return (c.status == CONFIRMED and not self.stand_in and c.sigmas >= self.p.sure_sigmas
+                and not self._stricter_flat(c))
+
+    def _update(self, step: int) -> list[dict[str, Any]]:
+        c = self.chosen()
+        old = self.marker
+        new = None
+        if c is not None:
+            joined = tuple(m.signal for m in self.moves() if abs(m.step - c.step) <= self.p.join_within)
+            sure = self._sure(c) or (old is not None and old.sure and old.same_place_as(c) and old.status == c.status)
+            new = Marker(c.status, c.step, c.signal, step, c.detected_at, c.size, c.direction, sure,
+                         tuple(dict.fromkeys((c.signal, *joined))))
+        if old is None and new is None:
+            return []
+        if old is not None and new is not None and new.same_place(old) and (old.status, old.sure) == (new.status, new.sure):
+            return []
+        out = []
+        # the old marker is withdrawn unless it still holds (the new one is then a larger move) or
+        # the new one is its own verdict (a confirmation may move the step a little)
+        verdict = old is not None and new is not None and (old.signal, old.alarm_at) == (new.signal, new.alarm_at)
+        if old is not None and not verdict and (new is None or not new.same_place(old)) and not self._still_holds(old):
+            out.append({"status": REJECTED, "step": old.step, "signal": old.signal, "detected_at": step,
+                        "was": old.status})
+        if new is not None:
+            rec = new.record()
+            if old is not None and not verdict and not new.same_place(old) and self._still_holds(old):
+                rec["replaces"] = {"step": old.step, "signal": old.signal}
+            out.append(rec)
+        self.marker = new
+        self.history += out
+        return out
+
+    def _still_holds(self, m: Marker) -> bool:
+        w = self.signals.get(m.signal)
+        if w is None:
+            return False
+        if m.status == TENTATIVE:
+            p = w.pending
+            return p is not None and p.step == m.step or any(h.change.step == m.step for h in w.held)
+        return any(h.change.step == m.step for h in w.held)
+
+    @property
+    def flips(self) -> int:
+        """Confirmed markers later withdrawn."""
+        return sum(1 for h in self.history if h["status"] == REJECTED and h.get("was") == CONFIRMED)
+
+    # --- the phase object ----------------------------------------------------------------------------
+    def phase(self) -> dict[str, Any] | None:
+        """The phase object (design.md) as of the last step pushed; see ``detect``."""
+        p = self.p
+        if self.watch is None:
+            return None
+        judged = {k: self.signals[k] for k in self.judged_keys}
+        if not judged or all(len(w.x) <= p.head for w in judged.values()):
+            return None
+        watch = self.watch
+        ignored = [{"signal": s.key, "why": s.reason} for s in watch.signals if not s.watched]
+        ignored += [{"signal": s.key, "why": s.reason} for s in watch.signals if s.watched and s.key not in self.series]
+        for k, w in judged.items():
+            for c in [c for c in w.verdicts if c.status == REJECTED][:3]:
+                why = (f"a move at step {c.step} (confirmed at {c.decided_at}) fell back at step {c.withdrawn_at}"
+                       if c.withdrawn_at is not None else
+                       f"a move at step {c.step} (alarm at {c.detected_at}) did not last")
+                ignored.append({"signal": k, "why": why})
+        c = self.chosen()
+        unjudged = c if c is not None and c.status == TENTATIVE and p.ended else None
+        if unjudged is not None:  # the log ended before the alarm could be judged: no marker
+            c = None
+        evidence = [_evidence(k, watch.role(k), _main_change(w, c), len(w.x) > p.head) for k, w in judged.items()]
+        out: dict[str, Any] = {
+            "step": None, "signal": None, "signals": [], "status": "none", "size": None, "direction": None,
+            "detected_at": None, "confidence": None, "shape": None, "ramp_end": None, "evidence": evidence,
+            "ignored": ignored, "notes": [], "reasons": [], "watch": watch.as_dict(),
+            "judged_through": self.step, "points": self.points, "flips": self.flips,
+            "history": list(self.history)}
+        length = self.length
+        names = ", ".join(sig.short(k) for k in self.primary)
+        if c is None:
+            lw = judged.get(length) if length else None
+            lc = _main_change(lw, None) if lw is not None else None
+            if isinstance(lc, Change):
+                pinned = _pinned(self.series, length, lc.step, p)
+                if pinned:
+                    ignored.append({"signal": length, "why": pinned})
+                else:
+                    out["notes"].append({"kind": "length_only", "step": lc.step, "direction": lc.direction,
+                                         "size": lc.size, "text": f"{_moved(lc)} while {names} stayed flat: "
+                                                                  "not the format transition"})
+            if unjudged is not None:
+                after = sum(1 for s_, _ in self.series[unjudged.signal] if s_ >= unjudged.step)
+                out["notes"].append({"kind": "unjudged", "step": unjudged.step, "signal": unjudged.signal,
+                                     "text": f"an alarm on {sig.short(unjudged.signal)} at step {unjudged.step} came "
+                                             f"{after} logged point{'s' if after != 1 else ''} before the log ended: "
+                                             f"too few to judge it ({p.confirm_points} needed)"})
+            ended = " (the run has ended)" if p.ended else " so far"
+            out["reasons"].append(f"no sharp, lasting change in {names or 'any watched signal'}{ended}")
+            return out
+        shape, ramp_end = _shape(self.series[c.signal], c, p)
+        reasons = [f"{_moved(c)}, {c.status}"
+                   + (f": a ramp that starts there and reaches 80% of its move at step {ramp_end}" if shape == "ramp"
+                      and ramp_end else ": a ramp that starts there" if shape == "ramp" else ": a sharp, lasting change")]
+        others = [m for m in self.moves() if (m.signal, m.step) != (c.signal, c.step)]
+        joined = [c.signal] + list(dict.fromkeys(m.signal for m in others if abs(m.step - c.step) <= p.join_within))
+        reasons += [_moved(m) for m in others if abs(m.step - c.step) <= p.join_within]
+        for m in others:
+            if abs(m.step - c.step) > p.join_within:
+                when = "earlier" if m.step < c.step else "later"
+                out["notes"].append({"kind": "smaller_move", "signal": m.signal, "step": m.step,
+                                     "direction": m.direction, "size": m.size,
+                                     "text": f"an {when}, smaller move: {_moved(m)}, confirmed (the transition "
+                                             f"is the larger move at step {c.step})"})
+        corroborated = False
+        if length:
+            lc = next((m.change for m in reversed(judged[length].held)
+                       if abs(m.change.step - c.step) <= p.join_within), None)
+            pinned = _pinned(self.series, length, c.step, p)
+            if pinned:
+                ignored.append({"signal": length, "why": pinned})
+                reasons.append(pinned)
+            elif lc is not None and abs(lc.step - c.step) <= p.join_within:
+                corroborated = True
+                joined.append(length)
+                reasons.append(f"{_moved(lc)}: a length turn nearby corroborates it")
+            else:
+                reasons.append("completion length did not turn nearby: no corroboration")
+        confidence, why = self.confidence(c, shape, corroborated)
+        reasons += why
+        out.update({"step": c.step, "signal": c.signal, "signals": joined, "status": c.status, "size": c.size,
+                    "direction": c.direction, "detected_at": c.detected_at, "confidence": confidence,
+                    "shape": shape, "ramp_end": ramp_end, "reasons": reasons, "weight": round(weight(c, p), 4)})
+        return out
+
+    def confidence(self, c: Change, shape: str, corroborated: bool) -> tuple[str, list[str]]:
+        """(high | medium | low, the reasons for anything less than high). ``high``: confirmed,
+        sharp, and corroborated by length or at least ``high_sigmas``; ``medium``: confirmed
+        otherwise, or a ramp; ``low``: tentative, under ``sure_sigmas``, from the total reward, or
+        a lenient reward's move while a stricter one is watched and flat."""
+        p = self.p
+        if self.stand_in:
+            return "low", ["the run logs no format reward, so the marker comes from "
+                           f"{sig.short(c.signal)} and is not sure"]
+        if c.status == TENTATIVE:
+            return "low", [f"not confirmed yet: {p.confirm_points} logged points after it decide"]
+        if c.sigmas < p.sure_sigmas:
+            return "low", [f"a small move against the step-to-step noise ({c.sigmas:.1f} sigma)"]
+        flat = self._stricter_flat(c)
+        if flat:
+            return "low", [f"{sig.short(c.signal)} gives partial credit, and the stricter "
+                           f"{', '.join(sig.short(k) for k in flat)} has not moved: this may be an early, partial move"]
+        if shape == "ramp":
+            return "medium", []
+        if corroborated or c.sigmas >= p.high_sigmas:
+            return "high", []
+        return "medium", [f"{c.sigmas:.1f} sigma, without a length turn to corroborate it"]
 
 
-def _head_change(signal: str, steps: list[int], x: list[float], p: PhaseParams) -> Change | None:
-    """A change among the first points, which the live watch never tests (its reference needs
-    them; a log every 10 steps spends 110 steps there). Looked for once, when the watch starts:
-    the level of the last ``min_ref`` points is the new regime, and the head's points before it
-    that sit outside its band (3 of its sigmas; at least ``min_size`` of them in a row) the old
-    one, if the level moved by ``h / 2`` sigmas. Confirmed once ``confirm_points`` follow it and
-    the move holds, as a live alarm is."""
-    t = p.min_ref + p.lag
-    new = x[t - p.min_ref + 1: t + 1]
-    level = sum(new) / len(new)
-    sd = max(statistics.stdev(new), p.abs_floor, p.rel_floor * abs(level))
-    b = t - p.min_ref + 1
-    while b > 0 and abs(x[b - 1] - level) <= 3 * sd:
-        b -= 1
-    if b < p.min_size or any(abs(v - level) <= 3 * sd for v in x[b - p.min_size: b]):
+def _main_change(w: SignalWatch | None, chosen: Change | None) -> Change | None:
+    """What a signal's evidence shows: the chosen move if it is this signal's, else its largest
+    held move, else its pending alarm."""
+    if w is None:
         return None
-    before = sum(x[:b]) / b
-    need = max(p.h / 2, p.min_shift) * sd
-    if abs(level - before) < need:
-        return None
-    direction = "up" if level > before else "down"
-    if len(x) - b < p.confirm_points:
-        return Change(signal, steps[b], steps[t], "tentative", level - before, direction, before, sd)
-    tail = x[b: b + p.confirm_span][-p.confirm_points:]
-    size = sum(tail) / len(tail) - before
-    status = "confirmed" if abs(size) >= need and (size > 0) == (direction == "up") else "rejected"
-    return Change(signal, steps[b], steps[t], status, size, direction, before, sd)
-
-
-def detect_signal(signal: str, series: Iterable[tuple[int, float]], params: PhaseParams = DEFAULT
-                  ) -> Change | None | bool:
-    """The first change of one signal that is not rejected; None when there is none; False when
-    there are too few points to say anything."""
-    return _judge_signal(signal, list(series), params)[0]
-
-
-def _judge_signal(signal: str, series: list, p: PhaseParams) -> tuple[Change | None | bool, list[Change]]:
-    """``detect_signal``'s answer and the alarms rejected on the way (moves that did not last)."""
-    if len(_clean(series)[0]) < p.min_ref + p.lag + 1:
-        return False, []
-    rejected = []
-    for c in alarms(signal, series, p):
-        if c.status != "rejected":
-            return c, rejected
-        rejected.append(c)
-    return None, rejected
+    if chosen is not None and chosen.signal == w.signal:
+        return chosen
+    return max(w.holding(), key=lambda c: abs(c.size), default=None) or w.pending
 
 
 def _shape(series: Sequence[tuple[int, float]], c: Change, p: PhaseParams) -> tuple[str, int | None]:
     """('sharp'|'ramp', the step where a ramp reaches 80% of its move): a move whose 5-point mean
     takes ``ramp_points`` logged points, and ``ramp_share`` of the log, or more to get there is a
     ramp (Tina's turns take 10-20 steps of ~850; a tiny run's, 13 of 100)."""
-    steps, x = _clean(series)
+    steps, x = [s for s, _ in series], [v for _, v in series]
     i = steps.index(c.step)
     slow = max(p.ramp_points, p.ramp_share * len(x))
     sign = 1.0 if c.size >= 0 else -1.0
     # the move as far as it goes on (a ramp is still climbing when it is confirmed)
-    later = x[i: i + 4 * p.confirm_span][-p.confirm_points:]
+    later = x[i: i + 4 * RAMP_SPAN][-p.confirm_points:]
     move = max(sign * c.size, sign * (sum(later) / len(later) - c.before)) * sign
     target = c.before + 0.8 * move
     for j in range(i, len(x)):
@@ -381,21 +483,23 @@ def _pinned(series: Mapping[str, Sequence[tuple[int, float]]], length: str, step
     """Why completion length is no evidence around ``step`` (it sits at the cap on both sides of
     it), or None. The clipped ratio says so when logged; otherwise length sitting within 1% of its
     largest value most of the time."""
-    clipped = _clean(series.get(sig.CLIPPED_RATIO) or [])
-    steps, x = clipped if clipped[0] else _clean(series.get(length) or [])
-    if not steps:
+    clipped = series.get(sig.CLIPPED_RATIO) or []
+    pts = clipped or series.get(length) or []
+    if not pts:
         return None
-    i = next((j for j, s in enumerate(steps) if s >= step), len(steps))
+    i = bisect.bisect_left(pts, (step, -math.inf))
+    x = [v for _, v in pts[max(0, i - p.pinned_points): i + p.pinned_points]]
+    i = min(i, p.pinned_points)
     before, after = x[max(0, i - p.pinned_points): i], x[i: i + p.pinned_points]
     if len(before) < 3 or len(after) < 3:
         return None
-    if clipped[0]:
+    if clipped:
         lo = min(statistics.median(before), statistics.median(after))
         if lo >= p.pinned_ratio:
             return (f"completion length sits at the cap around step {step} (clipped ratio {lo:.2f}): "
                     "no evidence either way")
         return None
-    cap = max(x)
+    cap = max(v for _, v in pts)
     at_cap = [sum(v >= 0.99 * cap for v in side) / len(side) for side in (before, after)]
     if min(at_cap) >= 0.5:
         return (f"completion length sits at its maximum ({cap:g}, the cap) around step {step}: "
@@ -414,100 +518,38 @@ def _moved(c: Change) -> str:
             f"({c.size:+.3g}{sig_text}) at step {c.step}")
 
 
-def _evidence(key: str, role: str, found: Change | None | bool) -> dict:
-    if not isinstance(found, Change):
-        return {"signal": key, "role": role, "moved": False,
-                "status": "too few points" if found is False else "flat"}
+def _evidence(key: str, role: str, found: Change | None, enough: bool) -> dict:
+    if found is None:
+        return {"signal": key, "role": role, "moved": False, "status": "flat" if enough else "too few points"}
     return {"signal": key, "role": role, "moved": True, "step": found.step, "detected_at": found.detected_at,
             "status": found.status, "direction": found.direction, "size": found.size, "before": found.before,
             "after": found.before + found.size,
             "sigmas": abs(found.size) / found.sigma if found.sigma else None}
 
 
+
+def rows_of(series: Mapping[str, Iterable[tuple[int, float]]]) -> list[tuple[int, dict[str, float]]]:
+    """Per-signal series as the run's logged steps in order: ``[(step, {key: value})]``."""
+    by_step: dict[int, dict[str, float]] = {}
+    for key, pts in series.items():
+        for s, v in pts:
+            if v is not None:
+                by_step.setdefault(int(s), {})[key] = float(v)
+    return sorted(by_step.items())
+
+
 def detect(series: Mapping[str, Iterable[tuple[int, float]]], params: PhaseParams = DEFAULT) -> dict | None:
-    """The phase object (design.md): ``step, signal, signals, status`` (``none`` when nothing moved
-    yet), ``size, direction, detected_at``, and why: ``confidence`` (high | medium | low),
-    ``shape`` (sharp | ramp, with ``ramp_end``), ``evidence`` (each watched signal: moved or not,
-    from what to what, how many reference sigmas), ``ignored`` (what the watch left out, and why),
-    ``notes`` (a length turn that is not the transition), ``reasons`` (sentences) and ``watch``.
-    None while no watched signal has enough points."""
-    p = params
-    series = {k: list(v) for k, v in series.items()}
-    watch = sig.choose(series, p.signals if p.watch_source != "auto" else None, p.watch_source, p.watch_by)
-    primary = [k for k in watch.primary if k in series]
-    length = watch.length
-    if not primary and length:  # nothing else to go by: length stands in
-        primary, length = [length], None
-    judged = {k: _judge_signal(k, series[k], p) for k in primary + ([length] if length else [])}
-    if all(found is False for found, _ in judged.values()):
-        return None
-    ignored = [{"signal": s.key, "why": s.reason} for s in watch.signals if not s.watched]
-    ignored += [{"signal": s.key, "why": s.reason} for s in watch.signals if s.watched and s.key not in series]
-    for k, (_, rejected) in judged.items():
-        for c in rejected[:3]:
-            ignored.append({"signal": k, "why": f"a move at step {c.step} (alarm at {c.detected_at}) did not last"})
-    evidence = [_evidence(k, watch.role(k), found) for k, (found, _) in judged.items()]
-    # earliest first; of two at one step, the one that stands out more from its noise
-    changes = sorted((found for k, (found, _) in judged.items() if k in primary and isinstance(found, Change)),
-                     key=lambda c: (c.step, -abs(c.size) / c.sigma if c.sigma else 0.0, c.signal))
-    length_change = judged[length][0] if length else None
-    out = {"step": None, "signal": None, "signals": [], "status": "none", "size": None, "direction": None,
-           "detected_at": None, "confidence": None, "shape": None, "ramp_end": None, "evidence": evidence,
-           "ignored": ignored, "notes": [], "reasons": [], "watch": watch.as_dict()}
-    stand_in = watch.total_only
-    names = ", ".join(sig.short(k) for k in primary)
-    if not changes:
-        if isinstance(length_change, Change):
-            pinned = _pinned(series, length, length_change.step, p)
-            if pinned:
-                ignored.append({"signal": length, "why": pinned})
-            else:
-                out["notes"].append({"kind": "length_only", "step": length_change.step,
-                                     "direction": length_change.direction, "size": length_change.size,
-                                     "text": f"{_moved(length_change)} while {names} stayed flat: "
-                                             "not the format transition"})
-        out["reasons"].append(f"no sharp, lasting change in {names or 'any watched signal'} so far")
-        return out
-    first = changes[0]
-    shape, ramp_end = _shape(series[first.signal], first, p)
-    reasons = [f"{_moved(first)}, {first.status}"
-               + (f": a ramp that starts there and reaches 80% of its move at step {ramp_end}" if shape == "ramp"
-                  and ramp_end else ": a ramp that starts there" if shape == "ramp" else ": a sharp, lasting change")]
-    joined = [c.signal for c in changes if c.step - first.step <= p.join_within]
-    reasons += [_moved(c) for c in changes[1:] if c.signal in joined]
-    corroborated = False
-    if length:
-        pinned = _pinned(series, length, first.step, p)
-        if pinned:
-            ignored.append({"signal": length, "why": pinned})
-            reasons.append(pinned)
-        elif isinstance(length_change, Change) and abs(length_change.step - first.step) <= p.join_within:
-            corroborated = True
-            joined.append(length)
-            reasons.append(f"{_moved(length_change)}: a length turn nearby corroborates it")
-        else:
-            reasons.append("completion length did not turn nearby: no corroboration")
-    sigmas = abs(first.size) / first.sigma if first.sigma else 0.0
-    if stand_in:
-        confidence = "low"
-        reasons.append("the run logs no format reward, so the marker comes from "
-                       f"{sig.short(first.signal)} and is not sure")
-    elif first.status == "tentative":
-        confidence = "low"
-        reasons.append("not confirmed yet: too few points after it")
-    elif sigmas < p.sure_sigmas:
-        confidence = "low"
-        reasons.append(f"a small move against the step-to-step noise ({sigmas:.1f} sigma)")
-    elif shape == "ramp":
-        confidence = "medium"
-    elif corroborated or sigmas >= p.high_sigmas:
-        confidence = "high"
-    else:
-        confidence = "medium"
-    out.update({"step": first.step, "signal": first.signal, "signals": joined, "status": first.status,
-                "size": first.size, "direction": first.direction, "detected_at": first.detected_at,
-                "confidence": confidence, "shape": shape, "ramp_end": ramp_end, "reasons": reasons})
-    return out
+    """The phase object (design.md) of a whole series, judged as the live watch judged it, one step
+    at a time: ``step, signal, signals, status`` (``none`` when nothing moved), ``size, direction,
+    detected_at``, and why: ``confidence`` (high | medium | low), ``shape`` (sharp | ramp, with
+    ``ramp_end``), ``evidence`` (each judged signal: moved or not, from what to what, how many
+    reference sigmas), ``ignored`` (what the watch left out, and why), ``notes`` (a length turn that
+    is not the transition, other confirmed moves), ``reasons`` (sentences), ``watch``, and the
+    marker's ``history`` (each change of it, at the step it was seen) with its ``flips``. None
+    while no judged signal has enough points (``PhaseParams.head``)."""
+    watch = PhaseWatch(params)
+    watch.extend(rows_of(series))
+    return watch.phase()
 
 
 def watch_summary(watch: Mapping | None) -> str:
