@@ -47,7 +47,8 @@ def run(
     set_: list[str] = typer.Option([], "--set", help="Override a recipe value: key.path=value (repeatable)."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved recipe and launch command only."),
     gpu_hour_usd: Optional[float] = typer.Option(None, "--gpu-hour-usd", help="Price per GPU-hour for the cost meter."),
-    force: bool = typer.Option(False, "--force", help="Launch even if the memory estimate exceeds the GPUs."),
+    force: bool = typer.Option(False, "--force", help="Launch even where the memory estimate or tina doctor's "
+                                                      "launch checks say it would fail."),
 ) -> None:
     """Create a run from RECIPE and supervise it (foreground unless --detach)."""
     from tina_core.cli import runs
@@ -200,12 +201,32 @@ def eval_(
     wait: bool = typer.Option(False, "--wait", help="Run the queue in the foreground until these finish."),
     gpus: Optional[str] = typer.Option(None, "--gpus", help="GPU ids to use even while training runs, e.g. 1."),
     cancel: bool = typer.Option(False, "--cancel", help="Cancel queued or running evaluations of RUN."),
+    force: bool = typer.Option(False, "--force", help="Queue even where tina doctor says the evaluation would fail."),
 ) -> None:
     """Queue evaluations of checkpoints (Tina's six benchmarks on GPU, the tiny benchmark on CPU)."""
     from tina_core.cli import evals
 
     raise typer.Exit(evals.cli_eval(state.home, run_ref, checkpoint=checkpoint, tasks=tasks,
-                                       dry_run=dry_run, wait=wait, gpus=gpus, cancel=cancel))
+                                       dry_run=dry_run, wait=wait, gpus=gpus, cancel=cancel, force=force))
+
+
+@app.command()
+def doctor(
+    recipe: Optional[Path] = typer.Argument(None, help="Recipe to check the machine for (default: Open-RS2 on a "
+                                                         "GPU box, else recipes/tiny.yaml)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a recipe value: key.path=value (repeatable)."),
+    as_json: bool = typer.Option(False, "--json", help="The checks as JSON."),
+) -> None:
+    """Check this machine before a launch: Python, compilers, the NVIDIA driver against the installed
+    wheels, torch and vLLM, NCCL, disk, the base model, gated data, the pinned versions."""
+    from tina_core import doctor as checks
+    from tina_core.cli.output import json_text
+    from tina_core.recipe.loader import load_recipe
+
+    gpus = checks.read_gpus()
+    report = checks.diagnose(load_recipe(recipe or checks.default_recipe(gpus), set_), state.home, gpus=gpus)
+    print(json_text(report.as_dict()) if as_json else "\n".join(report.lines()))
+    raise typer.Exit(1 if report.failed else 0)
 
 
 @app.command()

@@ -38,7 +38,8 @@ def wait_for(home: Path, rd: RunDir, ids: list[str], *, poll: float = 1.0, strea
 
 
 def cli_eval(home: Path, run_ref: str, *, checkpoint: str = "recommended", tasks: str | None = None,
-             dry_run: bool = False, wait: bool = False, gpus: str | None = None, cancel: bool = False) -> int:
+             dry_run: bool = False, wait: bool = False, gpus: str | None = None, cancel: bool = False,
+             force: bool = False) -> int:
     h = tina_home(home)
     rd = find_run(h, run_ref)
     if cancel:
@@ -48,12 +49,12 @@ def cli_eval(home: Path, run_ref: str, *, checkpoint: str = "recommended", tasks
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
     if task_list == []:
         raise TinaError(f"--tasks {tasks!r}: names no task; expected comma-separated task names, e.g. --tasks arith")
+    explicit = _parse_gpus(gpus)
+    use_gpus = explicit if explicit is not None else _run_gpus(rd)
+    names = [task_name(t) for t in task_list] if task_list else (list(TINA_TASKS) if use_gpus else ["arith"])
+    for t in names:
+        _check_backend(t, use_gpus)
     if dry_run:
-        explicit = _parse_gpus(gpus)
-        use_gpus = explicit if explicit is not None else _run_gpus(rd)
-        names = [task_name(t) for t in task_list] if task_list else (list(TINA_TASKS) if use_gpus else ["arith"])
-        for t in names:
-            _check_backend(t, use_gpus)
         for ckpt in resolve_checkpoints(h, rd, checkpoint):
             print(f"# {rd.run_id} {_label(ckpt)}")
             merge_printed = False
@@ -65,6 +66,11 @@ def cli_eval(home: Path, run_ref: str, *, checkpoint: str = "recommended", tasks
                         merge_printed = True
                     print(line)
         return 0
+    if use_gpus:  # what tina doctor says would fail the evaluation on these GPUs, before it is queued
+        from tina_core.doctor import refuse_launch
+        from tina_core.recipe.loader import load_recipe
+
+        refuse_launch(load_recipe(rd.recipe), h, force=force, tasks=names, eval_gpus=len(use_gpus), what="evaluation")
     if note := revive_worker(h):  # before queueing, which would start one without a word
         print(f"tina: {note}", file=sys.stderr)
     ids = queue_eval(h, rd.run_id, checkpoint, task_list, gpus=gpus)

@@ -82,6 +82,10 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
     from tina_core.train.launcher import launch_command
 
     recipe = resolved if resolved is not None else load_validated(recipe_path, overrides, force=force)
+    if resolved is None:  # a GPU launch that tina doctor says would fail after start is refused here
+        from tina_core.doctor import refuse_launch
+
+        refuse_launch(recipe, home, force=force)
     gpus = int(_recipe_value(recipe, "gpus", 0))
     here = sweep is None or sweep[2] == "local"
     found = gpu.gpus() if gpus and here else []
