@@ -63,6 +63,23 @@ class FakeNVML(types.ModuleType):
         self._call("nvmlDeviceGetPowerUsage")
         return 251_300 + h * 1000
 
+    # the driver and the link between the GPUs (tina doctor): an R535 driver (CUDA 12.2) on a PCIe
+    # box, as many rented images have; ``driver``/``nvlink`` change them
+    driver = "535.104.05"
+    nvlink = False
+    NVML_NVLINK_MAX_LINKS = 18
+
+    def nvmlSystemGetDriverVersion(self):
+        return self.driver
+
+    def nvmlDeviceGetNvLinkState(self, h, link):
+        if not self.nvlink:
+            raise self.NVMLError("Not Supported")
+        return 1
+
+    def nvmlDeviceGetTopologyCommonAncestor(self, a, b):
+        return 30  # NVML_TOPOLOGY_HOSTBRIDGE: both GPUs under one PCIe host bridge
+
 
 @pytest.fixture
 def nvml(monkeypatch) -> FakeNVML:

@@ -587,11 +587,11 @@ def check_data(tasks: Sequence[str], token: str | None, *, endpoint: str | None 
                      "no HF token here, so that evaluation fails and the benchmark average is incomplete",
                      f"{accept} with your account, then hf auth login (or export HF_TOKEN=...)")
     verdicts = {r: hub_access(r, token, endpoint=endpoint, timeout=timeout) for r in sorted(set(gated.values()))}
-    bad = {r: v for r, v in verdicts.items() if v is not None and not v.startswith("unknown")}
-    if bad:
+    refused = {r: v for r, v in verdicts.items() if v is not None and not v.startswith("unknown")}
+    if refused:
         why = {"gated": "its account has not accepted the terms", "token": "the hub refused the token",
                "missing": "the hub says no such dataset (or no access to it)"}
-        return Check("data", bad, "an HF token is here, but " + "; ".join(f"{r}: {why[v]}" for r, v in bad.items()),
+        return Check("data", bad, "an HF token is here, but " + "; ".join(f"{r}: {why[v]}" for r, v in refused.items()),
                      f"{accept} with the token's account")
     unknown = {r: v for r, v in verdicts.items() if v is not None}
     if unknown:
