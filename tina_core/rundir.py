@@ -111,6 +111,16 @@ def append_bytes(fd: int, data: bytes) -> None:
 
 
 # --- JSONL -------------------------------------------------------------------------------------
+def parse_json(text: str | bytes) -> Any:
+    """One JSON document. Anything that is not one raises ValueError, a value nested too deeply for
+    Python's parser included (``json`` raises RecursionError for a line of a few thousand ``[``):
+    a hostile line is one malformed line, never the reader's end."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to read") from None
+
+
 def append_jsonl(path: Path, record: dict[str, Any], *, fsync: bool = False) -> None:
     """Append one record as one line with a single write, so readers never see half a record
     followed by another (unless the disk fills mid-line: see ``append_bytes``). Credentials are
@@ -169,7 +179,7 @@ class JsonlTail:
         out = []
         for raw in data.splitlines():
             try:
-                rec = json.loads(raw)
+                rec = parse_json(raw)
             except ValueError:
                 continue
             if isinstance(rec, dict):
@@ -189,7 +199,7 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         if not raw.strip():
             continue
         try:
-            rec = json.loads(raw)
+            rec = parse_json(raw)
         except ValueError:
             continue
         if isinstance(rec, dict):
@@ -211,8 +221,8 @@ def write_json_atomic(path: Path, obj: Any) -> None:
 
 def read_json(path: Path, default: Any = None) -> Any:
     try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, ValueError):
+        return parse_json(path.read_text())
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, ValueError):
         return default
 
 

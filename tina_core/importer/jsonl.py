@@ -5,10 +5,10 @@ counted."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tina_core.importer.records import Read, checked_step, merge, values
+from tina_core.rundir import parse_json
 
 STEP_KEYS = ("step", "global_step", "train/global_step", "_step")
 
@@ -19,7 +19,7 @@ def read(path: Path) -> Read:
         if not line.strip():
             continue
         try:
-            rec = json.loads(line)
+            rec = parse_json(line)
         except ValueError:
             bad += 1
             continue

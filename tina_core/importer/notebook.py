@@ -5,13 +5,12 @@ importer.table like any other table."""
 
 from __future__ import annotations
 
-import json
 from html.parser import HTMLParser
 from pathlib import Path
 
 from tina_core.importer import table
 from tina_core.importer.records import Read
-from tina_core.rundir import TinaError
+from tina_core.rundir import TinaError, parse_json
 
 
 class _Tables(HTMLParser):
@@ -64,7 +63,7 @@ def progress_tables(nb: dict) -> list[tuple[int, list[list[str]]]]:
 
 def read(path: Path, run: str | None = None) -> Read:
     try:
-        nb = json.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
+        nb = parse_json(path.read_text(encoding="utf-8-sig", errors="replace"))
     except ValueError as e:
         raise TinaError(f"{path}: not a valid notebook ({e})") from None
     tables = progress_tables(nb) if isinstance(nb, dict) else []

@@ -7,12 +7,11 @@ touches trackio's files."""
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from pathlib import Path
 
 from tina_core.importer.records import Read, checked_step, merge, values
-from tina_core.rundir import TinaError
+from tina_core.rundir import TinaError, parse_json
 
 SQLITE_MAGIC = b"SQLite format 3\x00"
 
@@ -38,7 +37,7 @@ def read(path: Path, run: str | None = None) -> Read:
         rows, bad = [], 0
         for row_id, step_col, text in cursor:
             try:
-                rec = json.loads(text)
+                rec = parse_json(text)
             except (TypeError, ValueError):
                 bad += 1
                 continue

@@ -3,19 +3,18 @@ one per logged step (``logging_steps`` apart) plus eval and summary entries, mer
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from tina_core.importer.records import Read, checked_step, merge, values
 from tina_core.store.records import step_of
-from tina_core.rundir import TinaError
+from tina_core.rundir import TinaError, parse_json
 
 RUN_FIELDS = ("max_steps", "save_steps", "logging_steps", "num_train_epochs", "train_batch_size")
 
 
 def read(path: Path) -> Read:
     try:
-        state = json.loads(path.read_text(encoding="utf-8-sig", errors="replace"))
+        state = parse_json(path.read_text(encoding="utf-8-sig", errors="replace"))
     except ValueError as e:
         raise TinaError(f"{path}: not valid JSON ({e})") from None
     history = state.get("log_history") if isinstance(state, dict) else None

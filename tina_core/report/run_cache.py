@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 from tina_core import runstate
-from tina_core.rundir import FileStamp, RunDir, RunFiles, write_json_atomic
+from tina_core.rundir import FileStamp, RunDir, RunFiles, parse_json, write_json_atomic
 
 CACHE_NAME = "run-objects.cache.json"
 _PACKAGE = Path(__file__).resolve().parents[1]  # tina_core
@@ -73,7 +72,7 @@ class RunObjects:
         self.path = cache_path(home)
         self._dirty = False
         try:
-            data = json.loads(self.path.read_text())
+            data = parse_json(self.path.read_text())
         except (OSError, ValueError):
             data = {}
         ok = isinstance(data, dict) and data.get("code") == _code_version() and isinstance(data.get("runs"), dict)

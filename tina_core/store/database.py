@@ -42,6 +42,23 @@ def _ident(s: str) -> str:
     return '"' + s.replace('"', '""') + '"'
 
 
+@contextmanager
+def transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """BEGIN ... COMMIT, rolled back whatever ends it early (any exception, Ctrl-C): a connection
+    left inside an open transaction refuses every later BEGIN, and a long-lived reader (the
+    cockpit) would then fail every ingest after one bad one."""
+    con.execute("BEGIN")
+    try:
+        yield
+    except BaseException:
+        try:
+            con.execute("ROLLBACK")
+        except duckdb.Error:
+            pass
+        raise
+    con.execute("COMMIT")
+
+
 # What reading a damaged database file raises (a truncated file, garbage inside it).
 _DAMAGE_ERRORS = (duckdb.IOException, duckdb.SerializationException, duckdb.InternalException, duckdb.FatalException)
 
@@ -186,13 +203,12 @@ class Database:
     def _create(self, con) -> None:
         con.execute(SCHEMA)
         if con.execute("SELECT max(schema_version) FROM meta").fetchone()[0] != SCHEMA_VERSION:
-            con.execute("BEGIN")
-            for t in (*TABLES, "meta"):
-                con.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
-            con.execute(SCHEMA)
-            con.execute("INSERT INTO meta VALUES (?)", [SCHEMA_VERSION])
-            con.execute("DELETE FROM index_id")  # emptied: a new index
-            con.execute("COMMIT")
+            with transaction(con):
+                for t in (*TABLES, "meta"):
+                    con.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
+                con.execute(SCHEMA)
+                con.execute("INSERT INTO meta VALUES (?)", [SCHEMA_VERSION])
+                con.execute("DELETE FROM index_id")  # emptied: a new index
 
     def _let_waiter_in(self) -> None:
         """A process that just let the file go would take it straight back before a waiting one

@@ -21,8 +21,8 @@ import duckdb
 from tina_core.analysis import metric_keys
 from tina_core.caches import Cache
 from tina_core.events import Kind, is_kind
-from tina_core.rundir import RunDir, RunFiles, TinaError, list_run_dirs, runs_root
-from tina_core.store.database import Database, _ident, _sql_str
+from tina_core.rundir import RunDir, RunFiles, TinaError, list_run_dirs, parse_json, runs_root
+from tina_core.store.database import Database, _ident, _sql_str, transaction
 from tina_core.store.records import MAX_INT, MAX_STEP, events_problem, metrics_problem, system_problem
 from tina_core.store.records import number as _num
 from tina_core.store.records import step_of as _step_of
@@ -57,7 +57,7 @@ def _sample_kinds(chunk: bytes) -> dict[str, str]:
     last = chunk[chunk.rfind(b"\n", 0, len(chunk) - 1) + 1:]
     for raw in (first, last):
         try:
-            rec = json.loads(raw)
+            rec = parse_json(raw)
         except ValueError:
             raise _SlowPath from None
         if not isinstance(rec, dict) or "step" not in rec:
@@ -146,14 +146,12 @@ class Ingestion(Database):
     def rebuild(self) -> IngestStats:
         """Drop everything and ingest all run directories again from byte 0."""
         try:
-            with self.session() as con:
-                con.execute("BEGIN")
+            with self.session() as con, transaction(con):
                 for t in TABLES:
                     con.execute(f"DROP TABLE IF EXISTS {t} CASCADE")
                 con.execute("DROP VIEW IF EXISTS metrics_latest")
                 con.execute(SCHEMA)
                 new_id = self._new_id(con)  # a new index: other processes notice
-                con.execute("COMMIT")
             self._file_id, self._generation = new_id
         except TinaError as e:
             if "busy" in str(e):
@@ -170,10 +168,9 @@ class Ingestion(Database):
         """Answers derived from the index no longer stand (see Store)."""
 
     def _forget(self, con, run_id: str) -> None:
-        con.execute("BEGIN")
-        for t in TABLES:
-            con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
-        con.execute("COMMIT")
+        with transaction(con):
+            for t in TABLES:
+                con.execute(f"DELETE FROM {t} WHERE run_id = ?", [run_id])
 
     def _ingest_run(self, con, rd: RunDir, prev: RunFiles | None, files: RunFiles) -> IngestStats:
         """Bring one run up to date; ``prev``: its files as this process last ingested them
@@ -184,17 +181,16 @@ class Ingestion(Database):
             info = rd.info()
             all_ck = rd.checkpoint_steps(complete_only=False)
             done, resumable = set(rd.checkpoint_steps(evaluable=True)), set(rd.checkpoint_steps())
-            con.execute("BEGIN")
-            con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", [
-                run_id, info.get("name"), info.get("recipe"), info.get("created"),
-                bool(info.get("imported", False)), _step_of(info.get("dataset_size")),
-                json.dumps(info, default=str)])
-            con.execute("DELETE FROM checkpoints WHERE run_id = ?", [run_id])
-            if all_ck:
-                con.execute("INSERT INTO checkpoints SELECT ?, unnest($2::BIGINT[]), unnest($3::BOOLEAN[]), "
-                            "unnest($4::BOOLEAN[])",
-                            [run_id, all_ck, [s in done for s in all_ck], [s in resumable for s in all_ck]])
-            con.execute("COMMIT")
+            with transaction(con):
+                con.execute("INSERT OR REPLACE INTO runs VALUES (?, ?, ?, ?, ?, ?, ?)", [
+                    run_id, info.get("name"), info.get("recipe"), info.get("created"),
+                    bool(info.get("imported", False)), _step_of(info.get("dataset_size")),
+                    json.dumps(info, default=str)])
+                con.execute("DELETE FROM checkpoints WHERE run_id = ?", [run_id])
+                if all_ck:
+                    con.execute("INSERT INTO checkpoints SELECT ?, unnest($2::BIGINT[]), unnest($3::BOOLEAN[]), "
+                                "unnest($4::BOOLEAN[])",
+                                [run_id, all_ck, [s in done for s in all_ck], [s in resumable for s in all_ck]])
         for name, before, now in ((METRICS, prev and prev.metrics, files.metrics),
                                   (EVENTS, prev and prev.events, files.events),
                                   (SYSTEM, prev and prev.system, files.system)):
@@ -213,12 +209,11 @@ class Ingestion(Database):
         offset = row[0] if row else 0
         if size < offset:
             # Rewritten from scratch (append-only files never shrink): start that file over.
-            con.execute("BEGIN")
-            for t in _FILE_TABLES[name]:
-                con.execute(f"DELETE FROM {t} WHERE run_id = ?", [rd.run_id])
-            con.execute("DELETE FROM quarantine WHERE run_id = ? AND file = ?", [rd.run_id, name])
-            con.execute("DELETE FROM ingest_state WHERE run_id = ? AND file = ?", [rd.run_id, name])
-            con.execute("COMMIT")
+            with transaction(con):
+                for t in _FILE_TABLES[name]:
+                    con.execute(f"DELETE FROM {t} WHERE run_id = ?", [rd.run_id])
+                con.execute("DELETE FROM quarantine WHERE run_id = ? AND file = ?", [rd.run_id, name])
+                con.execute("DELETE FROM ingest_state WHERE run_id = ? AND file = ?", [rd.run_id, name])
             offset = 0
         if size == offset:
             return IngestStats()
@@ -231,15 +226,13 @@ class Ingestion(Database):
         chunk = data[: end + 1]
         handler = {METRICS: self._metrics_chunk, EVENTS: self._events_chunk, SYSTEM: self._system_chunk}[name]
         for fast in (True, False):
-            con.execute("BEGIN")
             try:
-                stats = handler(con, rd.run_id, chunk, offset, fast)
-                con.execute("INSERT OR REPLACE INTO ingest_state VALUES (?, ?, ?)",
-                            [rd.run_id, name, offset + end + 1])
-                con.execute("COMMIT")
+                with transaction(con):  # rolled back by any failure, never left open
+                    stats = handler(con, rd.run_id, chunk, offset, fast)
+                    con.execute("INSERT OR REPLACE INTO ingest_state VALUES (?, ?, ?)",
+                                [rd.run_id, name, offset + end + 1])
                 return stats
             except (duckdb.Error, _SlowPath):
-                con.execute("ROLLBACK")
                 if not fast:
                     raise
         raise AssertionError("unreachable")
@@ -367,7 +360,7 @@ class Ingestion(Database):
                 continue
             text = raw.decode("utf-8", "replace")
             try:
-                rec = json.loads(text)
+                rec = parse_json(text)
             except ValueError as e:
                 bad.append((here, text, f"not JSON: {e}"))
                 continue

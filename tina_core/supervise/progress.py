@@ -5,12 +5,11 @@ Reads progress from metrics.jsonl (tailed), never from the trainer's output.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
 from typing import Any
 
-from tina_core.rundir import RunDir
+from tina_core.rundir import RunDir, parse_json
 
 
 class Display:
@@ -55,7 +54,7 @@ class Display:
 
         for raw in lines:
             try:
-                rec = json.loads(raw)
+                rec = parse_json(raw)
             except ValueError:
                 continue
             # the trainer's final summary log (train_runtime...) carries no step metrics
