@@ -61,3 +61,41 @@ def test_a_damaged_index_is_answered_around_then_rebuilt(indexed, tmp_path, dama
     listed = tina(home, "ls", "--json")
     assert listed.stderr == "" and json.loads(listed.stdout) == [{**run, "path": str(home / "runs" / run["run_id"])}]
     assert Collector(home).collect(None).error is None
+
+
+UNUSABLE = {
+    "empty": lambda db: db.write_bytes(b""),                         # the disk filled before its first write
+    "a directory": lambda db: (db.mkdir(), (db / "x").write_text("x")),  # not a file at all
+}
+
+
+@pytest.mark.parametrize("unusable, by", [("empty", "tina ls"), ("empty", "the cockpit"),
+                                          ("a directory", "tina ingest --rebuild"), ("a directory", "tina ls")])
+def test_an_index_file_that_cannot_be_one_is_set_aside_and_built_again(indexed, tmp_path, unusable, by):
+    """Attack 6: a 0-byte tina.duckdb left every listing without its phase until a rebuild, and
+    one that is a directory crashed the rebuild itself. Any reader now renames it aside, says so,
+    and builds the index again."""
+    from tina_core.report import run_cache
+
+    good_home, expected = indexed
+    [run] = expected
+    home = tmp_path / "home"
+    shutil.copytree(good_home, home)
+    run_cache.clear(home)  # the run is described from the index, not from the kept objects
+    db = home / "tina.duckdb"
+    db.unlink()
+    UNUSABLE[unusable](db)
+    if by == "the cockpit":
+        snap = Collector(home).collect(None)
+        said, got = " ".join(n.text for n in snap.notices), snap.runs[0]
+        assert snap.error is None
+    else:
+        out = tina(home, *by.split()[1:]) if by != "tina ls" else tina(home, "ls", "--json")
+        assert out.returncode == 0 and "Traceback" not in out.stderr, out.stderr
+        said = out.stderr
+        got = json.loads(tina(home, "ls", "--json").stdout)[0]
+    assert f"tina.duckdb was {unusable}" in said and "set aside as tina.duckdb.unusable-" in said
+    [aside] = home.glob("tina.duckdb.unusable-*")
+    assert aside.is_dir() == (unusable == "a directory")          # kept as it was, out of the way
+    assert got["phase_transition"] == run["phase_transition"] and got["step"] == run["step"]
+    assert db.is_file() and db.stat().st_size > 0

@@ -253,6 +253,7 @@ class Collector:
         self._store = None
         self._store_error: str | None = None
         # Run objects by run: a run that is not live is described again only when its files, its
+        self._index_notes: list[str] = []  # what the index did unasked (a file set aside), to announce
         # heartbeat or the index's hold of them changed (the clock moves a live run's figures).
         self._runs: Cache[str, RunRow] = Cache("collector.runs", None)
         # The run in view as the index answered it, while its files stay as they were: a live run
@@ -276,6 +277,7 @@ class Collector:
 
                 self._store = Store(self.home)
             except Exception as e:
+                self._store.on_note = self._index_notes.append
                 self._store_error = f"index unavailable: {e}"
                 return None
         return self._store
@@ -301,6 +303,8 @@ class Collector:
                 snap.overlay = self._overlay(index, marks, snap.runs, files, detail_key)
             snap.error = snap.error or index.error or self._store_error
             snap.took_s = time.perf_counter() - t0
+            snap.notices += [Notice("warning", note) for note in self._index_notes]
+            self._index_notes.clear()
             return snap
 
     def _ingest(self, index: Guarded, files: dict[str, RunFiles], selected: str | None, t0: float,

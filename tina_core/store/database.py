@@ -12,11 +12,13 @@ import hashlib
 import os
 import random
 import secrets
+import stat
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import duckdb
 
@@ -114,6 +116,8 @@ class Database:
         self._batch = 0          # depth of batch() blocks: their connection is let go by the outermost
         self._file_id: str | None = None  # the index file this process has checked the schema of
         self._generation = 0              # ...and the count of ingests it has seen written to it
+        # what was done to the file unasked (set aside) is said through this, once
+        self.on_note: Callable[[str], None] = lambda text: print(f"tina: note: {text}", file=sys.stderr, flush=True)
 
     def _new_file(self, con: duckdb.DuckDBPyConnection, *, known: bool) -> None:
         """The index file is not the one this process knew (first open, or ``known``: it was
@@ -136,6 +140,8 @@ class Database:
                 break
             except duckdb.Error as e:
                 if not _is_lock_error(e):
+                    if self._set_aside():
+                        continue  # a new index takes its place
                     raise TinaError(f"cannot open {self.path}: {e} (try `tina ingest --rebuild`)") from e
                 if time.monotonic() >= deadline:
                     raise TinaError(f"{self.path} is busy (another tina process holds it); try again") from e
@@ -149,6 +155,30 @@ class Database:
             _ATTACHED.release(self.path, con)
             raise
         return con
+
+    def _set_aside(self) -> bool:
+        """An index file that cannot be one (empty: the disk filled before its first write; a
+        directory, or anything else but a regular file) is renamed out of the way, with a note, and
+        a new index is built in its place: it is only a cache of the run directories. A file with
+        content is left alone (another DuckDB version's index is one): `tina ingest --rebuild`."""
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        regular = stat.S_ISREG(st.st_mode)
+        if regular and st.st_size > 0:
+            return False
+        what = "empty (0 bytes)" if regular else "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+        aside = self.path.with_name(f"{DB_NAME}.unusable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        try:
+            os.rename(self.path, aside)
+        except FileNotFoundError:
+            return True  # another process set it aside first
+        except OSError:
+            return False
+        self.on_note(f"{self.path} was {what}, not an index: set aside as {aside.name}; the index is built "
+                     "again from the run directories")
+        return True
 
     def _check_file(self, con: duckdb.DuckDBPyConnection) -> None:
         """Is the file still the one this process knows? Each index file carries a random id (a
