@@ -193,11 +193,14 @@ class Transition(Event):
     status: str                 # tentative, confirmed (MARKED) or rejected
     step: int | None            # the marker's
     signal: str | None
-    detected_at: int | None     # the run's step when the supervisor saw the change
+    detected_at: int | None     # the run's step at which the live watch reached this verdict
     alarm_at: NotRequired[int | None]
     size: NotRequired[float | None]
     direction: NotRequired[str | None]
     signals: NotRequired[list[str] | None]
+    sure: NotRequired[bool]     # confirmed and not of low confidence: a stop policy may act on it
+    was: NotRequired[str]       # rejected: what the withdrawn marker was (tentative or confirmed)
+    replaces: NotRequired[dict[str, Any]]  # {step, signal} of a marker that still holds but weighs less
 
 
 class CheckpointRequested(Event):

@@ -121,20 +121,23 @@ def parse_value(key: str, raw: str | int | float | None) -> int | float | None:
 
 
 # --- the marker, as the supervisor saw it (events.marker) -----------------------------------
-def _confirmed_index(events: Sequence[dict[str, Any]]) -> int | None:
+def _sure_index(events: Sequence[dict[str, Any]]) -> int | None:
+    """The index of the latest ``transition`` event if it is a confirmed marker a stop may act on
+    (``sure``: not of low confidence; events written before that field existed count as sure)."""
     last = None
     for i, ev in enumerate(events):
         if is_kind(ev, Kind.TRANSITION):
-            last = i if ev.get("status") == "confirmed" else None
+            last = i if ev.get("status") == "confirmed" and ev.get("sure", True) else None
     return last
 
 
 def after_transition_stop(policy: StopPolicy, events: Sequence[dict[str, Any]]) -> int | None:
-    """The step ``stop.after_transition`` stops at: the confirmation's step + N; None without a
-    confirmed marker or N, or once a stop for this confirmation happened (a resumed run trains on)."""
+    """The step ``stop.after_transition`` stops at: N steps after the step at which the marker in
+    force was confirmed and sure; None without such a marker or N, or once a stop for it happened
+    (a resumed run trains on, until a new marker)."""
     if policy.after_transition is None:
         return None
-    i = _confirmed_index(events)
+    i = _sure_index(events)
     if i is None or not isinstance(events[i].get("detected_at"), int):
         return None
     if any(is_kind(e, Kind.STOPPED) and e.get("by") == "after_transition" for e in events[i + 1:]):

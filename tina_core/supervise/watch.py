@@ -1,32 +1,39 @@
 """The supervisor's live watch of its run: the phase transition as the metrics arrive, and the stop policy.
 
 It reads ``metrics.jsonl`` and ``events.jsonl`` incrementally (never the DuckDB index, which other
-processes want) and runs the same detection as every reader (``phase.params_for_run`` and
-``phase.detect``), so the marker it acts on is the one ``tina status`` and the cockpit show. Each
-change of the marker is an event ``transition`` {status: tentative|confirmed|rejected, step,
-signal, detected_at (the run's step when the supervisor saw it), alarm_at, size, direction,
-signals}. Then:
+processes want) and feeds every logged step, one at a time and in order, to the same
+``phase.PhaseWatch`` every reader uses, so the marker it acts on is the one ``tina status`` and the
+cockpit show, and what it writes is a function of the logged steps alone, never of how many it
+happened to read at one poll (README, "Phase transition": the contract). Each change of the marker
+is a ``transition`` event {status: tentative|confirmed|rejected, step, signal, detected_at (the
+step at which the watch saw it), alarm_at, size, direction, signals, sure}. Then:
 
-- a tentative marker asks the trainer for a checkpoint at once (``checkpoint_requested``);
+- a new tentative marker asks the trainer for a checkpoint at once (``checkpoint_requested``);
 - every marker change pins the ring's snapshots that bracket it and unpins the others
   (``tina_core.train.snapshots``);
-- a confirmed marker with ``stop.after_transition: N`` schedules the trainer's stop N steps after
-  the step it was confirmed at (``stop_scheduled`` {step, reason}; a later ``policy_changed`` or a
-  rejection moves or cancels it);
+- a confirmed marker that is sure (not of low confidence) with ``stop.after_transition: N``
+  schedules the trainer's stop N steps after the step it became sure at (``stop_scheduled`` {step,
+  reason}; a move, a withdrawal or a ``policy_changed`` moves or cancels it). ``watch.json`` says
+  how far the watch has judged (and N, the lead): the trainer never runs more than N logged steps
+  ahead of it while such a policy holds, and stops at a scheduled step only once the watch has
+  judged every step it logged before (``tina_core.train.pace``), so a stop is the same step however
+  loaded the machine, and a cancelled or moved one never stops it;
 - ``stop.budget_usd`` is checked at every poll: ``poll`` returns the stop to make when the next
   step would pass it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from typing import Any, Callable
 
 from tina_core.analysis import cost, phase, policy
 from tina_core.analysis.metric_keys import normalise_key
-from tina_core.events import Kind, is_kind
-from tina_core.rundir import JsonlTail, RunDir
+from tina_core.events import Kind, is_kind, marker
+from tina_core.rundir import JsonlTail, RunDir, write_json_atomic
 from tina_core.train import snapshots
+from tina_core.train.pace import WATCH_FILE
 
 Emit = Callable[..., None]
 
@@ -42,16 +49,26 @@ class LiveWatch:
         self.events: list[dict[str, Any]] = []
         self._read_events()
         self.policy = policy.for_run(run_dir, self.events)
-        self.marker = policy.marker(self.events)   # what earlier supervisors already said
         self.scheduled: int | None = None           # the stop_scheduled step in force
         self.params: phase.PhaseParams | None = None
-        self.series: dict[str, dict[int, float]] = {}
+        self.judge = phase.PhaseWatch()
+        self._quiet = False
+        self.rows: list[tuple[int, dict[str, float]]] = []  # every step judged, for a rebuild
         self.times: dict[int, tuple[float, int]] = {}
         self._attempt: Any = None
         self.step: int | None = None
-        self._new_steps = False
-        self._brackets_whole = self.marker is None
+        self._brackets_whole = marker(self.events) is None
         phase.load_segmentation()  # now, while the trainer starts, not at the first alarm
+        self._quiet = True  # what is logged already was judged by an earlier supervisor: catch up
+        self._read_metrics()
+        self._quiet = False
+        self._say_difference()
+        self._publish()
+
+    @property
+    def marker(self) -> dict[str, Any] | None:
+        """The marker in force as the run's events record it."""
+        return marker(self.events)
 
     # --- reading -------------------------------------------------------------------------------
     def _read_events(self) -> list[dict[str, Any]]:
@@ -61,33 +78,66 @@ class LiveWatch:
         self.events += new
         return new
 
-    def _read_metrics(self) -> None:
-        params = phase.params_for_run(self.rd.path)
-        if params != self.params:  # other signals to watch (`tina watch`, the cockpit's w): read again
-            self.params, self._metrics.offset = params, 0
-            self.series, self.times, self._attempt = {}, {}, None
+    def _read_metrics(self) -> bool:
+        """Judge every new logged step in order; True when there were any."""
+        params = dataclasses.replace(phase.params_for_run(self.rd.path), ended=False)
+        if params != self.params:  # other signals to watch (`tina watch`, the cockpit's w): judge again
+            self.params = params
+            self._rebuild(self.rows)
         records, reset = self._metrics.read()
         if reset:
-            self.series, self.times, self._attempt = {}, {}, None
+            self.times, self._attempt = {}, None
+            self._rebuild([])
+        fresh = False
         for rec in records:
             step, a = rec.get("step"), rec.get("attempt", 1)
-            if not isinstance(step, int) or "train_runtime" in rec:
+            if not isinstance(step, int) or isinstance(step, bool) or "train_runtime" in rec:
                 continue
             if a != self._attempt:
-                if self._attempt is not None and isinstance(a, int) and isinstance(self._attempt, int) and a > self._attempt:
+                if isinstance(a, int) and isinstance(self._attempt, int) and a > self._attempt:
                     # a resumed attempt supersedes what the dead one logged from its first step on
-                    for values in (*self.series.values(), self.times):
-                        for s in [s for s in values if s >= step]:
-                            del values[s]
+                    for s in [s for s in self.times if s >= step]:
+                        del self.times[s]
                 self._attempt = a
-            for key, value in rec.items():
-                key = normalise_key(key)
-                if phase.wanted(params, key) and isinstance(value, (int, float)) and not isinstance(value, bool):
-                    self.series.setdefault(key, {})[step] = float(value)
             if isinstance(rec.get("ts"), (int, float)):
                 self.times[step] = (float(rec["ts"]), a)
+            values = {}
+            for key, v in rec.items():
+                if isinstance(v, (int, float)) and not isinstance(v, bool) and phase.wanted(params, key := normalise_key(key)):
+                    values[key] = float(v)
+            if self.judge.step is not None and step <= self.judge.step:
+                self._rebuild([r for r in self.rows if r[0] < step])
+            self.rows.append((step, values))
+            changes = self.judge.push(step, values)
             self.step = step
-            self._new_steps = True
+            if not self._quiet:
+                self._judged(changes)
+            fresh = True
+        return fresh
+
+    def _rebuild(self, rows: list[tuple[int, dict[str, float]]]) -> None:
+        """Judge ``rows`` again from scratch, quietly (a new watch setting, a resumed attempt that
+        retrains steps), then say what changed against the marker the events hold."""
+        self.judge = phase.PhaseWatch(self.params or phase.DEFAULT)
+        self.rows = list(rows)
+        self.judge.extend(self.rows)
+        self.step = self.rows[-1][0] if self.rows else None
+        if not self._quiet:
+            self._say_difference()
+
+    def _say_difference(self) -> None:
+        """One ``transition`` event where the judge's marker differs from the one the events hold."""
+        told, now = self.marker, self.judge.marker
+        if now is None and told is not None and told.get("status") in policy.MARKED:
+            self._transition({"status": "rejected", "step": told.get("step"), "signal": told.get("signal"),
+                              "detected_at": self.step, "was": told.get("status")})
+        elif now is not None and (told is None or (told.get("step"), told.get("signal"), told.get("status"),
+                                                   bool(told.get("sure", True))) !=
+                                  (now.step, now.signal, now.status, now.sure)):
+            self._transition({**now.record(), "detected_at": self.step})
+        if told != self.marker:
+            self._pin()
+        self._schedule()
 
     # --- what the supervisor asks ----------------------------------------------------------------
     def poll(self, now: float | None = None) -> tuple[str, str] | None:
@@ -97,13 +147,9 @@ class LiveWatch:
                 self.policy = policy.apply_changes(self.policy, [ev])
                 self.log(f"stop policy now {self.policy.describe()} (changed by {ev.get('by', '?')})")
                 self._schedule()
-        self._read_metrics()
-        if self._new_steps:
-            self._new_steps = False
-            self._detect()
-            if not self._brackets_whole:
-                self._pin()
-            self._schedule()
+        if self._read_metrics() and not self._brackets_whole:
+            self._pin()
+        self._publish()
         return self._budget(time.time() if now is None else now)
 
     def attempt_started(self) -> None:
@@ -126,27 +172,24 @@ class LiveWatch:
         return self.scheduled is not None and step is not None and step >= self.scheduled
 
     # --- the marker ------------------------------------------------------------------------------
-    def _detect(self) -> None:
-        found = phase.detect({k: sorted(v.items()) for k, v in self.series.items()}, self.params)
-        new = found if found and found.get("status") in policy.MARKED else None
+    def _judged(self, changes: list[dict[str, Any]]) -> None:
+        """After one step: its marker changes as events, the pins, then the stop."""
+        for rec in changes:
+            self._transition(rec)
+        if changes:
+            self._pin()
+        self._schedule()
+
+    def _transition(self, rec: dict[str, Any]) -> None:
         old = self.marker
-        if _same(old, new):
-            return
-        if old is not None and (new is None or (new["status"] == "tentative" and not _same_place(old, new))):
-            self._event(Kind.TRANSITION, status="rejected", step=old.get("step"), signal=old.get("signal"),
-                        detected_at=self.step)
-            self.log(f"phase transition at step {old.get('step')} rejected (at step {self.step})")
-        if new is not None:
-            self._event(Kind.TRANSITION, status=new["status"], step=new["step"], signal=new["signal"],
-                        detected_at=self.step, alarm_at=new.get("detected_at"), size=new.get("size"),
-                        direction=new.get("direction"), signals=new.get("signals"))
-            self.log(f"phase transition {new['status']} at step {new['step']} ({new['signal']}), seen at step {self.step}")
-            if new["status"] == "tentative" and (old is None or not _same_place(old, new)):
-                self._event(Kind.CHECKPOINT_REQUESTED, step=self.step,
-                            reason=f"tentative phase transition at step {new['step']}")
+        self._event(Kind.TRANSITION, **rec)
+        what = f"phase transition {rec['status']} at step {rec['step']} ({rec['signal']}), seen at step {self.step}"
+        self.log(what + (" (sure)" if rec.get("sure") else ""))
+        new_place = old is None or (old.get("step"), old.get("signal")) != (rec["step"], rec["signal"])
+        if rec["status"] == "tentative" and new_place:
+            self._event(Kind.CHECKPOINT_REQUESTED, step=self.step,
+                        reason=f"tentative phase transition at step {rec['step']}")
         self._read_events()  # our own events, so the policy functions see them
-        self.marker = None if new is None else {**new, "detected_at": self.step}
-        self._pin()
 
     def _pin(self) -> None:
         m = self.marker
@@ -174,6 +217,17 @@ class LiveWatch:
         self._event(Kind.STOP_SCHEDULED, step=at, by="after_transition",
                     reason=self._stop_reason("after_transition") if at is not None else "cancelled")
         self.log(f"stop scheduled at step {at}" if at is not None else "scheduled stop cancelled")
+        self._read_events()
+
+    def _publish(self) -> None:
+        """``watch.json`` for the trainer: the step judged through, and how far it may run ahead
+        (``lead``: N of ``stop.after_transition``, or null when no policy can stop it)."""
+        try:
+            write_json_atomic(self.rd.path / WATCH_FILE, {
+                "judged_through": self.step, "lead": self.policy.after_transition, "attempt": self._attempt,
+                "time": time.time()})
+        except OSError:  # a full disk: the trainer then waits for the supervisor's heartbeat to go stale
+            pass
 
     def _stop_reason(self, by: str) -> str:
         return policy.stop_reason(by, self.policy, self.events, self.spent_usd())
@@ -193,23 +247,14 @@ class LiveWatch:
         from tina_core.evaluate import queue
         from tina_core.evaluate.tasks import default_tasks
 
-        if self.marker is None:
+        m = self.marker
+        if m is None:
             self.log("no phase transition yet: nothing to evaluate automatically")
             return []
         from tina_core.recipe.loader import parse_yaml
 
         tasks = default_tasks(parse_yaml(self.rd.recipe.read_text()) or {})
         ids = queue.queue_eval(home, self.rd.run_id, "transition", tasks, why="transition")
-        self.log(f"queued {len(ids)} evaluation(s) of the checkpoints around step {self.marker.get('step')} "
+        self.log(f"queued {len(ids)} evaluation(s) of the checkpoints around step {m.get('step')} "
                  f"and the base model ({', '.join(tasks)})")
         return ids
-
-
-def _same_place(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    return (a.get("step"), a.get("signal")) == (b.get("step"), b.get("signal"))
-
-
-def _same(a: dict[str, Any] | None, b: dict[str, Any] | None) -> bool:
-    if a is None or b is None:
-        return a is b
-    return _same_place(a, b) and a.get("status") == b.get("status")

@@ -16,6 +16,10 @@ scheduler or RNG state): ``RunDir.checkpoint_steps()`` does not list it, ``evalu
 Pins that no longer bracket the marker (it moved, or was rejected) are removed; real checkpoints
 never are.
 
+The save grid's own rotation (``grpo.save_total_limit``) is tina's too (``rotate``): HF Trainer's
+deletes the oldest ``checkpoint-*`` folders, and with them the pins and the checkpoint the alarm
+asked for; tina's keeps the newest N of the grid and everything that brackets the marker.
+
 Disk: the ring holds ``stop.ring`` adapters, plus the two pins once the ring has rotated past them.
 ``adapter_bytes`` gives a recipe's adapter size from its model's architecture (Tina's r32 LoRA on
 DeepSeek-R1-Distill-Qwen-1.5B: 147.7 MB in fp32, so the default ring of 16 takes 2.4 GB; half that
@@ -233,3 +237,32 @@ def reconcile(rd: RunDir, marker: int | None, why: dict[str, Any], keep: Iterabl
     keep = {*keep, *(s for s in sides.values() if s is not None)}
     unpinned = [s for s in pinned_steps(rd) if s not in keep and unpin(rd, s)]
     return {**sides, "pinned": pinned, "unpinned": unpinned}
+
+
+# --- the save grid's rotation (the trainer's rank 0) ------------------------------------------------
+def rotate(rd: RunDir, limit: int) -> list[int]:
+    """``save_total_limit`` as tina keeps it: the newest ``limit`` checkpoints of the save grid,
+    and besides them every one that matters, which HF Trainer's own rotation (it deletes the
+    oldest ``checkpoint-*`` folders, pins included) would lose: the two that bracket the marker in
+    force, any an evaluation was queued for, and any newer than the step the live watch has judged
+    through (the marker there is not known yet). Pinned snapshots are the watch's (``reconcile``).
+    Returns the steps removed."""
+    from tina_core.events import Kind, is_kind, marker
+    from tina_core.train.pace import WATCH_FILE
+
+    complete = rd.checkpoint_steps()
+    if limit <= 0 or len(complete) <= limit:
+        return []
+    events = rd.read_events()
+    keep = set(complete[-limit:])
+    m = marker(events)
+    if m is not None and isinstance(m.get("step"), int):
+        keep.update(s for s in brackets(m["step"], complete) if s is not None)
+    keep.update(e.get("checkpoint") for e in events if is_kind(e, Kind.EVAL_QUEUED))
+    judged = (read_json(rd.path / WATCH_FILE, {}) or {}).get("judged_through")
+    if isinstance(judged, int):
+        keep.update(s for s in complete if s > judged)
+    gone = [s for s in complete if s not in keep]
+    for s in gone:
+        shutil.rmtree(rd.checkpoint_path(s), ignore_errors=True)
+    return gone

@@ -26,6 +26,7 @@ from tina_core.recipe.loader import Recipe, load_recipe, resolve_base_model
 from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, DISK_FULL_ERRNOS, JsonlTail, RunDir, TinaError,
                               tina_home, write_error_text)
 from tina_core.train import snapshots
+from tina_core.train.pace import Pace
 
 PROBE_BYTES = 64 * 1024
 
@@ -100,37 +101,53 @@ def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopReque
             self.stopped_by_signal = False
             self.stopped_on_schedule: str | None = None
             self.requests = Requests(run_dir, attempt)
+            self.pace = Pace(run_dir, attempt)
+            self.keep = int(recipe.grpo.get("save_total_limit") or 0)  # 0: keep every checkpoint
             self.ring = snapshots.ring_size(recipe)
             self._ring_failed = False
             self._adapter_size = 0
 
-        def _agreed(self, args) -> tuple[bool, bool, int | None]:
-            """(stop now, save now, scheduled stop step): every rank must save and stop at the same
-            step or the collectives hang. SIGTERM reaches every rank; the supervisor's requests
-            only rank 0, which reads them."""
+        def _agreed(self, args, scheduled: bool) -> tuple[bool, bool, bool]:
+            """(stop now, save now, stop on schedule now): every rank must save and stop at the
+            same step or the collectives hang. SIGTERM reaches every rank; the supervisor's
+            requests only rank 0, which reads them."""
             save = self.requests.save_reason is not None
-            planned = self.requests.stop_step
             import torch.distributed as dist
 
             if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-                return self.stop.requested, save, planned
+                return self.stop.requested, save, scheduled
             import torch
 
-            flags = torch.tensor([1.0 if self.stop.requested else 0.0, 1.0 if save else 0.0,
-                                  -1.0 if planned is None else float(planned)], device=args.device)
+            flags = torch.tensor([float(self.stop.requested), float(save), float(scheduled)], device=args.device)
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
-            asked, save, planned = flags.tolist()
-            return asked > 0, save > 0, None if planned < 0 else int(planned)
+            asked, save, scheduled = flags.tolist()
+            return asked > 0, save > 0, scheduled > 0
+
+        def _scheduled_stop(self, step: int) -> bool:
+            """Rank 0: whether the supervisor's scheduled stop falls at this step, once its watch
+            has judged what this attempt logged (tina_core.train.pace): never ahead of it by more
+            than the policy's lead, and a stop cancelled or moved meanwhile never stops it."""
+            self.requests.poll()
+            lead = self.pace.lead()
+            if lead is not None:
+                self.pace.wait_until_judged(self.pace.logged_by(step - lead), lambda: self.stop.requested)
+                self.requests.poll()
+            planned = self.requests.stop_step
+            while planned is not None and planned <= step:
+                self.pace.wait_until_judged(self.pace.logged_by(step), lambda: self.stop.requested)
+                self.requests.poll()
+                if self.requests.stop_step == planned:
+                    return True
+                planned = self.requests.stop_step
+            return False
 
         def on_step_end(self, args, state, control, model=None, **kwargs):
-            if state.is_world_process_zero:
-                self.requests.poll()
-            asked, save, planned = self._agreed(args)  # a collective: every rank, every step
             at_stop = state.global_step >= self.stop_at
-            on_schedule = planned is not None and state.global_step >= planned and not at_stop
+            scheduled = state.is_world_process_zero and not at_stop and self._scheduled_stop(state.global_step)
+            asked, save, on_schedule = self._agreed(args, scheduled)  # a collective: every rank, every step
             self.stopped_by_signal = asked and not at_stop  # a stop asked at the last step is a finish
             if on_schedule:
-                self.stopped_on_schedule = self.requests.stop_reason or f"scheduled at step {planned}"
+                self.stopped_on_schedule = self.requests.stop_reason or f"scheduled at step {state.global_step}"
             if asked or at_stop or on_schedule:
                 # Save here even when the step is not a multiple of save_steps.
                 control.should_save = True
@@ -165,6 +182,7 @@ def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopReque
                 return
             run_dir.log_metrics(state.global_step, attempt, logs)
             if "train_runtime" not in logs:
+                self.pace.note_logged(state.global_step)
                 parts = [f"{short} {logs[k]:.4g}" for k, short in _SUMMARY_KEYS if isinstance(logs.get(k), (int, float))]
                 fmt = [f"{k.split('/')[1]} {v:.3f}" for k, v in logs.items()
                        if k.startswith("rewards/") and k.endswith("/mean") and isinstance(v, (int, float))]
@@ -181,6 +199,10 @@ def make_callback(run_dir: RunDir, recipe: Recipe, attempt: int, stop: StopReque
                 if run_dir.checkpoint_path(state.global_step).is_dir():
                     run_dir.mark_complete(state.global_step, attempt)
                     print(f"saved checkpoint-{state.global_step}", flush=True)
+                    if self.keep:
+                        gone = snapshots.rotate(run_dir, self.keep)
+                        if gone:
+                            print(f"save_total_limit {self.keep}: removed checkpoint(s) {gone}", flush=True)
             return control
 
     return TinaCallback()
@@ -273,6 +295,9 @@ def build_trainer(run_dir: RunDir, recipe: Recipe, callbacks: list = ()):
     from tina_core.recipe.rewards import build_reward_funcs
 
     config = build_grpo_config(recipe, run_dir.checkpoints)
+    # tina rotates the save grid itself (snapshots.rotate): HF Trainer's rotation deletes the oldest
+    # checkpoint-* folders, the pins around the marker and the alarm's checkpoint among them
+    config.save_total_limit = None
     report_to_trackers(run_dir, config)
     set_seed(config.seed)
     model_path = resolve_base_model(recipe, _home_for(run_dir))
