@@ -23,7 +23,7 @@ ACTIONS: tuple[Action, ...] = (
     Action("ctrl+p", "command_palette", "Command palette", "global"),
     # main screen
     Action("n", "new_run", "New run from a recipe", "main", "new"),
-    Action("s", "stop_run", "Stop the selected run (asks first)", "main", "stop"),
+    Action("s", "stop_run", "Stop the selected run, or cancel it while queued (asks first)", "main", "stop"),
     Action("r", "resume_run", "Resume the selected run", "main", "resume"),
     Action("p", "policy", "Stop policy: N steps after the transition, a budget", "main"),
     Action("left_square_bracket", "prev_run", "Previous run", "main"),
@@ -45,7 +45,8 @@ ACTIONS: tuple[Action, ...] = (
     Action("x", "clear_marks", "Clear the marks", "main"),
     Action("a", "align", "Overlay: align the runs by step / by each run's transition", "main"),
     Action("D", "diff", "What differs between the marked runs (their recipes' keys)", "main"),
-    Action("T", "ablation", "Ablation table of the marked runs (every run when none is marked)", "main"),
+    Action("T", "ablation", "Ablation table of the marked runs (none marked: the selected run's sweep, else every run)",
+           "main"),
     Action("w", "choose_watch", "Choose the signals the phase marker watches (and see why)", "main", "watch"),
     # detail screen
     Action("escape,q", "close", "Back", "detail", "back"),

@@ -21,6 +21,7 @@ from textual.app import App
 from textual.message import Message
 from textual.screen import Screen
 
+from tina_core import runstate
 from tina_core.rundir import TinaError, find_run, tina_home
 from tina_tui.actions import bindings
 from tina_tui.commands import CockpitCommands
@@ -155,17 +156,22 @@ class TinaApp(App[None]):
             self.bell()  # once per refresh: tmux shows it (bell-action, visual-bell) in any window
         if snap.error:
             self.notify(snap.error, severity="error", timeout=5)
-        if any(r.get("eval_worker") == "gone" for r in snap.runs) and time.monotonic() > self._revived + 10:
+        if any(r.get("eval_worker") == "gone" or r.get("state") == "queued" for r in snap.runs) \
+                and time.monotonic() > self._revived + 10:
             self._revived = time.monotonic()
-            self._revive_eval_worker()
+            self._revive_daemons(list(snap.runs))
 
     @work(thread=True, group="actions", exit_on_error=False)
-    def _revive_eval_worker(self) -> None:
-        """Evaluations wait or run with no worker alive (it was killed): start one, and say so."""
+    def _revive_daemons(self, runs: list[RunRow]) -> None:
+        """Evaluations wait or run with no worker alive (it was killed), or a local sweep's runs
+        wait with no queue alive: start one, and say so."""
         from tina_core.evaluate.worker import revive_worker
+        from tina_core.sweep.local import revive_queues
 
-        if note := revive_worker(self.home):
-            self.post_message(ActionDone(note, ok=False))
+        for note in (revive_worker(self.home) if any(r.get("eval_worker") == "gone" for r in runs) else None,
+                     revive_queues(self.home, runs)):
+            if note:
+                self.post_message(ActionDone(note, ok=False))
 
     def on_action_done(self, message: ActionDone) -> None:
         self.notify(message.text, severity="information" if message.ok else "error",
@@ -207,8 +213,14 @@ class TinaApp(App[None]):
         self.push_screen(DiffScreen(self.home, list(self.marks), dict(self.marks)))
 
     def show_ablation(self) -> None:
-        # the marked runs, or every run when none is marked
-        self.push_screen(AblationScreen(self.collector, list(self.marks), dict(self.marks)))
+        # the marked runs; with none marked, the selected run's sweep, or every run
+        if self.marks:
+            self.push_screen(AblationScreen(self.collector, list(self.marks), dict(self.marks)))
+            return
+        run = self.view.run if self.view else None
+        sweep = run.get("sweep") if run else None
+        ids = [r["run_id"] for r in (self.snapshot.runs if self.snapshot else []) if sweep and r.get("sweep") == sweep]
+        self.push_screen(AblationScreen(self.collector, ids, {}, sweep=sweep if ids else None))
 
     # --- run actions ---------------------------------------------------------------------------
     def _selected_run(self) -> RunRow | None:
@@ -292,20 +304,21 @@ class TinaApp(App[None]):
         run = self._selected_run()
         if run is None:
             return
-        if run.get("state") not in ("running", "stopping", "crashed"):
+        if not runstate.can_stop(run.get("state")):
             self.notify(f"{run.get('name')} is {run.get('state')}: nothing to stop", severity="warning")
             return
         rid = run["run_id"]
-        self.push_screen(ConfirmScreen(f"Stop {run.get('name')} at step {run.get('step')}? It saves a "
-                                       "checkpoint at the end of the current step."),
-                         lambda yes: self.stop(rid) if yes else None)
+        ask = (f"Cancel {run.get('name')}? It has not started." if run.get("state") == "queued" else
+               f"Stop {run.get('name')} at step {run.get('step')}? It saves a checkpoint at the end of the "
+               "current step.")
+        self.push_screen(ConfirmScreen(ask), lambda yes: self.stop(rid) if yes else None)
 
     @work(thread=True, group="actions", exit_on_error=False)
     def stop(self, run_id: str) -> None:
-        from tina_core.supervise import lifecycle
+        from tina_core.sweep import control
 
         try:
-            self.post_message(ActionDone(lifecycle.stop_run(self.home, run_id).said))
+            self.post_message(ActionDone(control.stop(self.home, run_id).said))
         except TinaError as e:
             self.post_message(ActionDone(str(e), ok=False))
 

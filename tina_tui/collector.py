@@ -20,6 +20,7 @@ from tina_core.caches import Cache
 from tina_core.events import is_kind
 from tina_core.rundir import FileStamp, JsonlTail, RunDir, RunFiles, TinaError, list_run_dirs, read_whole_lines
 from tina_core.store.guard import Guarded
+from tina_core.sweep.state import engine_may_change
 
 if TYPE_CHECKING:
     from tina_core.report.runs import PhaseTransition, RunObject, RunStub
@@ -252,8 +253,8 @@ class Collector:
         self._lock = threading.Lock()
         self._store = None
         self._store_error: str | None = None
-        # Run objects by run: a run that is not live is described again only when its files, its
         self._index_notes: list[str] = []  # what the index did unasked (a file set aside), to announce
+        # Run objects by run: a run that is not live is described again only when its files, its
         # heartbeat or the index's hold of them changed (the clock moves a live run's figures).
         self._runs: Cache[str, RunRow] = Cache("collector.runs", None)
         # The run in view as the index answered it, while its files stay as they were: a live run
@@ -276,8 +277,8 @@ class Collector:
                 from tina_core.store.index import Store
 
                 self._store = Store(self.home)
-            except Exception as e:
                 self._store.on_note = self._index_notes.append
+            except Exception as e:
                 self._store_error = f"index unavailable: {e}"
                 return None
         return self._store
@@ -302,9 +303,9 @@ class Collector:
                 snap = self._collect(index, selected, dirs, files, detail_key, deferred, t0)
                 snap.overlay = self._overlay(index, marks, snap.runs, files, detail_key)
             snap.error = snap.error or index.error or self._store_error
-            snap.took_s = time.perf_counter() - t0
             snap.notices += [Notice("warning", note) for note in self._index_notes]
             self._index_notes.clear()
+            snap.took_s = time.perf_counter() - t0
             return snap
 
     def _ingest(self, index: Guarded, files: dict[str, RunFiles], selected: str | None, t0: float,
@@ -335,7 +336,8 @@ class Collector:
         rid = rd.run_id
         made_from = (files, FileStamp.of(rd.supervisor), index.is_current(rid, files))
         hit = self._runs.get(rid)
-        if hit is not None and hit.version == made_from and not runstate.is_live(hit.value.get("state")):
+        if hit is not None and hit.version == made_from and not runstate.is_live(hit.value.get("state")) \
+                and not engine_may_change(hit.value):
             return hit.value, "kept"
         if cached_only:  # over this refresh's budget: the last known row, or the name for now
             return (hit.value if hit else runs_mod.stub(rd, "...", pending=True)), "late"

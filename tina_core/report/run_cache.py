@@ -21,6 +21,7 @@ from typing import Any
 
 from tina_core import runstate
 from tina_core.rundir import FileStamp, RunDir, RunFiles, parse_json, write_json_atomic
+from tina_core.sweep.state import engine_may_change
 
 CACHE_NAME = "run-objects.cache.json"
 _PACKAGE = Path(__file__).resolve().parents[1]  # tina_core
@@ -60,9 +61,7 @@ def files_key(rd: RunDir) -> dict[str, Any]:
 def cacheable(run: dict[str, Any]) -> bool:
     """An object that stays true while the run's files stay as they are. Slurm may still requeue a
     stopped or killed run of a sweep (it then shows queued): only its end is final."""
-    if (run.get("queue") or {}).get("engine") == "slurm" and run.get("state") not in ("finished", "cancelled"):
-        return False
-    return run.get("state") in runstate.ENDED_STATES and not run.get("evals_pending")
+    return run.get("state") in runstate.ENDED_STATES and not run.get("evals_pending") and not engine_may_change(run)
 
 
 class RunObjects:

@@ -34,6 +34,15 @@ class Queue(TypedDict):
     killed: str | None          # what Slurm ended it by, when it was ended from outside (time limit...)
 
 
+def engine_may_change(run: dict[str, Any]) -> bool:
+    """Whether the run's engine may change what it shows without touching its files: a queued run
+    (why it waits), a Slurm run until it finished or was cancelled (Slurm may requeue a stopped or
+    killed one, or cancel a queued one). Such an object is never kept as it is."""
+    q, state = run.get("queue") or {}, run.get("state")
+    return bool(q) and state not in ("finished", "cancelled", "failed") and (q.get("engine") == "slurm"
+                                                                             or state == "queued")
+
+
 _polled: dict[str, tuple[float, dict[str, slurm.SlurmTask] | None]] = {}
 
 
@@ -77,7 +86,7 @@ def overlay(sweeps: Sweeps, run_dir: RunDir, info: dict[str, Any], state: str,
         return state, {**q, "reason": f"its sweep's record ({name}) is missing"} if state == "queued" else q
     if engine == "local":
         if state == "queued":
-            q["reason"] = (f"waiting for a free slot ({sweep.max_parallel} at a time)"
+            q["reason"] = (f"waiting for a free slot, {sweep.max_parallel} at a time"
                            if record.queue_pid(sweeps.home, name) else
                            "no queue is running (tina ls or the cockpit starts it again)")
         return state, q

@@ -45,7 +45,11 @@ def why_term(job_id: str, restart: int) -> str:
     if int(fields.get("Restarts", restart) or restart) > restart:
         return "slurm (requeue)"
     reason = fields.get("Reason")
-    return f"slurm ({(state or 'signal').lower()}" + (f": {reason}" if reason and reason != "None" else "") + ")"
+    if reason == "TimeLimit":
+        return "slurm (time limit reached)"
+    if state in ("PREEMPTED", "NODE_FAIL", "OUT_OF_MEMORY"):
+        return f"slurm ({state.lower()})"
+    return "slurm (scancel)" if reason in (None, "None") else f"slurm ({reason})"
 
 
 def task_main(home: str | os.PathLike, name: str, index: int) -> int:

@@ -16,11 +16,13 @@ from tina_tui.screens.compare import CompareScreen, run_column
 
 
 class AblationScreen(CompareScreen):
-    def __init__(self, collector: Any, run_ids: list[str], marks: dict[str, int]) -> None:
+    def __init__(self, collector: Any, run_ids: list[str], marks: dict[str, int], sweep: str | None = None) -> None:
         super().__init__()
-        self.collector, self.run_ids, self.marks = collector, run_ids, marks
+        self.collector, self.run_ids, self.marks, self.sweep = collector, run_ids, marks, sweep
 
     def title_text(self) -> str:
+        if self.sweep:
+            return f"ablation table: sweep {self.sweep} ({len(self.run_ids)} runs; mark runs to choose others)"
         return "ablation table: " + (f"{len(self.run_ids)} marked runs" if self.run_ids else "every run (none is marked)")
 
     def on_mount(self) -> None:

@@ -15,7 +15,8 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from tina_tui.plot import MARK_GLYPHS
-from tina_tui.widgets.text import MARK_STYLES, STATE_STYLE, countdown_cell, usd, eta_text, marker_text, _looks
+from tina_tui.widgets.text import (MARK_STYLES, STATE_STYLE, countdown_cell, usd, eta_text, marker_text, state_cell,
+                                   _looks)
 
 if TYPE_CHECKING:
     from tina_tui.collector import RunRow
@@ -31,6 +32,8 @@ class RunsTable(Widget, can_focus=True):
     # a marked run's glyph in the overlay (space marks, x clears).
     COLUMNS = (("", "left"), ("run", "left"), ("state", "left"), ("step/stop", "right"), ("eta", "right"), ("$", "right"),
                ("marker", "left"), ("rec", "right"), ("stop", "right"))
+    # once a run belongs to a sweep, its sweep's name shows after the run's
+    SWEEP_COLUMN = ("sweep", "left")
     BINDINGS = [Binding("up", "move(-1)", show=False), Binding("down", "move(1)", show=False),
                 Binding("pageup", "move(-5)", show=False), Binding("pagedown", "move(5)", show=False),
                 Binding("home", "move(-1000000)", show=False), Binding("end", "move(1000000)", show=False),
@@ -69,9 +72,10 @@ class RunsTable(Widget, can_focus=True):
         self._widths: tuple[int, ...] = ()
         self._top = 0                                  # first run row on screen
         self._strips: dict[tuple, Strip] = {}          # (row, looks, cursor, focus, width) -> strip
+        self._columns = self.COLUMNS
 
     @staticmethod
-    def cells(run: RunRow, mark: int | None = None) -> tuple[Text, ...]:
+    def cells(run: RunRow, mark: int | None = None, sweeps: bool = False) -> tuple[Text, ...]:
         state = run.get("state", "?")
         restarts = run.get("restarts") or 0
         step = f"{run.get('step') or 0}/{run.get('stop_at_step') or run.get('max_steps') or '?'}"
@@ -79,8 +83,9 @@ class RunsTable(Widget, can_focus=True):
         return (
             Text(" ") if mark is None else Text(MARK_GLYPHS[mark], style=f"bold {MARK_STYLES[mark]}"),
             Text(str(run.get("name") or run["run_id"])[:20]),
-            # "r2": restarted twice after crashes
-            Text(state + (f" r{restarts}" if restarts else ""), style=STATE_STYLE.get(state, "")),
+            *((Text(str(run.get("sweep") or "-")[:14]),) if sweeps else ()),
+            # "r2": restarted twice after crashes; a sweep's run: why it waits, where it runs
+            Text(state_cell(run) + (f" r{restarts}" if restarts else ""), style=STATE_STYLE.get(state, "")),
             Text(step),
             Text(eta_text(run.get("eta_s"))),
             Text(usd((run.get("cost_usd") or {}).get("total"))),
@@ -101,13 +106,17 @@ class RunsTable(Widget, can_focus=True):
         """New rows; only the lines that changed are drawn again (a column grows to fit).
         ``marks``: the marked runs' glyph indices."""
         marks = marks or {}
-        rows = [self.cells(r, marks.get(r["run_id"])) for r in runs]
+        sweeps = any(r.get("sweep") for r in runs)
+        columns = (*self.COLUMNS[:2], self.SWEEP_COLUMN, *self.COLUMNS[2:]) if sweeps else self.COLUMNS
+        rows = [self.cells(r, marks.get(r["run_id"]), sweeps) for r in runs]
         widths = tuple(max([len(label)] + [cells[i].cell_len for cells in rows])
-                       for i, (label, _) in enumerate(self.COLUMNS))
+                       for i, (label, _) in enumerate(columns))
         changed = [i for i, cells in enumerate(rows)
                    if i >= len(self._rows) or list(map(_looks, cells)) != list(map(_looks, self._rows[i]))]
         relayout = len(rows) != len(self._rows)
-        whole = relayout or widths != self._widths or [r["run_id"] for r in runs] != self._ids
+        whole = relayout or widths != self._widths or [r["run_id"] for r in runs] != self._ids \
+            or columns != self._columns
+        self._columns = columns
         self._ids, self._rows, self._widths = [r["run_id"] for r in runs], rows, widths
         if selected in self._ids:
             self.cursor_row = self._ids.index(selected)
@@ -171,7 +180,7 @@ class RunsTable(Widget, can_focus=True):
 
     def _line(self, cells: tuple[Text, ...], style: Style) -> Strip:
         line = Text(no_wrap=True)
-        for i, (cell, width, (_, justify)) in enumerate(zip(cells, self._widths, self.COLUMNS)):
+        for i, (cell, width, (_, justify)) in enumerate(zip(cells, self._widths, self._columns)):
             cell = cell.copy()
             cell.align(justify, width)
             line.append(" ")
@@ -184,7 +193,7 @@ class RunsTable(Widget, can_focus=True):
         base = self.rich_style
         if y == 0:
             header = self.get_component_rich_style("runs-table--header")
-            return self._line(tuple(Text(label) for label, _ in self.COLUMNS), base + header)
+            return self._line(tuple(Text(label) for label, _ in self._columns), base + header)
         row = self._top + y - 1
         if not 0 <= row < len(self._rows):
             return Strip.blank(self.size.width, base)

@@ -19,7 +19,21 @@ if TYPE_CHECKING:
 MARK_STYLES = ("red", "green", "yellow", "blue", "magenta", "cyan")
 
 STATE_STYLE = {"running": "bold green", "stopping": "yellow", "finished": "cyan", "stopped": "yellow",
-               "failed": "bold red", "crashed": "bold red", "unreadable": "red"}
+               "failed": "bold red", "crashed": "bold red", "unreadable": "red", "queued": "blue",
+               "cancelled": "dim"}
+STATE_CELL_MAX = 28
+
+
+def state_cell(run: Any) -> str:
+    """The runs list's state: a sweep's run adds Slurm's reason while queued, its node while it
+    runs, and what Slurm killed it by."""
+    state, q = run.get("state", "?"), run.get("queue") or {}
+    if q.get("engine") != "slurm":
+        return state
+    extra = q.get("reason") if state == "queued" else f"@{q['node']}" if state in ("running", "stopping") and \
+        q.get("node") else f"Slurm: {q['killed']}" if q.get("killed") else None
+    text = f"{state} {extra}" if extra else state
+    return text if len(text) <= STATE_CELL_MAX else text[:STATE_CELL_MAX - 1] + "…"
 
 
 def amount(v: float | None) -> str:
