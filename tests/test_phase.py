@@ -176,7 +176,7 @@ def test_the_runs_recipe_says_which_format_rewards_are_watched(tmp_path):
 
 
 @pytest.mark.parametrize("ph, cks, expect", [
-    (None, [{"step": 25, "avg": None}], (None, None, False, "not enough metrics")),
+    (None, [{"step": 25, "avg": None}], (None, None, False, "not enough logged points yet")),
     ({"status": "none", "step": None}, [], (None, None, False, "no phase transition")),
     ({"status": "tentative", "step": 60, "signal": "f"}, [{"step": 25, "avg": None}, {"step": 50, "avg": 0.4},
                                                          {"step": 75, "avg": 0.6}], (50, 75, True, "tentative")),

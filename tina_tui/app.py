@@ -19,10 +19,12 @@ from typing import TYPE_CHECKING, Any, Callable
 from textual import work
 from textual.app import App
 from textual.message import Message
+from textual.notifications import Notification, Notify
 from textual.screen import Screen
 
 from tina_core import runstate
 from tina_core.rundir import TinaError, find_run, tina_home
+from tina_core.terminal import printable
 from tina_tui.actions import bindings
 from tina_tui.commands import CockpitCommands
 from tina_tui.collector import Collector, RunView, Snapshot
@@ -86,9 +88,24 @@ class TinaApp(App[None]):
         self.refreshing = False
         self._revived = float("-inf")  # when a dead evaluation worker was last restarted
         self._again = False
+        self._keyed: dict[str, Notification] = {}  # the notice shown for each key (see notify)
 
     def get_default_screen(self) -> Screen:
         return MainScreen()
+
+    def notify(self, message: str, *, title: str = "", severity: Any = "information", timeout: float | None = None,
+               markup: bool = False, key: str | None = None) -> None:
+        """Every notice as plain text (it may quote a run's name or a reason: never markup, its
+        control characters written out); one with a ``key`` replaces the notice shown before under
+        that key, so a live marker that moves says where it is now, not each step of the way."""
+        note = Notification(printable(message), printable(title), severity,
+                            self.NOTIFICATION_TIMEOUT if timeout is None else timeout, markup=False)
+        if key is not None:
+            shown = self._keyed.get(key)
+            if shown is not None and shown in self._notifications:
+                self._unnotify(shown)  # Textual's own way out for a notice, as its timeout takes it
+            self._keyed[key] = note
+        self.post_message(Notify(note))
 
     @property
     def main(self) -> MainScreen:
@@ -150,8 +167,10 @@ class TinaApp(App[None]):
         self.main.apply(snap)
         if isinstance(self.screen, DetailScreen) and snap.view is not None:
             self.screen.update_view(snap.view, snap.overlay)
-        for n in snap.notices:
-            self.notify(n.text, severity=n.severity, timeout=8)
+        last = {n.key: i for i, n in enumerate(snap.notices) if n.key}
+        for i, n in enumerate(snap.notices):
+            if n.key is None or last[n.key] == i:  # of one key, the latest says it
+                self.notify(n.text, severity=n.severity, timeout=8, key=n.key)
         if any(n.bell for n in snap.notices):
             self.bell()  # once per refresh: tmux shows it (bell-action, visual-bell) in any window
         if snap.error:
@@ -397,7 +416,8 @@ class TinaApp(App[None]):
             self.notify(f"{view.run.get('name')}: no metrics to choose from yet", severity="warning")
             return
         rid = view.run_id
-        self.push_screen(WatchChooser(view.run.get("name") or rid, watch, explain(view.phase, watch)),
+        why = explain(view.phase, watch, ended=not runstate.is_live(view.run.get("state")))
+        self.push_screen(WatchChooser(view.run.get("name") or rid, watch, why),
                          lambda chosen: self.set_watch(rid, chosen) if chosen else None)
 
     @work(thread=True, group="actions", exit_on_error=False)

@@ -391,8 +391,8 @@ class SignalWatch:
                 break
             self.held.pop()
             out.append(self._record(replace(c, status=REJECTED, withdrawn_at=self.steps[t])))
-            # start again from the level it fell back to
-            self._base = t + 1 - k
+            # start again after it: the reference is the level it fell back to
+            self._base = t + 1
             self._alarm = None
             self._reset_cusum()
         return out

@@ -366,7 +366,7 @@ class PhaseWatch:
             "step": None, "signal": None, "signals": [], "status": "none", "size": None, "direction": None,
             "detected_at": None, "confidence": None, "shape": None, "ramp_end": None, "evidence": evidence,
             "ignored": ignored, "notes": [], "reasons": [], "watch": watch.as_dict(),
-            "judged_through": self.step, "points": self.points, "flips": self.flips,
+            "judged_through": self.step, "points": self.points, "ended": p.ended, "flips": self.flips,
             "history": list(self.history)}
         length = self.length
         names = ", ".join(sig.short(k) for k in self.primary)
@@ -431,17 +431,20 @@ class PhaseWatch:
         otherwise, or a ramp; ``low``: tentative, under ``sure_sigmas``, from the total reward, or
         a lenient reward's move while a stricter one is watched and flat."""
         p = self.p
+        low = []
         if self.stand_in:
-            return "low", ["the run logs no format reward, so the marker comes from "
-                           f"{sig.short(c.signal)} and is not sure"]
+            low.append("the run logs no format reward, so the marker comes from "
+                       f"{sig.short(c.signal)} and is not sure")
         if c.status == TENTATIVE:
-            return "low", [f"not confirmed yet: {p.confirm_points} logged points after it decide"]
-        if c.sigmas < p.sure_sigmas:
-            return "low", [f"a small move against the step-to-step noise ({c.sigmas:.1f} sigma)"]
+            low.append(f"not confirmed yet: {p.confirm_points} logged points after it decide")
+        elif c.sigmas < p.sure_sigmas:
+            low.append(f"a small move against the step-to-step noise ({c.sigmas:.1f} sigma)")
         flat = self._stricter_flat(c)
         if flat:
-            return "low", [f"{sig.short(c.signal)} gives partial credit, and the stricter "
-                           f"{', '.join(sig.short(k) for k in flat)} has not moved: this may be an early, partial move"]
+            low.append(f"{sig.short(c.signal)} gives partial credit, and the stricter "
+                       f"{', '.join(sig.short(k) for k in flat)} has not moved: this may be an early, partial move")
+        if low:
+            return "low", low
         if shape == "ramp":
             return "medium", []
         if corroborated or c.sigmas >= p.high_sigmas:
@@ -562,12 +565,21 @@ def watch_summary(watch: Mapping | None) -> str:
     return f"watching {signals}{corr}" + (f" ({src})" if src else "")
 
 
-def explain(phase: Mapping | None, watch: Mapping | None = None) -> list[str]:
+def too_few(ended: bool, p: PhaseParams = DEFAULT) -> str:
+    """Why there is no marker to judge yet: a live run that is young, or a log too short or too
+    coarse (a log every 10 steps spends 110 steps on the points a reference needs)."""
+    need = p.head + 1
+    if ended:
+        return f"the log has too few points to judge a transition: at least {need} logged points are needed"
+    return f"not enough logged points yet: a transition is judged from the {need}th"
+
+
+def explain(phase: Mapping | None, watch: Mapping | None = None, *, ended: bool = False) -> list[str]:
     """The marker's why as lines (the CLI and the cockpit show these): what is watched, the
-    reasons, a length-only note, and what the watch ignored."""
+    reasons, a length-only note, and what the watch ignored; a finished run worded as finished."""
     out = [watch_summary(watch if watch is not None else (phase or {}).get("watch"))]
     if phase is None:
-        return out + ["not enough metrics yet to judge"]
+        return out + [too_few(ended)]
     reasons = list(phase.get("reasons") or [])
     out += [f"  - {r}" for r in reasons]
     out += [f"  note: {n['text']}" for n in phase.get("notes") or []]
@@ -576,17 +588,18 @@ def explain(phase: Mapping | None, watch: Mapping | None = None) -> list[str]:
     return out
 
 
-def recommend(phase: dict | None, checkpoints: Sequence[dict]) -> dict:
+def recommend(phase: dict | None, checkpoints: Sequence[dict], *, ended: bool = False) -> dict:
     """Tina's rule: the latest complete checkpoint at or before the transition. Also the best
-    evaluated checkpoint (mean over its tasks) when evaluations exist, and whether they differ."""
+    evaluated checkpoint (mean over its tasks) when evaluations exist, and whether they differ.
+    ``ended``: the run will log nothing more (worded as finished)."""
     steps = sorted(c["step"] for c in checkpoints)
     scored = [c for c in checkpoints if c.get("avg") is not None]
     best = max(scored, key=lambda c: (c["avg"], -c["step"]))["step"] if scored else None
     rec = None
     if phase is None:
-        reason = "not enough metrics yet to look for a phase transition"
+        reason = too_few(ended)
     elif phase["status"] == "none":
-        reason = "no phase transition in the watched signals yet"
+        reason = "no phase transition in the watched signals" + (" (the run has ended)" if ended else " yet")
     else:
         before = [s for s in steps if s <= phase["step"]]
         where = f"{phase['status']} phase transition at step {phase['step']} ({phase['signal']})"

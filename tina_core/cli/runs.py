@@ -18,6 +18,7 @@ from tina_core.cli.output import json_text, styled, table
 from tina_core.credentials import redact_text
 from tina_core.rundir import TinaError, find_run, iter_jsonl
 from tina_core.supervise.logpump import tail_text
+from tina_core.terminal import shown
 
 # The lifecycle (supervisor, alerts) is imported by the commands that start or stop something:
 # `tina ls` and `tina status` start faster without it.
@@ -174,7 +175,7 @@ def _phase(p: dict | None) -> str:
 
 def why_lines(run: dict) -> list[str]:
     """What the phase marker watches and why it stands (or not): for status, watch and import."""
-    return explain(run.get("phase_transition"), run.get("watch"))
+    return explain(run.get("phase_transition"), run.get("watch"), ended=not runstate.is_live(run.get("state")))
 
 
 def cli_watch(home: Path, run_ref: str, signals: Sequence[str], *, auto: bool = False, as_json: bool = False) -> int:
@@ -190,6 +191,7 @@ def cli_watch(home: Path, run_ref: str, signals: Sequence[str], *, auto: bool = 
     if as_json:
         print(json_text({"run_id": run["run_id"], "watch": run["watch"], "phase_transition": run["phase_transition"]}))
         return 0
+    run = shown(run)  # names from the run's files, written out (tina_core.terminal)
     print(f"{run['run_id']}: phase transition {_phase(run['phase_transition'])}")
     for line in why_lines(run):
         print(line)
@@ -251,6 +253,7 @@ def cli_ls(home: Path, *, as_json: bool = False) -> int:
     if not runs:
         print(f"no runs in {home} yet: tina run recipes/tiny.yaml")
         return 0
+    runs = shown(runs)  # names from the runs' files, written out (tina_core.terminal)
     sweeps = any(r.get("sweep") for r in runs)
     rows = [(r["run_id"], *((r.get("sweep") or "-",) if sweeps else ()), (state_text(r), STATE_STYLE.get(r["state"])),
              f"{r['step'] if r['step'] is not None else '-'}/{r['stop_at_step'] or '?'}",
@@ -271,6 +274,7 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
     if as_json:
         print(json_text(run))
         return 0
+    run = shown(run)  # names and reasons from the run's files, written out (tina_core.terminal)
     c = run["cost_usd"]
     print(f"{styled(run['run_id'], 'bold')}  {styled(state_text(run), STATE_STYLE.get(run['state']))}  ({run['recipe']})")
     if q := run.get("queue"):

@@ -27,7 +27,9 @@ from tina_core.analysis.signals import short
 from tina_core.recipe import diff
 from tina_core.report import paper
 from tina_core.report.runs import describe
+from tina_core.runstate import is_live
 from tina_core.rundir import RunDir, TinaError, find_run, list_run_dirs
+from tina_core.terminal import markdown_cell, shown
 
 if TYPE_CHECKING:  # the cockpit imports this module at start-up; duckdb is imported where it is used
     from tina_core.store.index import Store
@@ -84,7 +86,7 @@ def run_row(store: Store, rd: RunDir) -> dict[str, Any]:
     return {
         "run_id": rd.run_id, "name": info.get("name"), "recipe": info.get("recipe"),
         "recipe_stem": stem, "imported": bool(info.get("imported")),
-        "last_step": store.last_step(rd.run_id), "steps_per_epoch": per_epoch,
+        "last_step": store.last_step(rd.run_id), "steps_per_epoch": per_epoch, "state": run["state"],
         "phase_transition": ph, "phase_pct_epoch": _pct(ph and ph.get("step"), per_epoch),
         "base": {"scores": base, "avg": _avg(base)} if base else None,
         "recommended": ck(rec["recommended"]), "best_evaluated": ck(rec["best_evaluated"]),
@@ -131,6 +133,7 @@ def ablation(runs: list[dict[str, Any]], dirs: list[RunDir]) -> dict[str, Any]:
         except TinaError:  # an imported run has no recipe: no settings, still a row
             pass
     axis = diff.differing([s.recipe for s in sides.values()]) if len(sides) > 1 else []
+    without = len(dirs) - len(sides)
     settings: dict[str, dict[str, Any]] = {rid: {} for rid in sides}
     for d in axis:
         for rid, v in zip(sides, d.values):
@@ -155,10 +158,12 @@ def ablation(runs: list[dict[str, Any]], dirs: list[RunDir]) -> dict[str, Any]:
                 "row": theirs.get("model") or theirs.get("configuration"),
                 "best_pct_epoch": theirs.get("best_pct_epoch"), "avg_pct": theirs.get("avg")},
         })
-    return {"axis": [d.key for d in axis], "rows": rows}
+    return {"axis": [d.key for d in axis], "rows": rows, "without_recipe": without}
 
 
-ABLATION_HEAD = ["transition (% ep)", "rec (% ep)", "$ to rec", "avg", "vs base", "paper best %", "paper avg"]
+# a step, and in brackets its share of an epoch where the run's dataset says how long one is
+ABLATION_HEAD = ["transition step (% ep)", "rec step (% ep)", "$ to rec", "avg", "vs base", "paper best %",
+                 "paper avg"]
 
 
 def ablation_cells(abl: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
@@ -222,7 +227,7 @@ def _tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     evals = [("Our evaluations (vs base: mean gain over the base model on the same tasks)",
               ["run", "model", *tasks, "avg", "vs base"], scored)] if scored else []
     abl_head, abl_rows = ablation_cells(report["ablation"])
-    axis = ", ".join(report["ablation"]["axis"]) or "nothing: the recipes are the same"
+    axis = ", ".join(report["ablation"]["axis"]) or _no_axis(report)
     return [
         (f"Ablation (what differs: {axis}; avg and vs base in points, of the recommended checkpoint)",
          abl_head, abl_rows),
@@ -233,6 +238,17 @@ def _tables(report: dict) -> list[tuple[str, list[str], list[list[str]]]]:
         ("Paper: cost (2x L40S at ~$1; as GPU-hours, or half if the dollar bought a machine-hour)",
          ["experiment", "train", "eval", "total"], costs),
     ]
+
+
+def _no_axis(report: dict) -> str:
+    """Why the ablation has no axis: the recipes agree, or there are not two to compare."""
+    runs, without = len(report["runs"]), report["ablation"].get("without_recipe", 0)
+    if runs - without >= 2:
+        return "nothing: the recipes are the same"
+    if without:
+        return (f"nothing to compare: {without} of {runs} run{'s' if runs != 1 else ''} "
+                f"{'have' if without != 1 else 'has'} no recipe (imported)")
+    return "nothing to compare: one run"
 
 
 def _entries(r: dict) -> list[tuple[str, dict]]:
@@ -253,11 +269,16 @@ def _tasks(report: dict) -> list[str]:
 
 
 def render_text(report: dict, markdown: bool) -> str:
+    """The tables and notes as text, or Markdown. Names, keys and reasons from the runs' files are
+    written out (``terminal.shown``), and a Markdown cell keeps its ``|`` to itself."""
+    report = shown(report)
     out = []
     for title, head, rows in _tables(report):
         if markdown:
-            out += [f"### {title}", "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-            out += ["| " + " | ".join(r) + " |" for r in rows] or ["| " + " | ".join("-" * len(head)) + " |"]
+            def line(cells: list[str]) -> str:
+                return "| " + " | ".join(map(markdown_cell, cells)) + " |"
+            out += [f"### {title}", "", line(head), "|" + "---|" * len(head)]
+            out += [line(r) for r in rows] or [line(["-"] * len(head))]
         else:
             widths = [max([len(h), *(len(r[i]) for r in rows)]) for i, h in enumerate(head)]
             out += [title, "  ".join(h.ljust(w) for h, w in zip(head, widths))]
@@ -265,12 +286,13 @@ def render_text(report: dict, markdown: bool) -> str:
         out.append("")
     notes = [f"{r['name']}: {r['reason']}" for r in report["runs"]]
     # why each marker stands (or none does): what is watched, the reasons, what was ignored
-    notes += [f"{r['name']}: {line.strip()}" for r in report["runs"] for line in explain(r["phase_transition"])]
+    notes += [f"{r['name']}: {line.strip()}" for r in report["runs"]
+              for line in explain(r["phase_transition"], ended=not is_live(r.get("state")))]
     notes += sorted({f"cost: {r['cost_source']}" for r in report["runs"]})
     if any(r["cost_usd_machine_hour"] for r in report["runs"]):
         notes.append("train $ (machine-h): the same time priced per hour of the run's whole GPU machine, as "
                      "the paper's \"14 h / $14\" on 2 GPUs reads (train $ is per GPU-hour, as its cost table reads)")
-    out += notes
+    out += ["### Notes", "", *(f"- {n}" for n in notes)] if markdown else ["Notes", *notes]
     return "\n".join(out).rstrip() + "\n"
 
 
@@ -283,6 +305,9 @@ def _csv_value(v: Any) -> Any:
 
 
 def render_csv(report: dict) -> str:
+    """The runs, their base models and the paper's rows as one CSV table; text from the runs' files
+    written out (``terminal.shown``): a CSV is read on terminals too."""
+    report = shown(report)
     buf = io.StringIO()
     w = csv.writer(buf)
     bench = report["paper"]["benchmarks"]

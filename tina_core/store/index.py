@@ -245,7 +245,7 @@ class Store(Ingestion):
         with self.batch():
             ph = self.phase(run_id, max_age_s=max_age_s)
             cks = self.checkpoints(run_id)
-        return phase_mod.recommend(ph, cks)
+        return phase_mod.recommend(ph, cks, ended=phase_mod.params_for_run(runs_root(self.home) / run_id).ended)
 
     def system_latest(self, run_id: str) -> list[dict]:
         rows = self._by_files(run_id, "system_latest", lambda f: f.system, lambda: self._query(

@@ -90,7 +90,8 @@ def marker_words(phase: dict[str, Any] | None) -> str:
     if p.get("status") not in ("tentative", "confirmed"):
         notes = [f"; length turned @ {n['step']}, format flat: not it" for n in p.get("notes") or []]
         watched = ", ".join(short(k) for k in (p.get("watch") or {}).get("signals") or [])
-        return "no phase transition yet" + (f" (watching {watched})" if watched else "") + "".join(notes[:1])
+        return ("no phase transition" + ("" if p.get("ended") else " yet") + (f" (watching {watched})" if watched else "")
+                + "".join(notes[:1]))
     why = []
     if p.get("shape") == "ramp":
         why.append(f"ramp to {p['ramp_end']}" if p.get("ramp_end") else "ramp")
