@@ -8,7 +8,10 @@ refused with a clear error and leaves nothing behind. Real `tina` processes, a r
 
 from __future__ import annotations
 
+import csv
+import io
 import json
+import re
 
 import pytest
 
@@ -79,3 +82,58 @@ def test_a_failed_ingest_never_leaves_its_transaction_open(tmp_path):
     assert stats.updated == 1 and store.quarantine() == []
     # every event exactly once: nothing of the failed attempt was kept
     assert store.query("SELECT count(*) FROM events")[0][0] == len(rd.read_events())
+
+
+# --- terminal escapes: shown, never obeyed ----------------------------------------------------------
+TITLE = "\x1b]0;pwned\x07"          # sets the terminal's title
+CLIPBOARD = "\x1b]52;c;cHduZWQ=\x07"  # OSC 52: writes the clipboard
+CLEAR = "\x1b[2J"                    # blanks the screen
+ESCAPES = (TITLE, CLIPBOARD, CLEAR)
+CONTROL = ("\x1b", "\x07", "\x9b")
+
+
+def hostile_csv(path, steps: int = 60):
+    """A W&B-style export whose reward name and run name carry every escape; format turns at 30."""
+    reward = f"hostile{TITLE}run - rewards/{CLIPBOARD}format_reward{CLEAR}/mean"
+    rows = [f"{s},{0.1 if s < 30 else 0.9},{0.5}" for s in range(1, steps + 1)]
+    path.write_text("\n".join([f"Step,{reward},hostile{TITLE}run - loss{CLEAR}", *rows]) + "\n")
+    return path
+
+
+def _no_control(text: str, where: str) -> None:
+    assert not any(c in text for c in CONTROL), f"{where}: {text!r}"
+
+
+def test_escapes_in_names_and_keys_are_written_out_in_every_text_output(tmp_path):
+    """Attack 1: a reward name, a run name or a CSV header holding ESC sequences set the terminal's
+    title, wrote its clipboard or cleared it through every command; `--json` escapes them already.
+    A name with `|` or a newline forged rows of `report --md` (and of every table)."""
+    home = tmp_path / "home"
+    name = f"ev{TITLE}il | x\n| forged | row |{CLEAR}"
+    out = tina(home, "import", str(hostile_csv(tmp_path / "export.csv")), "--name", name)
+    assert out.returncode == 0, out.stderr
+    outputs = {"import": out.stdout + out.stderr}
+    [run_id] = [p.name for p in (home / "runs").iterdir() if not p.name.startswith(".")]
+    for args in (("ls",), ("status", "ev"), ("watch", "ev"), ("report",), ("report", "--md"),
+                 ("report", "--csv")):
+        got = tina(home, *(run_id if a == "ev" else a for a in args))
+        assert got.returncode == 0, (args, got.stderr)
+        outputs[" ".join(args)] = got.stdout + got.stderr
+    for where, text in outputs.items():
+        _no_control(text, where)
+        assert "\\x1b]" in text, where  # shown, written out
+    assert "\\x1b]52;c;cHduZWQ=\\x07format_reward\\x1b[2J" in outputs["status ev"]
+    # one line per run under the header: a newline in a name starts no row
+    assert len(outputs["ls"].splitlines()) == 2
+    # every row of every Markdown table has as many cells as its header
+    for table in outputs["report --md"].split("### ")[1:]:
+        rows = [ln for ln in table.splitlines() if ln.startswith("|")]
+        cells = [len(re.split(r"(?<!\\)\|", ln)) for ln in rows]
+        assert len(set(cells)) <= 1, table
+    # the CSV parses to rows of the header's width, the name in one cell
+    parsed = list(csv.reader(io.StringIO(outputs["report --csv"])))
+    assert len({len(r) for r in parsed}) == 1
+    assert [r[1] for r in parsed if r[0] == "ours"] == ["ev\\x1b]0;pwned\\x07il | x\\n| forged | row |\\x1b[2J"]
+    # --json keeps the text as it is (its encoder escapes the control characters)
+    [run] = json.loads(tina(home, "ls", "--json").stdout)
+    assert run["name"] == name and any(CLIPBOARD in k for k in run["last_metrics"])

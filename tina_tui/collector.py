@@ -2,12 +2,15 @@
 
 ``Collector.collect`` runs in a thread worker once a second: it ingests, queries the store and the
 run directories, and returns one immutable ``Snapshot`` that the app posts as a single message.
-Widgets never query anything themselves. Everything derives from the run directories (through the
+Widgets never query anything themselves, and show nothing else: the snapshot's text from the runs'
+files (names, keys, reasons, log lines) is written out as ``tina_core.terminal`` makes it, so no
+escape sequence in it reaches the terminal. Everything derives from the run directories (through the
 store), so opening the cockpit after hours away shows all that happened meanwhile.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from dataclasses import dataclass, field
@@ -17,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Callable
 from tina_core import runstate
 from tina_core.alerts import ALERT_EVENTS, event_text
 from tina_core.caches import Cache
-from tina_core.events import is_kind
+from tina_core.events import Kind, is_kind
 from tina_core.rundir import FileStamp, JsonlTail, RunDir, RunFiles, TinaError, list_run_dirs, read_whole_lines
 from tina_core.store.guard import Guarded
 from tina_core.sweep.state import engine_may_change
+from tina_core.terminal import printable, shown
 
 if TYPE_CHECKING:
     from tina_core.report.runs import PhaseTransition, RunObject, RunStub
@@ -67,6 +71,7 @@ class Notice:
     severity: str
     text: str
     bell: bool = False  # an alert (tina_core.alerts.ALERT_EVENTS): the terminal's bell rings too
+    key: str | None = None  # a later notice of the same key replaces this one (a run's marker)
 
 
 @dataclass
@@ -135,6 +140,40 @@ class Snapshot:
     error: str | None = None
     took_s: float = 0.0
     overlay: Overlay | None = None
+
+
+def _marker_key(run_id: str) -> str:
+    """The key of a run's phase-marker notices: each change replaces the last one shown."""
+    return f"marker:{run_id}"
+
+
+def printable_snapshot(snap: Snapshot, rows: dict[int, tuple[Any, Any]] | None = None) -> Snapshot:
+    """The snapshot as widgets may show it: every string from the runs' files (names, metric keys,
+    reasons, log lines, notices) ``printable``; the series (numbers) as they are, not copied.
+    ``rows``: the rows shown last time, by the row they were made from (``id``), updated: a row
+    the collector kept (an ended run's) is not written out again."""
+    kept = dict(rows or {})
+    if rows is not None:
+        rows.clear()
+    runs = []
+    for r in snap.runs:
+        was, made = kept.get(id(r), (None, None))
+        made = made if was is r else shown(r)
+        runs.append(made)
+        if rows is not None:
+            rows[id(r)] = (r, made)
+    view, overlay = snap.view, snap.overlay
+    if view is not None:
+        view = dataclasses.replace(view, run=shown(view.run), phase=shown(view.phase),
+                                   recommendation=shown(view.recommendation), checkpoints=shown(view.checkpoints),
+                                   log_lines=list(map(printable, view.log_lines)), chart_keys=shown(view.chart_keys))
+    if overlay is not None:
+        overlay = dataclasses.replace(overlay, runs=tuple(dataclasses.replace(r, name=printable(r.name),
+                                                                                phase=shown(r.phase))
+                                                          for r in overlay.runs))
+    return dataclasses.replace(snap, runs=runs, view=view, overlay=overlay,
+                               notices=[dataclasses.replace(n, text=printable(n.text)) for n in snap.notices],
+                               error=None if snap.error is None else printable(snap.error))
 
 
 class FileTail:
@@ -254,6 +293,8 @@ class Collector:
         self._store = None
         self._store_error: str | None = None
         self._index_notes: list[str] = []  # what the index did unasked (a file set aside), to announce
+        # run rows as shown (printable_snapshot), by the row they were made from: a kept row's is kept
+        self._shown: dict[int, tuple[RunRow, RunRow]] = {}
         # Run objects by run: a run that is not live is described again only when its files, its
         # heartbeat or the index's hold of them changed (the clock moves a live run's figures).
         self._runs: Cache[str, RunRow] = Cache("collector.runs", None)
@@ -305,6 +346,7 @@ class Collector:
             snap.error = snap.error or index.error or self._store_error
             snap.notices += [Notice("warning", note) for note in self._index_notes]
             self._index_notes.clear()
+            snap = printable_snapshot(snap, self._shown)
             snap.took_s = time.perf_counter() - t0
             return snap
 
@@ -391,7 +433,7 @@ class Collector:
         from tina_core.report.table import build_report
 
         with self._lock:
-            return build_report(self.home, run_ids, store=self._open_store())
+            return shown(build_report(self.home, run_ids, store=self._open_store()))
 
     def _overlay(self, index: Guarded, marks: dict[str, int], runs: list[RunRow], files: dict[str, RunFiles],
                  detail_key: str | None) -> Overlay | None:
@@ -490,7 +532,8 @@ class Collector:
         for ev in tail.read()[0]:
             said = event_text(name, ev)
             if said:
-                out.append(Notice(*said, bell=is_kind(ev, *ALERT_EVENTS)))
+                out.append(Notice(*said, bell=is_kind(ev, *ALERT_EVENTS),
+                                  key=_marker_key(rd.run_id) if is_kind(ev, Kind.TRANSITION) else None))
         return out
 
     def _run_notices(self, run: RunRow) -> list[Notice]:
@@ -515,6 +558,7 @@ class Collector:
         # a supervised run's watch records each change as a `transition` event, announced above
         if before is not None and before != status and status != "none" and run.get("supervisor") != "alive":
             out.append(Notice("warning", f"{name}: phase transition {status} at step {p.get('step')} "
-                                         f"({p.get('signal')} {p.get('direction', '')})", bell=True))
+                                         f"({p.get('signal')} {p.get('direction', '')})", bell=True,
+                              key=_marker_key(rid)))
         return out
 

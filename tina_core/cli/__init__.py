@@ -13,6 +13,7 @@ from typing import Sequence
 
 from tina_core.credentials import redact_text
 from tina_core.rundir import TinaError, tina_home
+from tina_core.terminal import printable
 
 
 def _listing(argv: Sequence[str]) -> int | None:
@@ -45,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> None:
             app(args=argv)  # exits with the command's code
         sys.exit(code)
     except TinaError as e:
-        print(f"tina: error: {redact_text(str(e))}", file=sys.stderr)
+        # a message may quote a file's text (a run's name): each of its lines written out
+        said = "\n".join(map(printable, redact_text(str(e)).split("\n")))
+        print(f"tina: error: {said}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -1,5 +1,8 @@
 """What tina's commands print: standard JSON for `--json`, and plain aligned text for people.
 
+Text from files (a run's name, a reward key, a reason) is written out as ``terminal.printable``
+makes it in every table cell and styled text here, so it never acts on the terminal.
+
 A diverged loss is NaN and a run could once be priced at infinity; Python's ``json`` writes those
 as ``NaN`` and ``Infinity``, which no other JSON reader takes. Here they are ``null``.
 
@@ -14,6 +17,8 @@ import math
 import os
 import sys
 from typing import Any, Iterable, Sequence, TextIO
+
+from tina_core.terminal import printable
 
 # SGR codes of the styles the commands use
 _SGR = {"bold": "1", "red": "31", "green": "32", "yellow": "33", "blue": "34"}
@@ -42,7 +47,8 @@ def colour(stream: TextIO = sys.stdout) -> bool:
 
 
 def styled(text: str, style: str | None, stream: TextIO = sys.stdout) -> str:
-    """``text`` in ``style`` ("bold red"...) where ``stream`` shows colours, else as it is."""
+    """``text`` (``printable``) in ``style`` ("bold red"...) where ``stream`` shows colours."""
+    text = printable(text)
     codes = ";".join(_SGR[w] for w in (style or "").split() if w in _SGR)
     return f"\x1b[{codes}m{text}\x1b[0m" if codes and colour(stream) else text
 
@@ -51,7 +57,7 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[
           stream: TextIO = sys.stdout) -> str:
     """Columns padded to their widest cell, two spaces apart, the header bold; a cell is its text
     or ``(text, style)``; the columns named in ``right`` align right."""
-    cells = [[c if isinstance(c, tuple) else (str(c), None) for c in row] for row in rows]
+    cells = [[(printable(c[0]), c[1]) if isinstance(c, tuple) else (printable(c), None) for c in row] for row in rows]
     lines = [[(h, "bold") for h in header], *cells]
     widths = [max(len(line[i][0]) for line in lines) for i in range(len(header))]
     right = set(right)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tina_core.rundir import RunDir, TinaError, find_run
+from tina_core.terminal import printable
 
 # Labels, not settings: they differ between any two runs and say nothing about the ablation.
 LABEL_KEYS = frozenset({"name", "description"})
@@ -143,7 +144,8 @@ def labels(sides: Sequence[Side]) -> list[str]:
 def render_text(sides: Sequence[Side], diffs: Sequence[KeyDiff]) -> str:
     if not diffs:
         return f"the {len(sides)} recipes are the same (apart from name and description)\n"
-    head = ["key", *labels(sides)]
-    rows = [[d.key, *map(show_value, d.values)] for d in diffs]
+    # keys, values and names from the runs' files, written out (tina_core.terminal)
+    head = list(map(printable, ["key", *labels(sides)]))
+    rows = [list(map(printable, [d.key, *map(show_value, d.values)])) for d in diffs]
     widths = [max(len(r[i]) for r in [head, *rows]) for i in range(len(head))]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [head, *rows]) + "\n"

@@ -51,7 +51,7 @@ class AblationScreen(CompareScreen):
         for row, r in zip(rows, abl["rows"]):
             table.add_column(run_column(row[0], self.marks.get(r["run_id"])))
         for i, label in enumerate(head[1:], 1):
-            table.add_row(Text(label, style="bold"), *[row[i] for row in rows])
+            table.add_row(Text(label, style="bold"), *[Text(row[i]) for row in rows])  # text, never markup
         axis = abl["axis"]
         what = (", ".join(axis[:3]) + (f" and {len(axis) - 3} more" if len(axis) > 3 else "")) if axis else \
             "nothing (the recipes are the same)"

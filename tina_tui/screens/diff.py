@@ -11,6 +11,7 @@ from textual.widgets import DataTable, Static
 
 from tina_core.recipe import diff
 from tina_core.rundir import RunDir, TinaError, runs_root
+from tina_core.terminal import printable
 from tina_tui.screens.compare import CompareScreen, run_column
 
 
@@ -38,15 +39,17 @@ class DiffScreen(CompareScreen):
     def _show(self, sides: list[diff.Side], found: list[diff.KeyDiff] | str) -> None:
         note = self.query_one("#compare-note", Static)
         if isinstance(found, str):
-            note.update(Text(found, style="red"))
+            note.update(Text(printable(found), style="red"))
             return
+        # keys, values and names from the runs' recipe snapshots, written out (tina_core.terminal)
         table = self.query_one(DataTable)
         table.add_column("key")
         for side, label in zip(sides, diff.labels(sides)):
-            table.add_column(run_column(label, self.marks.get(side.run_id or "")))
+            table.add_column(run_column(printable(label), self.marks.get(side.run_id or "")))
         for d in found:
-            table.add_row(Text(d.key, style="bold"),
-                          *[Text(diff.show_value(v), style="dim" if v is diff.ABSENT else "") for v in d.values])
+            table.add_row(Text(printable(d.key), style="bold"),
+                          *[Text(printable(diff.show_value(v)), style="dim" if v is diff.ABSENT else "")
+                            for v in d.values])
         note.update(Text(f"{len(found)} key(s) differ, nothing else shown (names and descriptions left out); "
                          "tina diff RUN RUN... prints the same" if found else
                          "the recipes are the same apart from their names and descriptions", style="dim"))

@@ -31,7 +31,7 @@ class PolicyDialog(ModalScreen["dict[str, Any] | None"]):
     def compose(self) -> ComposeResult:
         with Vertical(classes="dialog", id="policy-box"):
             yield Label(f"Stop policy of {self.run_name} (stop_at_step {self.policy.get('stop_at_step') or '-'})",
-                        classes="dialog-title")
+                        classes="dialog-title", markup=False)  # a run's name: text, never markup
             yield Label("stop N steps after the phase transition is confirmed:")
             yield Input(_shown(self.policy.get("after_transition")), id="after_transition")
             yield Label("stop before the run's cost passes (dollars):")

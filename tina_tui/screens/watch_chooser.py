@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -33,12 +34,13 @@ class WatchChooser(ModalScreen["list[str] | str | None"]):
         primary = set(self.watch.get("signals") or [])
         width = max([len(short(c["signal"])) for c in cands] + [10])
         with Vertical(classes="dialog", id="watch-box"):
+            # names and reasons come from the run's files: text, never markup
             yield Label(f"Watch {self.run_name}: space toggles, enter applies, a automatic, esc cancels",
-                        classes="dialog-title")
-            yield Static("\n".join(self.why), id="watch-why")
+                        classes="dialog-title", markup=False)
+            yield Static(Text("\n".join(self.why)), id="watch-why")
             yield SelectionList[str](*[
-                (f"{short(c['signal']):<{width}}  {c['role']:<11} "
-                 f"{'corroborates; tick to make it a marker signal' if c['role'] == LENGTH and c['signal'] not in primary else c['reason']}",
+                (Text(f"{short(c['signal']):<{width}}  {c['role']:<11} "
+                      f"{'corroborates; tick to make it a marker signal' if c['role'] == LENGTH and c['signal'] not in primary else c['reason']}"),
                  c["signal"], c["signal"] in primary) for c in cands], id="watch-list")
 
     def action_confirm(self) -> None:
