@@ -400,3 +400,46 @@ def test_stops_on_its_budget_and_keeps_what_matters(home, tiny_model):
     refused = tina(home, "resume", rd.run_id)
     assert refused.returncode == 2 and "too little is left for a step: raise it first" in refused.stderr
     assert all(r.get("attempt") == 1 for r in iter_jsonl(rd.metrics))
+
+
+@pytest.mark.extended
+def test_one_seed_stops_at_one_step_side_by_side_and_keeps_the_marker_checkpoint(home, tiny_model):
+    """The marker is something to stop on: four runs of one seed with stop.after_transition 5, side
+    by side with a fifth run of that seed to stop_at_step (each other's load on 2 cores), all with
+    save_steps 5 and save_total_limit 2. The four write the same transition and stop events and
+    stop at the same step, after the full run's marker and within 3 steps of it; every run keeps a
+    checkpoint at or just before its marker through the rotation and names it; resuming a stopped
+    run says why it stopped and trains on."""
+    common = ("grpo.save_steps=5", "grpo.save_total_limit=2", "stop.evaluate=false")
+    env = {**os.environ, "TINA_HOME": str(home), "HF_HUB_OFFLINE": "1"}
+
+    def start(name: str, *overrides: str) -> subprocess.Popen:
+        return subprocess.Popen([sys.executable, "-m", "tina_core.cli", "--home", str(home), "run", str(TINY_RECIPE),
+                                 "--name", name, *[a for o in (*common, *overrides) for a in ("--set", o)]],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    procs = [start(f"same-{i}", "stop.after_transition=5") for i in range(4)] + [start("full")]
+    codes = [p.wait(timeout=900) for p in procs]
+    assert codes == [75, 75, 75, 75, 0], [p.stderr.read()[-2000:] for p in procs]
+    runs = {rd.info()["name"]: rd for rd in list_run_dirs(home)}
+
+    def said(rd: RunDir) -> list:
+        return [{k: v for k, v in e.items() if k not in ("time", "ts")} for e in rd.read_events()
+                if e["event"] in ("transition", "stop_scheduled")]
+    stops = [next(e for e in runs[f"same-{i}"].read_events() if e["event"] == "stopped") for i in range(4)]
+    assert len({s["step"] for s in stops}) == 1 and all(s["by"] == "after_transition" for s in stops), stops
+    assert all(said(runs[f"same-{i}"]) == said(runs["same-0"]) for i in range(1, 4))
+    full = json.loads(tina(home, "status", runs["full"].run_id, "--json").stdout)
+    full_marker = full["phase_transition"]
+    assert full_marker["status"] == "confirmed"
+    stop_marker = policy.marker(runs["same-0"].read_events())
+    assert abs(stop_marker["step"] - full_marker["step"]) <= 3 and stops[0]["step"] > full_marker["step"]
+    for name, rd in runs.items():
+        run = json.loads(tina(home, "status", rd.run_id, "--json").stdout)
+        m = run["phase_transition"]["step"]
+        kept = [s for s in rd.checkpoint_steps(evaluable=True) if s <= m]
+        assert kept and m - kept[-1] <= 3 and run["recommended_checkpoint"] == kept[-1], (name, m, kept)
+    # the rotation kept two of the grid's newest besides what brackets the marker
+    assert len([s for s in runs["full"].checkpoint_steps() if s > full_marker["step"] + 10]) == 2
+    resumed = tina(home, "resume", runs["same-0"].run_id, "--detach")
+    assert resumed.returncode == 0 and "by stop.after_transition" in resumed.stderr and "trains on past it" in resumed.stderr
+    lifecycle.stop_run(home, runs["same-0"].run_id, wait=True)

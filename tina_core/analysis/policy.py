@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-from tina_core.events import MARKED, Kind, is_kind, marker
+from tina_core.events import MARKED, Kind, is_kind, last_of, marker
 from tina_core.rundir import RunDir, TinaError
 
 POLICY_KEYS = ("after_transition", "budget_usd")  # what a policy_changed event may set
@@ -143,6 +143,24 @@ def after_transition_stop(policy: StopPolicy, events: Sequence[dict[str, Any]]) 
     if any(is_kind(e, Kind.STOPPED) and e.get("by") == "after_transition" for e in events[i + 1:]):
         return None
     return events[i]["detected_at"] + policy.after_transition
+
+
+def resume_note(events: Sequence[dict[str, Any]], phase_now: dict[str, Any] | None) -> str | None:
+    """What ``tina resume`` says of a run ``stop.after_transition`` stopped: where and why, that it
+    trains on past the marker (the policy stops again only at a new one), and, when the marker the
+    run's metrics give now is not the one the stop acted on, that the stop came before it."""
+    stopped = last_of(events, Kind.STOPPED)
+    if stopped is None or stopped.get("by") != "after_transition":
+        return None
+    told = marker(events) or {}
+    text = (f"stopped at step {stopped.get('step')} by stop.after_transition "
+            f"({stopped.get('reason') or 'after the phase transition'}); resuming trains on past it, and the "
+            "policy stops the run again only at a new marker")
+    now = phase_now if phase_now and phase_now.get("status") in MARKED else None
+    if now is not None and (now.get("step"), now.get("signal")) != (told.get("step"), told.get("signal")):
+        text += (f". The marker has moved since: the run's metrics now put it at step {now.get('step')} "
+                 f"({now.get('signal')}), so the stop came before it")
+    return text
 
 
 def usd_per_step(seconds_per_step: float | None, usd_per_hour: float) -> float | None:

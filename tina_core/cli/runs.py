@@ -18,7 +18,7 @@ from tina_core.cli.output import json_text, styled, table
 from tina_core.credentials import redact_text
 from tina_core.rundir import TinaError, find_run, iter_jsonl
 from tina_core.supervise.logpump import tail_text
-from tina_core.terminal import shown
+from tina_core.terminal import printable, shown
 
 # The lifecycle (supervisor, alerts) is imported by the commands that start or stop something:
 # `tina ls` and `tina status` start faster without it.
@@ -101,12 +101,25 @@ def cli_resume(home: Path, run_ref: str, *, detach: bool = False) -> int:
     from tina_core.supervise.supervisor import EXIT_CODES
 
     run_dir = check_resumable(home, run_ref)
+    _say_resume_note(home, run_dir)
     if detach:
         spawn_daemon(run_dir, resume=True)
         print(run_dir.run_id)
         return 0
     print(run_dir.run_id, flush=True)
     return EXIT_CODES.get(supervise_foreground(run_dir, resume=True), 1)
+
+
+def _say_resume_note(home: Path, run_dir) -> None:
+    """A run the transition policy stopped: say so, and whether its marker has moved since."""
+    from tina_core.analysis import policy
+
+    events = run_dir.read_events()
+    if policy.resume_note(events, None) is None:
+        return
+    store = open_store(home, [run_dir.run_id])
+    now = store.phase(run_dir.run_id) if store is not None else None
+    print(f"note: {printable(policy.resume_note(events, now))}", file=sys.stderr)
 
 
 def cli_policy(home: Path, run_ref: str, *, after_transition: str | None = None, budget_usd: str | None = None,
