@@ -147,3 +147,7 @@ def test_the_dry_run_says_what_pace_it_assumes_and_why_until_a_run_here_has_one(
     after = cost.launch_cost(tmp_path, tiny)
     assert after.seconds_per_step == pytest.approx(2.0)
     assert after.lines()[1] == "#   pace: 2 s/step, measured here over 1 run(s)"
+    from tina_core.events import Kind
+
+    _paced_run(tmp_path, tiny_run, "broken", cost.MEASURED_MIN_STEPS, 9.0).event(Kind.FAILED, reason="crashed")
+    assert cost.launch_cost(tmp_path, tiny).seconds_per_step == pytest.approx(2.0)  # a failed run does not count

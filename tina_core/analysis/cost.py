@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tina_core import runstate
-from tina_core.events import EVAL_ENDED, Kind, gpu_count, kind_of, marker
+from tina_core.events import EVAL_ENDED, Kind, gpu_count, is_kind, kind_of, marker
 from tina_core.rundir import RunDir, TinaError, iter_jsonl, workspace_config
 
 CHECK_PROVIDER = "default, check your provider"
@@ -259,7 +259,7 @@ def usd_per_hour_now(run_dir: RunDir) -> float:
 # --- before launch: what a recipe will cost -----------------------------------------------------
 # Seconds per optimizer step of a model on a device (model, GPU model or "cpu", GPUs) and why, until
 # the workspace has measured its own: its runs of the same model on the same device (MEASURED_MIN_STEPS
-# steps or more, ended or not) then decide. The dry run says "assumes N s/step because <why>".
+# steps or more, live or ended, not failed) then decide. The dry run says "assumes N s/step because <why>".
 STEP_SECONDS: dict[tuple[str, str, int], tuple[float, str]] = {
     ("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "L40S", 2): (
         60.0, "it is Tina's on 2 x L40S (the paper: a step within a minute), with her layout: four "
@@ -337,7 +337,8 @@ class LaunchCost:
 
 def measured(home: Path, store: Any = None) -> tuple[dict[tuple, list[float]], dict[str, list[int]]]:
     """What this workspace has measured itself: seconds per step by (model, device, GPUs) over its
-    runs with MEASURED_MIN_STEPS steps or more (a live one counts as soon as it has them), and
+    runs with MEASURED_MIN_STEPS steps or more, live or ended but not failed (a live one counts as
+    soon as it has them), and
     transition steps by recipe file stem (the markers its supervisors placed)."""
     from tina_core.recipe.loader import parse_yaml
     from tina_core.rundir import list_run_dirs
@@ -351,6 +352,8 @@ def measured(home: Path, store: Any = None) -> tuple[dict[tuple, list[float]], d
         events = rd.read_events()
         if (m := marker(events)) is not None and info.get("recipe"):
             transitions.setdefault(Path(info["recipe"]).stem, []).append(int(m["step"]))
+        if any(is_kind(e, Kind.FAILED, Kind.CANCELLED) for e in events):
+            continue  # a failed run's steps say more about what failed than about the pace
         try:
             model = ((parse_yaml(rd.recipe.read_text()) or {}).get("model") or {}).get("name_or_path")
         except Exception:
