@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 TORCH   ?= torch==2.13.0
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-gpu setup-vllm cockpit run test test-extended test-vllm bench clean
+.PHONY: setup setup-gpu setup-vllm cockpit run test test-extended test-vllm test-slurm slurm-up slurm-down bench clean
 
 setup: $(STAMP)
 
@@ -59,7 +59,7 @@ run: setup
 
 # The README's test command: the whole suite but the long end-to-end checks (under 5 minutes on 2 cores).
 test: setup
-	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not extended" $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -q -n 2 --dist loadgroup -m "not extended and not slurm" $(PYTEST_ARGS)
 
 # CI's second lane: the long end-to-end checks (several real trainings, ranks, kills).
 test-extended: setup
@@ -68,6 +68,19 @@ test-extended: setup
 # CI's vLLM lane: train a tiny checkpoint and score it through `tina eval` with vLLM on CPU.
 test-vllm: $(VLLM_STAMP)
 	$(VLLM_VENV)/bin/pytest -q -m vllm $(PYTEST_ARGS)
+
+# A one-node Slurm cluster on this machine (root: installs slurmctld, slurmd, slurm-client and munge
+# with apt if missing, writes /etc/slurm/slurm.conf, starts the daemons without systemd); idempotent.
+slurm-up:
+	.ci/slurm up
+
+slurm-down:
+	.ci/slurm down
+
+# CI's Slurm lane: real sweeps of the tiny recipe as job arrays (after make slurm-up), one at a time:
+# the cluster has this machine's cores.
+test-slurm: setup
+	$(VENV)/bin/pytest -q -m slurm $(PYTEST_ARGS)
 
 bench: setup
 	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

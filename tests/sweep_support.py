@@ -22,8 +22,9 @@ def tina(home: Path, *args: str, timeout: float = 600, env: dict[str, str] | Non
                           timeout=timeout)
 
 
-def wait_for(pred: Callable[[], Any], timeout: float, what: Callable[[], str]) -> Any:
-    """Poll ``pred`` until it is true; on timeout fail with ``what()`` (the state it was in)."""
+def wait_for(pred: Callable[[], Any], timeout: float, what: Callable[[], str], every: float = 0.2) -> Any:
+    """Poll ``pred`` (every ``every`` seconds) until it is true; on timeout fail with ``what()``
+    (the state it was in)."""
     deadline = time.monotonic() + timeout
     while True:
         got = pred()
@@ -31,7 +32,7 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: Callable[[], str]) -
             return got
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g} s: {what()}")
-        time.sleep(0.2)
+        time.sleep(every)
 
 
 def logged_steps(rd: RunDir) -> list[int]:

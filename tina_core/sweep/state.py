@@ -93,6 +93,16 @@ def overlay(sweeps: Sweeps, run_dir: RunDir, info: dict[str, Any], state: str,
     return _slurm(sweep, index, state, events, q)
 
 
+REQUEUE_STOP = "slurm (requeue)"  # a stop's ``by`` when Slurm requeues the task (tina_core.sweep.task)
+
+
+def _requeueing(events: list[dict[str, Any]]) -> bool:
+    """The run stopped because its task is being requeued (by Slurm, or by itself before its time
+    limit): it runs again."""
+    last = last_of(events, Kind.STOPPED, Kind.REQUEUED, Kind.SLURM_TASK)
+    return bool(last) and (last.get("event") == Kind.REQUEUED or last.get("by") == REQUEUE_STOP)
+
+
 def _slurm(sweep: record.Sweep, index: int | None, state: str, events: list[dict[str, Any]],
            q: Queue) -> tuple[str, Queue]:
     took = last_of(events, Kind.SLURM_TASK)
@@ -125,6 +135,9 @@ def _slurm(sweep: record.Sweep, index: int | None, state: str, events: list[dict
         q["node"] = task.node or q["node"]
         if state == "queued":
             q["reason"] = f"starting on {task.node}"
+        elif state == "stopped" and _requeueing(events):  # its task ends, Slurm runs it again
+            q["reason"] = "requeued"
+            return "queued", q
         return state, q
     # the task has ended
     q["killed"] = task.killed if task.state != "CANCELLED" or state != "stopped" else None

@@ -26,6 +26,7 @@ from tina_core.events import Kind, last_of
 from tina_core.rundir import RunDir, TinaError, runs_root, tina_home
 from tina_core.supervise.supervisor import Supervisor
 from tina_core.sweep import record, slurm
+from tina_core.sweep.state import REQUEUE_STOP
 
 TIME_LIMIT = "slurm (time limit)"
 
@@ -43,7 +44,7 @@ def why_term(job_id: str, restart: int) -> str:
     if state == "RUNNING":
         return TIME_LIMIT
     if int(fields.get("Restarts", restart) or restart) > restart:
-        return "slurm (requeue)"
+        return REQUEUE_STOP
     reason = fields.get("Reason")
     if reason == "TimeLimit":
         return "slurm (time limit reached)"
