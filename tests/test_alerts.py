@@ -4,6 +4,7 @@ HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
 import http.server
 import json
 import re
@@ -18,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from tina_core.alerts import Alerts, AlertConfig, StallWatch, load_config
+from tina_core.events import Kind
 from tina_core.rundir import RunDir, TinaError, read_json, write_json_atomic
+from tina_core.supervise.supervisor import Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "wandb_alertKEY0123456789"
@@ -30,6 +33,8 @@ class Hook:
 
     def __init__(self) -> None:
         self.bodies: list[dict] = []
+        self.requests: list[tuple[str, str | None]] = []  # (path, Authorization header) of each POST
+        self.status = 200
         self.hold = threading.Event()
         self.hold.set()
         self.arrived = threading.Event()
@@ -39,9 +44,10 @@ class Hook:
             def do_POST(self):
                 data = self.rfile.read(int(self.headers["Content-Length"]))
                 hook.bodies.append(json.loads(data))
+                hook.requests.append((self.path, self.headers.get("Authorization")))
                 hook.arrived.set()
                 hook.hold.wait(30)
-                self.send_response(200)
+                self.send_response(hook.status)
                 self.end_headers()
 
             def log_message(self, *args):
@@ -173,6 +179,62 @@ def test_stall_watch_restarts_with_every_new_line(tmp_path):
     assert watch.check(t + 21) is None                          # a new line: the clock restarts
     assert watch.check(t + 30) is None and watch.check(t + 31.5) == pytest.approx(10.5)
     assert StallWatch(metrics, after_s=0).check(t + 10 ** 6) is None  # 0: never
+
+
+def _closed_port() -> int:
+    """A port on 127.0.0.1 nothing listens on (connection refused)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _supervised_event(home: Path, rd: RunDir, webhook: str, status: int = 200) -> Supervisor:
+    """A real supervisor of ``rd`` (no trainer) with ``webhook`` in config.yaml, after it records
+    the run's end and lets its alerts go out."""
+    (home / "config.yaml").write_text("alerts:\n  webhook: " + json.dumps(webhook) + "\n  timeout_s: 5\n")
+    sup = Supervisor(rd)
+    sup.event(Kind.FINISHED, step=3)
+    assert sup.alerts.close(30)
+    return sup
+
+
+def test_a_webhook_secret_never_reaches_train_log_or_any_output(home, hook, capfd):
+    """Attack 3: a Slack-style URL with a space had urllib quote its path, token and all, into the
+    error that train.log, `tina logs` and the cockpit showed. A space is now sent as %20; a URL
+    that fails is named by its host and the failure's own words; one with a line break is refused
+    without being quoted back."""
+    secret = "/services/T0SECRET/B0SECRET/xYz0SECRET"
+    rd = _run(home)
+    sup = _supervised_event(home, rd, f"{hook.url.rsplit('/hooks', 1)[0]}{secret}?title=tina alerts")
+    assert hook.requests == [(f"{secret}?title=tina%20alerts", None)] and sup.alerts.failed == 0
+    hook.status = 500  # the endpoint refuses: its status, not its URL
+    _supervised_event(home, rd, f"{hook.url.rsplit('/hooks', 1)[0]}{secret}?title=tina alerts")
+    _supervised_event(home, rd, f"http://127.0.0.1:{_closed_port()}{secret}?title=tina alerts")
+    _supervised_event(home, rd, f"http://no-such-host.invalid{secret}")
+    _supervised_event(home, rd, f"http://127.0.0.1:{_closed_port()}{secret}\n?title=tina alerts")
+    log = rd.train_log.read_text()
+    assert "to 127.0.0.1 failed: HTTP 500" in log and "to 127.0.0.1 failed: Connection refused" in log
+    assert "to no-such-host.invalid failed: cannot resolve the host" in log
+    assert "alerts off" in log and "alerts.webhook: the URL holds a control character" in log
+    out, err = capfd.readouterr()
+    for text in (log, out, err):
+        assert "SECRET" not in text and "title=" not in text, text
+
+
+def test_user_and_password_in_a_webhook_go_as_basic_auth(home, hook):
+    """Attack 9: a webhook with `user:password@` never delivered, and the error blamed name
+    resolution (urllib took them for part of the host)."""
+    rd = _run(home)
+    host = hook.url.split("//", 1)[1].split("/", 1)[0]
+    _supervised_event(home, rd, f"http://tina-bot:pa%24%24w0rd-SECRET@{host}/hooks/alerts")
+    [(path, auth)] = hook.requests
+    assert path == "/hooks/alerts" and hook.events() == ["finished"]
+    assert auth == "Basic " + base64.b64encode(b"tina-bot:pa$$w0rd-SECRET").decode()
+    _supervised_event(home, rd, f"http://tina-bot:pa%24%24w0rd-SECRET@127.0.0.1:{_closed_port()}/hooks/alerts")
+    log = rd.train_log.read_text()
+    assert "to 127.0.0.1 failed: Connection refused" in log and "SECRET" not in log and "w0rd" not in log
 
 
 @pytest.mark.slow

@@ -16,15 +16,20 @@ what ``$TINA_HOME/config.yaml`` names::
 Delivery never holds up the process that asks for it: one background thread per process takes
 the events off a bounded queue, and a dead webhook costs that thread its timeout, nothing else (a
 full queue drops the newest and says so). A credential never travels: the payload is masked like
-everything tina writes (``rundir.redact``), and a failure is reported by the target's host only (a
-webhook URL often holds a token). Light: standard library and yaml only.
+everything tina writes (``rundir.redact``). A webhook URL often holds a token (Slack's path, a
+``?key=`` query, ``user:password@``): a failure is told by the target's host and words that
+cannot quote the URL, and the URL's secret parts are masked in whatever the process writes
+(``credentials.remember_secrets``). ``user:password@`` is sent as HTTP basic auth; a space in the
+URL is sent as ``%20``. Light: standard library and yaml only.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import queue
+import socket
 import subprocess
 import sys
 import threading
@@ -36,7 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tina_core.credentials import redact, redact_text
+from tina_core.credentials import redact, redact_text, remember_secrets
 from tina_core.events import Kind, kind_of
 from tina_core.rundir import RunDir, TinaError, workspace_config
 
@@ -140,8 +145,15 @@ def load_config(home: Path) -> AlertConfig:
             raise TinaError(f"{where}.{key}: unknown key (known: {', '.join(known)})")
     webhook = section.get("webhook")
     if webhook is not None and (not isinstance(webhook, str)
-                                or urllib.parse.urlsplit(webhook).scheme not in ("http", "https")):
+                                or urllib.parse.urlsplit(webhook.strip()).scheme not in ("http", "https")):
         raise TinaError(f"{where}.webhook: expected an http(s) URL")
+    if webhook is not None:  # never quoted back: it often holds a token
+        webhook = webhook.strip()
+        if any(ord(c) < 0x20 or ord(c) == 0x7f for c in webhook):
+            raise TinaError(f"{where}.webhook: the URL holds a control character (a line break?); write it on "
+                            "one line")
+        if not urllib.parse.urlsplit(webhook).hostname:
+            raise TinaError(f"{where}.webhook: the URL names no host")
     command = section.get("command")
     if command is not None and not isinstance(command, str):
         raise TinaError(f"{where}.command: expected a shell command (a string)")
@@ -184,12 +196,42 @@ def _host(url: str) -> str:
     return urllib.parse.urlsplit(url).hostname or "the webhook"
 
 
+@dataclass(frozen=True)
+class Webhook:
+    """Where a webhook POST goes and with what headers: ``user:password@`` in the URL becomes HTTP
+    basic auth (urllib would read it as part of the host name), a space or another character a
+    URL cannot hold is percent-encoded (Slack's ``?title=tina alerts``)."""
+
+    url: str
+    headers: dict[str, str]
+    secrets: tuple[str, ...]  # the parts of the URL to mask wherever this process writes
+
+    @classmethod
+    def of(cls, url: str) -> "Webhook":
+        parts = urllib.parse.urlsplit(url)
+        headers = {"Content-Type": "application/json", "User-Agent": "tina"}
+        userinfo, at, hostport = parts.netloc.rpartition("@")
+        user, _, password = userinfo.partition(":")
+        if at:
+            token = f"{urllib.parse.unquote(user)}:{urllib.parse.unquote(password)}"
+            headers["Authorization"] = "Basic " + base64.b64encode(token.encode()).decode()
+        sendable = urllib.parse.quote(urllib.parse.urlunsplit(parts._replace(netloc=hostport)),
+                                      safe=":/?#[]@!$&'()*+,;=%~")
+        tail = url.split(parts.netloc, 1)[-1]  # path, query and fragment as written
+        secrets = {url, sendable, tail, sendable.split(hostport, 1)[-1], parts.query, userinfo,
+                   urllib.parse.unquote(userinfo), password, urllib.parse.unquote(password)}
+        return cls(sendable, headers, tuple(s for s in secrets if s))
+
+
 class Alerts:
     """Sends events to the configured targets off the caller's thread (see the module's doc)."""
 
     def __init__(self, home: Path, config: AlertConfig | None = None,
                  warn: Callable[[str], None] | None = None) -> None:
         self.config = config or config_or_default(home, warn)
+        self.webhook = Webhook.of(self.config.webhook) if self.config.webhook else None
+        if self.webhook is not None:
+            remember_secrets(self.webhook.secrets)  # masked in train.log and anything else we write
         self._warn = warn or (lambda m: print(redact_text(m), file=sys.stderr, flush=True))
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(QUEUE_MAX)
         self._thread: threading.Thread | None = None
@@ -246,13 +288,12 @@ class Alerts:
                         self.sent += 1
                     except Exception as e:  # whatever it is, the next event still goes out
                         self.failed += 1
-                        where = _host(self.config.webhook) if target == "webhook" else "the alert command"
-                        self._warn(f"alert {body['event']} of {body['run_id']} to {where} failed: "
-                                   f"{type(e).__name__}: {_reason(e, self.config.webhook)}")
+                        said = f"{_host(self.config.webhook)} failed: {_reason(e)}" if target == "webhook" else \
+                            f"the alert command failed: {type(e).__name__}: {e}"
+                        self._warn(f"alert {body['event']} of {body['run_id']} to {said}")
 
     def _post(self, data: bytes, body: dict[str, Any]) -> None:
-        req = urllib.request.Request(self.config.webhook, data=data, method="POST",
-                                     headers={"Content-Type": "application/json", "User-Agent": "tina"})
+        req = urllib.request.Request(self.webhook.url, data=data, method="POST", headers=self.webhook.headers)
         with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
             resp.read(1024)
 
@@ -272,12 +313,21 @@ class Alerts:
             raise RuntimeError(f"exit code {proc.returncode}")
 
 
-def _reason(e: Exception, url: str | None) -> str:
-    """What went wrong, never the webhook's URL (it often holds a token)."""
+def _reason(e: Exception) -> str:
+    """Why a webhook POST failed, in words that cannot quote its URL (urllib's own messages do:
+    ``InvalidURL`` repeats the path): an HTTP status, a network error's description, or the kind
+    of error."""
     if isinstance(e, urllib.error.HTTPError):
         return f"HTTP {e.code}"
-    text = str(e.reason if isinstance(e, urllib.error.URLError) else e)
-    return text.replace(url, _host(url)) if url else text
+    cause = e.reason if isinstance(e, urllib.error.URLError) and isinstance(e.reason, BaseException) else e
+    if isinstance(cause, (TimeoutError, socket.timeout)):
+        return "timed out"
+    if isinstance(cause, socket.gaierror):
+        return f"cannot resolve the host ({cause.strerror})"
+    if isinstance(cause, OSError) and cause.strerror:
+        return cause.strerror
+    return f"{type(cause).__name__} (the URL is refused as it is written)" if isinstance(cause, ValueError) else \
+        type(cause).__name__
 
 
 # --- what the supervisor watches --------------------------------------------------------------------
