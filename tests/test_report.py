@@ -138,7 +138,7 @@ def test_ablation_table_names_the_axis_and_what_each_run_bought(tmp_path, capsys
     assert "other" not in text
     assert cli_report(tmp_path, fmt="md", refs=["rs2", "rs2-r16"]) == 0
     md = capsys.readouterr().out
-    assert "| run | lora.r | lora.lora_alpha | transition (% ep) |" in md
+    assert "| run | lora.r | lora.lora_alpha | transition step (% ep) |" in md
     assert cli_report(tmp_path, fmt="csv", refs=["rs2", "rs2-r16"]) == 0
     rows = {r["name"]: r for r in csv.DictReader(io.StringIO(capsys.readouterr().out)) if r["source"] == "ours"}
     assert set(rows) == {"rs2", "rs2-r16"}

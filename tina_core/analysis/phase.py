@@ -31,10 +31,13 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+import functools
+import hashlib
 import math
 import os
 import re
 import statistics
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
@@ -134,6 +137,18 @@ def series_keys(params: PhaseParams, available: Iterable[str]) -> list[str]:
     """The metrics ``detect`` needs of a run that logs ``available``."""
     return list(dict.fromkeys([*params.signals, *(k for k in available if wanted(params, k))]))
 
+
+
+@functools.cache
+def detector_version() -> str:
+    """A stamp of the detector's own code (this module, ``changes``, ``signals``): results kept
+    across processes (the index's phase_cache) are judged again by an edited or upgraded detector."""
+    from tina_core.analysis import changes
+
+    digest = hashlib.sha256()
+    for module in (changes, sig, sys.modules[__name__]):
+        digest.update(Path(module.__file__ or "").read_bytes())
+    return digest.hexdigest()[:12]
 
 
 # --- which move is the transition ---------------------------------------------------------------

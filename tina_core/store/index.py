@@ -186,14 +186,15 @@ class Store(Ingestion):
             version = self._query('SELECT "offset" FROM ingest_state WHERE run_id = ? AND file = ?',
                                   [run_id, METRICS])
             version = version[0][0] if version else -1
+            question = f"{phase_mod.detector_version()} {params!r}"  # an upgraded detector judges again
             stored = self._query("SELECT result FROM phase_cache WHERE run_id = ? AND params = ? "
-                                 "AND version = ?", [run_id, repr(params), version])
+                                 "AND version = ?", [run_id, question, version])
             if stored:
                 return json.loads(stored[0][0])
             keys = phase_mod.series_keys(params, self.metric_keys(run_id))
             result = phase_mod.detect(self.metric_series_many(run_id, keys, max_points=None), params)
             con.execute("INSERT OR REPLACE INTO phase_cache VALUES (?, ?, ?, ?)",
-                        [run_id, repr(params), version, json.dumps(result)])
+                        [run_id, question, version, json.dumps(result)])
             return result
 
     def checkpoints(self, run_id: str) -> list[dict]:
