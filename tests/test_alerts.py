@@ -134,6 +134,23 @@ def test_a_dead_webhook_costs_its_timeout_and_names_only_its_host(home, tmp_path
     assert not any("SECRETPATH" in w or "T0KEN" in w for w in warned)
 
 
+def test_closing_with_a_hanging_webhook_waits_a_bounded_moment_and_says_what_it_dropped(home, hook):
+    """Attack 4: a process about to exit waited 2 x timeout_s per target for a webhook that never
+    answers, and dropped the alerts queued behind it without a word."""
+    rd = _run(home)
+    warned: list[str] = []
+    alerts = Alerts(home, AlertConfig(webhook=hook.url, timeout_s=600), warn=warned.append)
+    hook.hold.clear()  # the endpoint takes the request and never answers (until the test ends)
+    for step in (1, 2, 3):
+        alerts.send(rd, rd.event("stalled", attempt=1, step=step, after_s=900.0))
+    assert hook.arrived.wait(20)
+    assert not alerts.close()
+    assert not hook.hold.is_set()  # close() came back while the webhook still held the request
+    assert (alerts.sent, alerts.dropped) == (0, 3)
+    assert warned == ["alerts: 3 not delivered within 2 s of this process's end (127.0.0.1 did not answer in "
+                      "time): dropped"]
+
+
 def test_a_failing_command_is_reported_and_killed_on_timeout(home):
     rd = _run(home)
     warned: list[str] = []

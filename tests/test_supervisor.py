@@ -442,6 +442,35 @@ def test_alerts_of_a_supervised_run_go_out_as_they_are_recorded(make_run, monkey
     assert "no new metrics line" in rd.train_log.read_text()
 
 
+def test_a_hanging_webhook_holds_up_no_end_stop_or_resume(make_run, monkeypatch):
+    """Attack 4: a webhook that never answers kept an ended run's supervisor alive for 2 x
+    `timeout_s` per target: `tina resume` was refused as "already supervised", a foreground run
+    returned long after it said finished, and the alerts it dropped went unsaid. The supervisor
+    lets the run go as soon as its end is recorded, and gives its alerts a bounded moment."""
+    from test_alerts import Hook
+
+    hook = Hook()
+    hook.hold.clear()  # every request is taken and held unanswered until the test ends
+    try:
+        monkeypatch.setenv("FT_STOP", "4")
+        ended = make_run(stop_at=4)
+        (make_run.home / "config.yaml").write_text(f"alerts:\n  webhook: {hook.url}\n  timeout_s: 600\n")
+        assert supervisor.Supervisor(ended).run() == "finished"  # a foreground run's supervisor
+        assert hook.requests and not hook.hold.is_set()  # it came back while the webhook held its request
+        assert "not delivered within 2 s of this process's end (127.0.0.1 did not answer" in ended.train_log.read_text()
+
+        monkeypatch.setenv("FT_STOP", "400")
+        rd = make_run(stop_at=400)
+        lifecycle.spawn_daemon(rd)  # a detached supervisor
+        _wait_for(lambda: len(list(iter_jsonl(rd.metrics))) >= 3)
+        assert lifecycle.stop_run(make_run.home, rd.run_id, wait=True).state == "stopped"
+        lifecycle.spawn_daemon(rd, resume=True)  # taken at once, not "already supervised"
+        assert _wait_state(rd, ["running"]) == "running" and not hook.hold.is_set()
+        assert lifecycle.stop_run(make_run.home, rd.run_id, wait=True).state == "stopped"
+    finally:
+        hook.close()
+
+
 def test_a_transition_and_the_end_reach_the_webhook(make_run, monkeypatch):
     """The supervisor's live watch finds the format reward's turn as the metrics arrive; its
     ``transition`` events (tentative, then confirmed) and the run's end go to a real webhook, each

@@ -51,6 +51,10 @@ ALERT_EVENTS = (Kind.TRANSITION, Kind.STALLED, Kind.BUDGET_REACHED, Kind.RESTART
 DEFAULT_STALL_AFTER_S = 900.0  # Tina's steps take about a minute; LEET calls a run dead after ten
 DEFAULT_TIMEOUT_S = 10.0
 QUEUE_MAX = 256
+# A process about to exit gives its queued alerts this long in all, whatever the targets and the
+# events left (a dead webhook would otherwise hold it for timeout_s per event and target): the end
+# of a run is never held up by them. What is not out by then is dropped, counted and said.
+CLOSE_WAIT_S = 2.0
 
 
 def _score(v: Any) -> str:
@@ -235,9 +239,10 @@ class Alerts:
         self._warn = warn or (lambda m: print(redact_text(m), file=sys.stderr, flush=True))
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(QUEUE_MAX)
         self._thread: threading.Thread | None = None
+        self._in_flight = False  # a delivery under way (the thread is inside a target's call)
         self.sent = 0
         self.failed = 0
-        self.dropped = 0
+        self.dropped = 0  # queued and never tried: a full queue's newest, or what close() left behind
 
     def wants(self, kind: str | None) -> bool:
         return self.config.delivers and kind in self.config.events
@@ -261,26 +266,33 @@ class Alerts:
             if self.dropped == 1:
                 self._warn(f"alerts: more than {QUEUE_MAX} waiting; dropping new ones")
 
-    def close(self, timeout_s: float | None = None) -> bool:
-        """Wait for what is queued to be delivered (a process about to exit), at most
-        ``timeout_s`` (default: two deliveries' timeout); True when everything went out."""
+    def close(self, wait_s: float = CLOSE_WAIT_S) -> bool:
+        """Give what is queued ``wait_s`` in all to go out (a process about to exit: call it once
+        the process's own work is recorded and its locks let go), then drop the rest, counted and
+        said through ``warn``. True when everything went out."""
         if self._thread is None:
             return True
-        timeout_s = 2 * self.config.timeout_s * (bool(self.config.webhook) + bool(self.config.command)) \
-            if timeout_s is None else timeout_s
+        deadline = time.monotonic() + wait_s
         try:
-            self._queue.put(None, timeout=timeout_s)
+            self._queue.put(None, timeout=wait_s)
         except queue.Full:
-            return False
-        self._thread.join(timeout_s)
-        done = not self._thread.is_alive()
-        if done:
+            pass
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        if not self._thread.is_alive():
             self._thread = None
-        return done
+            return True
+        left = sum(1 for body in list(self._queue.queue) if body is not None) + self._in_flight
+        self.dropped += left
+        where = " and ".join([*([_host(self.config.webhook)] if self.config.webhook else []),
+                              *(["the alert command"] if self.config.command else [])])
+        self._warn(f"alerts: {left} not delivered within {wait_s:g} s of this process's end ({where} did not "
+                   "answer in time): dropped")
+        return False
 
     def _deliver_all(self) -> None:
         while (body := self._queue.get()) is not None:
             data = (json.dumps(body, default=str, allow_nan=False) + "\n").encode()
+            self._in_flight = True
             for target, deliver in (("webhook", self._post), ("command", self._run)):
                 if getattr(self.config, target):
                     try:
@@ -291,6 +303,7 @@ class Alerts:
                         said = f"{_host(self.config.webhook)} failed: {_reason(e)}" if target == "webhook" else \
                             f"the alert command failed: {type(e).__name__}: {e}"
                         self._warn(f"alert {body['event']} of {body['run_id']} to {said}")
+            self._in_flight = False
 
     def _post(self, data: bytes, body: dict[str, Any]) -> None:
         req = urllib.request.Request(self.webhook.url, data=data, method="POST", headers=self.webhook.headers)

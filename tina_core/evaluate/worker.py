@@ -194,8 +194,8 @@ def worker_main(home: str | os.PathLike) -> int:
             else:
                 time.sleep(BLOCKED_POLL_S)  # every queued GPU evaluation waits for its training
     finally:
-        lock.release()
-        alerts.close()
+        lock.release()  # first: a new worker may start while the results go out
+        alerts.close()  # bounded (alerts.CLOSE_WAIT_S), whatever the targets
         _wlog("worker exits: queue empty")
     return 0
 

@@ -131,8 +131,10 @@ class Supervisor:
             except BlockingIOError:
                 pid = (read_json(self.run_dir.supervisor, {}) or {}).get("pid")
                 # A killed supervisor shows as a zombie while its other threads still exit and
-                # hold the lock for a moment: wait for it, but never for a live one.
-                if not pid_alive(pid) and time.monotonic() < deadline:
+                # hold the lock for a moment, and one whose run has ended lets it go once it has
+                # recorded that: wait for either, but never for one still supervising.
+                ending = not pid_alive(pid) or runstate.liveness(self.run_dir).state in runstate.ENDED_STATES
+                if ending and time.monotonic() < deadline:
                     time.sleep(0.05)
                     continue
             os.close(fd)
@@ -485,7 +487,10 @@ class Supervisor:
                 print(redact_text(f"tina: could not record {', '.join(e['event'] for e in self._pending)} "
                                   f"in {self.run_dir.events}: {self.write_errors.get(self.run_dir.events.name)}"),
                       file=sys.stderr, flush=True)
-            self.alerts.close()  # the run's end goes out before this process does (bounded by the timeout)
+            # The run's end is recorded: let the run go (a resume may take it at once), then give the
+            # alerts a bounded moment to go out; a dead webhook holds up nothing (alerts.CLOSE_WAIT_S).
+            self.release()
+            self.alerts.close()
 
 
 _EXCEPTION_LINE_RE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception)(: .*)?$")
