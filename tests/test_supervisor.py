@@ -308,7 +308,8 @@ def test_stop_without_a_supervisor_stops_the_orphan(make_run, monkeypatch):
 def test_an_orphan_that_trained_to_the_end_is_billed_to_its_last_step(make_run, monkeypatch):
     """Attack 4, the rest: the orphan finishes on its own while nobody watches. Its attempt counts
     up to its last metrics line, not the dead supervisor's last heartbeat, in `tina status` and
-    once `tina resume` closes it."""
+    once `tina resume` closes it. It is shown finished (issue 19's attack 8: it was `crashed`):
+    its metrics reached stop_at_step and its checkpoint there is complete."""
     monkeypatch.setenv("FT_STOP", "40")
     monkeypatch.setenv("FT_SLEEP", "0.1")
     rd = make_run(stop_at=40)
@@ -319,12 +320,17 @@ def test_an_orphan_that_trained_to_the_end_is_billed_to_its_last_step(make_run, 
     os.kill(pid, signal.SIGKILL)
     beat = json.loads(rd.supervisor.read_text())["heartbeat"]
     _wait_for(lambda: not runstate.pid_alive(trainer), timeout=60)  # trained to step 40 and exited
-    assert runstate.liveness(rd).state == "crashed"
     last = list(iter_jsonl(rd.metrics))[-1]
     assert last["step"] == 40 and last["ts"] > beat + 2
     started = next(e["ts"] for e in rd.read_events() if e["event"] == "attempt_started")
-    assert runs.describe(home, rd)["elapsed_s"] == pytest.approx(last["ts"] - started, abs=0.2)
-
+    run = runs.describe(home, rd)
+    assert (run["state"], run["supervisor"], run["step"]) == ("finished", None, 40)
+    assert run["elapsed_s"] == pytest.approx(last["ts"] - started, abs=0.2)
+    with pytest.raises(TinaError, match="is finished"):
+        lifecycle.check_resumable(home, rd.run_id)
+    # without its checkpoint at step 40 it did not finish: crashed, and `tina resume` closes it
+    (rd.checkpoint_path(40) / "tina-complete.json").unlink()
+    assert runstate.liveness(rd).state == "crashed"
     assert lifecycle.spawn_daemon(rd, resume=True)  # `tina resume --detach`
     _wait_state(rd, ["finished"])
     closed = next(e for e in rd.read_events() if e["event"] == "attempt_exited")

@@ -187,6 +187,29 @@ class JsonlTail:
         return out, reset
 
 
+def tail_records(path: Path, nbytes: int = 64 * 1024) -> list[dict[str, Any]]:
+    """The complete, well-formed records among the last ``nbytes`` of a JSONL file (the first line
+    there, likely cut, and a partial last line are left out): its newest records without reading a
+    long file whole."""
+    try:
+        with path.open("rb") as f:
+            size = f.seek(0, os.SEEK_END)
+            f.seek(max(0, size - nbytes))
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    lines = data[: data.rfind(b"\n") + 1].splitlines()
+    out = []
+    for raw in lines[1:] if size > nbytes else lines:
+        try:
+            rec = parse_json(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            out.append(rec)
+    return out
+
+
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
     """Complete, well-formed records of a JSONL file; a partial last line and malformed lines are
     skipped here (the store counts and quarantines them)."""

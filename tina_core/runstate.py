@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tina_core.events import EVAL_ENDED, EVAL_KINDS, RUN_ENDED, Kind, is_kind, kind_of, open_attempts, since_start
-from tina_core.rundir import RunDir, list_run_dirs, read_json, tina_home
+from tina_core.rundir import RunDir, list_run_dirs, read_json, tail_records, tina_home
 
 # --- states -------------------------------------------------------------------------------------
 LIVE_STATES = ("running", "stopping")
@@ -180,9 +180,22 @@ def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
     if alive:
         return out("stopping" if stopping else "running")
     trainer = hb.get("trainer_pid")
-    if open_attempts(since) and here and pid_alive(trainer, started=hb.get("trainer_started")):
+    open_ = open_attempts(since)
+    if open_ and here and pid_alive(trainer, started=hb.get("trainer_started")):
         return replace(out("stopping" if stopping else "running"), supervisor_gone=True, orphan_trainer_pid=trainer)
+    if open_ and trained_to_the_end(run_dir, open_):
+        return out("finished")  # its orphan trained on to stop_at_step and saved it, unwatched
     return replace(out("crashed"), supervisor_gone=True)
+
+
+def trained_to_the_end(run_dir: RunDir, attempts: list[int]) -> bool:
+    """Whether one of ``attempts`` (open: its supervisor died) logged ``stop_at_step`` and its
+    checkpoint there is complete: a trainer that went on alone and finished as it would have."""
+    info = run_dir.info()
+    stop_at = info.get("stop_at_step") or info.get("max_steps")
+    if not isinstance(stop_at, int) or run_dir.checkpoint_kind(stop_at) != "complete":
+        return False
+    return any(r.get("step") == stop_at and r.get("attempt", 1) in attempts for r in tail_records(run_dir.metrics))
 
 
 def trainer_last_alive(hb: dict[str, Any], last_logged_ts: float | None) -> float | None:
