@@ -1,7 +1,7 @@
 """The phase-transition detector against the naive baseline, on synthetic curves with known change
 points and on real GRPO logs labelled by eye.
 
-    python bench/detector.py [--seeds 60] [--real DIR | --no-real] [RUN_DIR/metrics.jsonl ...]
+    python bench/detector.py [--seeds 60] [--real DIR] [--real-more DIR] [--no-real] [RUN_DIR/metrics.jsonl ...]
 
 The naive baseline is what any W&B user can set up today: a "change threshold" alert comparing the
 mean of the last 10 values with the mean of the 50 before (fewer at the start, at least 10), on
@@ -23,6 +23,10 @@ alarms on the synthetic suite at or under 5%, tina's own target.
    the median delay from the labelled step to the alarm; "tina, sure" counts only the markers tina
    gives medium or high confidence. Runs that log only the total reward are
    reported apart: a marker is expected there only with low confidence.
+   A second labelled set, bench/real_logs_more.yaml (more public runs, many with a lenient and a
+   strict format reward, several in Tina's open-r1 setting), is judged and printed the same way,
+   apart, from --real-more (default $TINA_EXTERNAL_LOGS_MORE, else a scratch-logs folder beside
+   the checkout; skipped when absent).
 3. The detector's verdict on the given metrics.jsonl files, by default the tiny recipe's real run.
 
 On the real set, the first run of this bench (the labels already committed) gave: tina found 3/5,
@@ -59,6 +63,7 @@ from tina_core.analysis.changes import Change, SignalWatch
 
 TINY_CURVE = ROOT / "tests" / "data" / "tiny_run_metrics.jsonl"
 LABELS = ROOT / "bench" / "real_logs.yaml"
+LABELS_MORE = ROOT / "bench" / "real_logs_more.yaml"
 CURRENT, PRIOR, MIN_PRIOR = 10, 50, 10   # the baseline's windows, in logged values
 C_GRID = (1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 
@@ -151,14 +156,20 @@ def evaluate_naive(c: float, seeds: int) -> dict:
 
 
 # --- real logs ------------------------------------------------------------------------------------
-def external_logs(arg: str | None) -> Path | None:
+# Each labelled set: its labels, the option and variable that name its folder, and the folder
+# looked for beside the checkout when neither does. The logs are never part of the project.
+REAL_SETS = ((LABELS, "real", "TINA_EXTERNAL_LOGS", "shared/external-logs"),
+             (LABELS_MORE, "real_more", "TINA_EXTERNAL_LOGS_MORE", "scratch-logs"))
+
+
+def logs_folder(arg: str | None, env: str, beside: str) -> Path | None:
     if arg:
         return Path(arg)
-    if os.environ.get("TINA_EXTERNAL_LOGS"):
-        return Path(os.environ["TINA_EXTERNAL_LOGS"])
+    if os.environ.get(env):
+        return Path(os.environ[env])
     for d in (ROOT, *ROOT.parents):
-        if (d / "shared" / "external-logs").is_dir():
-            return d / "shared" / "external-logs"
+        if (d / beside).is_dir():
+            return d / beside
     return None
 
 
@@ -311,7 +322,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, default=60)
     ap.add_argument("--real", help="folder of the real logs named in bench/real_logs.yaml")
-    ap.add_argument("--no-real", action="store_true", help="skip the real logs")
+    ap.add_argument("--real-more", help="folder of the real logs named in bench/real_logs_more.yaml")
+    ap.add_argument("--no-real", action="store_true", help="skip both sets of real logs")
     ap.add_argument("metrics", nargs="*", type=Path, default=[TINY_CURVE])
     args = ap.parse_args()
     params = phase.DEFAULT
@@ -334,11 +346,12 @@ def main() -> None:
         f"c={g['c']:g}: FA {g['false_alarm']:.0%} miss {g['miss']:.0%}" for g in grid))
     print(f"baseline at c={pick['c']:g} (the smallest with <= 5% false alarms): median delay "
           f"{pick['median_delay']:.1f} steps, false alarms {pick['false_alarm']:.1%}, misses {pick['miss']:.1%}")
-    logs = None if args.no_real else external_logs(args.real)
-    if logs is not None and logs.is_dir():
-        judge_real(logs, pick["c"], params)
-    else:
-        print("\nreal logs: none found (set TINA_EXTERNAL_LOGS or --real DIR); skipped")
+    for labels, option, env, beside in REAL_SETS:
+        logs = None if args.no_real else logs_folder(getattr(args, option), env, beside)
+        if logs is not None and logs.is_dir():
+            judge_real(logs, pick["c"], params, labels)
+        else:
+            print(f"\nreal logs of {labels.name}: none found (set {env} or --{option.replace('_', '-')} DIR); skipped")
     for path in args.metrics:
         verdict(path, phase.params_for_run(path.parent, params))  # a run's own format rewards
 
