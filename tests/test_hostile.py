@@ -2,8 +2,9 @@
 
 `tina import` reads files other people made, and a workspace may hold run directories copied from
 elsewhere, so every byte in them is input. A line nested thousands deep is one malformed line; a
-name holding terminal escapes is shown, never obeyed; a table too wide or a field too long is
-refused with a clear error and leaves nothing behind. Real `tina` processes, a real index.
+name holding terminal escapes is shown, never obeyed; a table too wide, a field too long or a
+database that never ends is refused with a clear error and leaves nothing behind. Real `tina`
+processes, a real index, real SQLite.
 """
 
 from __future__ import annotations
@@ -11,11 +12,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 
-from test_cli import tina
+from test_cli import ROOT, tina
 from tina_core.store.index import Store
 from tina_tui.collector import Collector
 from tina_tui.demo import SyntheticRun
@@ -137,3 +144,82 @@ def test_escapes_in_names_and_keys_are_written_out_in_every_text_output(tmp_path
     # --json keeps the text as it is (its encoder escapes the control characters)
     [run] = json.loads(tina(home, "ls", "--json").stdout)
     assert run["name"] == name and any(CLIPBOARD in k for k in run["last_metrics"])
+
+
+# --- files too big, too wide or never ending: refused clearly, nothing kept -------------------------
+def _trackio(path, rows=(), *, view: bool = False, pad_mb: int = 0):
+    """A trackio-shaped SQLite database: its metrics table (or a view of it that never ends)."""
+    con = sqlite3.connect(path)
+    if view:
+        con.execute("CREATE VIEW metrics AS WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+                    "SELECT 'r' AS run_name, x AS step, '{}' AS metrics FROM c")
+    else:
+        con.execute("CREATE TABLE metrics (id INTEGER PRIMARY KEY, timestamp TEXT, run_name TEXT, step INTEGER, "
+                    "metrics TEXT)")
+        con.executemany("INSERT INTO metrics (run_name, step, metrics) VALUES (?, ?, ?)", rows)
+    if pad_mb:
+        con.execute("CREATE TABLE padding (b BLOB)")
+        con.executemany("INSERT INTO padding VALUES (zeroblob(1048576))", [()] * pad_mb)
+    con.commit()
+    con.close()
+    return path
+
+
+def _refused(home, path, *words: str) -> str:
+    out = tina(home, "import", str(path))
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-3000:]
+    assert all(w in out.stderr for w in words), out.stderr
+    assert json.loads(tina(home, "ls", "--json").stdout) == []  # nothing kept
+    return out.stderr
+
+
+def test_a_trackio_database_that_never_ends_or_names_no_run_is_refused(tmp_path):
+    """Attack 7: a trackio database whose metrics is an endless recursive view hung `tina import`
+    beyond Ctrl-C; rows with a NULL run name crashed it."""
+    home = tmp_path / "home"
+    _refused(home, _trackio(tmp_path / "endless.db", view=True), "SQLite steps", "a view that never ends",
+             "nothing was imported")
+    row = json.dumps({"train/global_step": 1, "train/rewards/format_reward/mean": 0.5})
+    _refused(home, _trackio(tmp_path / "nameless.db", [(None, 1, row)]), "no run name (NULL)")
+    # a named run beside such rows is read, and the rows left out are said
+    out = tina(home, "import", str(_trackio(tmp_path / "mixed.db", [(None, 1, row), ("real", 1, row)])))
+    assert out.returncode == 0 and "run real (1 rows; 1 rows without a run name left out)" in out.stdout, out.stderr
+
+
+def test_ctrl_c_stops_a_trackio_read(tmp_path):
+    """Attack 7: Ctrl-C during the read of a never-ending view (in a database big enough that its
+    budget lasts) ends `tina import` at once, as any Ctrl-C does: exit 130, nothing kept."""
+    home = tmp_path / "home"
+    db = _trackio(tmp_path / "endless-big.db", view=True, pad_mb=64)
+    proc = subprocess.Popen([sys.executable, "-m", "tina_core.cli", "--home", str(home), "import", str(db)],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not any(os.path.realpath(f"/proc/{proc.pid}/fd/{fd}") == str(db)  # the read is under way
+                      for fd in os.listdir(f"/proc/{proc.pid}/fd")):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    assert not (home / "runs").exists() or [p for p in (home / "runs").iterdir() if p.name != ".importing"] == []
+
+
+def test_a_csv_too_wide_or_with_a_field_too_long_is_refused_at_once(tmp_path):
+    """Attack 7: one 200 MB field gave a raw traceback; 10^6 columns took 54 s and 2.5 GB and left
+    21 MB in every later `tina ls --json`."""
+    home = tmp_path / "home"
+    long_field = tmp_path / "long-field.csv"
+    with long_field.open("w") as f:
+        f.write("step,reward\n1,0.5\n2,")
+        for _ in range(200):
+            f.write("9" * 1_000_000)
+        f.write("\n")
+    _refused(home, long_field, "long-field.csv, line 3", "field larger than field limit", "nothing was imported")
+    wide = tmp_path / "wide.csv"
+    columns = 1_000_000
+    wide.write_text("step," + ",".join(f"m{i}" for i in range(columns - 1)) + "\n"
+                    + "1," + ",".join(["0.5"] * (columns - 1)) + "\n")
+    _refused(home, wide, "1,000,000 columns, more than the 10,000 metrics", "nothing was imported")

@@ -20,7 +20,7 @@ from typing import Sequence
 from tina_core.analysis import signals
 from tina_core.events import Kind
 from tina_core.importer import jsonl, notebook, table, trackio, trainer_state
-from tina_core.importer.records import Read
+from tina_core.importer.records import Read, check_width
 from tina_core.rundir import RunDir, TinaError, new_run_id, now_iso, runs_root, write_json_atomic
 
 IMPORTING = ".importing"  # under runs/: imports being built
@@ -99,6 +99,7 @@ def import_run(home: Path, path: Path | Sequence[Path], name: str | None = None,
     got = read_any(paths, run)
     records = got.records
     keys = sorted({k for r in records for k in r if k not in ("step", "attempt")})
+    check_width(", ".join(map(str, paths)), len(keys), "metrics")  # a JSONL line may hold any number
     chosen = signals.resolve_all(watch, keys) if watch else None
     first = paths[0]
     if name is None:

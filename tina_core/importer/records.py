@@ -23,6 +23,18 @@ from tina_core.store.records import metrics_problem
 from tina_core.store.records import number as json_number
 
 
+# At most this many metrics in one run (a W&B export of many runs' panels has a few thousand
+# columns): a file with more is not one run's metrics, and would fill every later listing.
+MAX_METRICS = 10_000
+
+
+def check_width(where: str, count: int, what: str = "columns") -> None:
+    """Refuse a table (or a log) with more metrics than MAX_METRICS, before reading its rows."""
+    if count > MAX_METRICS:
+        raise TinaError(f"{where}: {count:,} {what}, more than the {MAX_METRICS:,} metrics tina reads of one run "
+                        "(not one run's metrics?); nothing was imported")
+
+
 @dataclass
 class Read:
     """What one file gave: records ``{"step", "attempt", <canonical key>: number}`` in file order,

@@ -14,12 +14,11 @@ common and all read the same way:
 from __future__ import annotations
 
 import csv
-import io
 from pathlib import Path
 from typing import Sequence
 
 from tina_core.analysis import metric_keys
-from tina_core.importer.records import Read, checked_step, merge, values
+from tina_core.importer.records import Read, check_width, checked_step, merge, values
 from tina_core.rundir import TinaError
 
 # Preferred first: W&B's `_step` (and a panel export's `Step`) counts its own log calls, which are
@@ -38,6 +37,7 @@ def rows_to_read(where: str, header: Sequence[str], rows: Sequence[Sequence[str]
                  run: str | None = None, detail: str = "", first_line: int = 2, row_word: str = "line") -> Read:
     """A table (header and rows of cells, as text) as a Read; ``where`` names it in errors, and a
     row by ``row_word`` and its number (the first is ``first_line``)."""
+    check_width(where, len(header))
     cols: dict[int, str] = {}
     runs: dict[str, None] = {}
     for i, col in enumerate(header):
@@ -79,10 +79,21 @@ def rows_to_read(where: str, header: Sequence[str], rows: Sequence[Sequence[str]
 
 
 def read(path: Path, run: str | None = None) -> Read:
-    text = path.read_text(encoding="utf-8-sig", errors="replace")
-    first = text.split("\n", 1)[0]
-    if not first.strip():
-        raise TinaError(f"{path}: empty table")
-    delimiter = "\t" if first.count("\t") > first.count(",") else ","
-    header, *rows = csv.reader(io.StringIO(text), delimiter=delimiter)
+    """The table, read row by row: its width is checked on the header before any row is read (a
+    million columns are refused at once), and a field beyond the csv module's limit (128 KiB) is
+    a clear error naming its line."""
+    with open(path, encoding="utf-8-sig", errors="replace", newline="") as f:
+        first = f.readline()
+        if not first.strip():
+            raise TinaError(f"{path}: empty table")
+        delimiter = "\t" if first.count("\t") > first.count(",") else ","
+        f.seek(0)
+        reader = csv.reader(f, delimiter=delimiter)
+        try:
+            header = next(reader)
+            check_width(str(path), len(header))
+            rows = list(reader)
+        except csv.Error as e:
+            raise TinaError(f"{path}, line {reader.line_num}: not a table tina can read ({e}); nothing was "
+                            "imported") from None
     return rows_to_read(str(path), header, rows, "csv", run)
