@@ -328,6 +328,77 @@ def _evaluated(rd: RunDir, home: Path) -> dict:
     return _wait_for(done, 400, "the automatic evaluations")
 
 
+def _budgeted(home: Path, budget_above_spent: float):
+    """A CPU run (at $36 an hour: a cent a second) trained to step 60 with a confirmed marker at
+    30, checkpoints every 10, and a budget ``budget_above_spent`` dollars above what it spent."""
+    from tina_core.analysis import cost
+    from tina_core.events import Kind
+    from tina_tui.demo import SyntheticRun
+
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "config.yaml").write_text("prices: {cpu: 36.0}\n")
+    rd = SyntheticRun("capped-1", name="capped", steps=60, stop_at_step=100, max_steps=100, save_steps=10,
+                      transition=30, gpu_count=0, state="stopped", step_s=1.0).write(home)
+    rd.event(Kind.TRANSITION, status="confirmed", step=30, signal="rewards/format_reward/mean", detected_at=35)
+    spent = cost.run_cost(rd)["total"]
+    lifecycle.set_policy(home, rd.run_id, by="test", budget_usd=round(spent + budget_above_spent, 6))
+    return rd
+
+
+def test_the_evaluations_a_policy_stop_queues_are_priced_against_the_budget_left(tmp_path):
+    """Attack 5: a budget was not a cap: `stop.budget_usd=0.0008` stopped training at $0.00055,
+    then the automatic evaluations took the run to $0.00103 without a word. Each evaluation the
+    policy would queue is priced (10 s of the CPU box for the tiny task here, until the workspace
+    measured its own) against what is left; what does not fit is not queued, and is said in the
+    events, `tina status` and the cockpit's notices."""
+    from tina_core.alerts import event_text
+    from tina_core.analysis import cost
+    from tina_core.evaluate import queue
+
+    home = tmp_path / "home"
+    rd = _budgeted(home, 0.15)  # one evaluation ($0.10) fits, a second does not
+    ids = queue.queue_eval(home, rd.run_id, "transition", ["arith"], why="transition", start_worker=False)
+    events = rd.read_events()
+    assert [(e["checkpoint"], e["task"]) for e in events if e["event"] == "eval_queued"] == [(30, "arith")]
+    assert len(ids) == 1
+    refused = [e for e in events if e["event"] == "eval_refused"]
+    assert [(e["checkpoint"], e["task"], e["why"]) for e in refused] == [(40, "arith", "transition"),
+                                                                         ("base", "arith", "transition")]
+    price = cost.eval_price(home, rd.info(), "arith", [])
+    assert price.usd == pytest.approx(0.1) and "7 s" in price.source
+    assert refused[0]["projected_usd"] == pytest.approx(0.1) and refused[0]["left_usd"] == pytest.approx(0.05)
+    assert event_text("capped", refused[1])[1] == ("capped: arith of the base model not queued: its projected $0.1 "
+                                                   "passes the $0.05 left of its $" + f"{refused[1]['budget_usd']:g} budget")
+    # asked again (a second policy stop at the same marker): the one queued is not queued twice, and
+    # what is queued counts against the budget, so nothing more fits
+    assert queue.queue_eval(home, rd.run_id, "transition", ["arith"], why="transition", start_worker=False) == ids
+    assert sum(e["event"] == "eval_queued" for e in rd.read_events()) == 1
+    # a person's `tina eval` is theirs to spend: not capped
+    assert len(queue.queue_eval(home, rd.run_id, 40, ["arith"], start_worker=False)) == 1
+    # (the commands below start a worker for what waits; the synthetic checkpoints fail it, said apart)
+    out = tina(home, "status", rd.run_id)
+    assert "arith of checkpoint 40 not queued: its projected $0.1 passes the $0.05 left" in out.stdout, out.stdout
+    [run] = json.loads(tina(home, "ls", "--json").stdout)
+    assert [(r["checkpoint"], r["task"]) for r in run["evals_refused"]][:2] == [(40, "arith"), ("base", "arith")]
+
+
+def test_transition_evaluations_that_exist_are_not_queued_again(tmp_path):
+    """LOW: `tina eval --checkpoint transition` queued again the evaluations that had finished."""
+    from tina_core.events import Kind
+    from tina_tui.demo import SyntheticRun
+
+    home = tmp_path / "home"
+    rd = SyntheticRun("done-1", name="done", steps=60, stop_at_step=60, save_steps=10, transition=30, gpu_count=0,
+                      evals={30: {"arith": 0.5}, 40: {"arith": 0.6}}, base_evals={"arith": 0.4}).write(home)
+    rd.event(Kind.TRANSITION, status="confirmed", step=30, signal="rewards/format_reward/mean", detected_at=35)
+    before = sum(e["event"] == "eval_queued" for e in rd.read_events())
+    out = tina(home, "eval", rd.run_id, "--checkpoint", "transition")
+    assert out.returncode == 0, out.stderr
+    assert [line.split("\t")[1:] for line in out.stdout.splitlines()] == [
+        ["checkpoint-30", "arith", "finished"], ["checkpoint-40", "arith", "finished"], ["base", "arith", "finished"]]
+    assert sum(e["event"] == "eval_queued" for e in rd.read_events()) == before
+
+
 @pytest.mark.extended
 def test_stops_after_the_transition_and_evaluates_what_matters(home, tiny_model):
     """Done-when: the tiny recipe with stop.after_transition stops at most N (+1) steps after the

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import signal
 import subprocess
@@ -303,6 +304,41 @@ def test_stop_without_a_supervisor_stops_the_orphan(make_run, monkeypatch):
     assert closed["orphan"] and "end_ts" not in closed and closed["step"] == saved  # stopped at a checkpoint
     again = lifecycle.stop_run(home, rd.run_id)  # say so, change nothing
     assert again.state == "stopped" and "already stopped" in again.said and _events(rd)[-1] == "stopped"
+
+
+def test_a_policy_for_an_orphan_says_who_enforces_it_and_resume_quotes_all_it_spent(make_run, monkeypatch, capsys):
+    """Attack 5: `tina policy` on an orphaned run (supervisor killed) said "changed" and nothing ever
+    enforced it; `tina resume` then quoted a spend without the orphan's time. The change is
+    recorded and said to wait for `tina resume`; the spend counts the orphan's time to now; on a
+    stopped run the policy acts from its next resume."""
+    from tina_core.cli import runs as cli_runs
+
+    monkeypatch.setenv("FT_STOP", "100000")
+    rd = make_run()  # $3.60 a CPU-hour: $0.001 a second
+    home = runstate.run_home(rd)
+    pid = lifecycle.spawn_daemon(rd)
+    _wait_for(lambda: runstate.liveness(rd).trainer_pid)
+    trainer = runstate.liveness(rd).trainer_pid
+    try:
+        os.kill(pid, signal.SIGKILL)
+        _wait_for(lambda: runstate.liveness(rd).supervisor_gone)
+        assert cli_runs.cli_policy(home, rd.run_id, budget_usd="0.00001") == 0
+        said = capsys.readouterr().out
+        assert "stop policy recorded" in said and "budget $1e-05" in said
+        assert f"nothing enforces it until `tina resume {rd.run_id}`" in said and f"pid {trainer}" in said
+        recorded = rd.read_events()[-1]["ts"]
+        _wait_for(lambda: [r for r in iter_jsonl(rd.metrics) if r["ts"] > recorded + 1])  # the orphan trains on
+        logged = list(iter_jsonl(rd.metrics))[-1]["ts"]
+        with pytest.raises(TinaError, match="too little is left for a step") as refused:
+            lifecycle.check_resumable(home, rd.run_id)
+        spent = float(re.search(r"has spent \$([0-9.e-]+) of", str(refused.value)).group(1))
+        started = next(e["ts"] for e in rd.read_events() if e["event"] == "attempt_started")
+        assert spent >= (logged - started) * 0.001 * 0.999  # up to now, not to the last event (4 digits said)
+        assert lifecycle.stop_run(home, rd.run_id).state == "stopped"
+    finally:
+        runstate.kill_group(trainer)
+    assert cli_runs.cli_policy(home, rd.run_id, after_transition="3") == 0
+    assert "the run is stopped: it acts from its next `tina resume`" in capsys.readouterr().out
 
 
 def test_an_orphan_that_trained_to_the_end_is_billed_to_its_last_step(make_run, monkeypatch):

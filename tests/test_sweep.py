@@ -219,3 +219,15 @@ def test_a_supervisor_on_another_machine_is_judged_by_its_heartbeat(contract):
     write_json_atomic(rd.supervisor, {**beat, "heartbeat": time.time() - 60})
     live = runstate.liveness(rd)  # a pid of this machine's that is alive is no orphan of node7's
     assert live.state == "crashed" and live.orphan_trainer_pid is None
+
+
+def test_the_index_can_live_on_local_disk_apart_from_a_shared_workspace(contract, tmp_path):
+    home, script = contract
+    make_sweep(home, script, 1, 1)
+    local_disk = tmp_path / "local"
+    out = tina(home, "ingest", env={"TINA_INDEX_DIR": str(local_disk)})
+    assert out.returncode == 0, out.stderr
+    [index] = list(local_disk.glob("tina-*.duckdb"))
+    assert str(index) in out.stdout + out.stderr and not (home / "tina.duckdb").exists()
+    assert tina(home, "ls", env={"TINA_INDEX_DIR": str(local_disk)}).returncode == 0
+    assert list(local_disk.glob("tina-*.duckdb")) == [index]  # one file per workspace, found again

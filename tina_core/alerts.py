@@ -95,6 +95,10 @@ EVENT_TEXT: dict[Kind, tuple[str, Callable[[str, dict[str, Any]], str]]] = {
                                                        f"{_checkpoint(e)} = {_score(e.get('score'))}"),
     Kind.EVAL_FAILED: ("error", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of {_checkpoint(e)} failed: "
                                                f"{_first_line(e.get('reason'))}"),
+    Kind.EVAL_REFUSED: ("warning", lambda run, e: f"{run}: {e.get('task', 'evaluation')} of {_checkpoint(e)} not "
+                                                   f"queued: its projected ${e.get('projected_usd') or 0:.4g} passes the "
+                                                   f"${e.get('left_usd') or 0:.4g} left of its ${e.get('budget_usd') or 0:g} "
+                                                   "budget"),
     Kind.WRITE_FAILED: ("error", lambda run, e: f"{run}: cannot write {e.get('file')}: {e.get('error')} "
                                                  "(is the disk full?)"),
 }
@@ -102,7 +106,7 @@ EVENT_TEXT: dict[Kind, tuple[str, Callable[[str, dict[str, Any]], str]]] = {
 
 def _checkpoint(e: dict[str, Any]) -> str:
     ck = e.get("checkpoint")
-    return "the base model" if ck is None else f"checkpoint {ck}"
+    return "the base model" if ck in (None, "base") else f"checkpoint {ck}"
 
 
 def event_text(run_name: str, record: dict[str, Any]) -> tuple[str, str] | None:

@@ -47,6 +47,7 @@ class Kind(StrEnum):
     EVAL_FINISHED = "eval_finished"
     EVAL_FAILED = "eval_failed"
     EVAL_CANCELLED = "eval_cancelled"
+    EVAL_REFUSED = "eval_refused"   # not queued: its projected cost passes what is left of the budget
     # sweeps (tina_core.sweep): a run waiting for its engine, and what the engine did with it
     QUEUED = "queued"
     CANCELLED = "cancelled"
@@ -280,6 +281,18 @@ class EvalCancelled(Event):
     was: str                    # queued or running
 
 
+class EvalRefused(Event):
+    """An evaluation the stop policy would have queued, not queued: its projected cost passes what
+    is left of the run's ``stop.budget_usd`` (no eval_id: it never existed)."""
+
+    checkpoint: Checkpoint
+    task: str
+    why: str                    # what asked for it: "transition" (the stop policy)
+    projected_usd: float        # what it would cost (analysis.cost.eval_price)
+    left_usd: float             # what was left of the budget for it
+    budget_usd: float
+
+
 class Queued(Event):
     """A sweep's run, created and checked, waiting for its engine to start it (then ``launched``)."""
 
@@ -324,7 +337,7 @@ RECORD_TYPES: dict[Kind, type[Event]] = {
     Kind.CHECKPOINT_REQUESTED: CheckpointRequested, Kind.CHECKPOINT_PINNED: CheckpointPinned,
     Kind.CHECKPOINT_UNPINNED: CheckpointUnpinned, Kind.STOP_SCHEDULED: StopScheduled,
     Kind.EVAL_QUEUED: EvalQueued, Kind.EVAL_STARTED: EvalStarted, Kind.EVAL_FINISHED: EvalFinished,
-    Kind.EVAL_FAILED: EvalFailed, Kind.EVAL_CANCELLED: EvalCancelled,
+    Kind.EVAL_FAILED: EvalFailed, Kind.EVAL_CANCELLED: EvalCancelled, Kind.EVAL_REFUSED: EvalRefused,
     Kind.QUEUED: Queued, Kind.CANCELLED: Cancelled, Kind.SLURM_TASK: SlurmTask, Kind.REQUEUED: Requeued,
 }
 

@@ -205,6 +205,20 @@ def trainer_last_alive(hb: dict[str, Any], last_logged_ts: float | None) -> floa
     return max(seen) if seen else None
 
 
+def open_until(state: str, heartbeat: float | None, events: list[dict[str, Any]],
+               times: dict[int, tuple[float, int]], now: float) -> float:
+    """Where a run's open trainer attempt ends for the cost meter: now while the run is live (an
+    orphaned trainer's too: its time counts), else when its trainer was last known alive (its last
+    heartbeat, or a later metrics line of that attempt), never whenever someone asks. ``times``:
+    ``{step: (ts, attempt)}`` (``cost.step_times``)."""
+    if is_live(state):
+        return now
+    open_ = set(open_attempts(events))
+    logged = max((ts for ts, a in times.values() if a in open_), default=None)
+    last_ts = max((e.get("ts", 0) for e in events), default=0) or None
+    return trainer_last_alive({"heartbeat": heartbeat}, logged) or last_ts or now
+
+
 def training_holds_gpus(rd: RunDir) -> bool:
     """Whether the run's own training is running on GPUs right now (heartbeat fresh, an attempt
     started and not exited)."""

@@ -256,6 +256,57 @@ def usd_per_hour_now(run_dir: RunDir) -> float:
     return Meter.for_run(run_dir).usd_per_hour_now()
 
 
+# --- before an evaluation: what it will cost ----------------------------------------------------
+# Seconds one evaluation (one model, one task) takes, by where it runs, until this workspace has
+# measured its own: the median of its finished evaluations of that task on as many GPUs.
+EVAL_SECONDS: dict[str, tuple[float, str]] = {
+    "gpu": (3600.0, "Tina's: her baseline re-evaluation, one model on her six benchmarks, cost $6 on 2 x L40S "
+                    "at $1/GPU-hour (the paper's cost table): 3 h of the 2 GPUs, 1 GPU-hour a benchmark"),
+    "cpu": (10.0, "the tiny recipe's arithmetic task on 2 CPU cores: a checkpoint's and the base model's took "
+                  "7 s each (`tina eval RUN --checkpoint 6 --wait`, lighteval's transformers backend)"),
+}
+
+
+@dataclass(frozen=True)
+class EvalPrice:
+    """What one evaluation is projected to cost, and why."""
+
+    usd: float
+    seconds: float   # wall seconds on its GPUs (or CPU)
+    source: str
+
+
+def eval_seconds_measured(home: Path, task: str, gpus: int) -> list[float]:
+    """How long this workspace's finished evaluations of ``task`` on ``gpus`` GPUs took."""
+    from tina_core.rundir import list_run_dirs
+
+    out = []
+    for rd in list_run_dirs(home):
+        for e in runstate.evaluations(rd).values():
+            start, end = e.get("started_ts"), e.get("ended_ts")
+            if e["state"] == "finished" and e["task"] == task and len(e["gpus"]) == gpus \
+                    and isinstance(start, (int, float)) and isinstance(end, (int, float)) and end > start:
+                out.append(end - start)
+    return out
+
+
+def eval_price(home: Path, info: dict[str, Any], task: str, gpus: list[int],
+               measures: dict[tuple[str, int], list[float]] | None = None) -> EvalPrice:
+    """One evaluation of ``task`` on ``gpus`` (ids; none: the CPU) for the run of ``info``
+    (run.json: its prices): this workspace's median time for it where it has one, else EVAL_SECONDS
+    (on N GPUs, the documented GPU-hours spread over them), at the run's price."""
+    n = len(gpus)
+    seen = (measures or {}).get((task, n)) if measures is not None else eval_seconds_measured(home, task, n)
+    if seen:
+        seconds, source = _median(seen), f"{MEASURED} over {len(seen)} evaluation(s) of {task}"
+    elif n:
+        seconds, source = EVAL_SECONDS["gpu"][0] / n, EVAL_SECONDS["gpu"][1]
+    else:
+        seconds, source = EVAL_SECONDS["cpu"]
+    per_hour = n * float(info.get("gpu_hour_usd") or 0.0) if n else float(info.get("cpu_hour_usd") or 0.0)
+    return EvalPrice(round(seconds * per_hour / 3600, 6), seconds, source)
+
+
 # --- before launch: what a recipe will cost -----------------------------------------------------
 # Seconds per optimizer step of a model on a device (model, GPU model or "cpu", GPUs) and why, until
 # the workspace has measured its own: its runs of the same model on the same device (MEASURED_MIN_STEPS

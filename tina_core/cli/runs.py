@@ -16,6 +16,7 @@ from tina_core.analysis.signals import record_watch, short
 from tina_core.report.runs import list_runs, open_store
 from tina_core.cli.output import json_text, styled, table
 from tina_core.credentials import redact_text
+from tina_core.events import Kind
 from tina_core.rundir import TinaError, find_run, iter_jsonl
 from tina_core.supervise.logpump import tail_text
 from tina_core.terminal import printable, shown
@@ -134,11 +135,19 @@ def cli_policy(home: Path, run_ref: str, *, after_transition: str | None = None,
     if as_json:
         print(json_text(now.as_dict()))
         return 0
-    done = "changed" if changes else "is"
+    live = runstate.liveness(run_dir)
+    # a policy is enforced by the run's supervisor: say when none will act on it yet
+    waits = (f"; nothing enforces it until `tina resume {run_dir.run_id}`: no supervisor watches the run"
+             + (f" (its trainer, pid {live.orphan_trainer_pid}, trains on unsupervised)" if live.orphan_trainer_pid
+                else "") if live.supervisor_gone
+             else "; the run has finished: there is nothing left for it to stop" if live.state == "finished"
+             else f"; the run is {live.state}: it acts from its next `tina resume`"
+             if live.state in runstate.ENDED_STATES else "")
+    done = ("recorded" if waits else "changed") if changes else "is"
     print(f"{run_dir.run_id}: stop policy {done}: stop_at_step {now.stop_at_step or '-'}, after transition "
           f"{'off' if now.after_transition is None else f'+{now.after_transition} steps'}, budget "
           f"{'off' if now.budget_usd is None else f'${now.budget_usd:g}'}"
-          + ("" if now.evaluate else ", no evaluations after a policy stop"))
+          + ("" if now.evaluate else ", no evaluations after a policy stop") + (waits if changes else ""))
     return 0
 
 
@@ -323,6 +332,11 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
                    for name, usd, evals in rows + [(str(c["step"]), c["cost_usd_at"], c["evals"])
                                                    for c in run["checkpoints"]]],
                   right=("checkpoint", "cost at")))
+    if run["evals_refused"]:  # the stop policy's evaluations its budget could not pay for
+        from tina_core.alerts import event_text
+
+        for r in run["evals_refused"]:
+            print(styled(event_text(run["name"], {**r, "event": Kind.EVAL_REFUSED})[1], "yellow"))
     for ev in run["evaluations"]:
         if ev["state"] in ("queued", "running", "failed"):
             why = (f": {(ev['reason'] or '').splitlines()[0]}" if ev["state"] == "failed"

@@ -1,11 +1,19 @@
 """Queueing evaluations: what to evaluate (a step, the recommended checkpoint, all, the base model),
 on which GPUs, and cancelling. The CLI and the cockpit only queue and read; the worker runs them.
+
+A run's ``stop.budget_usd`` is a cap on what it spends, the evaluations its stop policy starts
+included: each of those is priced before it is queued (``analysis.cost.eval_price``: this
+workspace's own time for the task, else Tina's) against what is left of the budget (spent so far,
+and what the run's evaluations still queued or running will take), and one that does not fit is
+not queued but recorded as ``eval_refused``. What a person queues with `tina eval` is theirs to
+spend; its price is said.
 """
 
 from __future__ import annotations
 
 import os
 import secrets
+import time
 from pathlib import Path
 from typing import Sequence
 
@@ -111,13 +119,20 @@ def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | s
     names = [task_name(t) for t in tasks] if tasks else (list(TINA_TASKS) if use_gpus else list(CPU_TASKS))
     for t in names:
         _check_backend(t, use_gpus)
-    active = {(e["checkpoint"], e["task"]): e["eval_id"] for e in runstate.evaluations(rd).values()
-              if e["state"] in ("queued", "running")}
+    evals = runstate.evaluations(rd)
+    # an evaluation queued or running is not queued twice; nor, for the checkpoints around the
+    # marker, one that already finished (a second `--checkpoint transition`, a second policy stop)
+    kept = ("queued", "running", "finished") if str(checkpoint).strip().lower() == "transition" else ("queued", "running")
+    active = {("base" if e["checkpoint"] is None else e["checkpoint"], e["task"]): e["eval_id"]  # None: base too
+              for e in evals.values() if e["state"] in kept}
+    cap = BudgetLeft.of(h, rd, evals) if why == "transition" else None
     ids = []
     for ckpt in resolve_checkpoints(h, rd, checkpoint):
         for t in dict.fromkeys(names):
             if (ckpt, t) in active:
                 ids.append(active[(ckpt, t)])
+                continue
+            if cap is not None and not cap.take(rd, ckpt, t, use_gpus, why):
                 continue
             eid = f"{'base' if ckpt == 'base' else f'ckpt{ckpt}'}-{_task_slug(t)}-{secrets.token_hex(3)}"
             rd.event(Kind.EVAL_QUEUED, eval_id=eid, checkpoint=ckpt, task=t, tasks=[t], gpus=use_gpus,
@@ -128,6 +143,44 @@ def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | s
 
         ensure_worker(h)
     return ids
+
+
+class BudgetLeft:
+    """What is left of a run's ``stop.budget_usd`` for the evaluations its stop policy queues: the
+    budget, less what the run has spent (training and evaluations) and what its evaluations still
+    queued or running will take at their projected price."""
+
+    def __init__(self, home: Path, info: dict, budget: float, left: float) -> None:
+        self.home, self.info, self.budget, self.left = home, info, budget, left
+
+    @classmethod
+    def of(cls, home: Path, rd: RunDir, evals: dict[str, dict]) -> "BudgetLeft | None":
+        from tina_core.analysis import cost, policy
+
+        budget = policy.for_run(rd).budget_usd
+        if budget is None:
+            return None
+        info, now = rd.info(), time.time()
+        left = budget - cost.Meter.for_run(rd).cost_usd()["total"]
+        for e in evals.values():
+            if e["state"] in ("queued", "running"):
+                price = cost.eval_price(home, info, e["task"], e["gpus"])
+                done = now - e["started_ts"] if e["state"] == "running" and e.get("started_ts") else 0.0
+                left -= price.usd * max(0.0, 1 - done / price.seconds) if price.seconds else price.usd
+        return cls(home, info, budget, left)
+
+    def take(self, rd: RunDir, checkpoint: int | str, task: str, gpus: list[int], why: str) -> bool:
+        """Whether this evaluation fits what is left (it is then counted against it); one that
+        does not is recorded as ``eval_refused``, with its price and what was left."""
+        from tina_core.analysis import cost
+
+        price = cost.eval_price(self.home, self.info, task, gpus)
+        if price.usd <= self.left:
+            self.left -= price.usd
+            return True
+        rd.event(Kind.EVAL_REFUSED, checkpoint=checkpoint, task=task, why=why, projected_usd=price.usd,
+                 left_usd=round(max(self.left, 0.0), 6), budget_usd=self.budget)
+        return False
 
 
 def cancel_eval(home: str | os.PathLike | None, run_ref: str, eval_id: str | None = None) -> list[str]:

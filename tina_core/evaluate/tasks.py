@@ -119,8 +119,8 @@ def _task_slug(task: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", task)
 
 
-def _label(checkpoint: int | str) -> str:
-    return "base" if checkpoint == "base" else f"checkpoint-{checkpoint}"
+def _label(checkpoint: int | str | None) -> str:
+    return "base" if checkpoint in ("base", None) else f"checkpoint-{checkpoint}"  # None: the base model too
 
 
 def merged_dir(rd: RunDir, step: int) -> Path:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from tina_core import runstate
 from tina_core.analysis import cost, policy
-from tina_core.events import Kind, last_of, marker, of_kind, open_attempts, since_start
+from tina_core.events import Kind, last_of, marker, of_kind, since_start
 from tina_core.report import run_cache
 from tina_core.rundir import RunDir, iter_jsonl, list_run_dirs
 from tina_core.store.guard import Guarded
@@ -80,6 +80,17 @@ class Evaluation(TypedDict):
     reason: str | None
     gpus: list[int] | None
     why: str | None                # "transition": queued by the stop policy, not a person
+
+
+class RefusedEvaluation(TypedDict):
+    """An evaluation the stop policy did not queue: its projected cost passed what was left of the
+    run's budget (an ``eval_refused`` event)."""
+
+    checkpoint: int | str | None   # a step, or "base"
+    task: str | None
+    projected_usd: float | None
+    left_usd: float | None
+    budget_usd: float | None
 
 
 class StopPolicyFields(TypedDict):
@@ -156,6 +167,7 @@ class RunObject(TypedDict):
     evals_pending: int
     eval_worker: str | None         # "alive", "gone" (evaluations wait and no worker lives), None: none wait
     evaluations: list[Evaluation]
+    evals_refused: list[RefusedEvaluation]  # the stop policy's, not queued: over the budget
     last_metrics: dict[str, float]
     failure: str | None
     write_errors: list[WriteError]
@@ -243,7 +255,6 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
     # a sweep's run as its engine sees it: queued with Slurm's reason, requeued, killed by Slurm...
     state, queue = overlay(Sweeps(home), run_dir, info, live.state, events)
     is_live = runstate.is_live(state)
-    last_ts = max((e.get("ts", 0) for e in events), default=0) or None
     rid = run_dir.run_id
     # The step clock from the index when there is one: re-reading metrics.jsonl costs seconds.
     clock = index.ask(Store.step_clock, rid)
@@ -256,13 +267,7 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         times, step = cost.step_times(records), (steps[-1]["step"] if steps else None)
     # A live run's open attempt (an orphaned trainer's too) counts up to now; a crashed one's up to
     # when its trainer was last known alive, not up to now.
-    if is_live:
-        open_until = now
-    else:
-        open_ = set(open_attempts(events))
-        logged = max((ts for ts, a in times.values() if a in open_), default=None)
-        open_until = runstate.trainer_last_alive({"heartbeat": live.heartbeat}, logged) or last_ts or now
-    meter = cost.Meter(info, events, times, open_until=open_until,
+    meter = cost.Meter(info, events, times, open_until=runstate.open_until(state, live.heartbeat, events, times, now),
                        eval_ends=runstate.open_eval_ends(run_dir, events, now))
     if last_metrics is None:
         per_step = [r for r in steps if not any(k in r for k in _SUMMARY_KEYS)]
@@ -326,6 +331,8 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         # until one is started (`tina eval`, `tina status` and the cockpit start one)
         "eval_worker": None if not pending else "alive" if runstate.eval_worker_pid(home) else "gone",
         "evaluations": [{k: e.get(k) for k in _EVAL_FIELDS} for e in evals.values()],
+        "evals_refused": [{k: e.get(k) for k in ("checkpoint", "task", "projected_usd", "left_usd", "budget_usd")}
+                          for e in of_kind(events, Kind.EVAL_REFUSED)],
         "last_metrics": last_metrics,
         "failure": (failed[-1].get("reason") if failed else (queue or {}).get("reason")) if state == "failed" else None,
         # writes a full disk refused (the supervisor's own: what the trainer could not write ends it)

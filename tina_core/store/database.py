@@ -105,13 +105,25 @@ class _Attachments:
 _ATTACHED = _Attachments()
 
 
+def index_path(home: Path) -> Path:
+    """The workspace's index file: ``$TINA_HOME/tina.duckdb``, or with ``$TINA_INDEX_DIR`` a file of
+    this workspace's in that folder. A workspace on a cluster's shared filesystem keeps its index on
+    each machine's local disk that way: DuckDB's lock is never asked of the network filesystem, and
+    no file is written from two machines (the index is a cache of the run directories)."""
+    local = os.environ.get("TINA_INDEX_DIR")
+    if not local:
+        return Path(home) / DB_NAME
+    key = hashlib.sha1(str(Path(home).resolve()).encode()).hexdigest()[:12]
+    return Path(local).expanduser().resolve() / f"tina-{key}.duckdb"
+
+
 class Database:
     """Connections to one workspace's index file. Holds none between calls."""
 
     def __init__(self, home: Path):
         self.home = Path(home)
-        self.path = self.home / DB_NAME
-        self._waiting = self.home / (DB_NAME + ".waiting")  # pid of a process waiting for the lock
+        self.path = index_path(self.home)
+        self._waiting = self.path.with_name(self.path.name + ".waiting")  # pid of a process waiting for the lock
         self._con: duckdb.DuckDBPyConnection | None = None
         self._batch = 0          # depth of batch() blocks: their connection is let go by the outermost
         self._file_id: str | None = None  # the index file this process has checked the schema of
@@ -130,7 +142,7 @@ class Database:
         costs tens of milliseconds; attaching a file to a running one costs about one, so the
         process keeps one in-memory instance and attaches the file per session. Detaching releases
         the file lock just as closing a connection did."""
-        self.home.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._let_waiter_in()
         deadline = time.monotonic() + LOCK_TIMEOUT_S
         delay = 0.005
@@ -169,7 +181,7 @@ class Database:
         if regular and st.st_size > 0:
             return False
         what = "empty (0 bytes)" if regular else "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
-        aside = self.path.with_name(f"{DB_NAME}.unusable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
+        aside = self.path.with_name(f"{self.path.name}.unusable-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}")
         try:
             os.rename(self.path, aside)
         except FileNotFoundError:

@@ -21,7 +21,8 @@ from typing import Any, Callable, Iterator, Sequence
 
 from tina_core import runstate
 from tina_core.events import Kind
-from tina_core.rundir import RunDir, TinaError, create_run_dir, find_run, now_iso, read_json, runs_root, write_json_atomic
+from tina_core.rundir import (RunDir, TinaError, create_run_dir, find_run, iter_jsonl, now_iso, read_json, runs_root,
+                              write_json_atomic)
 from tina_core.supervise.logpump import tail_text
 from tina_core.supervise.progress import Display
 from tina_core.supervise.supervisor import (DEFAULT_MAX_RESTARTS, DEFAULT_STOP_TIMEOUT_S, LOG_NAME, Supervisor,
@@ -322,7 +323,10 @@ def _check_budget(run_dir: RunDir) -> None:
     pol = policy.for_run(run_dir, events)
     if pol.budget_usd is None:
         return
-    meter = cost.Meter.for_run(run_dir, open_until=max((e.get("ts", 0) for e in events), default=0))
+    # an orphaned trainer's time counts up to now, as `tina status` counts it
+    live, times = runstate.liveness(run_dir, events), cost.step_times(iter_jsonl(run_dir.metrics))
+    meter = cost.Meter.for_run(run_dir, open_until=runstate.open_until(live.state, live.heartbeat, events, times,
+                                                                      time.time()))
     spent, rate = meter.cost_usd()["total"], meter.train_usd_per_hour()
     if policy.budget_spent(pol, spent, policy.usd_per_step(meter.seconds_per_step(), rate), policy.stop_reserve_usd(rate)):
         raise TinaError(f"run {run_dir.run_id} has spent ${spent:.4g} of its ${pol.budget_usd:g} budget, too little "
