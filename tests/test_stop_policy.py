@@ -120,15 +120,19 @@ def test_the_ring_never_takes_the_room_of_a_checkpoint(tiny_run, tmp_path, monke
 def test_the_recipe_stop_section_is_checked(tmp_path):
     ok = load_recipe(TINY_RECIPE, ["stop.after_transition=5", "stop.budget_usd=0.5", "stop.ring=4"])
     assert policy.from_recipe(ok.data) == policy.StopPolicy(stop_at_step=100, after_transition=5, budget_usd=0.5)
-    for bad, says in (("stop.after_transition=-1", "stop.after_transition: expected a number of steps >= 0"),
+    for bad, says in (("stop.after_transition=-1", "stop.after_transition: expected a number of steps 0..100000"),
                       ("stop.budget_usd=0", "stop.budget_usd: expected dollars > 0"),
+                      # absurd values (issue 19, LOW): a ring of 10^9 adapters, a stop 10^38 steps on
+                      ("stop.ring=1000000000", "stop.ring: expected a number of snapshots 0..1000"),
+                      ("stop.after_transition=" + "1" + "0" * 38, "stop.after_transition: expected a number of steps"),
+                      ("stop.budget_usd=1e30", "stop.budget_usd: expected dollars > 0, at most 10,000,000"),
                       ("stop.after_transiton=5", "stop.after_transiton: unknown key (did you mean after_transition?)"),
                       ("stop.ring=four", "stop.ring: expected an integer")):
         with pytest.raises(RecipeError, match=re.escape(says)):
             load_recipe(TINY_RECIPE, [bad])
     assert policy.parse_value("after_transition", "off") is None and policy.parse_value("budget_usd", "$2.5") == 2.5
     for key, raw in (("after_transition", "-2"), ("after_transition", "soon"), ("budget_usd", "0"),
-                     ("budget_usd", "nan")):
+                     ("budget_usd", "nan"), ("after_transition", "1" + "0" * 38), ("budget_usd", "1e30")):
         with pytest.raises(TinaError, match=key.replace("_", "-")):
             policy.parse_value(key, raw)
 
@@ -177,7 +181,9 @@ def test_policy_on_a_run_is_recorded_and_checked(tiny_run, tmp_path):
     assert "after_transition" not in changes[1]  # only what was given changes
     assert json.loads(tina(home, "policy", rd.run_id, "--json").stdout)["after_transition"] == 3
     bad = tina(home, "policy", rd.run_id, "--after-transition", "soon")
-    assert bad.returncode == 2 and "after-transition: expected a number of steps >= 0 or off" in bad.stderr
+    assert bad.returncode == 2 and "after-transition: expected a number of steps 0..100000 or off" in bad.stderr
+    absurd = tina(home, "policy", rd.run_id, "--after-transition", "1" + "0" * 38)
+    assert absurd.returncode == 2 and "expected a number of steps 0..100000" in absurd.stderr
     assert len([e for e in rd.read_events() if e["event"] == "policy_changed"]) == 2
 
 

@@ -103,20 +103,17 @@ def for_run(rd: RunDir, events: Sequence[dict[str, Any]] | None = None) -> StopP
 
 def parse_value(key: str, raw: str | int | float | None) -> int | float | None:
     """A policy value from the command line or the cockpit: ``off`` (or empty) turns it off."""
+    from tina_core.recipe.loader import RANGES  # the recipe's bounds: a live change meets the same
+
     if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "off", "none", "-")):
         return None
+    lo, hi, what = RANGES[f"stop.{key}"]
     try:
-        if key == "after_transition":
-            value: int | float = int(str(raw).strip())
-            if value >= 0:
-                return value
-        else:
-            value = float(str(raw).strip().lstrip("$"))
-            if value > 0 and math.isfinite(value):
-                return value
+        value: int | float = int(str(raw).strip()) if key == "after_transition" else float(str(raw).strip().lstrip("$"))
+        if math.isfinite(value) and lo <= value <= hi and (key == "after_transition" or value > 0):
+            return value
     except ValueError:
         pass
-    what = "a number of steps >= 0" if key == "after_transition" else "dollars > 0, e.g. 2.50"
     raise TinaError(f"{key.replace('_', '-')}: expected {what} or off, got {raw!r}")
 
 
