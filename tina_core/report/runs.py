@@ -406,15 +406,18 @@ def list_runs(home: Path, store: "Store | None" = None, run_dirs: list[RunDir] |
     keys = {rd.run_id: run_cache.files_key(rd) for rd in dirs}
     runs: dict[str, Any] = {rd.run_id: kept.get(rd, keys[rd.run_id]) for rd in dirs}
     todo = [rd for rd in dirs if runs[rd.run_id] is None]
+    # a run that has logged no step (a sweep's queued runs) is all in its events: no index for it
+    indexed = {rd.run_id for rd in todo if rd.metrics.exists()}
     if todo:
-        if store is None:
-            store = open_store(home, [rd.run_id for rd in todo])
+        if store is None and indexed:
+            store = open_store(home, sorted(indexed))
         now = time.time()
         index = Guarded(store, warn=_warn)
+        none = Guarded(None, warn=_warn)
         with index.batch():  # one connection for the whole listing
             for rd in todo:
                 failures = index.failures
-                runs[rd.run_id] = run = describe(home, rd, index, now=now)
+                runs[rd.run_id] = run = describe(home, rd, index if rd.run_id in indexed else none, now=now)
                 if index.available and index.failures == failures:  # never keep what the index could not say
                     kept.put(rd, keys[rd.run_id], run)
     kept.save(None if every is None else {rd.run_id for rd in every})
