@@ -223,3 +223,112 @@ def test_a_csv_too_wide_or_with_a_field_too_long_is_refused_at_once(tmp_path):
     wide.write_text("step," + ",".join(f"m{i}" for i in range(columns - 1)) + "\n"
                     + "1," + ",".join(["0.5"] * (columns - 1)) + "\n")
     _refused(home, wide, "1,000,000 columns, more than the 10,000 metrics", "nothing was imported")
+
+
+# --- the small ones ---------------------------------------------------------------------------------
+def test_home_anywhere_on_the_line_and_never_a_file(tmp_path):
+    """LOW: `tina ls --home DIR` was refused though the README says any command takes it, and
+    `tina --home /etc/hostname ls` answered "no runs yet"."""
+    home = tmp_path / "home"
+    SyntheticRun("one-1", name="one", steps=20, stop_at_step=20).write(home)
+    for args in (("ls", "--json", "--home", str(home)), ("ls", f"--home={home}", "--json"),
+                 ("status", "--home", str(home), "one", "--json")):
+        out = subprocess.run([sys.executable, "-m", "tina_core.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, "TINA_HOME": str(tmp_path / "elsewhere")})
+        assert out.returncode == 0 and "one-1" in out.stdout, (args, out.stderr)
+    afile = tmp_path / "hostname"
+    afile.write_text("box\n")
+    for env, args in (({}, ("--home", str(afile), "ls")), ({"TINA_HOME": str(afile)}, ("report",))):
+        out = subprocess.run([sys.executable, "-m", "tina_core.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                             env={**os.environ, **env})
+        assert out.returncode == 2 and f"the workspace {afile} is not a directory" in out.stderr, out.stderr
+
+
+def test_a_reader_that_goes_away_ends_any_command_quietly(tmp_path):
+    """LOW: `tina ls | head` (a reader that stops reading) gave a BrokenPipeError traceback."""
+    home = tmp_path / "home"
+    for i in range(3):
+        SyntheticRun(f"run-{i}", name=f"run{i}", steps=40, stop_at_step=40, transition=20, seed=i).write(home)
+    for args in (("ls",), ("ls", "--json"), ("status", "run1"), ("report",), ("report", "--md"), ("--help",),
+                 ("watch", "run1")):
+        proc = subprocess.Popen([sys.executable, "-m", "tina_core.cli", "--home", str(home), *args], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc.stdout.close()  # the reader is gone before a byte is written
+        err = proc.stderr.read()
+        proc.wait(60)
+        assert proc.returncode in (1, 141) and "Traceback" not in err and "Exception ignored" not in err, (args, err)
+
+
+def test_two_runs_of_one_name_are_shown_by_the_newest_and_never_acted_on_blindly(tmp_path):
+    """LOW: with two runs of one name, `tina status` and `tina stop` silently picked one. Showing
+    takes the newest and says which; acting (stop, resume, policy, eval) refuses, naming both ids."""
+    home = tmp_path / "home"
+    old = SyntheticRun("twin-1", name="twin", steps=20, stop_at_step=40, state="stopped").write(home)
+    new = SyntheticRun("twin-2", name="twin", steps=20, stop_at_step=40, state="stopped",
+                       start_ts=SyntheticRun.start_ts + 3600).write(home)
+    out = tina(home, "status", "twin")
+    assert out.returncode == 0 and out.stdout.startswith(new.run_id)
+    assert f"2 runs are named 'twin': this is the newest, {new.run_id}" in out.stderr
+    for args in (("stop", "twin"), ("resume", "twin"), ("policy", "twin", "--budget-usd", "5"),
+                 ("eval", "twin", "--checkpoint", "base")):
+        out = tina(home, *args)
+        assert out.returncode == 2 and f"2 runs are named 'twin' ({new.run_id}, {old.run_id})" in out.stderr, \
+            (args, out.stderr)
+    assert [e["event"] for e in old.read_events()] == [e["event"] for e in new.read_events()]  # neither touched
+    assert tina(home, "stop", old.run_id).returncode == 0  # its id says which
+
+
+def test_imported_runs_odd_steps_diff_and_watch_say_what_they_mean(tmp_path):
+    """LOW: an imported run showed `(None)` and `None at $0.0000/hour`; steps 1,3,3,2 dropped one
+    without a word; `tina diff RUN /nonexistent.yaml` said "no run"; `tina watch RUN loss` took a
+    signal no marker can come from."""
+    home = tmp_path / "home"
+    log = tmp_path / "odd.jsonl"
+    log.write_text("".join(json.dumps({"step": s, "loss": v, "rewards/format_reward/mean": v / 10}) + "\n"
+                           for s, v in ((1, 1.0), (3, 3.0), (3, 3.5), (2, 2.0))))
+    out = tina(home, "import", str(log), "--name", "odd")
+    assert out.returncode == 0, out.stderr
+    assert "the steps went back 1 time(s)" in out.stdout and "1 step(s) logged before it superseded" in out.stdout
+    status = tina(home, "status", "odd").stdout
+    assert "None" not in status and "(imported)" in status.splitlines()[0]
+    assert "None" not in tina(home, "ls").stdout
+    SyntheticRun("trained-1", name="trained", steps=20, stop_at_step=20).write(home)
+    missing = tina(home, "diff", "trained", str(tmp_path / "nonexistent.yaml"))
+    assert missing.returncode == 2 and "nonexistent.yaml: no such recipe file" in missing.stderr
+    watch = tina(home, "watch", "odd", "loss")
+    assert watch.returncode == 2 and "'loss' is not a signal the marker can watch" in watch.stderr
+    assert "format_reward" in watch.stderr  # the candidates it could take
+
+
+def test_a_bad_alerts_section_is_said_at_launch(home, tiny_model):
+    """LOW: a malformed `alerts:` (`webhook: ftp://x`) was said only in train.log."""
+    (home / "config.yaml").write_text("alerts:\n  webhook: ftp://x\n")
+    out = tina(home, "run", str(ROOT / "recipes" / "tiny.yaml"), "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert "tina: warning: alerts off:" in out.stderr and "alerts.webhook: expected an http(s) URL" in out.stderr
+
+
+def test_a_stopped_trainer_shows_stalled_not_a_stale_eta(tmp_path):
+    """LOW: while a trainer was stopped (SIGSTOP) its ETA stayed as the pace last said. Once no
+    step has come for far longer than the pace (5 steps, a minute at least) the ETA is unknown."""
+    from tina_core import runstate
+    from tina_core.report.runs import describe
+    from tina_core.rundir import write_json_atomic
+    from tina_tui.widgets.runs_list import RunsTable
+
+    home = tmp_path / "home"
+    rd = SyntheticRun("live-1", name="live", steps=40, stop_at_step=100, state="running", step_s=1.0,
+                      start_ts=1_800_000_000.0).write(home)
+    last = 1_800_000_000.0 + 40
+
+    def at(now: float) -> dict:
+        write_json_atomic(rd.supervisor, runstate.heartbeat_record(pid=os.getpid(), started=now - 60, now=now,
+                                                                   trainer_pid=os.getpid(), trainer_started=now - 60,
+                                                                   attempt=1))
+        return describe(home, rd, now=now)
+
+    fresh = at(last + 2)
+    assert fresh["state"] == "running" and fresh["eta_s"] == pytest.approx(60) and fresh["stalled_s"] is None
+    stopped = at(last + 600)  # its supervisor beats on; the trainer logs nothing
+    assert stopped["state"] == "running" and stopped["eta_s"] is None and stopped["stalled_s"] == pytest.approx(600)
+    assert RunsTable.cells(stopped)[4].plain == "stalled?"

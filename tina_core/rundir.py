@@ -16,6 +16,7 @@ import json
 import os
 import re
 import secrets
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +36,10 @@ class TinaError(Exception):
 def tina_home(home: str | os.PathLike | None = None) -> Path:
     """The workspace: ``home`` if given, else ``$TINA_HOME``, else ``~/.tina``."""
     raw = home or os.environ.get("TINA_HOME") or DEFAULT_HOME
-    return Path(raw).expanduser().resolve()
+    path = Path(raw).expanduser().resolve()
+    if path.exists() and not path.is_dir():
+        raise TinaError(f"the workspace {path} is not a directory (--home or $TINA_HOME)")
+    return path
 
 
 def workspace_config(home: Path) -> dict[str, Any]:
@@ -473,8 +477,11 @@ def list_run_dirs(home: Path) -> list[RunDir]:
                   key=lambda r: r.run_id)
 
 
-def find_run(home: Path, ref: str) -> RunDir:
-    """A run by id, unique id prefix, or name (the newest run of that name)."""
+def find_run(home: Path, ref: str, *, acting: bool = False) -> RunDir:
+    """A run by id, unique id prefix, or name. A name is a label, not an identity: when several
+    runs have it, a command that only shows (``acting`` False) takes the newest and says so on
+    stderr, and one that acts on the run (stop, resume, policy, eval...) refuses, naming their ids,
+    rather than act on one the user may not mean."""
     runs = list_run_dirs(home)
     exact = [r for r in runs if r.run_id == ref]
     if exact:
@@ -482,9 +489,15 @@ def find_run(home: Path, ref: str) -> RunDir:
     prefix = [r for r in runs if r.run_id.startswith(ref)]
     if len(prefix) == 1:
         return prefix[0]
-    named = [r for r in runs if r.info().get("name") == ref]
+    named = sorted((r for r in runs if r.info().get("name") == ref), key=lambda r: r.info().get("created", ""))
+    if len(named) > 1:
+        ids = ", ".join(r.run_id for r in reversed(named))
+        if acting:
+            raise TinaError(f"{len(named)} runs are named {ref!r} ({ids}): give the id of the one you mean")
+        print(f"tina: note: {len(named)} runs are named {ref!r}: this is the newest, {named[-1].run_id} "
+              f"(all: {ids})", file=sys.stderr)
     if named:
-        return max(named, key=lambda r: r.info().get("created", ""))
+        return named[-1]
     if len(prefix) > 1:
         raise TinaError(f"run {ref!r} is ambiguous: " + ", ".join(r.run_id for r in prefix[:5]))
     raise TinaError(f"no run {ref!r} in {runs_root(home)} (see `tina ls`)")

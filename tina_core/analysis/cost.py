@@ -154,6 +154,10 @@ def intervals(events: Iterable[dict[str, Any]]) -> list[Interval]:
     return out
 
 
+STALE_STEPS = 5       # a live run's latest step older than this many steps of its pace...
+STALE_MIN_S = 60.0    # ...and than this: its ETA is unknown, the run shown stalled (Meter.stalled_s)
+
+
 class Meter:
     """Cost figures for one run, computed from its events and metrics."""
 
@@ -224,6 +228,15 @@ class Meter:
         """What the latest trainer attempt costs (or cost) per hour."""
         trains = [iv for iv in self.intervals if iv.kind == "train"]
         return self.usd_per_hour(trains[-1]) if trains else 0.0
+
+    def stalled_s(self, now: float) -> float | None:
+        """Seconds since the latest logged step once that is far longer than the pace says a step
+        takes (STALE_STEPS steps, and STALE_MIN_S at least): a trainer stopped (SIGSTOP), hung, or
+        starting again; an ETA from the pace would then be stale. None while steps come."""
+        if not self.times:
+            return None
+        age = now - max(ts for ts, _ in self.times.values())
+        return round(age, 1) if age > max(STALE_STEPS * (self.seconds_per_step() or 0.0), STALE_MIN_S) else None
 
     def eta_s(self, step: int | None) -> float | None:
         sps = self.seconds_per_step()

@@ -105,9 +105,11 @@ def resolve_all(names: Sequence[str], available: Iterable[str]) -> list[str]:
     out = []
     for name in names:
         key = resolve(name, keys)
-        if key is None:
+        if key is None or not is_candidate(key):
             cands = [short(k) for k in keys if is_candidate(k)]
-            raise TinaError(f"no signal {name!r} in this run; its candidates are: {', '.join(cands) or 'none'}")
+            what = f"no signal {name!r} in this run" if key is None else \
+                f"{name!r} is not a signal the marker can watch (a reward, the total reward or the completion length)"
+            raise TinaError(f"{what}; its candidates are: {', '.join(cands) or 'none'}")
         out.append(key)
     return list(dict.fromkeys(out))
 

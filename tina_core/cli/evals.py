@@ -41,7 +41,7 @@ def cli_eval(home: Path, run_ref: str, *, checkpoint: str = "recommended", tasks
              dry_run: bool = False, wait: bool = False, gpus: str | None = None, cancel: bool = False,
              force: bool = False) -> int:
     h = tina_home(home)
-    rd = find_run(h, run_ref)
+    rd = find_run(h, run_ref, acting=not dry_run)
     if cancel:
         done = cancel_eval(h, rd.run_id)
         print("\n".join(f"cancelled {e}" for e in done) if done else f"no queued or running evaluation of {rd.run_id}")

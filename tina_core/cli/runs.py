@@ -58,9 +58,13 @@ def dry_run_notes(recipe) -> list[str]:
 def cli_run(home: Path, recipe: Path, *, name: str | None = None, detach: bool = False,
             overrides: Sequence[str] = (), dry_run: bool = False, gpu_hour_usd: float | None = None,
             force: bool = False) -> int:
+    from tina_core.alerts import config_or_default
     from tina_core.supervise.lifecycle import create_run, plan_run, start_run, supervise_foreground
     from tina_core.supervise.supervisor import EXIT_CODES
 
+    # a malformed `alerts:` never stops a run (its supervisor goes on without alerts), but is said
+    # here, where the person who can mend it is looking, not only in train.log
+    config_or_default(home, warn=lambda text: print(f"tina: warning: {text}", file=sys.stderr, flush=True))
     if dry_run:
         from tina_core import gpu
         from tina_core.analysis.cost import launch_cost
@@ -130,7 +134,7 @@ def cli_policy(home: Path, run_ref: str, *, after_transition: str | None = None,
 
     changes = {k: policy.parse_value(k, v) for k, v in
                (("after_transition", after_transition), ("budget_usd", budget_usd)) if v is not None}
-    run_dir = find_run(home, run_ref)
+    run_dir = find_run(home, run_ref, acting=bool(changes))
     now = set_policy(home, run_dir.run_id, by="tina policy", **changes)
     if as_json:
         print(json_text(now.as_dict()))
@@ -201,7 +205,7 @@ def why_lines(run: dict) -> list[str]:
 
 
 def cli_watch(home: Path, run_ref: str, signals: Sequence[str], *, auto: bool = False, as_json: bool = False) -> int:
-    run_dir = find_run(home, run_ref)
+    run_dir = find_run(home, run_ref, acting=bool(signals or auto))
     if signals and auto:
         raise TinaError("name the signals to watch or give --auto, not both")
     store = open_store(home)
@@ -280,7 +284,7 @@ def cli_ls(home: Path, *, as_json: bool = False) -> int:
     rows = [(r["run_id"], *((r.get("sweep") or "-",) if sweeps else ()), (state_text(r), STATE_STYLE.get(r["state"])),
              f"{r['step'] if r['step'] is not None else '-'}/{r['stop_at_step'] or '?'}",
              str(r["restarts"]), _duration(r["elapsed_s"]),
-             f"{r['gpu_count']}x {r['device']}" if r["gpu_count"] else r["device"],
+             f"{r['gpu_count']}x {r['device']}" if r["gpu_count"] else r["device"] or "-",
              _money(r["cost_usd"]["total"]), _money(r["projected_cost_usd"]), _phase(r["phase_transition"]),
              str(r["recommended_checkpoint"]) if r["recommended_checkpoint"] is not None else "-")
             for r in runs]
@@ -298,7 +302,8 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
         return 0
     run = shown(run)  # names and reasons from the run's files, written out (tina_core.terminal)
     c = run["cost_usd"]
-    print(f"{styled(run['run_id'], 'bold')}  {styled(state_text(run), STATE_STYLE.get(run['state']))}  ({run['recipe']})")
+    made = "imported" if run["imported"] else run["recipe"]  # another tool's run has no recipe, device or price
+    print(f"{styled(run['run_id'], 'bold')}  {styled(state_text(run), STATE_STYLE.get(run['state']))}  ({made})")
     if q := run.get("queue"):
         print(f"sweep {run['sweep']}, run {q['index']}, engine {q['engine']}"
               + (f", Slurm task {q['job']} ({q['slurm_state'] or 'forgotten by Slurm'})" if q["job"] else ""))
@@ -314,10 +319,12 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
     print(f"step {run['step'] if run['step'] is not None else '-'}/{run['stop_at_step'] or '?'}"
         f"  restarts {run['restarts']}  trained {_duration(run['elapsed_s'])}"
         + (f"  {run['seconds_per_step']:.2f} s/step" if run["seconds_per_step"] else "")
-        + (f"  ETA {_duration(run['eta_s'])}" if run["eta_s"] is not None else ""))
-    device = f"{run['gpu_count']}x {run['device']}" if run["gpu_count"] else run["device"]
-    rate = f"{_money(run['gpu_hour_usd'])}/GPU-hour" if run["gpu_count"] else f"{_money(run.get('cpu_hour_usd'))}/hour"
-    print(f"{device} at {rate} ({run['price_source'] or 'no price'})")
+        + (f"  ETA {_duration(run['eta_s'])}" if run["eta_s"] is not None else "")
+        + (f"  ETA unknown: no step for {_duration(run['stalled_s'])} (stalled?)" if run.get("stalled_s") else ""))
+    if not run["imported"]:
+        device = f"{run['gpu_count']}x {run['device']}" if run["gpu_count"] else run["device"]
+        rate = f"{_money(run['gpu_hour_usd'])}/GPU-hour" if run["gpu_count"] else f"{_money(run.get('cpu_hour_usd'))}/hour"
+        print(f"{device} at {rate} ({run['price_source'] or 'no price'})")
     print(f"cost {_money(c['total'])} (train {_money(c['train'])}, eval {_money(c['eval'])})"
         f"  projected {_money(run['projected_cost_usd'])}")
     print(f"phase transition {_phase(run['phase_transition'])}  recommended checkpoint "

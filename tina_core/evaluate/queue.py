@@ -113,7 +113,7 @@ def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | s
     evaluation already queued or running is reused, not queued twice). Starts the worker.
     ``why``: what asked for them, if not a person (``transition``: the stop policy)."""
     h = tina_home(home)
-    rd = find_run(h, run_ref)
+    rd = find_run(h, run_ref, acting=True)
     explicit = _parse_gpus(gpus)
     use_gpus = explicit if explicit is not None else _run_gpus(rd)
     names = [task_name(t) for t in tasks] if tasks else (list(TINA_TASKS) if use_gpus else list(CPU_TASKS))
@@ -186,7 +186,7 @@ class BudgetLeft:
 def cancel_eval(home: str | os.PathLike | None, run_ref: str, eval_id: str | None = None) -> list[str]:
     """Cancel one queued or running evaluation of a run (all of them when ``eval_id`` is None);
     a running one has its whole process group killed. Returns the ids cancelled."""
-    rd = find_run(tina_home(home), run_ref)
+    rd = find_run(tina_home(home), run_ref, acting=True)
     evs = runstate.evaluations(rd)
     if eval_id is not None and eval_id not in evs:
         raise TinaError(f"run {rd.run_id} has no evaluation {eval_id!r}")

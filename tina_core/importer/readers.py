@@ -20,7 +20,7 @@ from typing import Sequence
 from tina_core.analysis import signals
 from tina_core.events import Kind
 from tina_core.importer import jsonl, notebook, table, trackio, trainer_state
-from tina_core.importer.records import Read, check_width
+from tina_core.importer.records import Read, check_width, went_back
 from tina_core.rundir import RunDir, TinaError, new_run_id, now_iso, runs_root, write_json_atomic
 
 IMPORTING = ".importing"  # under runs/: imports being built
@@ -99,6 +99,7 @@ def import_run(home: Path, path: Path | Sequence[Path], name: str | None = None,
     got = read_any(paths, run)
     records = got.records
     keys = sorted({k for r in records for k in r if k not in ("step", "attempt")})
+    detail = "; ".join(d for d in (got.detail, went_back(records)) if d)
     check_width(", ".join(map(str, paths)), len(keys), "metrics")  # a JSONL line may hold any number
     chosen = signals.resolve_all(watch, keys) if watch else None
     first = paths[0]
@@ -119,7 +120,7 @@ def import_run(home: Path, path: Path | Sequence[Path], name: str | None = None,
         with open(rd.metrics, "w") as f:
             f.write("".join(json.dumps(r, allow_nan=True) + "\n" for r in records))
         rd.event(Kind.IMPORTED, source=sources[0], sources=sources, format=got.format, steps=len(records),
-                 skipped_rows=got.skipped, detail=got.detail)
+                 skipped_rows=got.skipped, detail=detail)
         if chosen:
             rd.event(Kind.WATCH_CHANGED, signals=chosen, by="import")
         rd.event(Kind.FINISHED, step=last)

@@ -85,6 +85,19 @@ def values(rec: dict, skip: Iterable[str] = ()) -> dict[str, float]:
     return out
 
 
+def went_back(records: list[dict]) -> str | None:
+    """What ``merge`` made of steps that went back, in words (``tina import`` says it): each later
+    attempt supersedes the earlier one's steps from where it restarted, and those are not shown."""
+    firsts: dict[int, int] = {}
+    for r in records:
+        firsts[r["attempt"]] = min(firsts.get(r["attempt"], r["step"]), r["step"])
+    superseded = sum(1 for r in records if any(a > r["attempt"] and s <= r["step"] for a, s in firsts.items()))
+    if len(firsts) < 2:
+        return None
+    return (f"the steps went back {len(firsts) - 1} time(s) (a cell run again, a resume): each time read as a later "
+            f"attempt from there, {superseded} step(s) logged before it superseded")
+
+
 def merge(rows: Iterable[tuple[int, dict[str, float]]]) -> list[dict]:
     """Rows ``(step, values)`` in file order -> one record per (attempt, step), ascending within
     each attempt. A step lower than the one before starts the next attempt."""

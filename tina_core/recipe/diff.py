@@ -97,7 +97,9 @@ def load_side(home: Path, ref: str) -> Side:
     from tina_core.recipe.loader import load_recipe, parse_yaml
 
     path = Path(ref).expanduser()
-    if path.suffix in (".yaml", ".yml") and path.is_file():
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():  # a recipe file meant, not a run's name
+            raise TinaError(f"{ref}: no such recipe file" + (" (it is a folder)" if path.is_dir() else ""))
         recipe = load_recipe(path)
         return Side(path.stem, ref, None, parse_yaml(recipe.to_yaml()) or {})
     return run_side(find_run(home, ref), ref)

@@ -157,6 +157,7 @@ class RunObject(TypedDict):
     projected_cost_usd: float | None
     seconds_per_step: float | None
     eta_s: float | None
+    stalled_s: float | None        # a live run: seconds since its latest step, once far past its pace (no ETA then)
     phase_transition: PhaseTransition | None
     watch: Watch
     recommended_checkpoint: int | None
@@ -269,6 +270,7 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
     # when its trainer was last known alive, not up to now.
     meter = cost.Meter(info, events, times, open_until=runstate.open_until(state, live.heartbeat, events, times, now),
                        eval_ends=runstate.open_eval_ends(run_dir, events, now))
+    stalled = meter.stalled_s(now) if is_live else None
     if last_metrics is None:
         per_step = [r for r in steps if not any(k in r for k in _SUMMARY_KEYS)]
         last_metrics = _normalise({k: v for k, v in (per_step[-1] if per_step else {}).items()
@@ -317,7 +319,9 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         "usd_per_hour_now": round(meter.usd_per_hour_now(), 4) if is_live else 0.0,
         "projected_cost_usd": meter.projected_usd(step, finished=state == "finished"),
         "seconds_per_step": meter.seconds_per_step(),
-        "eta_s": meter.eta_s(step) if is_live else None,
+        # a trainer stopped (SIGSTOP) or hung: no step for far longer than its pace, so no ETA
+        "eta_s": meter.eta_s(step) if is_live and stalled is None else None,
+        "stalled_s": stalled,
         "phase_transition": phase,
         # which signals the marker comes from and why (also inside phase_transition, once there is one)
         "watch": (phase or {}).get("watch") or _watch_setting(run_dir),

@@ -238,7 +238,7 @@ def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None
     told so), and an ended run is left as it is. ``ask``: how to reach a supervisor on another
     machine (a Slurm task's: tina_core.sweep.control), once the request is recorded; without it
     such a run is refused, since its pids are not this machine's."""
-    run_dir = find_run(home, run_ref)
+    run_dir = find_run(home, run_ref, acting=True)
     rid = run_dir.run_id
     stop_timeout = stop_timeout_s(run_dir.info())
     with _stop_claim(run_dir) as mine:
@@ -296,7 +296,7 @@ def set_policy(home: Path, run_ref: str, *, by: str, **changes: Any):
     policy now in force."""
     from tina_core.analysis import policy
 
-    run_dir = find_run(home, run_ref)
+    run_dir = find_run(home, run_ref, acting=True)
     if run_dir.info().get("imported"):
         raise TinaError(f"run {run_dir.run_id} was imported; it has no stop policy")
     unknown = set(changes) - set(policy.POLICY_KEYS)
@@ -334,7 +334,7 @@ def _check_budget(run_dir: RunDir) -> None:
 
 
 def check_resumable(home: Path, run_ref: str) -> RunDir:
-    run_dir = find_run(home, run_ref)
+    run_dir = find_run(home, run_ref, acting=True)
     info = run_dir.info()
     if info.get("imported"):
         raise TinaError(f"run {run_dir.run_id} was imported; there is nothing to resume")

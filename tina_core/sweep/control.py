@@ -31,7 +31,7 @@ def _scancel(job: str | None) -> str:
 
 
 def stop(home: Path, run_ref: str, *, wait: bool = False, timeout: float | None = None) -> StopOutcome:
-    run_dir = find_run(home, run_ref)
+    run_dir = find_run(home, run_ref, acting=True)
     info = run_dir.info()
     if not info.get("sweep"):
         return stop_run(home, run_dir.run_id, wait=wait, timeout=timeout)

@@ -87,7 +87,8 @@ class RunsTable(Widget, can_focus=True):
             # "r2": restarted twice after crashes; a sweep's run: why it waits, where it runs
             Text(state_cell(run) + (f" r{restarts}" if restarts else ""), style=STATE_STYLE.get(state, "")),
             Text(step),
-            Text(eta_text(run.get("eta_s"))),
+            # no step for far longer than its pace (a trainer stopped or hung): no ETA to give
+            Text("stalled?", style="yellow") if run.get("stalled_s") else Text(eta_text(run.get("eta_s"))),
             Text(usd((run.get("cost_usd") or {}).get("total"))),
             marker_text(run.get("phase_transition")),
             Text("-" if rec is None else str(rec)),
