@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from tina_core.credentials import redact
 from tina_core.events import Kind, as_kind
@@ -180,15 +180,19 @@ class JsonlTail:
         if size == self.offset:
             return [], reset
         data, self.offset = read_whole_lines(self.path, self.offset, size)
-        out = []
-        for raw in data.splitlines():
-            try:
-                rec = parse_json(raw)
-            except ValueError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out, reset
+        return list(records(data.splitlines())), reset
+
+
+def records(lines: Iterable[bytes]) -> Iterator[dict[str, Any]]:
+    """The well-formed records among JSONL lines; a malformed one (a line nested too deeply to
+    parse included) or one that is not an object is skipped (the store counts and quarantines it)."""
+    for raw in lines:
+        try:
+            rec = parse_json(raw)
+        except ValueError:
+            continue
+        if isinstance(rec, dict):
+            yield rec
 
 
 def tail_records(path: Path, nbytes: int = 64 * 1024) -> list[dict[str, Any]]:
@@ -203,15 +207,7 @@ def tail_records(path: Path, nbytes: int = 64 * 1024) -> list[dict[str, Any]]:
     except FileNotFoundError:
         return []
     lines = data[: data.rfind(b"\n") + 1].splitlines()
-    out = []
-    for raw in lines[1:] if size > nbytes else lines:
-        try:
-            rec = parse_json(raw)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            out.append(rec)
-    return out
+    return list(records(lines[1:] if size > nbytes else lines))
 
 
 def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
@@ -221,16 +217,7 @@ def iter_jsonl(path: Path) -> Iterator[dict[str, Any]]:
         data = path.read_bytes()
     except FileNotFoundError:
         return
-    end = data.rfind(b"\n")
-    for raw in data[: end + 1].splitlines():
-        if not raw.strip():
-            continue
-        try:
-            rec = parse_json(raw)
-        except ValueError:
-            continue
-        if isinstance(rec, dict):
-            yield rec
+    yield from records(data[: data.rfind(b"\n") + 1].splitlines())
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
