@@ -10,6 +10,8 @@ ls`; then each command runs --repeats times as a fresh process, interleaved so d
 hits all alike. Prints the median wall time of each, its ratio to `python -c pass`, and whether
 `tina ls` and `tina status` are under the 0.3 s target. `--cold` also times them with the
 run-object cache cleared before each (what the first listing after a change pays).
+`--workloads 20x13000,60x2000:sweep` times synthetic workspaces instead (bench/tui.py's: the
+second is one sweep's sixty runs of 2,000 steps), each apart.
 """
 
 from __future__ import annotations
@@ -70,57 +72,74 @@ def main() -> None:
     ap.add_argument("--source", type=Path, help="a finished run directory to copy (default: train one)")
     ap.add_argument("--keep", type=Path, help="build the workspace here and keep it")
     ap.add_argument("--cold", action="store_true", help="also time ls/status with the run-object cache cleared")
+    ap.add_argument("--workloads", help="synthetic workspaces instead, RUNSxSTEPS[:sweep],... (bench/tui.py's), "
+                                        "e.g. 20x13000,60x2000:sweep; each timed apart")
     args = ap.parse_args()
 
-    home = args.keep or Path(tempfile.mkdtemp(prefix="tina-cli-speed-"))
-    env = {**os.environ, "TINA_HOME": str(home)}
+    base = args.keep or Path(tempfile.mkdtemp(prefix="tina-cli-speed-"))
     try:
+        if args.workloads:
+            from tui import build, workloads
+
+            for runs, steps, sweep in workloads(args.workloads):
+                home = base / f"{runs}x{steps}"
+                build(home, runs, steps, sweep)
+                print(f"\n{runs} ended synthetic runs of {steps} steps each{f' (sweep {sweep})' if sweep else ''} "
+                      f"in {home}")
+                measure(home, list_run_dirs(home), args)
+            return
         if args.source:
             source = RunDir(args.source.resolve())
         else:
             print("training one tiny run to copy (about a minute)...", flush=True)
-            source = trained_run(home / "source")
-        runs = workspace(home, source, args.runs)
-        print(f"{len(runs)} finished runs of {len(list(open(source.metrics)))} metrics lines each in {home}")
-        tina = [sys.executable, "-m", "tina_core.cli", "--home", str(home)]
-        some = runs[len(runs) // 2].run_id
-        wall(tina + ["ls"], env)  # builds the index (and what is kept beside it)
-        commands = {
-            "python -c pass": [sys.executable, "-c", "pass"],
-            "tina --help": tina + ["--help"],
-            "tina ls": tina + ["ls"],
-            "tina ls --json": tina + ["ls", "--json"],
-            "tina status RUN": tina + ["status", some],
-            "tina status RUN --json": tina + ["status", some, "--json"],
-        }
-        cold = {}
-        if args.cold:
-            from tina_core.report.run_cache import cache_path
-
-            def clear() -> None:
-                cache_path(home).unlink(missing_ok=True)
-
-            def refill() -> None:  # so the next warm command finds every run kept again
-                wall(tina + ["ls"], env)
-
-            cold = {"tina ls (cache cleared)": tina + ["ls"], "tina status RUN (cache cleared)": tina + ["status", some]}
-        times: dict[str, list[float]] = {k: [] for k in (*commands, *cold)}
-        order = [(name, cmd, None, None) for name, cmd in commands.items()]
-        order += [(name, cmd, clear, refill) for name, cmd in cold.items()]
-        for i in range(args.repeats):
-            for name, cmd, before, after in order[i % len(order):] + order[:i % len(order)]:  # none always first
-                times[name].append(wall(cmd, env, before, after))
-        base = statistics.median(times["python -c pass"])
-        print(f"\nmedian of {args.repeats} fresh processes each (load average {os.getloadavg()[0]:.1f}):")
-        for name, ts in times.items():
-            med = statistics.median(ts)
-            print(f"  {name:<34} {med:6.3f} s   x{med / base:5.1f} of python -c pass   (min {min(ts):.3f})")
-        for name in ("tina ls", "tina status RUN"):
-            med = statistics.median(times[name])
-            print(f"{name}: {'under' if med < TARGET_S else 'OVER'} the {TARGET_S} s target ({med:.3f} s)")
+            source = trained_run(base / "source")
+        runs = workspace(base, source, args.runs)
+        print(f"{len(runs)} finished runs of {len(list(open(source.metrics)))} metrics lines each in {base}")
+        measure(base, runs, args)
     finally:
         if not args.keep:
-            shutil.rmtree(home, ignore_errors=True)
+            shutil.rmtree(base, ignore_errors=True)
+
+
+def measure(home: Path, runs: list[RunDir], args: argparse.Namespace) -> None:
+    env = {**os.environ, "TINA_HOME": str(home)}
+    tina = [sys.executable, "-m", "tina_core.cli", "--home", str(home)]
+    some = runs[len(runs) // 2].run_id
+    wall(tina + ["ls"], env)  # builds the index (and what is kept beside it)
+    commands = {
+        "python -c pass": [sys.executable, "-c", "pass"],
+        "tina --help": tina + ["--help"],
+        "tina ls": tina + ["ls"],
+        "tina ls --json": tina + ["ls", "--json"],
+        "tina status RUN": tina + ["status", some],
+        "tina status RUN --json": tina + ["status", some, "--json"],
+    }
+    cold = {}
+    clear = refill = None
+    if args.cold:
+        from tina_core.report.run_cache import cache_path
+
+        def clear() -> None:
+            cache_path(home).unlink(missing_ok=True)
+
+        def refill() -> None:  # so the next warm command finds every run kept again
+            wall(tina + ["ls"], env)
+
+        cold = {"tina ls (cache cleared)": tina + ["ls"], "tina status RUN (cache cleared)": tina + ["status", some]}
+    times: dict[str, list[float]] = {k: [] for k in (*commands, *cold)}
+    order = [(name, cmd, None, None) for name, cmd in commands.items()]
+    order += [(name, cmd, clear, refill) for name, cmd in cold.items()]
+    for i in range(args.repeats):
+        for name, cmd, before, after in order[i % len(order):] + order[:i % len(order)]:  # none always first
+            times[name].append(wall(cmd, env, before, after))
+    base = statistics.median(times["python -c pass"])
+    print(f"median of {args.repeats} fresh processes each (load average {os.getloadavg()[0]:.1f}):")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"  {name:<34} {med:6.3f} s   x{med / base:5.1f} of python -c pass   (min {min(ts):.3f})")
+    for name in ("tina ls", "tina status RUN"):
+        med = statistics.median(times[name])
+        print(f"{name}: {'under' if med < TARGET_S else 'OVER'} the {TARGET_S} s target ({med:.3f} s)")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Cockpit benchmark on a workspace of 20 runs x 13,000 steps (deterministic synthetic JSONL).
+"""Cockpit benchmark on workspaces of 20 runs x 13,000 steps and of 60 runs x 2,000 steps, the
+latter one sweep's runs (deterministic synthetic JSONL).
 
 Prints: time to first frame (cold and warm index), refresh cycle p50/p95 while a live run grows
 a step every refresh (the worst case) and between its steps (Tina logs a step about a minute),
@@ -6,7 +7,9 @@ idle CPU of a real `tina-tui` process following a live run (a step a second, and
 steps), RSS growth over a refresh soak.
 Targets: first frame <= 1 s, refresh p95 <= 50 ms, idle CPU <= 5% of a core, RSS growth <= 10%.
 
-    .venv/bin/python bench/tui.py [--runs 20] [--steps 13000] [--soak 10000] [--cpu-seconds 20]
+    .venv/bin/python bench/tui.py [--workloads 20x13000,60x2000:sweep] [--soak 10000] [--cpu-seconds 20]
+
+Each workload (RUNSxSTEPS, ``:sweep`` for one sweep's runs) is measured in a workspace of its own.
 """
 
 from __future__ import annotations
@@ -29,11 +32,32 @@ from tina_tui.demo import SyntheticRun
 LIVE_ID = "live-00"
 
 
-def build(home: Path, runs: int, steps: int) -> None:
+def build(home: Path, runs: int, steps: int, sweep: str | None = None) -> None:
+    """``runs`` ended runs of ``steps`` steps; with ``sweep``, all of them that sweep's (local)."""
+    from tina_core.rundir import write_json_atomic
+    from tina_core.sweep import record
+
+    made = []
     for i in range(runs):
-        SyntheticRun(f"run-{i:02d}", name=f"run-{i:02d}", steps=steps, stop_at_step=steps, max_steps=2 * steps,
-                     save_steps=500, dataset_size=steps * 8, transition=int(steps * (0.2 + 0.03 * i)),
-                     seed=i, step_s=1.0, state="finished" if i % 3 else "stopped").write(home)
+        rd = SyntheticRun(f"run-{i:02d}", name=f"run-{i:02d}", steps=steps, stop_at_step=steps, max_steps=2 * steps,
+                          save_steps=500, dataset_size=steps * 8, transition=int(steps * (0.2 + 0.03 * (i % 20))),
+                          seed=i, step_s=1.0, state="finished" if i % 3 else "stopped").write(home)
+        if sweep:
+            write_json_atomic(rd.run_json, {**rd.info(), "sweep": sweep, "sweep_index": i})
+        made.append(rd.run_id)
+    if sweep:
+        record.sweep_dir(home, sweep).mkdir(parents=True)
+        record.write_sweep(home, record.Sweep(name=sweep, engine="local", max_parallel=2, runs=tuple(made)))
+
+
+def workloads(text: str) -> list[tuple[int, int, str | None]]:
+    """``20x13000,60x2000:sweep`` as ``[(20, 13000, None), (60, 2000, "bench")]``."""
+    out = []
+    for part in text.split(","):
+        size, _, tag = part.partition(":")
+        runs, steps = size.split("x")
+        out.append((int(runs), int(steps), "bench" if tag == "sweep" else None))
+    return out
 
 
 class LiveWriter:
@@ -167,17 +191,23 @@ def idle_cpu(home: Path, seconds: float) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--runs", type=int, default=20)
-    ap.add_argument("--steps", type=int, default=13000)
+    ap.add_argument("--workloads", type=workloads, default=workloads("20x13000,60x2000:sweep"),
+                    help="RUNSxSTEPS[:sweep],...: each in a workspace of its own")
     ap.add_argument("--cycles", type=int, default=200)
     ap.add_argument("--soak", type=int, default=10000)
     ap.add_argument("--cpu-seconds", type=float, default=20)
     args = ap.parse_args()
+    for runs, steps, sweep in args.workloads:
+        measure(args, runs, steps, sweep)
+
+
+def measure(args, runs: int, steps: int, sweep: str | None) -> None:
     home = Path(tempfile.mkdtemp(prefix="tina-bench-"))
     t = time.perf_counter()
-    build(home, args.runs, args.steps)
+    build(home, runs, steps, sweep)
     os.sync()  # the cold probe reads the files, not the disk writing them back meanwhile
-    print(f"workspace: {args.runs} runs x {args.steps} steps in {time.perf_counter() - t:.1f}s ({home})")
+    print(f"\nworkspace: {runs} runs x {steps} steps{f' (sweep {sweep})' if sweep else ''} in "
+          f"{time.perf_counter() - t:.1f}s ({home})")
     live = LiveWriter(home, period=1.0)
     cold = first_frame(home)
     from tina_core.store.index import Store
@@ -192,9 +222,9 @@ def main() -> None:
         q = statistics.quantiles(times, n=20)
         print(f"refresh cycle {what}: p50 {1000 * statistics.median(times):.1f} ms, "
               f"p95 {1000 * q[18]:.1f} ms over {len(times)} (target p95 <= 50 ms)")
-    for steps, what in ((True, "a step a second"), (False, "between its steps, heartbeat only")):
+    for stepping, what in ((True, "a step a second"), (False, "between its steps, heartbeat only")):
         live.stop_flag.clear()
-        writer = threading.Thread(target=live.loop, args=(steps,), daemon=True)
+        writer = threading.Thread(target=live.loop, args=(stepping,), daemon=True)
         writer.start()
         cpu = idle_cpu(home, args.cpu_seconds)
         live.stop_flag.set()
