@@ -189,6 +189,8 @@ def test_stop_cancels_a_queued_run_and_stops_a_running_one(contract, monkeypatch
     assert [_state(first), _state(second)] == ["stopped", "cancelled"]
     steps = logged_steps(first)
     assert steps == list(range(1, len(steps) + 1)) and first.checkpoint_steps()[-1] == steps[-1]
+    out = tina(home, "resume", second.run_id, env={"FT_STOP": "6"})  # a cancelled run starts then
+    assert out.returncode == 0 and _state(second) == "finished" and logged_steps(second) == list(range(1, 7))
 
 
 def test_a_queue_that_died_is_started_again_by_tina_ls(contract):

@@ -72,10 +72,14 @@ def worker_running(home: str | os.PathLike | None = None) -> bool:
     return True
 
 
+NO_WORKER_ENV = "TINA_NO_EVAL_WORKER"  # set in a Slurm task: its evaluations wait for a worker elsewhere
+
+
 def ensure_worker(home: str | os.PathLike | None = None) -> bool:
-    """Start the detached worker unless one runs; True when one was started."""
+    """Start the detached worker unless one runs (or ``$TINA_NO_EVAL_WORKER`` says not here: a
+    Slurm task, whose node is only its run's while the task lasts); True when one was started."""
     h = tina_home(home)
-    if worker_running(h):
+    if os.environ.get(NO_WORKER_ENV) or worker_running(h):
         return False
     with open(h / WORKER_LOG, "ab") as log:
         subprocess.Popen([_python(), "-m", "tina_core.evaluate", "worker", str(h)], stdin=subprocess.DEVNULL,

@@ -22,6 +22,7 @@ import sys
 from pathlib import Path
 
 from tina_core import runstate
+from tina_core.evaluate.worker import NO_WORKER_ENV
 from tina_core.events import Kind, last_of
 from tina_core.rundir import RunDir, TinaError, runs_root, tina_home
 from tina_core.supervise.supervisor import Supervisor
@@ -55,6 +56,8 @@ def why_term(job_id: str, restart: int) -> str:
 
 def task_main(home: str | os.PathLike, name: str, index: int) -> int:
     h = tina_home(home)
+    # evaluations its stop policy queues wait for a worker off this node (it is the task's only while it runs)
+    os.environ[NO_WORKER_ENV] = "1"
     sweep = record.read_sweep(h, name)
     if not 0 <= index < len(sweep.runs):
         raise TinaError(f"sweep {name} has {len(sweep.runs)} runs; there is no task {index}")
