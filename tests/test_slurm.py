@@ -64,7 +64,7 @@ def steps_at_least(rd: RunDir, n: int) -> bool:
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 def test_three_runs_two_at_a_time_each_step_once_and_the_cockpit_sees_the_queue(home, tiny_model, tiny_cache):
-    from test_tui_live import _cockpit, _tmux, _wait_pane
+    from test_tui_live import _cockpit, _wait_pane
 
     sock = f"tina-slurm-{uuid.uuid4().hex[:8]}"
     _cockpit(sock, home, tiny_cache)  # open before the sweep: it sees the third task wait

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ from tina_core.sweep import control, local, record
 from tina_core.sweep.plan import expand, parse_grid, split_values
 
 from sweep_support import ROOT, logged_steps, tina, wait_for
-from test_supervisor import CONTRACT_TRAINER
+from test_supervisor import make_run  # noqa: F401 (the fixture)
 
 
 def test_a_grid_is_every_combination_in_order_with_names_that_say_it():
@@ -77,16 +76,12 @@ def test_every_run_is_checked_before_anything_is_created(home, tiny_model, capsy
 
 # --- the local queue, for real ---------------------------------------------------------------------
 @pytest.fixture
-def contract(tmp_path, monkeypatch):
-    """A workspace and the contract trainer's script; the queue's runs inherit this environment."""
-    script = tmp_path / "contract_trainer.py"
-    script.write_text(CONTRACT_TRAINER)
-    home = tmp_path / "home"
-    monkeypatch.setenv("TINA_HOME", str(home))
-    monkeypatch.setenv("TINA_STOP_TIMEOUT_S", "5")
+def contract(make_run, tmp_path, monkeypatch):  # noqa: F811 (the fixture imported above)
+    """A workspace and the contract trainer's script (test_supervisor's); the queue's runs inherit
+    this environment."""
     monkeypatch.setenv("FT_STOP", "6")
     monkeypatch.setenv("FT_SLEEP", "0.05")
-    return home, script
+    return make_run.home, tmp_path / "contract_trainer.py"
 
 
 def make_sweep(home: Path, script: Path, n: int, k: int, *, name: str = "sw", gpus: int = 0,
