@@ -300,6 +300,7 @@ def test_imported_runs_odd_steps_diff_and_watch_say_what_they_mean(tmp_path):
     assert "format_reward" in watch.stderr  # the candidates it could take
 
 
+@pytest.mark.extended  # a dry run validates the recipe with TRL: the fast lane checks the settings themselves
 def test_a_bad_alerts_section_is_said_at_launch(home, tiny_model):
     """LOW: a malformed `alerts:` (`webhook: ftp://x`) was said only in train.log."""
     (home / "config.yaml").write_text("alerts:\n  webhook: ftp://x\n")

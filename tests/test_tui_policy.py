@@ -89,7 +89,7 @@ async def test_policy_and_countdown_shown_and_changed_from_the_keyboard(home, ti
             await pilot.press(key)
         await settle(app, pilot)
         assert isinstance(app.screen, PolicyDialog)
-        assert "after-transition: expected a number of steps >= 0 or off" in screen_text(app)
+        assert "after-transition: expected a number of steps 0..100000 or off" in screen_text(app)
         await pilot.press("escape")
         await settle(app, pilot)
         assert len([e for e in rd.read_events() if e["event"] == "policy_changed"]) == 2
