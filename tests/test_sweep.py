@@ -228,3 +228,38 @@ def test_the_index_can_live_on_local_disk_apart_from_a_shared_workspace(contract
     assert str(index) in out.stdout + out.stderr and not (home / "tina.duckdb").exists()
     assert tina(home, "ls", env={"TINA_INDEX_DIR": str(local_disk)}).returncode == 0
     assert list(local_disk.glob("tina-*.duckdb")) == [index]  # one file per workspace, found again
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+@pytest.mark.anyio
+async def test_the_cockpit_shows_the_sweep_and_t_gives_its_table(tmp_path, monkeypatch):
+    """Two of three runs of an ablation as sweep `lr` (as `tina sweep` records them): the runs list
+    has a sweep column, and T with nothing marked on one of them is that sweep's table."""
+    import tina_tui.collector
+    from test_tui_support import ablation_workspace, make_app, screen_text, settle
+    from tina_tui.screens.ablation import AblationScreen
+
+    monkeypatch.setattr(tina_tui.collector, "REFRESH_BUDGET_S", float("inf"))
+    home = ablation_workspace(tmp_path / "home")
+    runs = [rd for rd in (RunDir(p) for p in sorted((home / "runs").iterdir())) if rd.info().get("name") != "rs2-r16"]
+    for i, rd in enumerate(runs):
+        write_json_atomic(rd.run_json, {**rd.info(), "sweep": "lr", "sweep_index": i})
+    record.sweep_dir(home, "lr").mkdir(parents=True)
+    record.write_sweep(home, record.Sweep(name="lr", engine="local", max_parallel=1,
+                                          runs=tuple(rd.run_id for rd in runs)))
+    app = make_app(home, run=runs[0].run_id)
+    async with app.run_test(size=(100, 24)) as pilot:
+        await settle(app, pilot)
+        text = screen_text(app)
+        assert "sweep" in text and text.count(" lr ") == 2
+        await pilot.press("T")
+        for _ in range(200):
+            await settle(app, pilot)
+            if isinstance(app.screen, AblationScreen) and app.screen.query_one("#compare-table").row_count:
+                break
+        assert "sweep lr (2 runs" in app.screen.title_text()
+        assert len(app.screen.query_one("#compare-table").columns) == 3  # the label and the sweep's two runs
