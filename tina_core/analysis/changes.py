@@ -306,7 +306,8 @@ class SignalWatch:
         them; a log every 10 steps spends 110 steps there). Looked for once, at the first testable
         point: the level of the last ``min_ref`` points is the new regime, and the head's points
         before it that sit outside its band (3 of its sigmas; at least ``min_size`` in a row) the
-        old one, if the level moved by ``h / 2`` sigmas."""
+        old one, if the level moved by ``h / 2`` sigmas; the marker where the points on the way up
+        (each nearer the new level) left the first ones' level."""
         p = self.p
         new = self.x[t - p.min_ref + 1: t + 1]
         level = sum(new) / len(new)
@@ -319,7 +320,18 @@ class SignalWatch:
         before = sum(self.x[:b]) / b
         if abs(level - before) < max(p.h / 2, p.min_shift) * sd:
             return None
-        return _Alarm(b, t, "up" if level > before else "down", before, sd, head=True)
+        # a ramp into the new level starts where the points on the way there left the first ones'
+        # level (a log every 10 steps sees a fast turn as a few points, each nearer the new level)
+        first = sum(self.x[:p.min_size]) / p.min_size
+        sign = 1.0 if level > first else -1.0
+        onset, away = b, 0.2 * abs(level - first)
+        while (onset - 1 >= p.min_size and sign * (self.x[onset - 1] - self.x[onset]) < 0
+               and sign * (self.x[onset - 1] - first) >= away):
+            onset -= 1
+        if sign * (self.x[onset - 1] - first) >= away:
+            onset = b  # not a ramp from the first level: a level of its own before the move
+        before = sum(self.x[:onset]) / onset
+        return _Alarm(onset, t, "up" if level > before else "down", before, sd, head=True)
 
     def _verdict(self, t: int) -> list[Change]:
         """Judge the pending alarm on the points up to ``t`` (its onset + confirm_points), once."""
@@ -349,7 +361,11 @@ class SignalWatch:
         size = self._mean(n - p.confirm_points, n) - a.before
         sign = 1.0 if a.direction == "up" else -1.0
         span = max(self.span, abs(size))
-        if sign * size < p.min_shift * a.sigma or abs(size) < p.min_rel * span:
+        # the move against the noise of both levels (pooled), when the new level is quieter than
+        # the old: a format learned makes a noisy reward steady
+        new_mean, new_sd = self._ref(n - p.confirm_points, n)
+        scale = min(a.sigma, math.sqrt((a.sigma ** 2 + new_sd ** 2) / 2))
+        if sign * size < p.min_shift * scale or abs(size) < p.min_rel * span:
             return REJECTED, a.onset, size  # too small to pass below: spare the segmentation
         if a.head:  # no reference before it to segment against: the level it reached decides
             return (CONFIRMED if sign * size >= max(p.h / 2, p.min_shift) * a.sigma else REJECTED), a.onset, size
@@ -370,8 +386,8 @@ class SignalWatch:
         for b in near:
             i = edges.index(b)
             step_shift = sign * float(seg[b:edges[i + 1], 0].mean() - seg[edges[i - 1]:b, 0].mean())
-            if step_shift >= max(p.min_shift * a.sigma, p.min_part * abs(total)):
-                if sign * total < p.min_shift * a.sigma:
+            if step_shift >= max(p.min_shift * scale, p.min_part * abs(total)):
+                if sign * total < p.min_shift * scale:
                     break
                 return CONFIRMED, lo + b, float(seg[b:, 0][-p.confirm_points:].mean() - a.before)
         return REJECTED, a.onset, size
