@@ -130,9 +130,9 @@ def _most_at_once(spans: list[tuple[float, float]]) -> int:
     return max(sum(1 for a, b in spans if a <= t < b) for t, _ in spans)
 
 
-def test_the_queue_runs_k_at_a_time_in_order_each_step_once(contract):
+def test_the_queue_runs_k_at_a_time_in_order_each_on_gpus_of_its_own_each_step_once(contract):
     home, script = contract
-    runs = make_sweep(home, script, 3, 2)
+    runs = make_sweep(home, script, 3, 2, gpus=1, gpu_ids=(0, 1, 2))  # three GPUs, but two at a time
     assert [_state(rd) for rd in runs] == ["queued"] * 3
     assert local.ensure_queue(home, "sw")
     _ended(runs)
@@ -141,28 +141,19 @@ def test_the_queue_runs_k_at_a_time_in_order_each_step_once(contract):
     spans = _spans(runs)
     assert _most_at_once(spans) == 2
     assert spans[2][0] >= min(spans[0][1], spans[1][1])  # the third took the first slot that freed
+    given = [(rd.path / "gpus.txt").read_text().split() for rd in runs]  # what each trainer was given
+    launched = [last_of(rd.read_events(), Kind.LAUNCHED)["gpu_ids"] for rd in runs]
+    assert [[str(g) for g in ids] for ids in launched] == given and all(len(ids) == 1 for ids in launched)
+    for i in range(3):
+        for j in range(i + 1, 3):
+            if spans[i][0] < spans[j][1] and spans[j][0] < spans[i][1]:  # at the same time: not the same GPU
+                assert launched[i] != launched[j]
     wait_for(lambda: record.queue_pid(home, "sw") is None, 30, lambda: "the queue never exited")
     log = (record.sweep_dir(home, "sw") / record.QUEUE_LOG).read_text()
     assert log.count("started ") == 3 and "queue exits" in log
     listed = json.loads(tina(home, "ls", "--json").stdout)
     assert [(r["sweep"], r["queue"]["engine"], r["queue"]["index"]) for r in listed] == \
         [("sw", "local", 0), ("sw", "local", 1), ("sw", "local", 2)]
-
-
-def test_each_run_gets_gpus_of_its_own(contract):
-    home, script = contract
-    runs = make_sweep(home, script, 3, 4, gpus=1, gpu_ids=(0, 1))  # two GPUs: two at a time, whatever K says
-    local.ensure_queue(home, "sw")
-    _ended(runs)
-    given = [(rd.path / "gpus.txt").read_text().split() for rd in runs]
-    launched = [last_of(rd.read_events(), Kind.LAUNCHED)["gpu_ids"] for rd in runs]
-    assert [[str(g) for g in ids] for ids in launched] == given
-    spans = _spans(runs)
-    assert _most_at_once(spans) == 2
-    for i in range(3):
-        for j in range(i + 1, 3):
-            if spans[i][0] < spans[j][1] and spans[j][0] < spans[i][1]:  # at the same time: not the same GPU
-                assert launched[i] != launched[j]
 
 
 def test_stop_cancels_a_queued_run_and_stops_a_running_one(contract, monkeypatch):
