@@ -11,6 +11,7 @@ Light: the standard library and psutil.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import socket
@@ -269,14 +270,54 @@ def eval_process_alive(pid: Any) -> bool:
     return pid_alive(pid, cmdline_has=EVAL_PROCESS_MARK)
 
 
-def eval_worker_pid(home: str | os.PathLike | None = None) -> int | None:
-    """The workspace's evaluation worker, if one is alive (read from its lock file, never by taking
-    the lock: a reader holding it for a moment would turn a starting worker away)."""
+class PidLock:
+    """A daemon's lock: an flock on a file that holds its pid, one daemon per file (the evaluation
+    worker's, a sweep's queue). The kernel lets it go when the daemon dies."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self.fd: int | None = None
+
+    def acquire(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return False
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+    def held(self) -> bool:
+        """Whether a daemon holds it now (taken and let go at once when free)."""
+        if self.acquire():
+            self.release()
+            return False
+        return True
+
+
+def lock_holder(path: Path, cmdline_has: str) -> int | None:
+    """The daemon holding a ``PidLock``, if it is alive: read from the file, never by taking the
+    lock (a reader holding it for a moment would turn a starting daemon away)."""
     try:
-        pid = int((tina_home(home) / EVAL_WORKER_LOCK).read_text().strip() or 0)
+        pid = int(Path(path).read_text().strip() or 0)
     except (OSError, ValueError):
         return None
-    return pid if pid_alive(pid, cmdline_has=f"{EVAL_PROCESS_MARK} worker") else None
+    return pid if pid_alive(pid, cmdline_has=cmdline_has) else None
+
+
+def eval_worker_pid(home: str | os.PathLike | None = None) -> int | None:
+    """The workspace's evaluation worker, if one is alive."""
+    return lock_holder(tina_home(home) / EVAL_WORKER_LOCK, f"{EVAL_PROCESS_MARK} worker")
 
 
 def eval_last_alive(rd: RunDir, ev: dict[str, Any], now: float | None = None) -> float:

@@ -9,7 +9,6 @@ the GPUs, unless the user assigned GPUs explicitly.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import subprocess
@@ -37,39 +36,8 @@ def _timeout_s(ev: dict[str, Any]) -> float:
         return default
 
 
-class _Lock:
-    """The workspace's worker lock (fcntl, released by the kernel if the worker dies)."""
-
-    def __init__(self, home: Path) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        self.path = home / WORKER_LOCK
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-
 def worker_running(home: str | os.PathLike | None = None) -> bool:
-    lock = _Lock(tina_home(home))
-    if lock.acquire():
-        lock.release()
-        return False
-    return True
+    return runstate.PidLock(tina_home(home) / WORKER_LOCK).held()
 
 
 NO_WORKER_ENV = "TINA_NO_EVAL_WORKER"  # set in a Slurm task: its evaluations wait for a worker elsewhere
@@ -169,7 +137,7 @@ def _reap_orphans(home: Path, items: list[dict[str, Any]], alerts: Alerts) -> bo
 
 def worker_main(home: str | os.PathLike) -> int:
     h = tina_home(home)
-    lock = _Lock(h)
+    lock = runstate.PidLock(h / WORKER_LOCK)
     if not lock.acquire():
         return 0
     _wlog("worker up")

@@ -13,7 +13,6 @@ cancelled meanwhile (``tina stop``) is skipped: starting and cancelling both tak
 
 from __future__ import annotations
 
-import fcntl
 import os
 import subprocess
 import sys
@@ -33,7 +32,7 @@ def ensure_queue(home: Path, name: str, *, env: dict[str, str] | None = None) ->
     """Start the sweep's queue daemon unless one runs; True when one was started. ``env``: the
     withheld credentials its runs' trainers need (kept in process environments only)."""
     folder = record.sweep_dir(home, name)
-    if _locked(folder / record.QUEUE_LOCK):
+    if runstate.PidLock(folder / record.QUEUE_LOCK).held():
         return False
     with open(folder / record.QUEUE_LOG, "ab") as log:
         subprocess.Popen([sys.executable, "-m", "tina_core.sweep", "local", str(home), name],
@@ -49,17 +48,6 @@ def revive_queues(home: Path, runs: list[dict[str, Any]]) -> str | None:
                     == "local" and r.get("sweep")})
     started = [n for n in names if record.queue_pid(home, n) is None and ensure_queue(home, n)]
     return f"no queue was running for sweep(s) {', '.join(started)}: started again" if started else None
-
-
-def _locked(path: Path) -> bool:
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        return False
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
 
 
 def _log(msg: str) -> None:
@@ -112,20 +100,14 @@ def step(home: Path, sweep: record.Sweep) -> bool:
 
 def queue_main(home: str | os.PathLike, name: str) -> int:
     h = tina_home(home)
-    path = record.sweep_dir(h, name) / record.QUEUE_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    lock = runstate.PidLock(record.sweep_dir(h, name) / record.QUEUE_LOCK)
+    if not lock.acquire():
         return 0  # another queue runs this sweep
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
     _log(f"queue of sweep {name} up")
     try:
         while step(h, record.read_sweep(h, name)):
             time.sleep(POLL_S)
     finally:
-        os.close(fd)
+        lock.release()
         _log("queue exits: no run of the sweep is queued")
     return 0

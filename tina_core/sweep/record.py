@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from tina_core.rundir import RunDir, TinaError, read_json, runs_root, write_json_atomic
-from tina_core.runstate import pid_alive
+from tina_core.runstate import lock_holder
 
 SWEEP_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,60}$")
 ENGINES = ("local", "slurm")
@@ -114,10 +114,5 @@ def start_claim(run_dir: RunDir) -> Iterator[None]:
 
 
 def queue_pid(home: Path, name: str) -> int | None:
-    """The local queue daemon of sweep ``name``, if one is alive (read from its lock file, never by
-    taking the lock)."""
-    try:
-        pid = int((sweep_dir(home, name) / QUEUE_LOCK).read_text().strip() or 0)
-    except (OSError, ValueError):
-        return None
-    return pid if pid_alive(pid, cmdline_has=QUEUE_MARK) else None
+    """The local queue daemon of sweep ``name``, if one is alive."""
+    return lock_holder(sweep_dir(home, name) / QUEUE_LOCK, QUEUE_MARK)
