@@ -185,7 +185,7 @@ def main() -> int:
 def report(run: Path, cfg: dict, gpus: int, use_vllm: bool, dry: bool, sets: list[str]) -> int:
     from tina_core.recipe.configs import resolved_grpo
     from tina_core.recipe.loader import load_recipe
-    from tina_core.report import paper
+    from tina_core.recipe import paper
 
     rows = [r for r in read_jsonl(run / "metrics.jsonl") if "reward" in r and "step_time" in r]
     recipe = load_recipe(run / "recipe.yaml")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tina_core.analysis import cost
+from tina_core.analysis import cost, projection
 from tina_core.rundir import RunDir, TinaError, create_run_dir, write_json_atomic
 
 
@@ -77,14 +77,14 @@ def test_dead_supervisor_attempt_ends_at_its_recorded_end(tmp_path):
         # closed on resume, long after: it really ended at the last heartbeat
         {"event": "attempt_exited", "attempt": 1, "ts": 99999.0, "end_ts": 3600.0},
     ])
-    assert cost.run_cost(rd)["train"] == pytest.approx(1.0)
+    assert cost.Meter.for_run(rd).cost_usd()["train"] == pytest.approx(1.0)
 
 
 def test_cpu_runs_are_free_unless_priced(tmp_path):
     events = [{"event": "attempt_started", "attempt": 1, "gpus": 0, "ts": 0.0},
               {"event": "attempt_exited", "attempt": 1, "ts": 7200.0}]
-    assert cost.run_cost(_run(tmp_path, events, gpu_hour_usd=0.0))["total"] == 0.0
-    assert cost.run_cost(_run(tmp_path, events, gpu_hour_usd=0.0, cpu_hour_usd=0.25))["total"] == 0.5
+    assert cost.Meter.for_run(_run(tmp_path, events, gpu_hour_usd=0.0)).cost_usd()["total"] == 0.0
+    assert cost.Meter.for_run(_run(tmp_path, events, gpu_hour_usd=0.0, cpu_hour_usd=0.25)).cost_usd()["total"] == 0.5
 
 
 def test_step_times_keep_each_step_once_from_the_latest_attempt():
@@ -133,21 +133,21 @@ def test_the_dry_run_says_what_pace_it_assumes_and_why_until_a_run_here_has_one(
     the same device replaces it as soon as it has MEASURED_MIN_STEPS steps, ended or still live."""
     from tina_core.recipe.loader import RECIPES_DIR, load_recipe
 
-    rs2 = cost.launch_cost(tmp_path, load_recipe(RECIPES_DIR / "tina" / "open_rs2.yaml"))
+    rs2 = projection.launch_cost(tmp_path, load_recipe(RECIPES_DIR / "tina" / "open_rs2.yaml"))
     [pace] = [line for line in rs2.lines() if line.startswith("#   pace:")]
     assert pace.startswith("#   pace: assumes 60 s/step because it is Tina's on 2 x L40S")
     assert "four vLLM generations one after another" in pace and "25-45 s/step" in pace
 
     tiny = load_recipe(RECIPES_DIR / "tiny.yaml")
-    _paced_run(tmp_path, tiny_run, "short", cost.MEASURED_MIN_STEPS - 1, 3.0)
-    before = cost.launch_cost(tmp_path, tiny)
-    assert before.seconds_per_step == cost.STEP_SECONDS[("tiny", "cpu", 0)][0]
+    _paced_run(tmp_path, tiny_run, "short", projection.MEASURED_MIN_STEPS - 1, 3.0)
+    before = projection.launch_cost(tmp_path, tiny)
+    assert before.seconds_per_step == projection.STEP_SECONDS[("tiny", "cpu", 0)][0]
     assert "#   pace: assumes 0.12 s/step because bench/tiny_phase_transition.py measured" in before.lines()[1]
-    _paced_run(tmp_path, tiny_run, "live", cost.MEASURED_MIN_STEPS, 2.0)
-    after = cost.launch_cost(tmp_path, tiny)
+    _paced_run(tmp_path, tiny_run, "live", projection.MEASURED_MIN_STEPS, 2.0)
+    after = projection.launch_cost(tmp_path, tiny)
     assert after.seconds_per_step == pytest.approx(2.0)
     assert after.lines()[1] == "#   pace: 2 s/step, measured here over 1 run(s)"
     from tina_core.events import Kind
 
-    _paced_run(tmp_path, tiny_run, "broken", cost.MEASURED_MIN_STEPS, 9.0).event(Kind.FAILED, reason="crashed")
-    assert cost.launch_cost(tmp_path, tiny).seconds_per_step == pytest.approx(2.0)  # a failed run does not count
+    _paced_run(tmp_path, tiny_run, "broken", projection.MEASURED_MIN_STEPS, 9.0).event(Kind.FAILED, reason="crashed")
+    assert projection.launch_cost(tmp_path, tiny).seconds_per_step == pytest.approx(2.0)  # a failed run does not count

@@ -10,7 +10,7 @@ import pytest
 
 from tina_core.recipe.configs import build_grpo_config, differences_from_defaults
 from tina_core.recipe.loader import RECIPES_DIR, load_recipe
-from tina_core.report import paper
+from tina_core.recipe import paper
 from tina_core.train.launcher import launch_env
 
 TINA = RECIPES_DIR / "tina"

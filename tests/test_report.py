@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tina_core.report import paper
+from tina_core.recipe import paper
 from tina_core.recipe.loader import load_recipe
 from tina_core.cli.workspace import cli_report
 from tina_core.report.table import build_report, render_text

@@ -189,7 +189,7 @@ def test_policy_on_a_run_is_recorded_and_checked(tiny_run, tmp_path):
 
 # --- dollars before launch --------------------------------------------------------------------------
 def test_dry_run_prints_the_cost_to_stop_at_step_and_to_the_typical_transition(tmp_path):
-    from tina_core.analysis import cost
+    from tina_core.analysis import projection
 
     out = tina(tmp_path, "run", str(ROOT / "recipes" / "tina" / "open_rs2.yaml"), "--dry-run")
     assert out.returncode == 0, out.stderr
@@ -200,7 +200,7 @@ def test_dry_run_prints_the_cost_to_stop_at_step_and_to_the_typical_transition(t
     assert cost_part[-1].startswith("# disk: the snapshot ring keeps")
     assert text.index("# memory per GPU") < text.index("# cost, training only")
     recipe = load_recipe(ROOT / "recipes" / "tina" / "open_rs2.yaml")
-    pace, _ = cost.STEP_SECONDS[("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "L40S", 2)]
+    pace, _ = projection.STEP_SECONDS[("deepseek-ai/DeepSeek-R1-Distill-Qwen-1.5B", "L40S", 2)]
     per_hour = 2 * recipe.gpu_hour_usd
     assert cost_part[0] == f"# cost, training only: 2 x L40S (assumed: no GPU here) at ${recipe.gpu_hour_usd:g}/GPU-hour, " \
                           f"${per_hour:g}/hour (recipe price.gpu_hour_usd)"
@@ -213,11 +213,11 @@ def test_dry_run_prints_the_cost_to_stop_at_step_and_to_the_typical_transition(t
 
 def test_the_projection_uses_the_workspaces_own_pace_once_measured(tiny_run, tmp_path):
     """Until tina has run a model on a device, the documented pace; then its own (median of runs)."""
-    from tina_core.analysis import cost
+    from tina_core.analysis import cost, projection
 
     recipe = load_recipe(TINY_RECIPE)
-    before = cost.launch_cost(tmp_path, recipe)
-    assert (before.seconds_per_step, before.transition_step) == (cost.STEP_SECONDS[("tiny", "cpu", 0)][0], 47)
+    before = projection.launch_cost(tmp_path, recipe)
+    assert (before.seconds_per_step, before.transition_step) == (projection.STEP_SECONDS[("tiny", "cpu", 0)][0], 47)
     home = tmp_path / "h"
     rd = create_run_dir(home, "paced")
     rd.recipe.write_text(tiny_run.recipe.read_text())
@@ -227,7 +227,7 @@ def test_the_projection_uses_the_workspaces_own_pace_once_measured(tiny_run, tmp
         append_jsonl(rd.metrics, {"step": s, "attempt": 1, "ts": t0 + 2.5 * s, FORMAT: 0.0})
     rd.event("transition", status="confirmed", step=12, signal=FORMAT, detected_at=20)
     rd.event("stopped", step=20, by="after_transition")
-    after = cost.launch_cost(home, recipe)
+    after = projection.launch_cost(home, recipe)
     assert after.seconds_per_step == pytest.approx(2.5) and after.pace_source == "measured here over 1 run(s)"
     assert after.transition_step == 12 and after.usd_to(100) == pytest.approx(100 * 2.5 * recipe.cpu_hour_usd / 3600, abs=1e-6)
     assert cost.usd_text(after.usd_to(100)) == f"{100 * 2.5 * recipe.cpu_hour_usd / 36:.2f}¢"
@@ -346,7 +346,7 @@ def _budgeted(home: Path, budget_above_spent: float):
     rd = SyntheticRun("capped-1", name="capped", steps=60, stop_at_step=100, max_steps=100, save_steps=10,
                       transition=30, gpu_count=0, state="stopped", step_s=1.0).write(home)
     rd.event(Kind.TRANSITION, status="confirmed", step=30, signal="rewards/format_reward/mean", detected_at=35)
-    spent = cost.run_cost(rd)["total"]
+    spent = cost.Meter.for_run(rd).cost_usd()["total"]
     lifecycle.set_policy(home, rd.run_id, by="test", budget_usd=round(spent + budget_above_spent, 6))
     return rd
 

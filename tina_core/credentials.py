@@ -89,9 +89,3 @@ def secret_fields(data: Any, prefix: str = "") -> dict[str, Any]:
             elif is_secret_name(str(k)) and is_secret_value(v):
                 out[path] = v
     return out
-
-
-def safe_environ(environ: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment without credential-looking variables (for records, never for launching)."""
-    env = os.environ if environ is None else environ
-    return {k: v for k, v in env.items() if not is_secret_name(k)}

@@ -26,7 +26,6 @@ from tina_core.credentials import redact
 from tina_core.events import Kind, as_kind
 
 DEFAULT_HOME = Path("~/.tina")
-RUN_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,120}$")
 
 
 class TinaError(Exception):

@@ -11,7 +11,6 @@ Light: the standard library and psutil.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import signal
 import socket
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from tina_core.events import EVAL_ENDED, EVAL_KINDS, RUN_ENDED, Kind, is_kind, kind_of, open_attempts, since_start
+from tina_core.locks import PidLock  # noqa: F401  (a sweep's queue takes it as runstate.PidLock)
 from tina_core.rundir import RunDir, list_run_dirs, read_json, tail_records, tina_home
 
 # --- states -------------------------------------------------------------------------------------
@@ -56,6 +56,13 @@ def can_resume(state: str | None, supervisor_gone: bool = False) -> bool:
     takes its orphaned trainer over (stops it at a checkpoint, then trains on from there). A cancelled
     sweep's run starts then."""
     return state in ("stopped", "failed", "crashed", "cancelled") or (supervisor_gone and is_live(state))
+
+
+def supervisor_ending(run_dir: RunDir) -> bool:
+    """Whether the supervisor holding the run's lock is going: its pid is gone (a killed one's
+    threads still exit for a moment), or its run has ended and it is letting go."""
+    pid = (read_json(run_dir.supervisor, {}) or {}).get("pid")
+    return not pid_alive(pid) or liveness(run_dir).state in ENDED_STATES
 
 
 # --- processes ----------------------------------------------------------------------------------
@@ -268,41 +275,6 @@ def eval_queue(home: str | os.PathLike | None = None) -> list[dict[str, Any]]:
 
 def eval_process_alive(pid: Any) -> bool:
     return pid_alive(pid, cmdline_has=EVAL_PROCESS_MARK)
-
-
-class PidLock:
-    """A daemon's lock: an flock on a file that holds its pid, one daemon per file (the evaluation
-    worker's, a sweep's queue). The kernel lets it go when the daemon dies."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.fd: int | None = None
-
-    def acquire(self) -> bool:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            return False
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return True
-
-    def release(self) -> None:
-        if self.fd is not None:
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self.fd = None
-
-    def held(self) -> bool:
-        """Whether a daemon holds it now (taken and let go at once when free)."""
-        if self.acquire():
-            self.release()
-            return False
-        return True
 
 
 def lock_holder(path: Path, cmdline_has: str) -> int | None:

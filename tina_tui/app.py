@@ -280,18 +280,18 @@ class TinaApp(App[None]):
     def _recipe_costs(self, recipes: list[tuple[Path, str]]) -> dict[Path, str]:
         """What each recipe would cost to train, as `tina run --dry-run` projects it (this
         workspace's own pace once it has one, else the documented one)."""
-        from tina_core.analysis import cost
+        from tina_core.analysis import projection
         from tina_core.recipe.loader import load_recipe
         from tina_tui.widgets.text import usd
 
         try:
-            measures = cost.measured(self.home)
+            measures = projection.measured(self.home)
         except Exception:  # an unreadable run costs the picker its measured paces, nothing more
             measures = ({}, {})
         out = {}
         for path, _ in recipes:
             try:
-                plan = cost.launch_cost(self.home, load_recipe(path), measures=measures)
+                plan = projection.launch_cost(self.home, load_recipe(path), measures=measures)
             except Exception:
                 continue
             to_stop, to_turn = plan.usd_to(plan.stop_at_step), plan.usd_to(plan.transition_step)

@@ -67,7 +67,7 @@ def cli_run(home: Path, recipe: Path, *, name: str | None = None, detach: bool =
     config_or_default(home, warn=lambda text: print(f"tina: warning: {text}", file=sys.stderr, flush=True))
     if dry_run:
         from tina_core import gpu
-        from tina_core.analysis.cost import launch_cost
+        from tina_core.analysis.projection import launch_cost
 
         resolved, command = plan_run(home, recipe, overrides=overrides)
         notes = "".join(f"# {line}\n" for line in dry_run_notes(resolved))

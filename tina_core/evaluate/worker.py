@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tina_core import runstate
+from tina_core import locks, runstate
 from tina_core.alerts import Alerts
 from tina_core.evaluate.commands import _child_env, _gpu_env, _python
 from tina_core.evaluate.tasks import log_tail
@@ -37,7 +37,7 @@ def _timeout_s(ev: dict[str, Any]) -> float:
 
 
 def worker_running(home: str | os.PathLike | None = None) -> bool:
-    return runstate.PidLock(tina_home(home) / WORKER_LOCK).held()
+    return locks.PidLock(tina_home(home) / WORKER_LOCK).held()
 
 
 NO_WORKER_ENV = "TINA_NO_EVAL_WORKER"  # set in a Slurm task: its evaluations wait for a worker elsewhere
@@ -137,7 +137,7 @@ def _reap_orphans(home: Path, items: list[dict[str, Any]], alerts: Alerts) -> bo
 
 def worker_main(home: str | os.PathLike) -> int:
     h = tina_home(home)
-    lock = runstate.PidLock(h / WORKER_LOCK)
+    lock = locks.PidLock(h / WORKER_LOCK)
     if not lock.acquire():
         return 0
     _wlog("worker up")

@@ -25,7 +25,7 @@ from tina_core.analysis import metric_keys
 from tina_core.analysis.phase import explain
 from tina_core.analysis.signals import short
 from tina_core.recipe import diff
-from tina_core.report import paper
+from tina_core.recipe import paper
 from tina_core.report.runs import describe
 from tina_core.runstate import is_live
 from tina_core.rundir import RunDir, TinaError, find_run, list_run_dirs

@@ -7,8 +7,6 @@ display or as a detached daemon that survives the terminal, SSH and the cockpit.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import shlex
 import signal
@@ -17,9 +15,9 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
-from tina_core import runstate
+from tina_core import locks, runstate
 from tina_core.events import Kind
 from tina_core.rundir import (RunDir, TinaError, create_run_dir, find_run, iter_jsonl, now_iso, read_json, runs_root,
                               write_json_atomic)
@@ -206,29 +204,10 @@ def supervise_foreground(run_dir: RunDir, *, resume: bool = False, secret_env: d
     return state
 
 
-STOP_LOCK = "stop.lock"  # held by the `tina stop` that is asking, so a second one is told
-
-
 @dataclass(frozen=True)
 class StopOutcome:
     state: str  # the run's state afterwards (``stopping`` when not waiting)
     said: str   # what happened, in a sentence for the user
-
-
-@contextlib.contextmanager
-def _stop_claim(run_dir: RunDir) -> Iterator[bool]:
-    """True for the one `tina stop` (or cockpit) that may ask the run to stop right now; another
-    one asking meanwhile gets False (the kernel lets the claim go if its holder dies)."""
-    fd = os.open(run_dir.path / STOP_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        yield True
-    finally:
-        os.close(fd)
 
 
 def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None = None,
@@ -241,7 +220,7 @@ def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None
     run_dir = find_run(home, run_ref, acting=True)
     rid = run_dir.run_id
     stop_timeout = stop_timeout_s(run_dir.info())
-    with _stop_claim(run_dir) as mine:
+    with locks.stop_claim(run_dir.path) as mine:
         live = runstate.liveness(run_dir)
         if live.state in runstate.ENDED_STATES:
             return StopOutcome(live.state, f"run {rid} is already {live.state}: nothing to stop")
@@ -252,14 +231,13 @@ def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None
         elif live.supervisor_gone:
             # No supervisor to ask (killed, or an orphaned trainer training on): stop what it left
             # behind ourselves, under its lock, the orphan at a checkpoint of its current step.
-            sup = Supervisor(run_dir)
-            sup.acquire()
+            fd = locks.take_run_lock(run_dir, holder_ending=lambda: runstate.supervisor_ending(run_dir))
             try:
                 run_dir.event(Kind.STOP_REQUESTED, by="tina stop (no supervisor)", pid=os.getpid())
                 recover_orphan(run_dir, stop_timeout, read_json(run_dir.supervisor, {}) or {})
                 run_dir.event(Kind.STOPPED, step=None)
             finally:
-                sup.release()
+                os.close(fd)
             return StopOutcome("stopped", f"stopped {rid}" + (f" (its orphaned trainer, pid {live.orphan_trainer_pid}, "
                                                                "at a checkpoint)" if live.orphan_trainer_pid else ""))
         else:

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from tina_core.rundir import RunDir, parse_json
+from tina_core.rundir import JsonlTail, RunDir
 
 
 class Display:
@@ -25,8 +25,7 @@ class Display:
         self.live_mode = live
         self.quiet = quiet
         self.stream = stream or sys.stderr
-        self._offset = 0
-        self._buf = b""
+        self._tail = JsonlTail(run_dir.metrics)
         self._last: dict[str, Any] | None = None
         self._shown_step = None
         self._last_draw = 0.0
@@ -42,23 +41,9 @@ class Display:
             self._live = None
 
     def _read_new(self) -> None:
-        try:
-            with open(self.run_dir.metrics, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
-        except FileNotFoundError:
-            return
-        self._offset += len(chunk)
-        self._buf += chunk
-        *lines, self._buf = self._buf.split(b"\n")
-
-        for raw in lines:
-            try:
-                rec = parse_json(raw)
-            except ValueError:
-                continue
+        for rec in self._tail.read()[0]:
             # the trainer's final summary log (train_runtime...) carries no step metrics
-            if isinstance(rec, dict) and isinstance(rec.get("step"), int) and "train_runtime" not in rec:
+            if isinstance(rec.get("step"), int) and "train_runtime" not in rec:
                 self._last = rec
 
     def _pick(self, name: str) -> float | None:

@@ -19,7 +19,6 @@ queues the evaluations of the checkpoints around the marker and of the base mode
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 import re
@@ -34,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from tina_core import runstate
+from tina_core import locks, runstate
 from tina_core.alerts import Alerts, StallWatch, budgets_passed
 from tina_core.credentials import redact, redact_text, remember_secrets
 from tina_core.events import (EXIT_FINISHED, EXIT_STOPPED, Kind, is_kind, of_kind, open_attempts,
@@ -51,7 +50,6 @@ BUDGET_CHECK_S = 5.0  # how often the run's dollars are added up against the ale
 DEFAULT_STOP_TIMEOUT_S = 120.0
 DEFAULT_MAX_RESTARTS = 3
 DEFAULT_BACKOFF_S = 5.0
-LOCK_NAME = "supervisor.lock"
 LOG_NAME = "supervisor.log"
 # Exit codes of `tina run` (foreground) and `tina resume`.
 EXIT_CODES = {Kind.FINISHED: EXIT_FINISHED, Kind.FAILED: 1, Kind.STOPPED: EXIT_STOPPED}
@@ -71,9 +69,6 @@ def stop_timeout_s(info: dict[str, Any]) -> float:
     """How long a stop waits for the trainer's checkpoint before killing its group:
     $TINA_STOP_TIMEOUT_S, else the recipe's launch.stop_timeout_s, else 120 s."""
     return _env_float("TINA_STOP_TIMEOUT_S", float(info.get("stop_timeout_s") or DEFAULT_STOP_TIMEOUT_S))
-
-
-LOCK_RELEASE_GRACE_S = 5.0
 
 
 # --- the supervisor -------------------------------------------------------------------------------
@@ -122,26 +117,7 @@ class Supervisor:
     # lock ---------------------------------------------------------------------------------------
     def acquire(self) -> None:
         """Take the run's exclusive lock, or say who holds it."""
-        fd = os.open(self.run_dir.path / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-        deadline = time.monotonic() + LOCK_RELEASE_GRACE_S
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                pid = (read_json(self.run_dir.supervisor, {}) or {}).get("pid")
-                # A killed supervisor shows as a zombie while its other threads still exit and
-                # hold the lock for a moment, and one whose run has ended lets it go once it has
-                # recorded that: wait for either, but never for one still supervising.
-                ending = not pid_alive(pid) or runstate.liveness(self.run_dir).state in runstate.ENDED_STATES
-                if ending and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                    continue
-            os.close(fd)
-            raise TinaError(f"run {self.run_dir.run_id} is already supervised"
-                            + (f" (supervisor pid {pid})" if pid else "")
-                            + "; use `tina stop` first, or `tina logs -f` to watch it") from None
-        self._lock_fd = fd
+        self._lock_fd = locks.take_run_lock(self.run_dir, holder_ending=lambda: runstate.supervisor_ending(self.run_dir))
 
     def release(self) -> None:
         if self._lock_fd is not None:
@@ -350,10 +326,12 @@ class Supervisor:
         if self.stop_by is not None:
             return {"by": self.stop_by[0], "reason": self.stop_by[1]}
         if self.stop_requested:
-            return {"by": self.stop_requested}
+            return {"by": self.stop_requested, "reason": f"asked ({self.stop_requested}): a checkpoint at the step in flight"}
         if code == EXIT_STOPPED and self.live is not None and self.live.stopped_on_schedule(step):
             return self.live.stop_fields("after_transition")
-        return {"by": "trainer"} if code == EXIT_STOPPED else {}
+        if code == EXIT_STOPPED:  # every stop says why, even one tina did not ask for
+            return {"by": "trainer", "reason": "the trainer saved and stopped (exit 75) without a request from tina"}
+        return {}
 
     def _evaluate_after_stop(self, fields: dict[str, Any]) -> None:
         from tina_core.analysis.policy import POLICY_STOPS

@@ -97,7 +97,7 @@ def expand(name: str, recipes: Sequence[Path], grids: Sequence[str], sets: Seque
 class PlannedRun:
     spec: RunSpec
     recipe: Any        # the resolved, checked Recipe
-    cost: Any          # analysis.cost.LaunchCost
+    cost: Any          # analysis.projection.LaunchCost
     command: list[str]  # the trainer's command line (a placeholder run directory)
 
     @property
@@ -151,7 +151,7 @@ def plan_sweep(home: Path, recipes: Sequence[Path], *, grids: Sequence[str] = ()
     """Every run resolved and checked, priced, and the engine's job described. Creates nothing;
     the first problem found in any run is an error naming the run."""
     from tina_core import gpu
-    from tina_core.analysis import cost
+    from tina_core.analysis import projection
     from tina_core.supervise.lifecycle import load_validated
     from tina_core.train.launcher import launch_command
 
@@ -166,7 +166,7 @@ def plan_sweep(home: Path, recipes: Sequence[Path], *, grids: Sequence[str] = ()
         raise TinaError(f"--max-parallel {max_parallel}: at least 1")
     here = engine == "local"
     gpu_name = gpu.gpu_model() if here else None
-    measures = cost.measured(home)
+    measures = projection.measured(home)
     planned, problems = [], []
     for spec in specs:
         try:
@@ -174,7 +174,7 @@ def plan_sweep(home: Path, recipes: Sequence[Path], *, grids: Sequence[str] = ()
         except TinaError as e:
             problems.append(f"run {spec.index} ({spec.name}): {e}")
             continue
-        planned.append(PlannedRun(spec, recipe, cost.launch_cost(home, recipe, gpu_name=gpu_name, measures=measures),
+        planned.append(PlannedRun(spec, recipe, projection.launch_cost(home, recipe, gpu_name=gpu_name, measures=measures),
                                   launch_command(RunDir(runs_root(home) / "<run_id>"), recipe)))
     if problems:
         raise TinaError(f"{len(problems)} of the sweep's {len(specs)} runs do not pass the checks; nothing was "
