@@ -19,7 +19,8 @@ from pathlib import Path
 
 from tina_core import caches
 from tina_core.rundir import RunDir
-from tina_tui.collector import CHARTS, Collector
+from tina_tui.collector import Collector
+from tina_tui.view import CHARTS
 from tina_tui.demo import SyntheticRun
 from tina_tui.widgets.overlay import overlay_lines
 

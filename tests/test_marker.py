@@ -19,6 +19,7 @@ from conftest import ROOT, TINY_RECIPE
 
 from tina_core.analysis import phase, policy
 from tina_core.analysis.changes import PhaseParams, SignalWatch
+from tina_core.analysis.pick import choose
 from tina_core.events import Kind, is_kind, of_kind
 from tina_core.importer.readers import import_run
 from tina_core.recipe.loader import load_recipe
@@ -119,7 +120,7 @@ def test_finished_runs_are_worded_as_finished():
     assert note["kind"] == "unjudged" and "before the log ended: too few to judge it" in note["text"]
     assert "not enough logged points yet" in phase.explain(None)[-1]
     assert "the log has too few points to judge a transition" in phase.explain(None, ended=True)[-1]
-    assert phase.recommend({"status": "none", "step": None}, [], ended=True)["reason"] == \
+    assert choose({"status": "none", "step": None}, [], ended=True)["reason"] == \
         "no phase transition in the watched signals (the run has ended)"
 
 

@@ -17,6 +17,7 @@ from synthetic import Scenario, generate, scenarios  # noqa: E402
 
 from tina_core.analysis import phase  # noqa: E402
 from tina_core.analysis.changes import SignalWatch  # noqa: E402
+from tina_core.analysis.pick import choose  # noqa: E402
 from tina_core.analysis.metric_keys import COMPLETION_LENGTH, FORMAT_REWARD, TAG_COUNT_REWARD  # noqa: E402
 from tina_core.recipe.loader import RECIPES_DIR, load_recipe  # noqa: E402
 from tina_core.rundir import RunDir, write_json_atomic  # noqa: E402
@@ -185,7 +186,7 @@ def test_the_runs_recipe_says_which_format_rewards_are_watched(tmp_path):
     ({"status": "confirmed", "step": 10, "signal": "f"}, [{"step": 25, "avg": None}], (None, None, False, "no complete")),
 ])
 def test_recommendation_rule(ph, cks, expect):
-    r = phase.recommend(ph, cks)
+    r = choose(ph, cks)
     assert (r["recommended"], r["best_evaluated"], r["disagree"]) == expect[:3]
     assert expect[3] in r["reason"]
 
@@ -231,4 +232,4 @@ def test_real_tiny_recipe_curve_replayed_online():
     final = phase.detect({FORMAT_REWARD: series, COMPLETION_LENGTH: length})
     assert final["status"] == "confirmed" and final["direction"] == "up" and 44 <= final["step"] <= 49
     assert final["signals"] == [FORMAT_REWARD] and final["size"] > 0.6
-    assert phase.recommend(final, [{"step": s, "avg": None} for s in (25, 50, 75, 100)])["recommended"] == 25
+    assert choose(final, [{"step": s, "avg": None} for s in (25, 50, 75, 100)])["recommended"] == 25

@@ -19,6 +19,7 @@ import pytest
 from conftest import ROOT, TINY_RECIPE
 
 from tina_core.analysis import policy
+from tina_core.analysis.pick import choose
 from tina_core.recipe.loader import RecipeError, load_recipe
 from tina_core.rundir import (CHECKPOINT_SNAPSHOT, RunDir, TinaError, append_jsonl, create_run_dir, iter_jsonl,
                               list_run_dirs, read_json, write_json_atomic)
@@ -159,13 +160,13 @@ def test_countdown_picks_whatever_stops_first():
 def test_pick_is_the_better_bracket_beside_the_best_of_all():
     phase = {"status": "confirmed", "step": 47}
     cks = [{"step": 25, "avg": 0.65}, {"step": 47, "avg": None}, {"step": 48, "avg": None}, {"step": 50, "avg": 0.75}]
-    before = policy.pick(phase, cks)
+    before = choose(phase, cks)["bracket"]
     assert (before["step"], before["brackets"], before["best_evaluated"]) == (47, [47, 48], {"step": 50, "avg": 0.75})
     cks[1]["avg"], cks[2]["avg"] = 0.7, 0.8
-    assert policy.pick(phase, cks)["step"] == 48
+    assert choose(phase, cks)["bracket"]["step"] == 48
     cks[2]["avg"] = 0.7
-    assert policy.pick(phase, cks)["step"] == 47  # a tie: the one at or before the marker
-    assert policy.pick({"status": "none", "step": None}, cks) is None
+    assert choose(phase, cks)["bracket"]["step"] == 47  # a tie: the one at or before the marker
+    assert choose({"status": "none", "step": None}, cks)["bracket"] is None
 
 
 def test_policy_on_a_run_is_recorded_and_checked(tiny_run, tmp_path):

@@ -396,8 +396,8 @@ def test_phase_max_age_keeps_a_recent_result_until_it_expires(tmp_path, monkeypa
         append_jsonl(rd.metrics, {**flat(s), "rewards/format_reward/mean": 0.9})
     store.ingest()
     assert store.phase("r1", max_age_s=60) == before
-    from tina_core.analysis.phase import recommend
-    assert store.recommendation("r1", max_age_s=60) == recommend(before, store.checkpoints("r1"))
+    from tina_core.analysis.pick import choose
+    assert store.recommendation("r1", max_age_s=60) == choose(before, store.checkpoints("r1"))
     after = store.phase("r1")                     # no leeway: the new steps count
     assert after == Store(tmp_path).phase("r1") and after["status"] != "none"
     assert store.phase("r1", max_age_s=60) == after

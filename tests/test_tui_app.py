@@ -13,7 +13,7 @@ from tina_core.evaluate import queue as ev_queue
 from tina_core.rundir import find_run
 from tina_tui.actions import ACTIONS, key_label
 from tina_tui.app import Refreshed, main
-from tina_tui.collector import CHARTS
+from tina_tui.view import CHARTS
 from tina_tui.demo import SyntheticRun
 from tina_tui.screens.confirm import ConfirmScreen
 from tina_tui.screens.detail import DetailScreen, PlotView
@@ -216,8 +216,8 @@ async def test_checkpoints_table_and_evaluation_keys(home):
         assert table.row_count == 1 + len(rd.checkpoint_steps())     # the base model's row first
         text = screen_text(app)
         assert "aime24" in text and "avg" in text and "$ at" in text
-        rec = app.view.recommendation["recommended"]
-        best = app.view.recommendation["best_evaluated"]
+        rec = app.view.pick["recommended"]
+        best = app.view.pick["best_evaluated"]
         assert rec is not None and best is not None and rec != best
         # the note over the table says what * and + mean, and that they disagree
         assert f"* {rec} recommended" in text and f"+ {best} best evaluated" in text and "disagree" in text
@@ -285,11 +285,11 @@ async def test_e_away_from_the_checkpoints_shows_them_first(home):
         await settle(app, pilot)
         assert isinstance(app.screen, MainScreen)
         assert app.query_one(TabbedContent).active == "checkpoints"
-        assert app.query_one(CheckpointsTable).selected_step == app.view.recommendation["recommended"]
+        assert app.query_one(CheckpointsTable).selected_step == app.view.pick["recommended"]
         assert any("choose a checkpoint" in m for m in notes(app))
         await pilot.press("enter")                  # enter on a checkpoint row evaluates it
         await settle(app, pilot)
-        assert isinstance(app.screen, TaskChooser) and str(app.view.recommendation["recommended"]) in app.screen.what
+        assert isinstance(app.screen, TaskChooser) and str(app.view.pick["recommended"]) in app.screen.what
 
 
 async def test_detail_view_has_every_step_and_the_money(tmp_path):

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from tina_core.rundir import JsonlTail, RunDir
-from tina_tui.collector import FORMAT, LENGTH, FileTail, checkpoint_rows
+from tina_tui.collector import FileTail
+from tina_tui.view import FORMAT, LENGTH, checkpoint_rows
 from tina_tui.plot import (BARS, MARK_CONFIRMED, MARK_TENTATIVE, braille_plot, bucket_mean, column_of, ema,
                            fmt_value, marker_line, spark_rows, value_at)
 

@@ -29,7 +29,7 @@ def _whole_refreshes(monkeypatch):
 def shown(snap) -> tuple:
     """What a snapshot shows, less the log tail (a fresh cockpit backfills it, a reused one follows it)."""
     v = snap.view
-    return (snap.runs, v.run_id, v.series, v.phase, v.recommendation, v.checkpoints, v.system, v.detail)
+    return (snap.runs, v.run_id, v.series, v.phase, v.pick, v.checkpoints, v.system, v.detail)
 
 
 def settled(collector: Collector, selected: str):

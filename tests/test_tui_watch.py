@@ -8,7 +8,7 @@ from textual.widgets import SelectionList
 
 from tina_core.importer.readers import import_run
 from tina_core.rundir import RunDir
-from tina_tui.collector import FORMAT
+from tina_tui.view import FORMAT
 from tina_tui.screens.watch_chooser import WatchChooser
 
 from test_tui_support import FROZEN, make_app, screen_text, settle

@@ -64,8 +64,10 @@ STARTS = (Kind.LAUNCHED, Kind.SUPERVISOR_STARTED)
 EVAL_KINDS = (Kind.EVAL_QUEUED, Kind.EVAL_STARTED, Kind.EVAL_FINISHED, Kind.EVAL_FAILED, Kind.EVAL_CANCELLED)
 EVAL_ENDED = (Kind.EVAL_FINISHED, Kind.EVAL_FAILED, Kind.EVAL_CANCELLED)
 EVAL_RESULTS = (Kind.EVAL_FINISHED, Kind.EVAL_FAILED)  # an evaluation's outcome, as announced
-# A ``transition`` event's status: a marker in force is tentative or confirmed; rejected takes it back.
-MARKED = ("tentative", "confirmed")
+# A ``transition`` event's status (and the phase object's): a marker in force is tentative or
+# confirmed; rejected takes it back.
+TENTATIVE, CONFIRMED, REJECTED = "tentative", "confirmed", "rejected"
+MARKED = (TENTATIVE, CONFIRMED)
 
 # --- exit codes ---------------------------------------------------------------------------------
 # The trainer's (and, for a stop, `tina run`'s: see supervise.supervisor.EXIT_CODES).

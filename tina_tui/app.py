@@ -27,7 +27,8 @@ from tina_core.rundir import TinaError, find_run, tina_home
 from tina_core.terminal import printable
 from tina_tui.actions import bindings
 from tina_tui.commands import CockpitCommands
-from tina_tui.collector import Collector, RunView, Snapshot
+from tina_tui.collector import Collector
+from tina_tui.view import Allowed, RunView, Snapshot
 from tina_tui.plot import MAX_OVERLAY
 from tina_tui.screens.ablation import AblationScreen
 from tina_tui.screens.confirm import ConfirmScreen
@@ -41,7 +42,7 @@ from tina_tui.screens.task_chooser import TaskChooser
 from tina_tui.screens.watch_chooser import AUTO, WatchChooser
 
 if TYPE_CHECKING:
-    from tina_tui.collector import RunRow
+    from tina_tui.view import RunRow
 
 REPO_RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 LOW_COLOUR_SYSTEMS = ("standard", "windows")
@@ -323,8 +324,8 @@ class TinaApp(App[None]):
         run = self._selected_run()
         if run is None:
             return
-        if not runstate.can_stop(run.get("state")):
-            self.notify(f"{run.get('name')} is {run.get('state')}: nothing to stop", severity="warning")
+        if not Allowed.of(run).stop:
+            self.notify(f"{run['name']} is {run['state']}: nothing to stop", severity="warning")
             return
         rid = run["run_id"]
         ask = (f"Cancel {run.get('name')}? It has not started." if run.get("state") == "queued" else
@@ -345,8 +346,8 @@ class TinaApp(App[None]):
         run = self._selected_run()
         if run is None:
             return
-        if run.get("imported"):
-            self.notify(f"{run.get('name')} was imported: it has no stop policy", severity="warning")
+        if not Allowed.of(run).policy:
+            self.notify(f"{run['name']} was imported: it has no stop policy", severity="warning")
             return
         rid, name = run["run_id"], run.get("name") or run["run_id"]
         self.push_screen(PolicyDialog(name, run.get("stop_policy") or {}),
@@ -365,8 +366,12 @@ class TinaApp(App[None]):
 
     def resume(self) -> None:
         run = self._selected_run()
-        if run is not None:
-            self._resume(run["run_id"])
+        if run is None:
+            return
+        if not Allowed.of(run).resume:
+            self.notify(f"{run['name']} is {run['state']}: nothing to resume", severity="warning")
+            return
+        self._resume(run["run_id"])
 
     @work(thread=True, group="actions", exit_on_error=False)
     def _resume(self, run_id: str) -> None:

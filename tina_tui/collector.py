@@ -1,7 +1,8 @@
 """What the cockpit shows, gathered off the event loop.
 
 ``Collector.collect`` runs in a thread worker once a second: it ingests, queries the store and the
-run directories, and returns one immutable ``Snapshot`` that the app posts as a single message.
+run directories, and returns one immutable ``Snapshot`` (``tina_tui.view``, the view model) that the
+app posts as a single message.
 Widgets never query anything themselves, and show nothing else: the snapshot's text from the runs'
 files (names, keys, reasons, log lines) is written out as ``tina_core.terminal`` makes it, so no
 escape sequence in it reaches the terminal. Everything derives from the run directories (through the
@@ -10,10 +11,9 @@ store), so opening the cockpit after hours away shows all that happened meanwhil
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -24,156 +24,23 @@ from tina_core.events import Kind, is_kind
 from tina_core.rundir import FileStamp, JsonlTail, RunDir, RunFiles, TinaError, list_run_dirs, read_whole_lines
 from tina_core.store.guard import Guarded
 from tina_core.sweep.state import engine_may_change
-from tina_core.terminal import printable, shown
+from tina_core.terminal import shown
+from tina_tui.view import (CHARTS, Notice, Overlay, OverlayRun, RunView, Snapshot, chart_keys, checkpoint_rows,
+                           described, printable_snapshot)
 
 if TYPE_CHECKING:
-    from tina_core.report.runs import PhaseTransition, RunObject, RunStub
+    from tina_core.analysis.transition import PhaseTransition
+    from tina_tui.view import RunRow
 
-    RunRow = RunObject | RunStub  # a described run, or the cockpit's stand-in for one
-
-FORMAT = "rewards/format_reward/mean"
-LENGTH = "completions/mean_length"
-ACCURACY = "rewards/accuracy_reward/mean"
-
-# (key, short label) of the charted metrics, in display order: the two format signals first.
-CHARTS: tuple[tuple[str, str], ...] = (
-    (FORMAT, "format"),
-    (LENGTH, "length"),
-    (ACCURACY, "accuracy"),
-    ("reward", "reward"),
-    ("kl", "kl"),
-    ("learning_rate", "lr"),
-)
 REFRESH_BUDGET_S = 0.2    # per refresh, for ingesting and describing runs beyond the selected one
 SERIES_POINTS = 400      # per chart; sparklines bucket these further into columns
 LOG_BACKFILL = 64 * 1024  # bytes of train.log shown when a run is first opened
 LOG_KEEP = 2000           # lines kept in the log widget
-TINA_PROMPTS_PER_STEP = 8  # 2 GPUs x 4 accumulation steps x G completions / G, in every Tina recipe
-
-def chart_keys(phase: dict[str, Any]) -> dict[str, str]:
-    """The metric each chart draws for a run: the format chart draws the marker's signal, else the
-    first watched one, when the run does not log Tina's format reward (other people's runs name
-    their rewards themselves); the accuracy chart its first correctness-like reward likewise."""
-    keys = {k: k for k, _ in CHARTS}
-    watch = phase.get("watch") or {}
-    cands = {c["signal"]: c for c in watch.get("candidates") or []}
-    if cands and FORMAT not in cands:
-        marked = phase.get("signal") if phase.get("status") in ("tentative", "confirmed") else None
-        first = next((k for k in watch.get("signals") or [] if k != LENGTH), None)
-        keys[FORMAT] = marked or first or FORMAT
-    if cands and ACCURACY not in cands:
-        keys[ACCURACY] = next((k for k, c in cands.items() if c["role"] == "correctness"), ACCURACY)
-    return keys
-
-
-@dataclass(frozen=True)
-class Notice:
-    severity: str
-    text: str
-    bell: bool = False  # an alert (tina_core.alerts.ALERT_EVENTS): the terminal's bell rings too
-    key: str | None = None  # a later notice of the same key replaces this one (a run's marker)
-
-
-@dataclass
-class RunView:
-    """The selected run in full."""
-
-    run: RunRow
-    series: dict[str, list[tuple[float, float]]]
-    phase: PhaseTransition | None
-    recommendation: dict[str, Any] | None
-    checkpoints: list[dict[str, Any]]
-    system: list[dict[str, Any]]
-    log_lines: list[str]
-    log_reset: bool            # True: replace the log widget's content, else append
-    # Every logged step of the metric the detail view shows (the charts get a summary).
-    detail: dict[str, list[tuple[float, float]]] = field(default_factory=dict)
-    # Changes whenever what the index said about the run changed: widgets redraw on a new version.
-    version: int = 0
-    # The metric each chart draws, by its CHARTS key (see chart_keys)
-    chart_keys: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def run_id(self) -> str:
-        return self.run["run_id"]
-
-    @property
-    def step_range(self) -> tuple[float, float]:
-        """Steps spanned by the charts: from 0 to the furthest of trained and stop_at steps, so a
-        live run fills in from the left and the marker column never moves as steps arrive."""
-        hi = max([self.run.get("step") or 0, self.run.get("stop_at_step") or 0]
-                 + [s for pts in self.series.values() for s, _ in pts[-1:]])
-        return 0.0, float(max(hi, 1))
-
-
-@dataclass(frozen=True)
-class OverlayRun:
-    """One marked run as the overlay draws it."""
-
-    run_id: str
-    name: str
-    mark: int                                   # its glyph and colour (tina_tui.plot.MARK_GLYPHS)
-    phase: PhaseTransition | None
-    series: dict[str, list[tuple[float, float]]]  # the charted metrics, summarised like the charts'
-    detail: list[tuple[float, float]] = field(default_factory=list)  # every step of the detail metric
-
-    @property
-    def transition(self) -> int | None:
-        """The step the run is aligned on (its transition, tentative or confirmed), else None."""
-        p = self.phase or {}
-        return p.get("step") if p.get("status") in ("tentative", "confirmed") else None
-
-
-@dataclass(frozen=True)
-class Overlay:
-    """The marked runs (two or more), in the order they were marked."""
-
-    runs: tuple[OverlayRun, ...]
-    version: int = 0  # changes whenever what the runs show changed: widgets redraw on a new one
-
-
-@dataclass
-class Snapshot:
-    runs: list[RunRow]
-    view: RunView | None
-    notices: list[Notice] = field(default_factory=list)
-    error: str | None = None
-    took_s: float = 0.0
-    overlay: Overlay | None = None
 
 
 def _marker_key(run_id: str) -> str:
     """The key of a run's phase-marker notices: each change replaces the last one shown."""
     return f"marker:{run_id}"
-
-
-def printable_snapshot(snap: Snapshot, rows: dict[int, tuple[Any, Any]] | None = None) -> Snapshot:
-    """The snapshot as widgets may show it: every string from the runs' files (names, metric keys,
-    reasons, log lines, notices) ``printable``; the series (numbers) as they are, not copied.
-    ``rows``: the rows shown last time, by the row they were made from (``id``), updated: a row
-    the collector kept (an ended run's) is not written out again."""
-    kept = dict(rows or {})
-    if rows is not None:
-        rows.clear()
-    runs = []
-    for r in snap.runs:
-        was, made = kept.get(id(r), (None, None))
-        made = made if was is r else shown(r)
-        runs.append(made)
-        if rows is not None:
-            rows[id(r)] = (r, made)
-    view, overlay = snap.view, snap.overlay
-    if view is not None:
-        view = dataclasses.replace(view, run=shown(view.run), phase=shown(view.phase),
-                                   recommendation=shown(view.recommendation), checkpoints=shown(view.checkpoints),
-                                   log_lines=list(map(printable, view.log_lines)), chart_keys=shown(view.chart_keys))
-    if overlay is not None:
-        overlay = dataclasses.replace(overlay, runs=tuple(dataclasses.replace(r, name=printable(r.name),
-                                                                                phase=shown(r.phase))
-                                                          for r in overlay.runs))
-    return dataclasses.replace(snap, runs=runs, view=view, overlay=overlay,
-                               notices=[dataclasses.replace(n, text=printable(n.text)) for n in snap.notices],
-                               error=None if snap.error is None else printable(snap.error))
 
 
 class FileTail:
@@ -205,69 +72,6 @@ class FileTail:
         return lines[-LOG_KEEP:], reset
 
 
-def _nearest_at_or_before(points: list[tuple[float, float]], step: float) -> float | None:
-    best = None
-    for s, v in points:
-        if s <= step:
-            best = v
-        else:
-            break
-    return best if best is not None else (points[0][1] if points else None)
-
-
-def checkpoint_rows(run: RunRow, store_ckpts: list[dict[str, Any]],
-                    series: dict[str, list[tuple[float, float]]], epoch_series: list[tuple[float, float]],
-                    phase: PhaseTransition | None, recommended: int | None,
-                    best: int | None = None) -> list[dict[str, Any]]:
-    """One row per checkpoint with everything the table shows, joined from the run object (cost at
-    the checkpoint), the store (evals, avg) and the metric series (format/length/epoch there)."""
-    by_step: dict[int, dict[str, Any]] = {}
-    for c in run.get("checkpoints") or []:
-        by_step.setdefault(int(c["step"]), {}).update(cost_usd_at=c.get("cost_usd_at"), evals=c.get("evals") or {},
-                                                      resumable=c.get("resumable", True))
-    for c in store_ckpts:
-        row = by_step.setdefault(int(c["step"]), {})
-        if c.get("evals"):
-            row["evals"] = c["evals"]
-        if c.get("avg") is not None:
-            row["avg"] = c["avg"]
-    phase_step = phase.get("step") if phase and phase.get("status") in ("tentative", "confirmed") else None
-    # Without a logged epoch (an imported run): Tina's 8 prompts per optimizer step.
-    epoch_steps = (run.get("dataset_size") or 0) / TINA_PROMPTS_PER_STEP
-    rows = []
-    for step in sorted(by_step):
-        row = by_step[step]
-        evals = row.get("evals") or {}
-        avg = row.get("avg")
-        if avg is None and evals:
-            avg = sum(evals.values()) / len(evals)
-        epoch = _nearest_at_or_before(epoch_series, step) if epoch_series else None
-        if epoch is None and epoch_steps:
-            epoch = step / epoch_steps
-        rows.append({
-            "step": step,
-            "epoch_pct": None if epoch is None else 100.0 * epoch,
-            "format": _nearest_at_or_before(series.get(FORMAT, []), step),
-            "length": _nearest_at_or_before(series.get(LENGTH, []), step),
-            # "at" counts as before: the recommendation is the latest checkpoint at or before it
-            "phase": None if phase_step is None else
-            "before" if step < phase_step else "at" if step == phase_step else "after",
-            "cost_usd_at": row.get("cost_usd_at"),
-            "evals": evals,
-            "avg": avg,
-            "recommended": step == recommended,
-            "best": step == best,
-            "snapshot": not row.get("resumable", True),  # a pinned adapter: evaluable, not resumable
-        })
-    if rows:
-        # The base model first, as Tina reports gains over it; e on it evaluates the base model.
-        base = (run.get("base") or {}).get("evals") or {}
-        rows.insert(0, {"step": "base", "epoch_pct": None, "format": None, "length": None, "phase": None,
-                        "cost_usd_at": None, "evals": base, "avg": sum(base.values()) / len(base) if base else None,
-                        "recommended": False, "best": False})
-    return rows
-
-
 @dataclass(frozen=True)
 class _Queried:
     """What the index says about the run in view (kept while its files stay as ingested)."""
@@ -275,7 +79,6 @@ class _Queried:
     series: dict[str, list[tuple[float, float]]]
     epoch: list[tuple[float, float]]
     phase: PhaseTransition | None
-    recommendation: dict[str, Any] | None
     checkpoints: list[dict[str, Any]]
     system: list[dict[str, Any]]
     detail: dict[str, list[tuple[float, float]]]
@@ -489,7 +292,6 @@ class Collector:
         # no system.jsonl (a CPU run): nothing to ask for
         system = (index.ask(Store.system_latest, rid) or []) if (self.home / "runs" / rid / "system.jsonl").exists() else []
         return _Queried(series=series, epoch=epoch, phase=phase,
-                        recommendation=index.ask(Store.recommendation, rid, max_age_s=age),
                         checkpoints=index.ask(Store.checkpoints, rid) or [], system=system, detail=detail,
                         chart_keys=keys)
 
@@ -510,15 +312,13 @@ class Collector:
             self._views.put(rid, made_from, (version, queried))
         else:
             version, queried = hit.value
-        recommended = (queried.recommendation or {}).get("recommended", run.get("recommended_checkpoint"))
-        ckpts = checkpoint_rows(run, queried.checkpoints, queried.series, queried.epoch, queried.phase, recommended,
-                                (queried.recommendation or {}).get("best_evaluated",
-                                                                   run.get("best_evaluated_checkpoint")))
+        pick = run["checkpoint_pick"] if described(run) else None
+        ckpts = checkpoint_rows(run, queried.checkpoints, queried.series, queried.epoch, queried.phase,
+                                pick and pick["recommended"], pick and pick["best_evaluated"])
         if self._log is None or self._log.path != rd.train_log:
             self._log = FileTail(rd.train_log)
         lines, reset = self._log.read()
-        return RunView(run=run, series=queried.series, phase=queried.phase, recommendation=queried.recommendation,
-                       checkpoints=ckpts, system=queried.system, log_lines=lines, log_reset=reset,
+        return RunView(run=run, series=queried.series, phase=queried.phase, checkpoints=ckpts, system=queried.system, log_lines=lines, log_reset=reset,
                        detail=queried.detail, version=version,
                        chart_keys=queried.chart_keys)
 

@@ -7,7 +7,7 @@ from typing import Callable, Iterator
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from tina_tui.collector import CHARTS
+from tina_tui.view import CHARTS, Allowed
 from tina_tui.screens.detail import DetailScreen
 from tina_tui.screens.main import MainScreen
 
@@ -29,13 +29,14 @@ class CockpitCommands(Provider):
         yield "New run from a recipe", app.pick_recipe, "recipe picker"
         if view is not None:
             run = view.run
-            name = run.get("name", view.run_id)
-            state = run.get("state")
-            if state in ("running", "stopping", "crashed"):
-                yield f"Stop {name}", app.confirm_stop, "asks first; saves a checkpoint"
-            if state in ("stopped", "failed", "crashed"):
+            name = run["name"] or view.run_id
+            allowed = Allowed.of(run)  # what the keys s, r and p do too
+            if allowed.stop:
+                yield ((f"Cancel {name}", app.confirm_stop, "asks first; it has not started") if run["state"] == "queued"
+                       else (f"Stop {name}", app.confirm_stop, "asks first; saves a checkpoint"))
+            if allowed.resume:
                 yield f"Resume {name}", app.resume, "from its latest complete checkpoint"
-            if not run.get("imported"):
+            if allowed.policy:
                 yield f"Set the stop policy of {name}", app.choose_policy, "N steps after the transition, a budget"
             if view.checkpoints:
                 yield f"Evaluate the recommended checkpoint of {name}", partial(app.choose_eval, "recommended"), ""

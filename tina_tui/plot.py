@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 from typing import Iterable, Sequence
 
+from tina_core.events import CONFIRMED, MARKED
+
 Points = Sequence[tuple[float, float]]
 
 # Eight block heights; all single-width, present in every terminal font that draws box lines.
@@ -72,9 +74,9 @@ def spark_rows(values: Sequence[float | None], rows: int = 1) -> list[str]:
 
 def marker_line(width: int, column: int | None, status: str | None) -> str:
     """A row of spaces with the phase marker at ``column`` (dashed when tentative)."""
-    if column is None or status not in ("tentative", "confirmed") or width <= 0:
+    if column is None or status not in MARKED or width <= 0:
         return " " * max(width, 0)
-    ch = MARK_CONFIRMED if status == "confirmed" else MARK_TENTATIVE
+    ch = MARK_CONFIRMED if status == CONFIRMED else MARK_TENTATIVE
     column = max(0, min(width - 1, column))
     return " " * column + ch + " " * (width - column - 1)
 

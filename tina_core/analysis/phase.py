@@ -47,12 +47,14 @@ import yaml
 from tina_core.analysis import signals as sig
 from tina_core.analysis.changes import (CONFIRMED, DEFAULT, REJECTED, TENTATIVE, Change, PhaseParams,
                                         SignalWatch, load_segmentation)
+from tina_core.analysis.transition import PhaseTransition, Watch
 from tina_core.caches import Cache
 from tina_core.events import Kind, is_kind
 from tina_core.rundir import FileStamp
 
-__all__ = ["DEFAULT", "Change", "Marker", "PhaseParams", "PhaseWatch", "detect", "explain", "load_segmentation",
-           "params_for_run", "recommend", "series_keys", "wanted", "watch_summary"]
+__all__ = ["DEFAULT", "Change", "Marker", "PhaseParams", "PhaseTransition", "PhaseWatch", "Watch", "detect", "explain",
+           "load_segmentation", "params_for_run", "series_keys", "too_few", "wanted", "watch_summary"]
+
 
 # The parameters for a run's recipe snapshot and watch_changed events, while those files stay the
 # same (parsing costs about a millisecond, and the cockpit asks for a live run every second).
@@ -601,29 +603,3 @@ def explain(phase: Mapping | None, watch: Mapping | None = None, *, ended: bool 
     out += [f"  ignored {sig.short(i['signal'])}: {i['why']}" for i in phase.get("ignored") or []
             if i["why"] not in reasons]
     return out
-
-
-def recommend(phase: dict | None, checkpoints: Sequence[dict], *, ended: bool = False) -> dict:
-    """Tina's rule: the latest complete checkpoint at or before the transition. Also the best
-    evaluated checkpoint (mean over its tasks) when evaluations exist, and whether they differ.
-    ``ended``: the run will log nothing more (worded as finished)."""
-    steps = sorted(c["step"] for c in checkpoints)
-    scored = [c for c in checkpoints if c.get("avg") is not None]
-    best = max(scored, key=lambda c: (c["avg"], -c["step"]))["step"] if scored else None
-    rec = None
-    if phase is None:
-        reason = too_few(ended)
-    elif phase["status"] == "none":
-        reason = "no phase transition in the watched signals" + (" (the run has ended)" if ended else " yet")
-    else:
-        before = [s for s in steps if s <= phase["step"]]
-        where = f"{phase['status']} phase transition at step {phase['step']} ({phase['signal']})"
-        if before:
-            rec = before[-1]
-            reason = f"latest complete checkpoint at or before the {where}"
-        else:
-            reason = f"no complete checkpoint at or before the {where}"
-    if best is not None:
-        reason += f"; best evaluated: checkpoint-{best}"
-    return {"recommended": rec, "best_evaluated": best,
-            "disagree": rec is not None and best is not None and rec != best, "reason": reason}

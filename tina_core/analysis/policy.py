@@ -12,7 +12,8 @@ cockpit's ``p``) change it on a live run, so the run directory says which policy
 by the policy is graceful (a checkpoint at that step) and its ``stopped`` event says why (``by``:
 ``after_transition`` or ``budget_usd``, and ``reason``). Afterwards the checkpoints bracketing the
 marker and the base model are evaluated (``stop.evaluate``, default on), and the pick is the better
-scoring of the two brackets, or until scores exist the one at or before the marker (Tina's rule).
+scoring of the two brackets, or until scores exist the one at or before the marker (Tina's rule:
+``analysis.pick`` chooses).
 
 Pure functions of a run's recipe snapshot and events: the supervisor decides with them, and ``tina
 status``, the report and the cockpit show the same figures. Light (yaml through the recipe loader).
@@ -235,39 +236,13 @@ def stop_reason(by: str, policy: StopPolicy, events: Sequence[dict[str, Any]], s
     return by
 
 
-# --- what to evaluate, and the pick -------------------------------------------------------------
+# --- what to evaluate -------------------------------------------------------------
 def brackets(marker_step: int, steps: Iterable[int]) -> tuple[int | None, int | None]:
     """(the latest of ``steps`` at or before ``marker_step``, the first after it)."""
     steps = sorted(set(steps))
     before = [s for s in steps if s <= marker_step]
     after = [s for s in steps if s > marker_step]
     return (before[-1] if before else None), (after[0] if after else None)
-
-
-def pick(phase: dict[str, Any] | None, checkpoints: Sequence[dict[str, Any]]) -> dict[str, Any] | None:
-    """The checkpoint to keep: of the two bracketing the marker, the better evaluated (the one at or
-    before it on a tie), or the one at or before it while neither has a score. Beside it, the best
-    evaluated checkpoint of all. None without a marker or a checkpoint near it."""
-    if not phase or phase.get("status") not in MARKED or phase.get("step") is None:
-        return None
-    by_step = {int(c["step"]): c for c in checkpoints if isinstance(c.get("step"), int)}
-    before, after = brackets(int(phase["step"]), by_step)
-    sides = [s for s in (before, after) if s is not None]
-    if not sides:
-        return None
-    scored = [s for s in sides if by_step[s].get("avg") is not None]
-    if scored:
-        chosen = max(scored, key=lambda s: (by_step[s]["avg"], s == before))
-        why = (f"the better evaluated of checkpoints {' and '.join(map(str, sides))}, which bracket the "
-               f"transition at step {phase['step']}")
-    else:
-        chosen = sides[0]
-        why = f"latest at or before the transition at step {phase['step']}; evaluate {' and '.join(map(str, sides))}"
-    evaluated = [c for c in by_step.values() if c.get("avg") is not None]
-    best = max(evaluated, key=lambda c: (c["avg"], -c["step"])) if evaluated else None
-    return {"step": chosen, "avg": by_step[chosen].get("avg"), "scores": by_step[chosen].get("evals") or {},
-            "brackets": [before, after], "reason": why,
-            "best_evaluated": None if best is None else {"step": best["step"], "avg": best["avg"]}}
 
 
 def saved(stop_at_step: int | None, end_step: int | None, seconds_per_step: float | None,

@@ -8,6 +8,10 @@ percentage of one epoch (one epoch = dataset rows / 8 prompts per step on 2 GPUs
 
 from __future__ import annotations
 
+# Unique prompts per optimizer step in every Tina recipe: 2 GPUs x 4 accumulation steps x G
+# completions / G. One epoch is the dataset's rows / this.
+PROMPTS_PER_STEP = 8
+
 BENCHMARKS = ("aime24", "aime25", "amc23", "math_500", "gpqa:diamond", "minerva")
 
 # recipe file stem (recipes/tina/<stem>.yaml) -> paper rows

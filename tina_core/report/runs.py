@@ -13,6 +13,8 @@ from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
 
 from tina_core import runstate
 from tina_core.analysis import cost, policy
+from tina_core.analysis.pick import BracketPick, CheckpointPick, choose
+from tina_core.analysis.transition import PhaseTransition, Watch
 from tina_core.events import Kind, last_of, marker, of_kind, since_start
 from tina_core.report import run_cache
 from tina_core.rundir import RunDir, iter_jsonl, list_run_dirs
@@ -26,36 +28,6 @@ class CostUsd(TypedDict):
     train: float
     eval: float
     total: float
-
-
-class PhaseTransition(TypedDict, total=False):
-    """tina_core.analysis.phase's result (ARCHITECTURE.md, "Phase transition object")."""
-
-    step: int
-    signal: str
-    signals: list[str]
-    status: str          # none | tentative | confirmed
-    size: float
-    direction: str       # up | down
-    detected_at: int
-    confidence: str      # high | medium | low
-    shape: str           # sharp | ramp
-    ramp_end: int | None
-    evidence: list[dict[str, Any]]
-    ignored: list[dict[str, Any]]
-    notes: list[dict[str, Any]]
-    reasons: list[str]
-    watch: "Watch"
-
-
-class Watch(TypedDict):
-    """What the phase marker comes from and why (tina_core.analysis.signals.Watch.as_dict)."""
-
-    signals: list[str]             # the marker's signals (canonical keys)
-    corroborating: str | None      # completion length, read beside them
-    source: str                    # auto | recipe | user
-    by: str | None                 # cli, cockpit, import, or None
-    candidates: list[dict[str, Any]]  # every signal the run logs: {signal, role, watched, why, reason}
 
 
 class CheckpointEntry(TypedDict):
@@ -116,15 +88,6 @@ class StoppedBy(TypedDict):
     reason: str | None
 
 
-class Pick(TypedDict):
-    step: int
-    avg: float | None
-    scores: dict[str, float]
-    brackets: list[int | None]     # [at or before the marker, after it]
-    reason: str
-    best_evaluated: dict[str, Any] | None   # {step, avg} of every evaluated checkpoint's best
-
-
 class WriteError(TypedDict):
     file: str | None
     error: str | None
@@ -143,6 +106,7 @@ class RunObject(TypedDict):
     step: int | None
     stop_at_step: int | None
     max_steps: int | None
+    dataset_size: int | None       # its rows (run.json): an epoch's steps where the run logs no epoch
     restarts: int
     attempts: int
     started_at: str | None
@@ -160,9 +124,10 @@ class RunObject(TypedDict):
     stalled_s: float | None        # a live run: seconds since its latest step, once far past its pace (no ETA then)
     phase_transition: PhaseTransition | None
     watch: Watch
-    recommended_checkpoint: int | None
+    recommended_checkpoint: int | None  # checkpoint_pick's, as named before it
     best_evaluated_checkpoint: int | None
     recommendation_disagrees: bool
+    checkpoint_pick: CheckpointPick     # which checkpoint (analysis.pick): recommended, best evaluated, the bracket's
     checkpoints: list[CheckpointEntry]
     base: BaseModel
     evals_pending: int
@@ -181,7 +146,7 @@ class RunObject(TypedDict):
     cost_to_stop_at_step_usd: float | None
     saved_usd: float | None         # against running on to stop_at_step: done (a policy stop) or to come
     saved_minutes: float | None
-    pick: Pick | None
+    pick: BracketPick | None       # checkpoint_pick's bracket, as named before it
     imported: bool
     path: str
     sweep: str | None               # the sweep the run belongs to (tina sweep --name), or None
@@ -278,7 +243,6 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
     # A live run's phase may lag its newest steps by a few seconds (see Store.phase).
     age = LIVE_PHASE_MAX_AGE_S if is_live else 0.0
     phase = index.ask(Store.phase, rid, max_age_s=age)
-    rec = index.ask(Store.recommendation, rid, max_age_s=age) or {}
     evals = runstate.evaluations(run_dir, events)
     pending = sum(1 for e in evals.values() if e["state"] in runstate.EVAL_ACTIVE_STATES)
     event_scores = _scores_by_checkpoint(evals)
@@ -288,7 +252,9 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
                   for s in run_dir.checkpoint_steps(evaluable=True)]
     checkpoints = [{"step": c["step"], "cost_usd_at": meter.cost_at_step(c["step"]), "evals": c.get("evals") or {},
                     "resumable": c.get("resumable", True)} for c in listed]
-    stop = _stop_figures(run_dir, events, state, step, meter, phase, listed)
+    # which checkpoint: around the marker the supervisor acted on (and pinned, and evaluated), else the index's
+    chosen = choose(phase, listed, marker=marker(events), ended=_ended(run_dir))
+    stop = _stop_figures(run_dir, events, state, step, meter)
     # The base model is its own entry: Tina reports gains over it.
     base = index.ask(Store.base_evals, rid)
     base = dict(sorted(((event_scores.get("base") or {}) if base is None else base).items()))
@@ -306,6 +272,7 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         "step": step,
         "stop_at_step": stop_at,
         "max_steps": info.get("max_steps"),
+        "dataset_size": info.get("dataset_size"),
         "restarts": len(of_kind(events, Kind.RESTARTED)),
         "attempts": len(trains),
         "started_at": info.get("created"),
@@ -325,9 +292,10 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         "phase_transition": phase,
         # which signals the marker comes from and why (also inside phase_transition, once there is one)
         "watch": (phase or {}).get("watch") or _watch_setting(run_dir),
-        "recommended_checkpoint": rec.get("recommended"),
-        "best_evaluated_checkpoint": rec.get("best_evaluated"),
-        "recommendation_disagrees": bool(rec.get("disagree", False)),
+        "recommended_checkpoint": chosen["recommended"],
+        "best_evaluated_checkpoint": chosen["best_evaluated"],
+        "recommendation_disagrees": chosen["disagree"],
+        "checkpoint_pick": chosen,
         "checkpoints": checkpoints,
         "base": {"evals": base, "avg": sum(base.values()) / len(base) if base else None},
         "evals_pending": pending,
@@ -344,6 +312,7 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
                           "lost_bytes": lost.get(e.get("attempt")) if e.get("file") == "train.log" else None}
                          for e in of_kind(events, Kind.WRITE_FAILED)],
         **stop,
+        "pick": chosen["bracket"],
         "supervisor_pid": live.supervisor_pid if live.supervisor == "alive" else None,
         # "gone": no supervisor watches this unfinished run; an orphaned trainer may train on
         "supervisor": live.supervisor,
@@ -355,10 +324,17 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
     })
 
 
-def _stop_figures(run_dir: RunDir, events: list[dict[str, Any]], state: str, step: int | None, meter: cost.Meter,
-                  phase: dict | None, listed: list[dict[str, Any]]) -> dict[str, Any]:
+def _ended(run_dir: RunDir) -> bool:
+    """The run will log nothing more (its events say it ended): wording for a run without a marker."""
+    from tina_core.analysis.phase import params_for_run
+
+    return params_for_run(run_dir.path).ended
+
+
+def _stop_figures(run_dir: RunDir, events: list[dict[str, Any]], state: str, step: int | None,
+                  meter: cost.Meter) -> dict[str, Any]:
     """The stop policy, its countdown, why the run stopped, the dollars it saved against running on
-    to stop_at_step, and the checkpoint picked around the transition."""
+    to stop_at_step."""
     pol = policy.for_run(run_dir, events)
     spent = meter.cost_usd()["total"]
     rate, pace = meter.train_usd_per_hour(), meter.seconds_per_step()
@@ -369,8 +345,6 @@ def _stop_figures(run_dir: RunDir, events: list[dict[str, Any]], state: str, ste
     # what ending early saves: done (a policy stop), or to come (the policy's countdown)
     end = step if by_policy else clock.stop_step if clock and clock.by != "stop_at_step" else None
     saved_usd, saved_min = policy.saved(pol.stop_at_step, end, pace, rate)
-    scored = [{**c, "avg": c.get("avg") if c.get("avg") is not None else
-               (sum(c["evals"].values()) / len(c["evals"]) if c.get("evals") else None)} for c in listed]
     return {
         "stop_policy": pol.as_dict(),
         "countdown": None if clock is None else {**clock.as_dict(), "text": clock.text()},
@@ -378,8 +352,6 @@ def _stop_figures(run_dir: RunDir, events: list[dict[str, Any]], state: str, ste
         "cost_to_stop_at_step_usd": meter.projected_usd(step, finished=state == "finished"),
         "saved_usd": saved_usd,
         "saved_minutes": saved_min,
-        # around the marker the supervisor acted on (and pinned, and evaluated), else the index's
-        "pick": policy.pick(marker(events) or phase, scored),
     }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable
 
 from tina_core.analysis import metric_keys
+from tina_core.analysis.pick import CheckpointPick, choose
 from tina_core.caches import Cache
 from tina_core.events import Kind, of_kind
 from tina_core.rundir import RunFiles, runs_root
@@ -240,13 +241,14 @@ class Store(Ingestion):
         return [{"eval_id": e, "checkpoint": "base" if c is None else c, "task": t, "score": s,
                  "details": d, "ts": ts} for e, c, t, s, d, ts in rows]
 
-    def recommendation(self, run_id: str, *, max_age_s: float = 0.0) -> dict:
+    def recommendation(self, run_id: str, *, max_age_s: float = 0.0) -> CheckpointPick:
+        """Which checkpoint (``analysis.pick``), from the index's phase and scores."""
         from tina_core.analysis import phase as phase_mod
 
         with self.batch():
             ph = self.phase(run_id, max_age_s=max_age_s)
             cks = self.checkpoints(run_id)
-        return phase_mod.recommend(ph, cks, ended=phase_mod.params_for_run(runs_root(self.home) / run_id).ended)
+        return choose(ph, cks, ended=phase_mod.params_for_run(runs_root(self.home) / run_id).ended)
 
     def system_latest(self, run_id: str) -> list[dict]:
         rows = self._by_files(run_id, "system_latest", lambda f: f.system, lambda: self._query(

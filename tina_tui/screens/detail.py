@@ -11,8 +11,9 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
+from tina_core.events import CONFIRMED, MARKED
 from tina_tui.actions import bindings
-from tina_tui.collector import CHARTS, Overlay, RunView
+from tina_tui.view import CHARTS, Overlay, RunView
 from tina_tui.plot import MARK_CONFIRMED, MARK_TENTATIVE, braille_plot, ema, fmt_value, value_at
 from tina_tui.widgets.cost_bar import CostBar
 from tina_tui.widgets.overlay import drawn_series, overlay_lines, x_range
@@ -61,10 +62,10 @@ class PlotView(Widget):
             out.append("\n")
         marker = [" "] * w
         status = (self.phase or {}).get("status")
-        if status in ("tentative", "confirmed"):
-            marker[_col(self.phase["step"], x0, x1, w)] = MARK_CONFIRMED if status == "confirmed" else MARK_TENTATIVE
+        if status in MARKED:
+            marker[_col(self.phase["step"], x0, x1, w)] = MARK_CONFIRMED if status == CONFIRMED else MARK_TENTATIVE
         out.append(" " * self.AXIS)
-        out.append("".join(marker), style="bold magenta" if status == "confirmed" else "magenta")
+        out.append("".join(marker), style="bold magenta" if status == CONFIRMED else "magenta")
         out.append("\n")
         left, right = f"{int(x0)}", f"{int(x1)}"
         out.append(" " * self.AXIS + left + " " * max(1, w - len(left) - len(right)) + right, style="dim")
@@ -157,7 +158,7 @@ class DetailScreen(Screen[None]):
             (f" {CHARTS[self.metric][1]} ", "bold reverse"), f"  {self.view.chart_keys.get(self.key, self.key)}  ",
             (f"{self.view.run.get('name', self.view.run_id)}", "bold"),
             ("   smoothing " + (f"EMA {self.weight:.2f}" if self.smoothing else "off (raw)"), "cyan")))
-        self.query_one(CostBar).show(self.view.run, self.view.recommendation, self.view.checkpoints)
+        self.query_one(CostBar).show(self.view.run, self.view.checkpoints)
         self._status()
         plot.refresh()
 
@@ -170,7 +171,7 @@ class DetailScreen(Screen[None]):
         self.query_one("#detail-title", Static).update(Text.assemble(
             (f" {over.label} ", "bold reverse"), f"  {over.key}  ",
             (f"{len(self.overlay.runs)} runs overlaid, by {over.align}", "bold"), ("  (a switches)", "dim")))
-        self.query_one(CostBar).show(self.view.run, self.view.recommendation, self.view.checkpoints)
+        self.query_one(CostBar).show(self.view.run, self.view.checkpoints)
         where = "" if over.cursor is None else (f"step {over.cursor:.0f}" if over.align == "step"
                                                  else f"{over.cursor:+.0f} steps from each transition")
         self.query_one("#detail-status", Static).update(Text(f" cursor: {where}; the legend gives each run's "
@@ -188,7 +189,7 @@ class DetailScreen(Screen[None]):
             if plot.smoothed:
                 t.append(f"   smoothed {fmt_value(plot.smoothed[plot.cursor][1])}", style="cyan")
         p = self.view.phase or {}
-        if p.get("status") in ("tentative", "confirmed"):
+        if p.get("status") in MARKED:
             t.append(f"   transition {p['status']} @ {p.get('step')}", style="magenta")
             near = value_at(pts, p["step"])
             if near:

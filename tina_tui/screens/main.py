@@ -10,7 +10,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from tina_tui.actions import bindings
-from tina_tui.collector import RunView, Snapshot
+from tina_tui.view import RunView, Snapshot
 from tina_tui.widgets.charts import ChartsPanel
 from tina_tui.widgets.checkpoints import CheckpointsTable
 from tina_tui.widgets.cost_bar import CostBar
@@ -79,12 +79,11 @@ class MainScreen(Screen[None]):
     def apply(self, snap: Snapshot) -> None:
         view = snap.view
         self.query_one(RunsTable).update_runs(snap.runs, view.run_id if view else self.app_.selected, self.app_.marks)
-        self.query_one(CostBar).show(view.run if view else None, view.recommendation if view else None,
-                                     view.checkpoints if view else [])
+        self.query_one(CostBar).show(view.run if view else None, view.checkpoints if view else [])
         self.query_one(ChartsPanel).show(view, snap.overlay, self.app_.align)
         self.query_one(CheckpointsTable).update_rows(view.checkpoints if view else [], view.run_id if view else None)
         self.query_one("#ckpt-note", Panel).set_text(
-            recommendation_line(view.run if view else None, view.recommendation if view else None))
+            recommendation_line(view.run if view else None))
         self.query_one(GpuPanel).show(view.run if view else None, view.system if view else [])
         if view is not None:
             self.query_one(LogView).add(view.log_lines, view.log_reset)
@@ -168,7 +167,8 @@ class MainScreen(Screen[None]):
             # checkpoint the user cannot see.
             self.action_tab("checkpoints")
             view = self.app_.view
-            table.select_step((view.recommendation or {}).get("recommended") if view else None)
+            pick = view.pick if view else None
+            table.select_step(pick and pick["recommended"])
             self.notify("choose a checkpoint (j/k), then e or enter; E: the recommended one, A: all")
             return
         step = table.selected_step

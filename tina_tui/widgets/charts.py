@@ -9,11 +9,12 @@ from textual.reactive import reactive
 from textual.strip import Strip
 from textual.widget import Widget
 
-from tina_tui.collector import CHARTS, Overlay, RunView
+from tina_core.events import CONFIRMED, MARKED
+from tina_tui.view import CHARTS, Overlay, RunView
 from tina_tui.plot import (MARK_CONFIRMED, MARK_TENTATIVE, bucket_mean, column_of, fmt_value, marker_line,
                            spark_rows)
 from tina_tui.widgets.overlay import chooser, overlay_lines
-from tina_tui.widgets.text import _style, eta_text, marker_words
+from tina_tui.widgets.text import eta_text, marker_words, style_of
 
 
 class ChartsPanel(Widget, can_focus=True):
@@ -66,7 +67,7 @@ class ChartsPanel(Widget, can_focus=True):
     def render_line(self, y: int) -> Strip:
         if self._strips is None:
             base, width = self.rich_style, self.size.width
-            self._strips = [Strip([Segment(text, base + _style(style)) for text, style in parts if text])
+            self._strips = [Strip([Segment(text, base + style_of(style)) for text, style in parts if text])
                             .crop_extend(0, width, base) for parts in self.lines()]
         if y < len(self._strips):
             return self._strips[y]
@@ -86,9 +87,9 @@ class ChartsPanel(Widget, can_focus=True):
         x0, x1 = view.step_range
         phase = view.phase or {}
         status = phase.get("status")
-        mcol = column_of(phase["step"], x0, x1, sw) if status in ("tentative", "confirmed") else None
+        mcol = column_of(phase["step"], x0, x1, sw) if status in MARKED else None
         rows = max(1, (height - 3) // len(CHARTS) - 1)
-        mstyle = "bold magenta" if status == "confirmed" else "magenta"
+        mstyle = "bold magenta" if status == CONFIRMED else "magenta"
         out: list[list[tuple[str, str]]] = []
         for i, (key, label) in enumerate(CHARTS):
             pts = view.series.get(key) or []
@@ -109,7 +110,7 @@ class ChartsPanel(Widget, can_focus=True):
             axis += " " * left + pace
             gap -= left + len(pace)
         out.append([(pad + axis + " " * max(1, gap) + end, "dim")])
-        marked = status in ("tentative", "confirmed")
+        marked = status in MARKED
         out.append([(pad, ""), (marker_words(phase)[:sw], mstyle if marked else "dim")])
         out.append([(pad, ""), (f"{MARK_TENTATIVE} tentative {MARK_CONFIRMED} confirmed   w: what is watched, and why"[:sw],
                                 "dim")])

@@ -11,17 +11,15 @@ from tina_tui.widgets.text import cost_line, policy_line
 from tina_tui.widgets.panel import Panel
 
 if TYPE_CHECKING:
-    from tina_tui.collector import RunRow
+    from tina_tui.view import RunRow
 
 
 class CostBar(Panel):
     """The money line: always visible, on the main screen and the detail view; a second line for a
     run with a stop policy (its countdown, the stop, the dollars saved, the pick)."""
 
-    def show(self, run: RunRow | None, recommendation: dict[str, Any] | None,
-             checkpoints: list[dict[str, Any]]) -> None:
-        rec = (recommendation or {}).get("recommended", (run or {}).get("recommended_checkpoint"))
-        text = cost_line(run, rec, checkpoints)
+    def show(self, run: RunRow | None, checkpoints: list[dict[str, Any]]) -> None:
+        text = cost_line(run, checkpoints)
         second = policy_line(run)
         lines = 1 if second is None else 2
         if second is not None:  # joined so that neither line wraps (Text + Text would)

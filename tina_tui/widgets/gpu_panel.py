@@ -6,11 +6,12 @@ from typing import TYPE_CHECKING, Any
 
 from rich.text import Text
 
+from tina_tui.view import described
 from tina_tui.widgets.text import usd, meter
 from tina_tui.widgets.panel import Panel
 
 if TYPE_CHECKING:
-    from tina_tui.collector import RunRow
+    from tina_tui.view import RunRow
 
 
 class GpuPanel(Panel):
@@ -21,12 +22,13 @@ class GpuPanel(Panel):
         if not run:
             self.set_text(t)
             return
-        gpus = run.get("gpu_count") or 0
+        d = run if described(run) else None
+        gpus = (d["gpu_count"] if d else 0) or 0
         if not system:
-            device = run.get("device") or "cpu"
+            device = (d["device"] if d else None) or "cpu"
             what = "CPU" if not gpus or str(device).lower() == "cpu" else f"{gpus}x {device} (no sample yet)"
             t.append(f"{what}\n", style="bold")
-            t.append(f"{usd(run.get('gpu_hour_usd'))}/GPU-hour", style="dim")
+            t.append(f"{usd(d['gpu_hour_usd'] if d else None)}/GPU-hour", style="dim")
             self.set_text(t)
             return
         bar = max(10, min(40, (self.size.width or 80) // 2 - 20))

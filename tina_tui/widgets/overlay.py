@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from tina_tui.collector import Overlay, OverlayRun
+from tina_core.events import CONFIRMED
+from tina_tui.view import Overlay, OverlayRun
 from tina_tui.plot import MARK_CONFIRMED, MARK_GLYPHS, column_of, fmt_value, overlay_grid, shifted, value_at
 from tina_tui.widgets.text import MARK_STYLES
 
@@ -58,7 +59,7 @@ def legend(overlay: Overlay, align: str, width: int, at: float | None = None,
             near = value_at(pts_of.get(run.run_id, []), at)
             tail = fmt_value(near[1]) if near else "-"
         elif run.transition is not None:
-            tail = f"@{run.transition}" + ("" if p.get("status") == "confirmed" else "?")
+            tail = f"@{run.transition}" + ("" if p.get("status") == CONFIRMED else "?")
         else:
             tail = "no transition" + (" (not drawn)" if align == "transition" else "")
         entries.append([(glyph, style + " bold"), (f" {run.name}", ""), (f" {tail}", "dim")])
@@ -124,7 +125,7 @@ def _marker_row(drawn: Sequence[tuple[OverlayRun, list]], align: str, x0: float,
     for run, _ in reversed(drawn):  # the first marked on top where two meet
         if run.transition is not None:
             glyph, style = mark_of(run)
-            confirmed = (run.phase or {}).get("status") == "confirmed"
+            confirmed = (run.phase or {}).get("status") == CONFIRMED
             cells[column_of(run.transition, x0, x1, width)] = (glyph, style + (" bold" if confirmed else " dim"))
     return cells
 

@@ -7,7 +7,7 @@ from typing import Any
 from rich.text import Text
 from textual.widget import Widget
 
-from tina_tui.widgets.text import _looks
+from tina_tui.widgets.text import looks
 
 
 class Panel(Widget):
@@ -26,11 +26,11 @@ class Panel(Widget):
         return self._text
 
     def set_text(self, text: Text) -> None:
-        looks = _looks(text)
-        if looks == self._shown:
+        seen = looks(text)
+        if seen == self._shown:
             return
         layout = text.plain.count("\n") != self._text.plain.count("\n") or self._shown is None
-        self._shown, self._text = looks, text
+        self._shown, self._text = seen, text
         self.refresh(layout=layout)
 
 

@@ -15,11 +15,12 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from tina_tui.plot import MARK_GLYPHS
+from tina_tui.view import described
 from tina_tui.widgets.text import (MARK_STYLES, STATE_STYLE, countdown_cell, usd, eta_text, marker_text, state_cell,
-                                   _looks)
+                                   looks)
 
 if TYPE_CHECKING:
-    from tina_tui.collector import RunRow
+    from tina_tui.view import RunRow
 
 
 class RunsTable(Widget, can_focus=True):
@@ -76,21 +77,22 @@ class RunsTable(Widget, can_focus=True):
 
     @staticmethod
     def cells(run: RunRow, mark: int | None = None, sweeps: bool = False) -> tuple[Text, ...]:
-        state = run.get("state", "?")
-        restarts = run.get("restarts") or 0
-        step = f"{run.get('step') or 0}/{run.get('stop_at_step') or run.get('max_steps') or '?'}"
-        rec = run.get("recommended_checkpoint")
+        state = run["state"]
+        d = run if described(run) else None  # not described yet: its name and state
+        restarts = (d["restarts"] if d else 0) or 0
+        step = f"{(d['step'] if d else 0) or 0}/{(d and (d['stop_at_step'] or d['max_steps'])) or '?'}"
+        rec = d["checkpoint_pick"]["recommended"] if d else None
         return (
             Text(" ") if mark is None else Text(MARK_GLYPHS[mark], style=f"bold {MARK_STYLES[mark]}"),
-            Text(str(run.get("name") or run["run_id"])[:20]),
-            *((Text(str(run.get("sweep") or "-")[:14]),) if sweeps else ()),
+            Text(str(run["name"] or run["run_id"])[:20]),
+            *((Text(str((d["sweep"] if d else None) or "-")[:14]),) if sweeps else ()),
             # "r2": restarted twice after crashes; a sweep's run: why it waits, where it runs
             Text(state_cell(run) + (f" r{restarts}" if restarts else ""), style=STATE_STYLE.get(state, "")),
             Text(step),
             # no step for far longer than its pace (a trainer stopped or hung): no ETA to give
-            Text("stalled?", style="yellow") if run.get("stalled_s") else Text(eta_text(run.get("eta_s"))),
-            Text(usd((run.get("cost_usd") or {}).get("total"))),
-            marker_text(run.get("phase_transition")),
+            Text("stalled?", style="yellow") if d and d["stalled_s"] else Text(eta_text(d["eta_s"] if d else None)),
+            Text(usd(d["cost_usd"]["total"] if d else None)),
+            marker_text(d["phase_transition"] if d else None),
             Text("-" if rec is None else str(rec)),
             countdown_cell(run),  # what is left before the stop policy stops it
         )
@@ -107,13 +109,13 @@ class RunsTable(Widget, can_focus=True):
         """New rows; only the lines that changed are drawn again (a column grows to fit).
         ``marks``: the marked runs' glyph indices."""
         marks = marks or {}
-        sweeps = any(r.get("sweep") for r in runs)
+        sweeps = any(described(r) and r["sweep"] for r in runs)
         columns = (*self.COLUMNS[:2], self.SWEEP_COLUMN, *self.COLUMNS[2:]) if sweeps else self.COLUMNS
         rows = [self.cells(r, marks.get(r["run_id"]), sweeps) for r in runs]
         widths = tuple(max([len(label)] + [cells[i].cell_len for cells in rows])
                        for i, (label, _) in enumerate(columns))
         changed = [i for i, cells in enumerate(rows)
-                   if i >= len(self._rows) or list(map(_looks, cells)) != list(map(_looks, self._rows[i]))]
+                   if i >= len(self._rows) or list(map(looks, cells)) != list(map(looks, self._rows[i]))]
         relayout = len(rows) != len(self._rows)
         whole = relayout or widths != self._widths or [r["run_id"] for r in runs] != self._ids \
             or columns != self._columns
@@ -199,7 +201,7 @@ class RunsTable(Widget, can_focus=True):
         if not 0 <= row < len(self._rows):
             return Strip.blank(self.size.width, base)
         cursor = row == self.cursor_row
-        key = (row, tuple(map(_looks, self._rows[row])), cursor, self.has_focus, self.size.width, self._widths)
+        key = (row, tuple(map(looks, self._rows[row])), cursor, self.has_focus, self.size.width, self._widths)
         strip = self._strips.get(key)
         if strip is None:
             style = base + self.get_component_rich_style("runs-table--cursor") if cursor else base

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import functools
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping
 
 from rich.style import Style
 from rich.text import Text
 
-from tina_tui.plot import (MARK_CONFIRMED, MARK_TENTATIVE)
+from tina_core import runstate
+from tina_core.analysis.metric_keys import COMPLETION_LENGTH
+from tina_core.analysis.policy import POLICY_STOPS
+from tina_core.events import CONFIRMED, MARKED, TENTATIVE
+from tina_tui.plot import MARK_CONFIRMED, MARK_TENTATIVE
+from tina_tui.view import described
 
 if TYPE_CHECKING:
-    from tina_core.report.runs import PhaseTransition
-    from tina_tui.collector import RunRow
+    from tina_core.analysis.transition import PhaseTransition
+    from tina_core.report.runs import RunObject
+    from tina_tui.view import RunRow
 
 
 # A marked run's colour, beside its glyph (tina_tui.plot.MARK_GLYPHS): the 8-colour palette only.
@@ -24,13 +30,13 @@ STATE_STYLE = {"running": "bold green", "stopping": "yellow", "finished": "cyan"
 STATE_CELL_MAX = 28
 
 
-def state_cell(run: Any) -> str:
+def state_cell(run: RunRow) -> str:
     """The runs list's state: a sweep's run adds Slurm's reason while queued, its node while it
     runs, and what Slurm killed it by."""
-    state, q = run.get("state", "?"), run.get("queue") or {}
+    state, q = run["state"], (run["queue"] if described(run) else None) or {}
     if q.get("engine") != "slurm":
         return state
-    extra = q.get("reason") if state == "queued" else f"@{q['node']}" if state in ("running", "stopping") and \
+    extra = q.get("reason") if state == "queued" else f"@{q['node']}" if runstate.is_live(state) and \
         q.get("node") else f"Slurm: {q['killed']}" if q.get("killed") else None
     text = f"{state} {extra}" if extra else state
     return text if len(text) <= STATE_CELL_MAX else text[:STATE_CELL_MAX - 1] + "…"
@@ -73,21 +79,21 @@ def eta_text(seconds: float | None) -> str:
 
 def marker_text(phase: PhaseTransition | None) -> Text:
     status = (phase or {}).get("status") or "none"
-    if status == "confirmed":
+    if phase and status == CONFIRMED:
         return Text(f"{MARK_CONFIRMED} {phase.get('step')}", style="bold magenta")
-    if status == "tentative":
+    if phase and status == TENTATIVE:
         return Text(f"{MARK_TENTATIVE} {phase.get('step')}?", style="magenta")
     return Text("-", style="dim")
 
 
-def marker_words(phase: dict[str, Any] | None) -> str:
+def marker_words(phase: PhaseTransition | dict[str, Any] | None) -> str:
     """The marker in a few words for the charts: status, step, signal, direction, how sure, and
     the main why (length agrees or sits at the cap, a ramp, the total reward standing in); with no
     marker, what is watched and a length-only note."""
     from tina_core.analysis.signals import short
 
-    p = phase or {}
-    if p.get("status") not in ("tentative", "confirmed"):
+    p: dict[str, Any] = dict(phase or {})
+    if p.get("status") not in MARKED:
         notes = [f"; length turned @ {n['step']}, format flat: not it" for n in p.get("notes") or []]
         watched = ", ".join(short(k) for k in (p.get("watch") or {}).get("signals") or [])
         return ("no phase transition" + ("" if p.get("ended") else " yet") + (f" (watching {watched})" if watched else "")
@@ -95,9 +101,9 @@ def marker_words(phase: dict[str, Any] | None) -> str:
     why = []
     if p.get("shape") == "ramp":
         why.append(f"ramp to {p['ramp_end']}" if p.get("ramp_end") else "ramp")
-    if "completions/mean_length" in (p.get("signals") or []):
+    if COMPLETION_LENGTH in (p.get("signals") or []):
         why.append("length agrees")
-    elif any("cap" in (i.get("why") or "") for i in p.get("ignored") or [] if i.get("signal") == "completions/mean_length"):
+    elif any("cap" in (i.get("why") or "") for i in p.get("ignored") or [] if i.get("signal") == COMPLETION_LENGTH):
         why.append("length at cap")
     if ((p.get("watch") or {}).get("signals") or [None])[0] == "reward" and p.get("signal") == "reward":
         why.append("total reward only")
@@ -105,34 +111,36 @@ def marker_words(phase: dict[str, Any] | None) -> str:
             f"({'; '.join([p.get('confidence') or '?', *why])})")
 
 
-def _looks(text: Text) -> tuple:
+def looks(text: Text) -> tuple:
     """What a Text shows: equal for two that draw the same."""
     return text.plain, str(text.style), tuple(text.spans)
 
 
-def cost_line(run: RunRow | None, recommended: int | None, checkpoints: list[dict[str, Any]]) -> Text:
+def cost_line(run: RunRow | None, checkpoints: list[dict[str, Any]]) -> Text:
     """The selected run's money in one line, most important first so a narrow terminal keeps it:
     spent so far (train / eval / total), the rate now, the projection to stop_at_step and the cost
     up to the recommended checkpoint (the paper's "$9" figure)."""
     if not run:
         return Text("no run selected: press n to start one", style="dim")
-    cost = run.get("cost_usd") or {}
-    per_hour = run.get("usd_per_hour_now")
+    d = run if described(run) else None  # a run not described yet shows its money as unknown
+    cost: dict[str, float] = dict(d["cost_usd"]) if d else {}
+    per_hour = d["usd_per_hour_now"] if d else None
     if per_hour is None:
-        live = run.get("state") in ("running", "stopping")
-        per_hour = (run.get("gpu_count") or 0) * (run.get("gpu_hour_usd") or 0) if live else 0.0
+        live = runstate.is_live(run["state"])
+        per_hour = ((d["gpu_count"] or 0) * (d["gpu_hour_usd"] or 0) if d else 0) if live else 0.0
+    recommended = d["checkpoint_pick"]["recommended"] if d else None
     rec_cost = next((c.get("cost_usd_at") for c in checkpoints if c["step"] == recommended), None)
     t = Text(no_wrap=True, overflow="ellipsis")
     t.append(f"total {usd(cost.get('total'))}", style="bold")
     t.append(f" (train {amount(cost.get('train'))} eval {amount(cost.get('eval'))})")
     t.append(f"  {usd(per_hour)}/h")
-    t.append(f"  at stop {usd(run.get('projected_cost_usd'))}")
+    t.append(f"  at stop {usd(d['projected_cost_usd'] if d else None)}")
     t.append("  to rec: -" if recommended is None else f"  to rec {recommended}: {usd(rec_cost)}", style="green")
-    t.append(f"  {duration(run.get('elapsed_s'))} on {run.get('device') or 'cpu'}", style="dim")
+    t.append(f"  {duration(d['elapsed_s'] if d else None)} on {(d['device'] if d else None) or 'cpu'}", style="dim")
     return t
 
 
-def policy_text(policy: dict[str, Any] | None) -> str:
+def policy_text(policy: Mapping[str, Any] | None) -> str:
     """``transition+5, budget $0.10``, or ``-`` for a run that stops at stop_at_step only."""
     policy = policy or {}
     parts = [] if policy.get("after_transition") is None else [f"transition+{policy['after_transition']}"]
@@ -141,60 +149,65 @@ def policy_text(policy: dict[str, Any] | None) -> str:
     return ", ".join(parts) or "-"
 
 
+def _has_policy(run: RunObject) -> bool:
+    """A stop policy beyond stop_at_step: after the transition, or a budget."""
+    pol = run["stop_policy"]
+    return pol["after_transition"] is not None or pol["budget_usd"] is not None
+
+
 def countdown_cell(run: RunRow) -> Text:
     """The runs list's ``stop`` column: what is left before the policy stops a live run."""
-    c = run.get("countdown")
-    pol = run.get("stop_policy") or {}
-    if not c or (pol.get("after_transition") is None and pol.get("budget_usd") is None):
+    c = run["countdown"] if described(run) else None
+    if not c or not (described(run) and _has_policy(run)):
         return Text("-", style="dim")
-    if c.get("waiting"):
+    if c["waiting"]:
         return Text("marker?", style="magenta")
-    if c.get("by") == "budget_usd" and c.get("usd_left") is not None:
+    if c["by"] == "budget_usd" and c["usd_left"] is not None:
         return Text(usd(max(c["usd_left"], 0.0)), style="yellow")
-    left = c.get("steps_left")
-    return Text("-" if left is None else f"{max(left, 0)} st", style="yellow" if c.get("by") != "stop_at_step" else "")
+    left = c["steps_left"]
+    return Text("-" if left is None else f"{max(left, 0)} st", style="yellow" if c["by"] != "stop_at_step" else "")
 
 
 def policy_line(run: RunRow | None) -> Text | None:
     """The money line's second line, for a run with a stop policy or stopped by one: the policy and
     its countdown, the stop and why, the dollars saved against stop_at_step, the pick beside the
     best evaluated checkpoint and the automatic evaluations. None when there is nothing to say."""
-    if not run:
+    if not run or not described(run):
         return None
-    pol = run.get("stop_policy") or {}
-    stopped = run.get("stopped_by") or {}
-    by_policy = stopped.get("by") in ("after_transition", "budget_usd")
-    if pol.get("after_transition") is None and pol.get("budget_usd") is None and not by_policy:
+    pol = run["stop_policy"]
+    stopped = run["stopped_by"]
+    by_policy = stopped is not None and stopped["by"] in POLICY_STOPS
+    if not _has_policy(run) and not by_policy:
         return None
     t = Text(no_wrap=True, overflow="ellipsis")
-    if by_policy:
-        what = (f"transition+{pol.get('after_transition')}" if stopped["by"] == "after_transition"
-                else f"budget {usd(pol.get('budget_usd'))}")
-        t.append(f"stopped at {run.get('step')} by {what}", style="bold yellow")
+    if stopped is not None and by_policy:
+        what = (f"transition+{pol['after_transition']}" if stopped["by"] == "after_transition"
+                else f"budget {usd(pol['budget_usd'])}")
+        t.append(f"stopped at {run['step']} by {what}", style="bold yellow")
     else:
         t.append(f"stop {policy_text(pol)}", style="bold")
-        c = run.get("countdown") or {}
-        if c.get("waiting"):
-            t.append(": awaiting the marker" + ("" if c.get("steps_left") is None else
+        c = run["countdown"]
+        if c and c["waiting"]:
+            t.append(": awaiting the marker" + ("" if c["steps_left"] is None else
                                                 f" (at most {max(c['steps_left'], 0)} steps)"), style="magenta")
         elif c:
-            what = (f"{usd(max(c['usd_left'], 0.0))} left" if c.get("by") == "budget_usd" and c.get("usd_left") is not None
-                    else f"{max(c.get('steps_left') or 0, 0)} steps left")
-            t.append(f": {what}" + (f" (step {c['stop_step']})" if c.get("stop_step") is not None else ""),
+            what = (f"{usd(max(c['usd_left'], 0.0))} left" if c["by"] == "budget_usd" and c["usd_left"] is not None
+                    else f"{max(c['steps_left'] or 0, 0)} steps left")
+            t.append(f": {what}" + (f" (step {c['stop_step']})" if c["stop_step"] is not None else ""),
                      style="yellow")
-    if run.get("saved_usd") is not None:
+    if run["saved_usd"] is not None:
         t.append(f"  saved {usd(run['saved_usd'])}" + ("" if by_policy else "?"), style="green")
-        if run.get("saved_minutes") is not None:
+        if run["saved_minutes"] is not None:
             t.append(f" {eta_text(60 * run['saved_minutes'])}", style="green")
-    auto = [e for e in run.get("evaluations") or [] if e.get("why") == "transition"]
+    auto = [e for e in run["evaluations"] if e["why"] == "transition"]
     if auto:
-        done = sum(1 for e in auto if e.get("state") in ("finished", "failed", "cancelled"))
+        done = sum(1 for e in auto if e["state"] not in runstate.EVAL_ACTIVE_STATES)
         t.append(f"  evals {done}/{len(auto)}", style="cyan" if done < len(auto) else "")
-    pick = run.get("pick")
+    pick = run["checkpoint_pick"]["bracket"]
     if pick and (by_policy or auto):
-        t.append(f": pick {pick['step']}" + ("" if pick.get("avg") is None else f" {100 * pick['avg']:.1f}"),
+        t.append(f": pick {pick['step']}" + ("" if pick["avg"] is None else f" {100 * pick['avg']:.1f}"),
                  style="bold green")
-        best = pick.get("best_evaluated")
+        best = pick["best_evaluated"]
         if best and best["step"] == pick["step"]:
             t.append(" (best)")
         elif best:
@@ -202,21 +215,21 @@ def policy_line(run: RunRow | None) -> Text | None:
     return t
 
 
-def recommendation_line(run: RunRow | None, rec: dict[str, Any] | None) -> Text:
+def recommendation_line(run: RunRow | None) -> Text:
     """What the checkpoint marks mean for this run: the recommended one (Tina's rule), the best
     evaluated one, and whether they disagree."""
     t = Text(no_wrap=True, overflow="ellipsis")
     if not run:
         return t
-    rec = rec or {}
-    recommended = rec.get("recommended", run.get("recommended_checkpoint"))
-    best = rec.get("best_evaluated", run.get("best_evaluated_checkpoint"))
-    phase = run.get("phase_transition") or {}
+    pick = run["checkpoint_pick"] if described(run) else None
+    recommended = pick and pick["recommended"]
+    best = pick and pick["best_evaluated"]
+    phase = (run["phase_transition"] if described(run) else None) or {}
     if recommended is not None:
         t.append(f"* {recommended} recommended", style="bold green")
         t.append(f" (latest at or before the transition @ {phase.get('step', '?')})", style="dim")
     else:
-        t.append("* none recommended yet: " + (rec.get("reason") or "no phase transition yet").split(";")[0],
+        t.append("* none recommended yet: " + ((pick and pick["reason"]) or "no phase transition yet").split(";")[0],
                  style="dim")
     if best is not None:
         t.append(f"   + {best} best evaluated", style="bold")
@@ -232,7 +245,7 @@ def meter(frac: float, width: int) -> str:
 
 
 @functools.lru_cache(maxsize=64)
-def _style(spec: str) -> Style:
+def style_of(spec: str) -> Style:
     return Style.parse(spec) if spec else Style()
 
 
