@@ -662,3 +662,46 @@ def test_every_registry_action_has_a_handler():
     for a in ACTIONS:
         name = a.action.split("(")[0]
         assert all(hasattr(cls, f"action_{name}") for cls in owners[a.context]), a
+
+
+async def test_the_palette_offers_what_the_keys_do(tmp_path):
+    """Stop, Resume and the stop policy: the command palette offers each exactly where its key
+    acts, for every kind of run, a live one whose supervisor died (its trainer trains on) too."""
+    import os
+
+    import psutil
+
+    from tina_core.rundir import write_json_atomic
+    from tina_core.runstate import HOST
+    from tina_tui.commands import CockpitCommands
+    from tina_tui.view import Allowed
+
+    home = workspace(tmp_path / "home")
+    orphan = SyntheticRun("orphan-20260104-000000-a9b8", name="orphan", steps=40, stop_at_step=100,
+                          state="running", step_s=1.0).write(home)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    me = psutil.Process()  # the "trainer": alive, started when its heartbeat says
+    write_json_atomic(orphan.supervisor, {"pid": int(gone.stdout), "pgid": int(gone.stdout), "started": time.time(),
+                                          "heartbeat": time.time() - 60, "trainer_pid": os.getpid(),
+                                          "trainer_started": me.create_time(), "attempt": 1, "host": HOST})
+    app = make_app(home, run=orphan.run_id)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await settle(app, pilot)
+        seen = {}
+        for run in app.snapshot.runs:
+            app.selected = run["run_id"]
+            await refreshed(app, pilot)
+            titles = [t for t, _, _ in CockpitCommands(app.screen)._commands()]
+            allowed = Allowed.of(app.view.run)
+            offered = (any(t.startswith(("Stop", "Cancel")) for t in titles), any(t.startswith("Resume") for t in titles),
+                       any(t.startswith("Set the stop policy") for t in titles))
+            assert offered == (allowed.stop, allowed.resume, allowed.policy), run["name"]
+            seen[run["name"]] = (run["state"], run.get("supervisor"), offered)
+            if not allowed.resume:  # the key refuses where the palette offers nothing
+                before = len(app._notifications)
+                await pilot.press("r")
+                await settle(app, pilot)
+                assert len(app._notifications) > before and "nothing to resume" in notes(app)[-1]
+        assert seen["orphan"] == ("running", "gone", (True, True, True))  # r takes it over, and so does Resume
+        assert seen["open-rs2"][2] == (False, False, True)                # finished
+        assert seen["open-rs3"][2] == (False, True, True)                 # stopped
