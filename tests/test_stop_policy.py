@@ -21,7 +21,7 @@ from conftest import ROOT, TINY_RECIPE
 from tina_core.analysis import policy
 from tina_core.analysis.pick import choose
 from tina_core.recipe.loader import RecipeError, load_recipe
-from tina_core.rundir import (CHECKPOINT_SNAPSHOT, RunDir, TinaError, append_jsonl, create_run_dir, iter_jsonl,
+from tina_core.rundir import (CHECKPOINT_SNAPSHOT, RunDir, RunInfo, TinaError, append_jsonl, create_run_dir, iter_jsonl,
                               list_run_dirs, read_json, write_json_atomic)
 from tina_core.supervise import lifecycle
 from tina_core.supervise.watch import LiveWatch
@@ -371,7 +371,7 @@ def test_the_evaluations_a_policy_stop_queues_are_priced_against_the_budget_left
     refused = [e for e in events if e["event"] == "eval_refused"]
     assert [(e["checkpoint"], e["task"], e["why"]) for e in refused] == [(40, "arith", "transition"),
                                                                          ("base", "arith", "transition")]
-    price = cost.eval_price(home, rd.info(), "arith", [])
+    price = cost.eval_price(home, RunInfo.read(rd), "arith", [])
     assert price.usd == pytest.approx(0.1) and "7 s" in price.source
     assert refused[0]["projected_usd"] == pytest.approx(0.1) and refused[0]["left_usd"] == pytest.approx(0.05)
     assert event_text("capped", refused[1])[1] == ("capped: arith of the base model not queued: its projected $0.1 "

@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 from tina_core.credentials import redact, redact_text, remember_secrets
 from tina_core.events import Kind, kind_of
-from tina_core.rundir import RunDir, TinaError, workspace_config
+from tina_core.rundir import RunDir, RunInfo, TinaError, workspace_config
 
 # Events worth telling someone who is not watching (every kind here has a text below).
 ALERT_EVENTS = (Kind.TRANSITION, Kind.STALLED, Kind.BUDGET_REACHED, Kind.RESTARTED, Kind.FAILED, Kind.FINISHED,
@@ -192,7 +192,7 @@ def config_or_default(home: Path, warn: Callable[[str], None] | None = None) -> 
 def payload(run_dir: RunDir, record: dict[str, Any]) -> dict[str, Any]:
     """What a target receives: the event, which run, one line of text, and the event record as
     written to events.jsonl; credentials masked."""
-    name = run_dir.info().get("name") or run_dir.run_id
+    name = RunInfo.read(run_dir).name or run_dir.run_id
     said = event_text(name, record)
     return redact({"event": record.get("event"), "run_id": run_dir.run_id, "run_name": name,
                    "text": said[1] if said else f"{name}: {record.get('event')}",

@@ -18,7 +18,7 @@ import re
 import secrets
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -252,6 +252,82 @@ CHECKPOINT_SNAPSHOT = "tina-snapshot.json"
 
 
 @dataclass(frozen=True)
+class RunInfo:
+    """A run's ``run.json`` (ARCHITECTURE.md): who it is, how to make it again, what it runs on and at
+    what price. Written once when the run is created (``supervise.lifecycle.run_info``, ``tina
+    import``); ``RunInfo.read`` is its one typed reader. A key the file lacks is its default here; a
+    value of the wrong type (a hand-edited file) reads as None; keys this version does not name
+    (an import's ``format``, ``source``...) are kept in ``extra``."""
+
+    run_id: str
+    name: str | None
+    recipe: str | None = None            # the recipe path given
+    overrides: list[str] = field(default_factory=list)  # the --set list, credentials masked
+    tina_command: str | None = None      # how to run it again
+    created: str | None = None
+    hardware: dict[str, Any] | None = None
+    device: str | None = "cpu"
+    gpu_count: int | None = 0
+    gpu_hour_usd: float | None = None
+    cpu_hour_usd: float | None = 0.0
+    price_source: str | None = None
+    command: list[str] = field(default_factory=list)
+    cwd: str | None = None
+    stop_at_step: int | None = None
+    max_steps: int | None = None
+    save_steps: int | None = None
+    dataset_size: int | None = None
+    max_restarts: int | None = None
+    stop_timeout_s: float | None = None
+    imported: bool = False
+    sweep: str | None = None             # a sweep's run: its name
+    sweep_index: int | None = None       # and its place (the Slurm array task id)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, rd: "RunDir") -> "RunInfo":
+        return cls.of(rd.info(), rd.run_id)
+
+    @classmethod
+    def of(cls, data: dict[str, Any], run_id: str) -> "RunInfo":
+        kw: dict[str, Any] = {"run_id": run_id, "name": run_id, "extra": {}}
+        for key, value in data.items():
+            accept = _INFO_TYPES.get(key)
+            if accept is None:
+                kw["extra"][key] = value
+            elif value is None or (isinstance(value, accept) and not (isinstance(value, bool) and bool not in accept)):
+                kw[key] = value
+            else:
+                kw[key] = None
+        kw["imported"] = bool(kw.get("imported"))
+        kw["overrides"], kw["command"] = kw.get("overrides") or [], kw.get("command") or []
+        return cls(**kw)
+
+    @property
+    def planned_steps(self) -> int | None:
+        """Where it stops: ``stop_at_step``, else ``max_steps``."""
+        return self.stop_at_step or self.max_steps
+
+    def as_dict(self) -> dict[str, Any]:
+        """The file's JSON: every named key, then ``extra``'s."""
+        out = {k: getattr(self, k) for k in _INFO_TYPES}
+        for key in ("sweep", "sweep_index"):  # only a sweep's run names them
+            if out[key] is None:
+                del out[key]
+        return {**out, **self.extra}
+
+
+_INFO_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "name": (str,), "recipe": (str,), "overrides": (list,), "tina_command": (str,),
+    "created": (str,), "hardware": (dict,), "device": (str,), "gpu_count": (int,), "gpu_hour_usd": (int, float),
+    "cpu_hour_usd": (int, float), "price_source": (str,), "command": (list,), "cwd": (str,),
+    "stop_at_step": (int,), "max_steps": (int,), "save_steps": (int,), "dataset_size": (int,),
+    "max_restarts": (int,), "stop_timeout_s": (int, float), "imported": (bool, int), "sweep": (str,),
+    "sweep_index": (int,),
+}
+
+
+@dataclass(frozen=True)
 class RunDir:
     path: Path
 
@@ -297,7 +373,11 @@ class RunDir:
         return self.path / "supervisor.json"
 
     def info(self) -> dict[str, Any]:
+        """``run.json`` as the file holds it (``RunInfo.read``: typed)."""
         return read_json(self.run_json, {}) or {}
+
+    def write_info(self, info: RunInfo) -> None:
+        write_json_atomic(self.run_json, info.as_dict())
 
     @staticmethod
     def event_record(kind: Kind, *, at: float | None = None, **fields: Any) -> dict[str, Any]:
@@ -475,7 +555,7 @@ def find_run(home: Path, ref: str, *, acting: bool = False) -> RunDir:
     prefix = [r for r in runs if r.run_id.startswith(ref)]
     if len(prefix) == 1:
         return prefix[0]
-    named = sorted((r for r in runs if r.info().get("name") == ref), key=lambda r: r.info().get("created", ""))
+    named = sorted((r for r in runs if RunInfo.read(r).name == ref), key=lambda r: RunInfo.read(r).created or "")
     if len(named) > 1:
         ids = ", ".join(r.run_id for r in reversed(named))
         if acting:

@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 from tina_core.events import EVAL_ENDED, EVAL_KINDS, RUN_ENDED, Kind, is_kind, kind_of, open_attempts, since_start
 from tina_core.locks import PidLock  # noqa: F401  (a sweep's queue takes it as runstate.PidLock)
-from tina_core.rundir import RunDir, list_run_dirs, read_json, tail_records, tina_home
+from tina_core.rundir import RunDir, RunInfo, list_run_dirs, read_json, tail_records, tina_home
 
 # --- states -------------------------------------------------------------------------------------
 LIVE_STATES = ("running", "stopping")
@@ -167,7 +167,7 @@ def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
     def out(state: str) -> Liveness:
         return Liveness(state, hb.get("pid"), hb.get("trainer_pid"), hb.get("heartbeat"), host=hb.get("host"))
 
-    if run_dir.info().get("imported"):
+    if RunInfo.read(run_dir).imported:
         return out("finished")
     start, since = since_start(events, launched=True)
     terminal = [e["event"] for e in since if is_kind(e, *RUN_ENDED)]
@@ -199,8 +199,7 @@ def liveness(run_dir: RunDir, events: list[dict[str, Any]] | None = None,
 def trained_to_the_end(run_dir: RunDir, attempts: list[int]) -> bool:
     """Whether one of ``attempts`` (open: its supervisor died) logged ``stop_at_step`` and its
     checkpoint there is complete: a trainer that went on alone and finished as it would have."""
-    info = run_dir.info()
-    stop_at = info.get("stop_at_step") or info.get("max_steps")
+    stop_at = RunInfo.read(run_dir).planned_steps
     if not isinstance(stop_at, int) or run_dir.checkpoint_kind(stop_at) != "complete":
         return False
     return any(r.get("step") == stop_at and r.get("attempt", 1) in attempts for r in tail_records(run_dir.metrics))
@@ -230,7 +229,7 @@ def open_until(state: str, heartbeat: float | None, events: list[dict[str, Any]]
 def training_holds_gpus(rd: RunDir) -> bool:
     """Whether the run's own training is running on GPUs right now (heartbeat fresh, an attempt
     started and not exited)."""
-    if int(rd.info().get("gpu_count") or 0) <= 0:
+    if (RunInfo.read(rd).gpu_count or 0) <= 0:
         return False
     events = rd.read_events()
     return is_live(liveness(rd, events).state) and bool(open_attempts(events))

@@ -21,7 +21,7 @@ from tina_core import runstate
 from tina_core.alerts import ALERT_EVENTS, event_text
 from tina_core.caches import Cache
 from tina_core.events import Kind, is_kind
-from tina_core.rundir import FileStamp, JsonlTail, RunDir, RunFiles, TinaError, list_run_dirs, read_whole_lines
+from tina_core.rundir import FileStamp, JsonlTail, RunDir, RunFiles, RunInfo, TinaError, list_run_dirs, read_whole_lines
 from tina_core.store.guard import Guarded
 from tina_core.sweep.state import engine_may_change
 from tina_core.terminal import shown
@@ -328,7 +328,7 @@ class Collector:
             self._events[rd.run_id] = JsonlTail(rd.events, from_end=True)
             return []
         out = []
-        name = rd.info().get("name") or rd.run_id
+        name = RunInfo.read(rd).name or rd.run_id
         for ev in tail.read()[0]:
             said = event_text(name, ev)
             if said:

@@ -124,7 +124,7 @@ class SyntheticRun:
                         hardware=hardware,
                         device=device, price=price, command=command, dataset_size=self.dataset_size,
                         created=now_iso(self.start_ts), cwd=str(home))
-        write_json_atomic(rd.run_json, info)
+        rd.write_info(info)
         log: list[str] = []
         ts = self.start_ts
 

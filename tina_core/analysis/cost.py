@@ -20,7 +20,7 @@ from typing import Any, Iterable
 
 from tina_core import runstate
 from tina_core.events import EVAL_ENDED, Kind, gpu_count, kind_of
-from tina_core.rundir import RunDir, TinaError, iter_jsonl, workspace_config
+from tina_core.rundir import RunDir, RunInfo, TinaError, iter_jsonl, workspace_config
 
 CHECK_PROVIDER = "default, check your provider"
 # $/GPU-hour. L40S is the paper's figure; the others are typical on-demand cloud prices.
@@ -161,12 +161,12 @@ STALE_MIN_S = 60.0    # ...and than this: its ETA is unknown, the run shown stal
 class Meter:
     """Cost figures for one run, computed from its events and metrics."""
 
-    def __init__(self, info: dict[str, Any], events: list[dict[str, Any]],
+    def __init__(self, info: RunInfo, events: list[dict[str, Any]],
                  times: dict[int, tuple[float, int]], *, open_until: float | None = None,
                  eval_open_until: float | None = None, eval_ends: dict[Any, float] | None = None) -> None:
-        self.gpu_hour_usd = float(info.get("gpu_hour_usd") or 0.0)
-        self.cpu_hour_usd = float(info.get("cpu_hour_usd") or 0.0)
-        self.stop_at_step = info.get("stop_at_step") or info.get("max_steps")
+        self.gpu_hour_usd = float(info.gpu_hour_usd or 0.0)
+        self.cpu_hour_usd = float(info.cpu_hour_usd or 0.0)
+        self.stop_at_step = info.planned_steps
         self.intervals = intervals(events)
         self.times = times
         now = time.time()
@@ -179,7 +179,7 @@ class Meter:
         events = run_dir.read_events()
         if "eval_open_until" not in kw:
             kw.setdefault("eval_ends", runstate.open_eval_ends(run_dir, events))
-        return cls(run_dir.info(), events, step_times(iter_jsonl(run_dir.metrics)), **kw)
+        return cls(RunInfo.read(run_dir), events, step_times(iter_jsonl(run_dir.metrics)), **kw)
 
     def usd_per_hour(self, iv: Interval) -> float:
         return iv.gpus * self.gpu_hour_usd if iv.gpus > 0 else self.cpu_hour_usd
@@ -298,7 +298,7 @@ def eval_seconds_measured(home: Path, task: str, gpus: int) -> list[float]:
     return out
 
 
-def eval_price(home: Path, info: dict[str, Any], task: str, gpus: list[int],
+def eval_price(home: Path, info: RunInfo, task: str, gpus: list[int],
                measures: dict[tuple[str, int], list[float]] | None = None) -> EvalPrice:
     """One evaluation of ``task`` on ``gpus`` (ids; none: the CPU) for the run of ``info``
     (run.json: its prices): this workspace's median time for it where it has one, else EVAL_SECONDS
@@ -311,7 +311,7 @@ def eval_price(home: Path, info: dict[str, Any], task: str, gpus: list[int],
         seconds, source = EVAL_SECONDS["gpu"][0] / n, EVAL_SECONDS["gpu"][1]
     else:
         seconds, source = EVAL_SECONDS["cpu"]
-    per_hour = n * float(info.get("gpu_hour_usd") or 0.0) if n else float(info.get("cpu_hour_usd") or 0.0)
+    per_hour = n * float(info.gpu_hour_usd or 0.0) if n else float(info.cpu_hour_usd or 0.0)
     return EvalPrice(round(seconds * per_hour / 3600, 6), seconds, source)
 
 

@@ -84,7 +84,7 @@ def _recommended(phase: Mapping[str, Any] | None, cks: list[dict[str, Any]], end
     if phase["status"] == "none":
         return None, "no phase transition in the watched signals" + (" (the run has ended)" if ended else " yet")
     before = [s for s in sorted(c["step"] for c in cks) if s <= phase["step"]]
-    where = f"{phase['status']} phase transition at step {phase['step']} ({phase['signal']})"
+    where = f"{phase['status']} phase transition at step {phase['step']} ({phase.get('signal')})"
     if before:
         return before[-1], f"latest complete checkpoint at or before the {where}"
     return None, f"no complete checkpoint at or before the {where}"

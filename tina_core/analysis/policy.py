@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from tina_core.events import MARKED, Kind, is_kind, last_of, marker
-from tina_core.rundir import RunDir, TinaError
+from tina_core.rundir import RunDir, RunInfo, TinaError
 
 POLICY_KEYS = ("after_transition", "budget_usd")  # what a policy_changed event may set
 POLICY_STOPS = POLICY_KEYS                         # ``by`` of a stop the policy made
@@ -80,7 +80,7 @@ def recipe_policy(rd: RunDir) -> StopPolicy:
     second); a run without one (imported) has only its run.json's stop_at_step."""
     from tina_core.recipe.loader import parse_yaml
 
-    info_stop = rd.info().get("stop_at_step")
+    info_stop = RunInfo.read(rd).stop_at_step
     try:
         st = rd.recipe.stat()
     except OSError:

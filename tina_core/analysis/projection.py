@@ -16,7 +16,7 @@ from typing import Any
 from tina_core.analysis.cost import MEASURED, device_key, median, resolve_price, seconds_per_step, step_times, usd_text
 from tina_core.events import Kind, is_kind, marker
 from tina_core.recipe import paper
-from tina_core.rundir import iter_jsonl
+from tina_core.rundir import RunInfo, iter_jsonl
 
 # Seconds per optimizer step of a model on a device (model, GPU model or "cpu", GPUs) and why, until
 # the workspace has measured its own: its runs of the same model on the same device (MEASURED_MIN_STEPS
@@ -93,12 +93,12 @@ def measured(home: Path, store: Any = None) -> tuple[dict[tuple, list[float]], d
     paces: dict[tuple, list[float]] = {}
     transitions: dict[str, list[int]] = {}
     for rd in list_run_dirs(home):
-        info = rd.info()
-        if info.get("imported"):
+        info = RunInfo.read(rd)
+        if info.imported:
             continue
         events = rd.read_events()
-        if (m := marker(events)) is not None and info.get("recipe"):
-            transitions.setdefault(Path(info["recipe"]).stem, []).append(int(m["step"]))
+        if (m := marker(events)) is not None and info.recipe:
+            transitions.setdefault(Path(info.recipe).stem, []).append(int(m["step"]))
         if any(is_kind(e, Kind.FAILED, Kind.CANCELLED) for e in events):
             continue  # a failed run's steps say more about what failed than about the pace
         try:
@@ -113,7 +113,7 @@ def measured(home: Path, store: Any = None) -> tuple[dict[tuple, list[float]], d
                 clock = None
         times = clock if clock is not None else step_times(iter_jsonl(rd.metrics))
         if len(times) >= MEASURED_MIN_STEPS and (pace := seconds_per_step(times, window=len(times))):
-            key = (model, device_key(info.get("device") or "cpu"), int(info.get("gpu_count") or 0))
+            key = (model, device_key(info.device or "cpu"), info.gpu_count or 0)
             paces.setdefault(key, []).append(pace)
     return paces, transitions
 

@@ -12,7 +12,7 @@ from tina_core.importer.readers import import_run
 from tina_core.report import run_cache
 from tina_core.report.runs import list_runs
 from tina_core.report.table import build_report, render_csv, render_text, write_plots
-from tina_core.rundir import TinaError, write_error_text
+from tina_core.rundir import RunInfo, TinaError, write_error_text
 from tina_core.store.index import Store
 from tina_core.terminal import printable, shown
 
@@ -25,13 +25,13 @@ def cli_import(home: Path, paths: Sequence[Path] | Path, name: str | None = None
     rd = import_run(home, paths, name, run=run, watch=list(watch) or None)
     store = Store(home)
     store.ingest([rd.run_id])
-    info = rd.info()
+    info = RunInfo.read(rd)
     detail = rd.read_events()[0].get("detail")
     # what the file says (a trackio run's name, its headers) is written out (tina_core.terminal)
     described = shown(list_runs(home, store, run_dirs=[rd])[0])
     ph = described["phase_transition"]
-    print(printable(f"imported {', '.join(map(str, paths))} ({info['format']}{': ' + detail if detail else ''}) as "
-                    f"{rd.run_id}: {len(store.metric_keys(rd.run_id))} metrics over {info['stop_at_step']} steps"))
+    print(printable(f"imported {', '.join(map(str, paths))} ({info.extra.get('format')}{': ' + detail if detail else ''}) as "
+                    f"{rd.run_id}: {len(store.metric_keys(rd.run_id))} metrics over {info.stop_at_step} steps"))
     if ph and ph["status"] != "none":
         print(f"phase transition: {ph['status']} at step {ph['step']} ({short(ph['signal'])}, "
               f"{ph['confidence']} confidence)")

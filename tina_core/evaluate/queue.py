@@ -20,11 +20,11 @@ from typing import Sequence
 from tina_core import runstate
 from tina_core.evaluate.tasks import CPU_TASKS, TINA_TASKS, _task_slug, task_name
 from tina_core.events import MARKED, Kind, marker
-from tina_core.rundir import RunDir, TinaError, find_run, tina_home
+from tina_core.rundir import RunDir, RunInfo, TinaError, find_run, tina_home
 
 
 def _run_gpus(rd: RunDir) -> list[int]:
-    return list(range(int(rd.info().get("gpu_count") or 0)))
+    return list(range(RunInfo.read(rd).gpu_count or 0))
 
 
 def _parse_gpus(gpus: str | Sequence[int] | None) -> list[int] | None:
@@ -150,7 +150,7 @@ class BudgetLeft:
     budget, less what the run has spent (training and evaluations) and what its evaluations still
     queued or running will take at their projected price."""
 
-    def __init__(self, home: Path, info: dict, budget: float, left: float) -> None:
+    def __init__(self, home: Path, info: RunInfo, budget: float, left: float) -> None:
         self.home, self.info, self.budget, self.left = home, info, budget, left
 
     @classmethod
@@ -160,7 +160,7 @@ class BudgetLeft:
         budget = policy.for_run(rd).budget_usd
         if budget is None:
             return None
-        info, now = rd.info(), time.time()
+        info, now = RunInfo.read(rd), time.time()
         left = budget - cost.Meter.for_run(rd).cost_usd()["total"]
         for e in evals.values():
             if e["state"] in ("queued", "running"):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from tina_core.rundir import RunDir, TinaError, find_run
+from tina_core.rundir import RunDir, RunInfo, TinaError, find_run
 from tina_core.terminal import printable
 
 # Labels, not settings: they differ between any two runs and say nothing about the ablation.
@@ -81,12 +81,13 @@ def run_side(rd: RunDir, ref: str | None = None) -> Side:
     """A run's side: its recipe snapshot, what actually ran."""
     from tina_core.recipe.loader import parse_yaml
 
-    name = rd.info().get("name") or rd.run_id
+    info = RunInfo.read(rd)
+    name = info.name or rd.run_id
     try:
         data = parse_yaml(rd.recipe.read_text())
     except FileNotFoundError:
         raise TinaError(f"run {name} ({rd.run_id}) has no recipe snapshot"
-                        + (" (it was imported)" if rd.info().get("imported") else "")) from None
+                        + (" (it was imported)" if info.imported else "")) from None
     if not isinstance(data, dict):
         raise TinaError(f"{rd.recipe}: not a recipe (a YAML mapping)")
     return Side(name, ref or rd.run_id, rd.run_id, data)

@@ -17,7 +17,7 @@ from tina_core.analysis.pick import BracketPick, CheckpointPick, choose
 from tina_core.analysis.transition import PhaseTransition, Watch
 from tina_core.events import Kind, last_of, marker, of_kind, since_start
 from tina_core.report import run_cache
-from tina_core.rundir import RunDir, iter_jsonl, list_run_dirs
+from tina_core.rundir import RunDir, RunInfo, iter_jsonl, list_run_dirs
 from tina_core.store.guard import Guarded
 from tina_core.sweep.state import Queue, Sweeps, overlay
 
@@ -111,10 +111,10 @@ class RunObject(TypedDict):
     attempts: int
     started_at: str | None
     elapsed_s: float
-    device: str
-    gpu_count: int
+    device: str | None             # None: an imported run's
+    gpu_count: int | None
     gpu_hour_usd: float | None
-    cpu_hour_usd: float
+    cpu_hour_usd: float | None
     price_source: str | None
     cost_usd: CostUsd
     usd_per_hour_now: float
@@ -165,7 +165,7 @@ class RunStub(TypedDict):
 
 
 def stub(run_dir: RunDir, state: str, **extra: Any) -> RunStub:
-    return RunStub(run_id=run_dir.run_id, name=run_dir.info().get("name") or run_dir.run_id, state=state,
+    return RunStub(run_id=run_dir.run_id, name=RunInfo.read(run_dir).name or run_dir.run_id, state=state,
                    **extra)
 
 
@@ -215,11 +215,11 @@ def describe(home: Path, run_dir: RunDir, store: "Store | Guarded | None" = None
 def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObject:
     from tina_core.store.index import Store  # the methods asked through the guard
 
-    info = run_dir.info()
+    info = RunInfo.read(run_dir)
     events = run_dir.read_events()
     live = runstate.liveness(run_dir, events, now)
     # a sweep's run as its engine sees it: queued with Slurm's reason, requeued, killed by Slurm...
-    state, queue = overlay(Sweeps(home), run_dir, info, live.state, events)
+    state, queue = overlay(Sweeps(home), run_dir, info.as_dict(), live.state, events)
     is_live = runstate.is_live(state)
     rid = run_dir.run_id
     # The step clock from the index when there is one: re-reading metrics.jsonl costs seconds.
@@ -260,28 +260,28 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
     base = dict(sorted(((event_scores.get("base") or {}) if base is None else base).items()))
 
     trains = [iv for iv in meter.intervals if iv.kind == "train"]
-    stop_at = info.get("stop_at_step") or info.get("max_steps")
+    stop_at = info.planned_steps
     failed = of_kind(events, Kind.FAILED)
     lost = {e.get("attempt"): e["lost_log_bytes"] for e in of_kind(events, Kind.ATTEMPT_EXITED)
             if e.get("lost_log_bytes")}
     return RunObject({
         "run_id": run_dir.run_id,
-        "name": info.get("name", run_dir.run_id),
-        "recipe": info.get("recipe"),
+        "name": info.name or run_dir.run_id,
+        "recipe": info.recipe,
         "state": state,
         "step": step,
         "stop_at_step": stop_at,
-        "max_steps": info.get("max_steps"),
-        "dataset_size": info.get("dataset_size"),
+        "max_steps": info.max_steps,
+        "dataset_size": info.dataset_size,
         "restarts": len(of_kind(events, Kind.RESTARTED)),
         "attempts": len(trains),
-        "started_at": info.get("created"),
+        "started_at": info.created,
         "elapsed_s": round(meter.seconds("train"), 1),
-        "device": info.get("device", "cpu"),
-        "gpu_count": info.get("gpu_count", 0),
-        "gpu_hour_usd": info.get("gpu_hour_usd"),
-        "cpu_hour_usd": info.get("cpu_hour_usd", 0.0),
-        "price_source": info.get("price_source"),
+        "device": info.device,
+        "gpu_count": info.gpu_count,
+        "gpu_hour_usd": info.gpu_hour_usd,
+        "cpu_hour_usd": info.cpu_hour_usd,
+        "price_source": info.price_source,
         "cost_usd": meter.cost_usd(),
         "usd_per_hour_now": round(meter.usd_per_hour_now(), 4) if is_live else 0.0,
         "projected_cost_usd": meter.projected_usd(step, finished=state == "finished"),
@@ -317,8 +317,8 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         # "gone": no supervisor watches this unfinished run; an orphaned trainer may train on
         "supervisor": live.supervisor,
         "orphan_trainer_pid": live.orphan_trainer_pid,
-        "imported": bool(info.get("imported", False)),
-        "sweep": info.get("sweep"),
+        "imported": info.imported,
+        "sweep": info.sweep,
         "queue": queue,
         "path": str(run_dir.path),
     })

@@ -28,7 +28,7 @@ from tina_core.recipe import diff
 from tina_core.recipe import paper
 from tina_core.report.runs import describe
 from tina_core.runstate import is_live
-from tina_core.rundir import RunDir, TinaError, find_run, list_run_dirs
+from tina_core.rundir import RunDir, RunInfo, TinaError, find_run, list_run_dirs
 from tina_core.terminal import markdown_cell, shown
 
 if TYPE_CHECKING:  # the cockpit imports this module at start-up; duckdb is imported where it is used
@@ -37,15 +37,15 @@ if TYPE_CHECKING:  # the cockpit imports this module at start-up; duckdb is impo
 
 def _recipe_info(rd: RunDir) -> tuple[str | None, float | None]:
     """(recipe file stem, optimizer steps per epoch) from the run's recipe snapshot."""
-    info = rd.info()
-    stem = Path(info["recipe"]).stem if info.get("recipe") else None
+    info = RunInfo.read(rd)
+    stem = Path(info.recipe).stem if info.recipe else None
     if not rd.recipe.exists():
         return stem, None
     try:
         from tina_core.recipe.loader import load_recipe
 
         recipe = load_recipe(rd.recipe)
-        rows = info.get("dataset_size") or recipe.dataset_size
+        rows = info.dataset_size or recipe.dataset_size
         per_step = recipe.prompts_per_step
     except Exception:  # an unreadable snapshot only costs the epoch percentages
         return stem, None
@@ -67,7 +67,7 @@ def gain_over_base(scores: dict[str, float], base: dict[str, float]) -> float | 
 
 
 def run_row(store: Store, rd: RunDir) -> dict[str, Any]:
-    info = rd.info()
+    info = RunInfo.read(rd)
     stem, per_epoch = _recipe_info(rd)
     run = describe(store.home, rd, store)  # the dollars, as `tina ls` and the cockpit count them
     ph = run["phase_transition"]
@@ -84,8 +84,8 @@ def run_row(store: Store, rd: RunDir) -> dict[str, Any]:
                 "vs_base": gain_over_base(c["evals"], base)}
 
     return {
-        "run_id": rd.run_id, "name": info.get("name"), "recipe": info.get("recipe"),
-        "recipe_stem": stem, "imported": bool(info.get("imported")),
+        "run_id": rd.run_id, "name": info.name, "recipe": info.recipe,
+        "recipe_stem": stem, "imported": info.imported,
         "last_step": store.last_step(rd.run_id), "steps_per_epoch": per_epoch, "state": run["state"],
         "phase_transition": ph, "phase_pct_epoch": _pct(ph and ph.get("step"), per_epoch),
         "base": {"scores": base, "avg": _avg(base)} if base else None,
@@ -93,7 +93,7 @@ def run_row(store: Store, rd: RunDir) -> dict[str, Any]:
         "disagree": rec["disagree"], "reason": rec["reason"],
         "cost_usd": run["cost_usd"], "train_usd_to_recommended": to_rec,
         "cost_source": "GPU-seconds x $/GPU-hour from the run's events",
-        "cost_usd_machine_hour": _per_machine_hour(run["cost_usd"], info.get("gpu_count")),
+        "cost_usd_machine_hour": _per_machine_hour(run["cost_usd"], info.gpu_count),
         "paper": paper.rows_for(stem),
     }
 

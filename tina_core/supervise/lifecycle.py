@@ -7,6 +7,7 @@ display or as a detached daemon that survives the terminal, SSH and the cockpit.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import signal
@@ -19,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 from tina_core import locks, runstate
 from tina_core.events import Kind
-from tina_core.rundir import (RunDir, TinaError, create_run_dir, find_run, iter_jsonl, now_iso, read_json, runs_root,
-                              write_json_atomic)
+from tina_core.rundir import (RunDir, RunInfo, TinaError, create_run_dir, find_run, iter_jsonl, now_iso, read_json,
+                              runs_root)
 from tina_core.supervise.logpump import tail_text
 from tina_core.supervise.progress import Display
 from tina_core.supervise.supervisor import (DEFAULT_MAX_RESTARTS, DEFAULT_STOP_TIMEOUT_S, LOG_NAME, Supervisor,
@@ -100,9 +101,9 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
                     hardware={"gpus": found, "cpu_count": os.cpu_count(), "host": os.uname().nodename},
                     device=device, price=price, command=command, dataset_size=getattr(recipe, "dataset_size", None))
     if sweep is not None:
-        info.update(sweep=sweep[0], sweep_index=sweep[1])
-    write_json_atomic(run_dir.run_json, info)
-    fields = dict(recipe=str(recipe_path), command=command, gpus=info["gpu_count"], gpu_hour_usd=price.gpu_hour_usd,
+        info = dataclasses.replace(info, sweep=sweep[0], sweep_index=sweep[1])
+    run_dir.write_info(info)
+    fields = dict(recipe=str(recipe_path), command=command, gpus=info.gpu_count, gpu_hour_usd=price.gpu_hour_usd,
                   device=device)
     if sweep is not None:
         run_dir.event(Kind.QUEUED, **fields, sweep=sweep[0], engine=sweep[2])
@@ -113,38 +114,38 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
 
 def run_info(run_dir: RunDir, recipe: Any, recipe_path: str | Path, *, name: str | None, overrides: Sequence[str],
              gpu_hour_usd: float | None, hardware: dict[str, Any], device: str, price: Any, command: list[str],
-             dataset_size: int | None, created: str | None = None, cwd: str | None = None) -> dict[str, Any]:
-    """A new run's ``run.json`` (ARCHITECTURE.md): who it is, how to make it again, what it runs on
-    and at what price. ``recipe``: the resolved ``Recipe``; ``price``: ``cost.Price``."""
+             dataset_size: int | None, created: str | None = None, cwd: str | None = None) -> RunInfo:
+    """A new run's ``run.json``: who it is, how to make it again, what it runs on and at what price.
+    ``recipe``: the resolved ``Recipe``; ``price``: ``cost.Price``."""
     from tina_core.recipe.loader import masked_override
 
     recorded = [masked_override(o) for o in overrides]
-    return {
-        "run_id": run_dir.run_id,
-        "name": name or _recipe_value(recipe, "name", run_dir.run_id),
-        "recipe": str(recipe_path),
-        "overrides": recorded,
+    return RunInfo(
+        run_id=run_dir.run_id,
+        name=name or _recipe_value(recipe, "name", run_dir.run_id),
+        recipe=str(recipe_path),
+        overrides=recorded,
         # how to make this run again (credentials masked: give them again to run it again)
-        "tina_command": shlex.join(["tina", "run", str(recipe_path), *(["--name", name] if name else []),
-                                    *[a for o in recorded for a in ("--set", o)],
-                                    *(["--gpu-hour-usd", str(gpu_hour_usd)] if gpu_hour_usd is not None else [])]),
-        "created": created or now_iso(),
-        "hardware": hardware,
-        "device": device,
-        "gpu_count": int(_recipe_value(recipe, "gpus", 0)),
-        "gpu_hour_usd": price.gpu_hour_usd,
-        "cpu_hour_usd": price.cpu_hour_usd,
-        "price_source": price.source,
-        "command": command,
-        "cwd": cwd or os.getcwd(),
-        "stop_at_step": getattr(recipe, "stop_at_step", None),
-        "max_steps": getattr(recipe, "max_steps", None),
-        "save_steps": getattr(recipe, "save_steps", None),
-        "dataset_size": dataset_size,
-        "max_restarts": int(recipe.get("launch.max_restarts", DEFAULT_MAX_RESTARTS)),
-        "stop_timeout_s": float(recipe.get("launch.stop_timeout_s", DEFAULT_STOP_TIMEOUT_S)),
-        "imported": False,
-    }
+        tina_command=shlex.join(["tina", "run", str(recipe_path), *(["--name", name] if name else []),
+                                 *[a for o in recorded for a in ("--set", o)],
+                                 *(["--gpu-hour-usd", str(gpu_hour_usd)] if gpu_hour_usd is not None else [])]),
+        created=created or now_iso(),
+        hardware=hardware,
+        device=device,
+        gpu_count=int(_recipe_value(recipe, "gpus", 0)),
+        gpu_hour_usd=price.gpu_hour_usd,
+        cpu_hour_usd=price.cpu_hour_usd,
+        price_source=price.source,
+        command=command,
+        cwd=cwd or os.getcwd(),
+        stop_at_step=getattr(recipe, "stop_at_step", None),
+        max_steps=getattr(recipe, "max_steps", None),
+        save_steps=getattr(recipe, "save_steps", None),
+        dataset_size=dataset_size,
+        max_restarts=int(recipe.get("launch.max_restarts", DEFAULT_MAX_RESTARTS)),
+        stop_timeout_s=float(recipe.get("launch.stop_timeout_s", DEFAULT_STOP_TIMEOUT_S)),
+        imported=False,
+    )
 
 
 def spawn_daemon(run_dir: RunDir, *, resume: bool = False, secret_env: dict[str, str] | None = None,
@@ -219,7 +220,7 @@ def stop_run(home: Path, run_ref: str, wait: bool = False, timeout: float | None
     such a run is refused, since its pids are not this machine's."""
     run_dir = find_run(home, run_ref, acting=True)
     rid = run_dir.run_id
-    stop_timeout = stop_timeout_s(run_dir.info())
+    stop_timeout = stop_timeout_s(RunInfo.read(run_dir))
     with locks.stop_claim(run_dir.path) as mine:
         live = runstate.liveness(run_dir)
         if live.state in runstate.ENDED_STATES:
@@ -275,7 +276,7 @@ def set_policy(home: Path, run_ref: str, *, by: str, **changes: Any):
     from tina_core.analysis import policy
 
     run_dir = find_run(home, run_ref, acting=True)
-    if run_dir.info().get("imported"):
+    if RunInfo.read(run_dir).imported:
         raise TinaError(f"run {run_dir.run_id} was imported; it has no stop policy")
     unknown = set(changes) - set(policy.POLICY_KEYS)
     if unknown:
@@ -313,15 +314,15 @@ def _check_budget(run_dir: RunDir) -> None:
 
 def check_resumable(home: Path, run_ref: str) -> RunDir:
     run_dir = find_run(home, run_ref, acting=True)
-    info = run_dir.info()
-    if info.get("imported"):
+    info = RunInfo.read(run_dir)
+    if info.imported:
         raise TinaError(f"run {run_dir.run_id} was imported; there is nothing to resume")
     live = runstate.liveness(run_dir)
     state = live.state
     if runstate.is_live(state) and not runstate.can_resume(state, live.supervisor_gone):
         raise TinaError(f"run {run_dir.run_id} is {state} (supervisor pid {live.supervisor_pid}); nothing to resume")
     if state == "finished":
-        raise TinaError(f"run {run_dir.run_id} is finished (reached step {info.get('stop_at_step')})")
+        raise TinaError(f"run {run_dir.run_id} is finished (reached step {info.stop_at_step})")
     _check_budget(run_dir)
     from tina_core.recipe.loader import load_recipe
 

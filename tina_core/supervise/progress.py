@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any
 
-from tina_core.rundir import JsonlTail, RunDir
+from tina_core.rundir import JsonlTail, RunDir, RunInfo
 
 
 class Display:
@@ -55,10 +55,10 @@ class Display:
     def figures(self) -> dict[str, Any]:
         from tina_core.analysis.cost import Meter
 
-        info = self.run_dir.info()
+        info = RunInfo.read(self.run_dir)
         meter = Meter.for_run(self.run_dir)
         step = self._last["step"] if self._last else None
-        return {"step": step, "target": info.get("stop_at_step") or info.get("max_steps"),
+        return {"step": step, "target": info.planned_steps,
                 "format": self._pick("format"), "accuracy": self._pick("accuracy"), "length": self._pick("length"),
                 "s_per_step": meter.seconds_per_step(), "eta": meter.eta_s(step),
                 "usd": meter.cost_usd()["total"], "usd_per_hour": meter.usd_per_hour_now(),

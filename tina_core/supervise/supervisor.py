@@ -38,7 +38,7 @@ from tina_core.alerts import Alerts, StallWatch, budgets_passed
 from tina_core.credentials import redact, redact_text, remember_secrets
 from tina_core.events import (EXIT_FINISHED, EXIT_STOPPED, Kind, is_kind, of_kind, open_attempts,
                               since_start)
-from tina_core.rundir import (APPEND_FLAGS, RunDir, TinaError, append_bytes, append_jsonl, iter_jsonl, now_iso,
+from tina_core.rundir import (APPEND_FLAGS, RunDir, RunInfo, TinaError, append_bytes, append_jsonl, iter_jsonl, now_iso,
                               read_json, write_error_text, write_json_atomic)
 from tina_core.runstate import HEARTBEAT_S, end_group, kill_group, pid_alive, send_signal
 from tina_core.supervise.logpump import LogPump, output_to_log
@@ -65,10 +65,10 @@ def _env_float(name: str, default: float) -> float:
         raise TinaError(f"${name} must be a number of seconds, got {raw!r}") from None
 
 
-def stop_timeout_s(info: dict[str, Any]) -> float:
+def stop_timeout_s(info: RunInfo) -> float:
     """How long a stop waits for the trainer's checkpoint before killing its group:
     $TINA_STOP_TIMEOUT_S, else the recipe's launch.stop_timeout_s, else 120 s."""
-    return _env_float("TINA_STOP_TIMEOUT_S", float(info.get("stop_timeout_s") or DEFAULT_STOP_TIMEOUT_S))
+    return _env_float("TINA_STOP_TIMEOUT_S", float(info.stop_timeout_s or DEFAULT_STOP_TIMEOUT_S))
 
 
 # --- the supervisor -------------------------------------------------------------------------------
@@ -82,13 +82,13 @@ class Supervisor:
         # them (a daemon, a resume) they are already in ours.
         self.secret_env = dict(secret_env or {})
         remember_secrets(self.secret_env.values())
-        self.info = run_dir.info()
-        if not self.info:
+        if not run_dir.info():
             raise TinaError(f"{run_dir.run_json}: missing or unreadable; not a run directory")
+        self.info = RunInfo.read(run_dir)
         self.display = display or Display(run_dir, live=False, quiet=True)
         self.stop_timeout = stop_timeout_s(self.info)
         self.backoff = _env_float("TINA_RESTART_BACKOFF_S", DEFAULT_BACKOFF_S)
-        self.max_restarts = int(self.info.get("max_restarts", DEFAULT_MAX_RESTARTS))
+        self.max_restarts = DEFAULT_MAX_RESTARTS if self.info.max_restarts is None else self.info.max_restarts
         self.started = time.time()
         self.cpu0 = _cpu_s(resource.RUSAGE_SELF)
         self.stop_requested: str | None = None
@@ -163,7 +163,7 @@ class Supervisor:
                 self._write_failed(self.run_dir.supervisor, write_error_text(e, self.run_dir.supervisor))
 
     def sample_gpus(self) -> None:
-        if not self.info.get("gpu_count"):
+        if not self.info.gpu_count:
             return
         now = time.time()
         if now - self._last_sample < GPU_SAMPLE_S:
@@ -283,13 +283,13 @@ class Supervisor:
         return text
 
     def start(self, attempt: int) -> subprocess.Popen:
-        command = self.info["command"]
+        command = self.info.command
         resume_from = max(self.run_dir.checkpoint_steps(), default=None)
         self.attempt = attempt
         self.log(f"attempt {attempt}: {shlex.join(command)}"
                  + (f" (resuming from checkpoint-{resume_from})" if resume_from else ""))
         # Output goes through us so credential values are masked before they reach train.log.
-        self.proc = subprocess.Popen(command, cwd=self.info.get("cwd") or None, env=self._trainer_env(attempt),
+        self.proc = subprocess.Popen(command, cwd=self.info.cwd or None, env=self._trainer_env(attempt),
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.output = LogPump(self.proc.stdout, self.run_dir.train_log)
@@ -298,7 +298,7 @@ class Supervisor:
         self.proc_started = time.time()
         self.stall.restart()
         self.event(Kind.ATTEMPT_STARTED, attempt=attempt, pid=self.proc.pid,
-                   gpus=int(self.info.get("gpu_count") or 0), resume_from=resume_from)
+                   gpus=self.info.gpu_count or 0, resume_from=resume_from)
         if self.live is not None:
             self.live.attempt_started()
         self.beat(force=True)

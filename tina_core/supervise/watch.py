@@ -31,7 +31,7 @@ from typing import Any, Callable
 from tina_core.analysis import cost, phase, policy
 from tina_core.analysis.metric_keys import normalise_key
 from tina_core.events import Kind, is_kind, marker
-from tina_core.rundir import JsonlTail, RunDir, write_json_atomic
+from tina_core.rundir import JsonlTail, RunDir, RunInfo, write_json_atomic
 from tina_core.train import snapshots
 from tina_core.train.pace import WATCH_FILE
 
@@ -43,7 +43,7 @@ class LiveWatch:
         self.rd = run_dir
         self._event = event  # the supervisor's own (it queues what a full disk refuses)
         self.log = log
-        self.info = run_dir.info()
+        self.info = RunInfo.read(run_dir)
         self._metrics = JsonlTail(run_dir.metrics)
         self._events = JsonlTail(run_dir.events)
         self.events: list[dict[str, Any]] = []

@@ -23,8 +23,8 @@ from pathlib import Path
 from tina_core.events import EXIT_DISK_FULL, EXIT_ERROR, EXIT_FINISHED, EXIT_STOPPED, Kind, kind_of
 from tina_core.recipe.configs import build_grpo_config, build_lora_config
 from tina_core.recipe.loader import Recipe, load_recipe, resolve_base_model
-from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, DISK_FULL_ERRNOS, JsonlTail, RunDir, TinaError,
-                              tina_home, write_error_text)
+from tina_core.rundir import (CHECKPOINT_COMPLETE, CHECKPOINT_RE, DISK_FULL_ERRNOS, JsonlTail, RunDir, RunInfo,
+                              TinaError, tina_home, write_error_text)
 from tina_core.train import snapshots
 from tina_core.train.pace import Pace
 
@@ -273,8 +273,7 @@ def report_to_trackers(run_dir: RunDir, config) -> None:
     trackio's in its own database. Their keys come from the environment, which tina never writes."""
     if not config.report_to:
         return
-    info = run_dir.info()
-    config.run_name = config.run_name or info.get("name") or run_dir.run_id
+    config.run_name = config.run_name or RunInfo.read(run_dir).name or run_dir.run_id
     if "tensorboard" in config.report_to:
         os.environ.setdefault("TENSORBOARD_LOGGING_DIR", str(run_dir.path / "tensorboard"))
     if "wandb" in config.report_to:  # W&B ids: letters, digits, - and _
