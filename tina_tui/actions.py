@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from textual.binding import Binding
+from textual.binding import Binding, BindingType
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ CONTEXT_TITLES = {"global": "Everywhere", "main": "Runs, charts, checkpoints, lo
                   "compare": "What differs, ablation table"}
 
 
-def bindings(context: str) -> list[Binding]:
+def bindings(context: str) -> list[BindingType]:
     # Sub-screens pass through to the app's global bindings, so only their own context is needed.
     return [Binding(a.keys, a.action, a.short or a.description, show=bool(a.short), tooltip=a.description)
             for a in ACTIONS if a.context == context]

@@ -28,7 +28,7 @@ from tina_core.terminal import printable
 from tina_tui.actions import bindings
 from tina_tui.commands import CockpitCommands
 from tina_tui.collector import Collector
-from tina_tui.view import Allowed, RunView, Snapshot
+from tina_tui.view import Allowed, RunView, Snapshot, described
 from tina_tui.plot import MAX_OVERLAY
 from tina_tui.screens.ablation import AblationScreen
 from tina_tui.screens.confirm import ConfirmScreen
@@ -188,7 +188,8 @@ class TinaApp(App[None]):
         from tina_core.evaluate.worker import revive_worker
         from tina_core.sweep.local import revive_queues
 
-        for note in (revive_worker(self.home) if any(r.get("eval_worker") == "gone" for r in runs) else None,
+        gone = any(described(r) and r["eval_worker"] == "gone" for r in runs)
+        for note in (revive_worker(self.home) if gone else None,
                      revive_queues(self.home, runs)):
             if note:
                 self.post_message(ActionDone(note, ok=False))
@@ -238,8 +239,9 @@ class TinaApp(App[None]):
             self.push_screen(AblationScreen(self.collector, list(self.marks), dict(self.marks)))
             return
         run = self.view.run if self.view else None
-        sweep = run.get("sweep") if run else None
-        ids = [r["run_id"] for r in (self.snapshot.runs if self.snapshot else []) if sweep and r.get("sweep") == sweep]
+        sweep = run["sweep"] if run and described(run) else None
+        ids = [r["run_id"] for r in (self.snapshot.runs if self.snapshot else [])
+               if sweep and described(r) and r["sweep"] == sweep]
         self.push_screen(AblationScreen(self.collector, ids, {}, sweep=sweep if ids else None))
 
     # --- run actions ---------------------------------------------------------------------------
@@ -328,10 +330,14 @@ class TinaApp(App[None]):
             self.notify(f"{run['name']} is {run['state']}: nothing to stop", severity="warning")
             return
         rid = run["run_id"]
-        ask = (f"Cancel {run.get('name')}? It has not started." if run.get("state") == "queued" else
-               f"Stop {run.get('name')} at step {run.get('step')}? It saves a checkpoint at the end of the "
-               "current step.")
-        self.push_screen(ConfirmScreen(ask), lambda yes: self.stop(rid) if yes else None)
+        ask = (f"Cancel {run['name']}? It has not started." if run["state"] == "queued" else
+               f"Stop {run['name']} at step {run['step'] if described(run) else None}? It saves a checkpoint at "
+               "the end of the current step.")
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.stop(rid)
+        self.push_screen(ConfirmScreen(ask), answered)
 
     @work(thread=True, group="actions", exit_on_error=False)
     def stop(self, run_id: str) -> None:
@@ -349,9 +355,12 @@ class TinaApp(App[None]):
         if not Allowed.of(run).policy:
             self.notify(f"{run['name']} was imported: it has no stop policy", severity="warning")
             return
-        rid, name = run["run_id"], run.get("name") or run["run_id"]
-        self.push_screen(PolicyDialog(name, run.get("stop_policy") or {}),
-                         lambda changes: self.set_policy(rid, changes, name) if changes else None)
+        rid, name = run["run_id"], run["name"] or run["run_id"]
+
+        def chosen(changes: dict[str, Any] | None) -> None:
+            if changes:
+                self.set_policy(rid, changes, name)
+        self.push_screen(PolicyDialog(name, dict(run["stop_policy"]) if described(run) else {}), chosen)
 
     @work(thread=True, group="actions", exit_on_error=False)
     def set_policy(self, run_id: str, changes: dict[str, Any], name: str | None = None) -> None:
@@ -416,14 +425,17 @@ class TinaApp(App[None]):
         view = self.view
         if view is None:
             return
-        watch = view.run.get("watch") or {}
+        watch: dict[str, Any] = dict(view.run["watch"]) if described(view.run) else {}
         if not watch.get("candidates"):
-            self.notify(f"{view.run.get('name')}: no metrics to choose from yet", severity="warning")
+            self.notify(f"{view.run['name']}: no metrics to choose from yet", severity="warning")
             return
         rid = view.run_id
-        why = explain(view.phase, watch, ended=not runstate.is_live(view.run.get("state")))
-        self.push_screen(WatchChooser(view.run.get("name") or rid, watch, why),
-                         lambda chosen: self.set_watch(rid, chosen) if chosen else None)
+        why = explain(view.phase, watch, ended=not runstate.is_live(view.run["state"]))
+
+        def picked(chosen: list[str] | str | None) -> None:
+            if chosen:
+                self.set_watch(rid, chosen)
+        self.push_screen(WatchChooser(view.run["name"] or rid, watch, why), picked)
 
     @work(thread=True, group="actions", exit_on_error=False)
     def set_watch(self, run_id: str, chosen: list[str] | str) -> None:
@@ -432,7 +444,7 @@ class TinaApp(App[None]):
         from tina_core.rundir import RunDir
 
         view = self.view
-        keys = [c["signal"] for c in ((view.run.get("watch") or {}).get("candidates") or [])] if view else []
+        keys = [c["signal"] for c in view.run["watch"]["candidates"]] if view and described(view.run) else []
         try:
             picked = record_watch(RunDir(self.home / "runs" / run_id), None if chosen == AUTO else chosen, keys,
                                   by="cockpit")

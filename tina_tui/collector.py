@@ -181,7 +181,7 @@ class Collector:
         rid = rd.run_id
         made_from = (files, FileStamp.of(rd.supervisor), index.is_current(rid, files))
         hit = self._runs.get(rid)
-        if hit is not None and hit.version == made_from and not runstate.is_live(hit.value.get("state")) \
+        if hit is not None and hit.version == made_from and not runstate.is_live(hit.value["state"]) \
                 and not engine_may_change(hit.value):
             return hit.value, "kept"
         if cached_only:  # over this refresh's budget: the last known row, or the name for now
@@ -262,7 +262,8 @@ class Collector:
             run = by_id[rid]
             many = index.ask(Store.metric_series_many, rid, [k for k, _ in CHARTS], max_points=SERIES_POINTS) or {}
             detail = points(index.ask(Store.metric_series, rid, detail_key, max_points=None)) if detail_key else []
-            out.append(OverlayRun(rid, str(run.get("name") or rid), mark, run.get("phase_transition"),
+            phase = run["phase_transition"] if described(run) else None
+            out.append(OverlayRun(rid, str(run["name"] or rid), mark, phase,
                                   {k: points(many.get(k)) for k, _ in CHARTS}, detail))
         self._view_version += 1
         overlay = Overlay(tuple(out), version=self._view_version)
@@ -279,9 +280,10 @@ class Collector:
         def points(pts: list | None) -> list[tuple[float, float]]:
             return [(float(s), float(v)) for s, v in pts or [] if v is not None]
 
-        age = LIVE_PHASE_MAX_AGE_S if runstate.is_live(run.get("state")) else 0.0
-        phase = index.ask(Store.phase, rid, max_age_s=age) if index.available else run.get("phase_transition")
-        keys = chart_keys(phase or {"watch": run.get("watch")})  # another tool's runs name their rewards
+        age = LIVE_PHASE_MAX_AGE_S if runstate.is_live(run["state"]) else 0.0
+        d = run if described(run) else None
+        phase = index.ask(Store.phase, rid, max_age_s=age) if index.available else d and d["phase_transition"]
+        keys = chart_keys(phase or {"watch": d and d["watch"]})  # another tool's runs name their rewards
         many = index.ask(Store.metric_series_many, rid, [*keys.values(), "epoch"], max_points=SERIES_POINTS) or {}
         series = {k: points(many.get(keys[k])) for k, _ in CHARTS}
         epoch = points(many.get("epoch"))
@@ -340,23 +342,24 @@ class Collector:
         """Changes no event announces, for every run, seen since the last refresh: a supervisor that
         died (kill -9, reboot: it could not write one) and the phase marker appearing or firming on a
         run no supervisor watches."""
-        if run.get("pending"):
+        if not described(run) and run.get("pending"):
             return []
-        rid, name, out = run["run_id"], run.get("name", run["run_id"]), []
-        state = (run.get("state"), bool(run.get("orphan_trainer_pid")))
+        d = run if described(run) else None  # an unreadable run: its state alone
+        rid, name, out = run["run_id"], run["name"], []
+        state = (run["state"], bool(d and d["orphan_trainer_pid"]))
         was, self._states[rid] = self._states.get(rid), state
         if was is not None and runstate.is_live(was[0]) and not was[1] and state[1]:
             out.append(Notice("error", f"{name}: its supervisor is gone; the trainer trains on unsupervised, its time "
                                        "counted: r takes it over, s stops it at a checkpoint"))
         elif was is not None and runstate.is_live(was[0]) and state[0] == "crashed":
-            out.append(Notice("error", f"{name}: its supervisor is gone (crashed at step {run.get('step')}); "
+            out.append(Notice("error", f"{name}: its supervisor is gone (crashed at step {d and d['step']}); "
                                        "r resumes from the latest checkpoint", bell=True))
-        p = run.get("phase_transition") or {}
+        p = (d and d["phase_transition"]) or {}
         status = p.get("status") or "none"
         before = self._phase_status.get(rid)
         self._phase_status[rid] = status
         # a supervised run's watch records each change as a `transition` event, announced above
-        if before is not None and before != status and status != "none" and run.get("supervisor") != "alive":
+        if before is not None and before != status and status != "none" and (d and d["supervisor"]) != "alive":
             out.append(Notice("warning", f"{name}: phase transition {status} at step {p.get('step')} "
                                          f"({p.get('signal')} {p.get('direction', '')})", bell=True,
                               key=_marker_key(rid)))

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable, Iterator
+from typing import Callable, Iterator, cast
 
 from textual.command import DiscoveryHit, Hit, Hits, Provider
 
-from tina_tui.view import CHARTS, Allowed
+from tina_tui.view import CHARTS, Allowed, Cockpit
 from tina_tui.screens.detail import DetailScreen
 from tina_tui.screens.main import MainScreen
 
 
 class CockpitCommands(Provider):
+    @property
+    def cockpit(self) -> Cockpit:
+        return cast(Cockpit, self.app)
+
     def _commands(self) -> Iterator[tuple[str, Callable[[], object], str]]:
-        app = self.app
+        app = self.cockpit
         screen = self.screen
         view = app.view
         if isinstance(screen, DetailScreen):
@@ -64,8 +68,8 @@ class CockpitCommands(Provider):
             yield f"Show the {tab} tab", partial(screen.action_tab, tab), ""
 
     def _go(self, run_id: str) -> None:
-        self.app.selected = run_id
-        self.app.refresh_data()
+        self.cockpit.selected = run_id
+        self.cockpit.refresh_data()
 
     async def discover(self) -> Hits:
         for text, cb, help_ in self._commands():

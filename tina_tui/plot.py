@@ -56,14 +56,16 @@ def spark_rows(values: Sequence[float | None], rows: int = 1) -> list[str]:
     """A sparkline ``rows`` characters tall (8 levels per row), top row first. An empty bucket
     between two filled ones repeats the previous height so a sparse series reads as a line; empty
     buckets before the first value and after the last stay blank (steps not trained yet)."""
-    known = [i for i, v in enumerate(values) if v is not None]
+    given = {i: v for i, v in enumerate(values) if v is not None}
+    known = list(given)
     if not known:
         return [" " * len(values)] * rows
-    lo, hi = min(values[i] for i in known), max(values[i] for i in known)
+    lo, hi = min(given.values()), max(given.values())
     span = hi - lo
-    levels, last = [], None
-    for i, v in enumerate(values):
-        v = last if v is None and known[0] < i < known[-1] else v
+    levels: list[int] = []
+    last: float | None = None
+    for i, value in enumerate(values):
+        v = last if value is None and known[0] < i < known[-1] else value
         last = v
         if v is None:
             levels.append(0)

@@ -9,14 +9,14 @@ from typing import Any
 
 from tina_core import runstate
 from tina_core.evaluate.commands import plan_commands
-from tina_core.evaluate.queue import _check_backend, _parse_gpus, _run_gpus, cancel_eval, queue_eval, resolve_checkpoints
-from tina_core.evaluate.tasks import TINA_TASKS, _label, task_name
+from tina_core.evaluate.queue import check_backend, parse_gpus, run_gpus, cancel_eval, queue_eval, resolve_checkpoints
+from tina_core.evaluate.tasks import TINA_TASKS, checkpoint_label, task_name
 from tina_core.evaluate.worker import ensure_worker, revive_worker, worker_running
 from tina_core.rundir import RunDir, TinaError, find_run, tina_home
 
 
 def _fmt_ckpt(c: Any) -> str:
-    return _label(c)
+    return checkpoint_label(c)
 
 
 def wait_for(home: Path, rd: RunDir, ids: list[str], *, poll: float = 1.0, stream=sys.stderr) -> dict[str, dict]:
@@ -49,14 +49,14 @@ def cli_eval(home: Path, run_ref: str, *, checkpoint: str = "recommended", tasks
     task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks is not None else None
     if task_list == []:
         raise TinaError(f"--tasks {tasks!r}: names no task; expected comma-separated task names, e.g. --tasks arith")
-    explicit = _parse_gpus(gpus)
-    use_gpus = explicit if explicit is not None else _run_gpus(rd)
+    explicit = parse_gpus(gpus)
+    use_gpus = explicit if explicit is not None else run_gpus(rd)
     names = [task_name(t) for t in task_list] if task_list else (list(TINA_TASKS) if use_gpus else ["arith"])
     for t in names:
-        _check_backend(t, use_gpus)
+        check_backend(t, use_gpus)
     if dry_run:
         for ckpt in resolve_checkpoints(h, rd, checkpoint):
-            print(f"# {rd.run_id} {_label(ckpt)}")
+            print(f"# {rd.run_id} {checkpoint_label(ckpt)}")
             merge_printed = False
             for t in names:
                 for line in plan_commands(h, rd, ckpt, t, use_gpus):

@@ -15,30 +15,30 @@ from tina_core.evaluate.tasks import CPU_TASKS, EvalError, eval_backend, merge_d
 from tina_core.rundir import RunDir, read_json
 
 
-def _python() -> str:
+def python_executable() -> str:
     return sys.executable or "python"
 
 
 def merge_command(adapter: Path, out: Path, dtype: str) -> list[str]:
-    return [_python(), "-m", "tina_core.evaluate", "merge", "--adapter", str(adapter), "--out", str(out),
+    return [python_executable(), "-m", "tina_core.evaluate", "merge", "--adapter", str(adapter), "--out", str(out),
             "--dtype", dtype]
 
 
 def lighteval_command(model: str, task: str, out: Path, gpus: list[int], recipe: Path | None = None) -> list[str]:
     extra = ["--recipe", str(recipe)] if recipe is not None and recipe.exists() else []
     devices = ["--gpus", ",".join(str(g) for g in gpus)] if gpus else []
-    return [_python(), "-m", "tina_core.evaluate", "lighteval", "--backend", eval_backend(gpus), "--model", model,
-            "--task", task, "--output-dir", str(out), *devices, *extra]
+    return [python_executable(), "-m", "tina_core.evaluate", "lighteval", "--backend", eval_backend(gpus),
+            "--model", model, "--task", task, "--output-dir", str(out), *devices, *extra]
 
 
-def _child_env(**extra: str) -> dict[str, str]:
+def child_env(**extra: str) -> dict[str, str]:
     """Our environment for a worker or job, with this checkout importable from any cwd."""
     root = str(Path(__file__).resolve().parents[2])
     path = os.environ.get("PYTHONPATH")
     return {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{path}" if path else root, **extra}
 
 
-def _gpu_env(gpus: list[int]) -> dict[str, str]:
+def gpu_env(gpus: list[int]) -> dict[str, str]:
     return {"CUDA_VISIBLE_DEVICES": ",".join(str(g) for g in gpus)}
 
 
@@ -52,7 +52,7 @@ def plan_commands(home: Path, rd: RunDir, checkpoint: int | str, task: str, gpus
         dtype = merge_dtype(eval_backend(gpus))
         lines.append(shlex.join(merge_command(rd.checkpoint_path(int(checkpoint)), Path(model), dtype)))
     out = output_dir(rd, checkpoint, task)
-    env = _gpu_env(gpus) if gpus else {}
+    env = gpu_env(gpus) if gpus else {}
     if task in CPU_TASKS:
         env["HF_HUB_OFFLINE"] = "1"
     prefix = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
@@ -65,7 +65,7 @@ def _adapter_base(adapter: Path) -> str | None:
     return cfg.get("base_model_name_or_path") if isinstance(cfg, dict) else None
 
 
-def _looks_local(ref: str) -> bool:
+def looks_local(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~")) or Path(ref).expanduser().exists()
 
 
@@ -73,7 +73,7 @@ def base_model(home: Path, rd: RunDir) -> str:
     """The run's base model: what its checkpoints' adapter_config.json names, else the recipe's."""
     for step in reversed(rd.checkpoint_steps(evaluable=True)):
         base = _adapter_base(rd.checkpoint_path(step))
-        if base and (not _looks_local(base) or Path(base).expanduser().exists()):
+        if base and (not looks_local(base) or Path(base).expanduser().exists()):
             return base
     if rd.recipe.exists():
         from tina_core.recipe.loader import load_recipe, resolve_base_model

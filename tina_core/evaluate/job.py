@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from tina_core import runstate
-from tina_core.evaluate.commands import _looks_local, base_model
+from tina_core.evaluate.commands import looks_local, base_model
 from tina_core.evaluate.tasks import (CPU_TASKS, EVAL_TASKS_FILE, TRAINING_PROMPT_TASKS, TRANSFORMERS_SETTINGS,
-                                      EvalError, _label, eval_backend, lighteval_task, log_tail, merge_dtype,
+                                      EvalError, checkpoint_label, eval_backend, lighteval_task, log_tail, merge_dtype,
                                       merged_dir, output_dir, task_name)
 from tina_core.evaluate.vllm_model import devices_for
 from tina_core.events import Kind
@@ -76,7 +76,7 @@ def merge_adapter(adapter: str | os.PathLike, out: str | os.PathLike, *, base: s
     base = base or cfg.get("base_model_name_or_path")
     if not base:
         raise EvalError(f"{adapter / 'adapter_config.json'}: no base_model_name_or_path")
-    if _looks_local(base) and not Path(base).expanduser().exists():
+    if looks_local(base) and not Path(base).expanduser().exists():
         raise EvalError(f"base model not found: {base} (named by {adapter / 'adapter_config.json'})")
     if stamp["file"].endswith(".safetensors") and stamp["size"] is not None:
         check_safetensors(adapter / stamp["file"])
@@ -234,7 +234,7 @@ def _heartbeat(path: Path) -> threading.Event:
 def _model_for(home: Path, rd: RunDir, ev: dict[str, Any], backend: str) -> str:
     if ev["checkpoint"] == "base":
         base = base_model(home, rd)
-        if _looks_local(base) and not Path(base).expanduser().exists():
+        if looks_local(base) and not Path(base).expanduser().exists():
             raise EvalError(f"base model not found: {base}")
         return base
     step = int(ev["checkpoint"])
@@ -265,7 +265,7 @@ def run_job(home: Path, rd: RunDir, eval_id: str) -> int:
     common = dict(eval_id=eval_id, checkpoint=ev["checkpoint"], task=task, gpus=gpus, pid=os.getpid())
     _heartbeat(rd.eval_log(eval_id))
     t0 = time.time()
-    print(f"evaluation {eval_id}: run {rd.run_id}, {_label(ev['checkpoint'])}, task {task}, "
+    print(f"evaluation {eval_id}: run {rd.run_id}, {checkpoint_label(ev['checkpoint'])}, task {task}, "
           f"{'GPUs ' + ','.join(map(str, gpus)) if gpus else 'CPU'}, {backend}", flush=True)
     try:
         if backend == "vllm" and importlib.util.find_spec("vllm") is None:

@@ -18,16 +18,16 @@ from pathlib import Path
 from typing import Sequence
 
 from tina_core import runstate
-from tina_core.evaluate.tasks import CPU_TASKS, TINA_TASKS, _task_slug, task_name
+from tina_core.evaluate.tasks import CPU_TASKS, TINA_TASKS, task_slug, task_name
 from tina_core.events import MARKED, Kind, marker
 from tina_core.rundir import RunDir, RunInfo, TinaError, find_run, tina_home
 
 
-def _run_gpus(rd: RunDir) -> list[int]:
+def run_gpus(rd: RunDir) -> list[int]:
     return list(range(RunInfo.read(rd).gpu_count or 0))
 
 
-def _parse_gpus(gpus: str | Sequence[int] | None) -> list[int] | None:
+def parse_gpus(gpus: str | Sequence[int] | None) -> list[int] | None:
     if gpus is None:
         return None
     parts = gpus.split(",") if isinstance(gpus, str) else list(gpus)
@@ -100,7 +100,7 @@ def resolve_checkpoints(home: Path, rd: RunDir, checkpoint: int | str) -> list[i
     return [step]
 
 
-def _check_backend(task: str, gpus: list[int]) -> None:
+def check_backend(task: str, gpus: list[int]) -> None:
     if not gpus and task not in CPU_TASKS:
         raise TinaError(f"task {task!r} is evaluated with vLLM on GPUs (32768-token completions, data from the hub); "
                         f"this run has no GPUs: pass --gpus ids, or use a CPU task ({', '.join(CPU_TASKS)})")
@@ -114,11 +114,11 @@ def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | s
     ``why``: what asked for them, if not a person (``transition``: the stop policy)."""
     h = tina_home(home)
     rd = find_run(h, run_ref, acting=True)
-    explicit = _parse_gpus(gpus)
-    use_gpus = explicit if explicit is not None else _run_gpus(rd)
+    explicit = parse_gpus(gpus)
+    use_gpus = explicit if explicit is not None else run_gpus(rd)
     names = [task_name(t) for t in tasks] if tasks else (list(TINA_TASKS) if use_gpus else list(CPU_TASKS))
     for t in names:
-        _check_backend(t, use_gpus)
+        check_backend(t, use_gpus)
     evals = runstate.evaluations(rd)
     # an evaluation queued or running is not queued twice; nor, for the checkpoints around the
     # marker, one that already finished (a second `--checkpoint transition`, a second policy stop)
@@ -134,7 +134,7 @@ def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | s
                 continue
             if cap is not None and not cap.take(rd, ckpt, t, use_gpus, why):
                 continue
-            eid = f"{'base' if ckpt == 'base' else f'ckpt{ckpt}'}-{_task_slug(t)}-{secrets.token_hex(3)}"
+            eid = f"{'base' if ckpt == 'base' else f'ckpt{ckpt}'}-{task_slug(t)}-{secrets.token_hex(3)}"
             rd.event(Kind.EVAL_QUEUED, eval_id=eid, checkpoint=ckpt, task=t, tasks=[t], gpus=use_gpus,
                      gpus_explicit=explicit is not None, **({"why": why} if why else {}))
             ids.append(eid)

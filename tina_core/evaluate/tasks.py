@@ -115,11 +115,11 @@ def default_tasks(recipe: Any) -> list[str]:
     return list(TINA_TASKS) if int(gpus or 0) > 0 else list(CPU_TASKS)
 
 
-def _task_slug(task: str) -> str:
+def task_slug(task: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", task)
 
 
-def _label(checkpoint: int | str | None) -> str:
+def checkpoint_label(checkpoint: int | str | None) -> str:
     return "base" if checkpoint in ("base", None) else f"checkpoint-{checkpoint}"  # None: the base model too
 
 
@@ -128,7 +128,7 @@ def merged_dir(rd: RunDir, step: int) -> Path:
 
 
 def output_dir(rd: RunDir, checkpoint: int | str, task: str) -> Path:
-    return rd.evals / _label(checkpoint) / _task_slug(task)
+    return rd.evals / checkpoint_label(checkpoint) / task_slug(task)
 
 
 def log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:

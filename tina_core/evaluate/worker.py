@@ -18,7 +18,7 @@ from typing import Any
 
 from tina_core import locks, runstate
 from tina_core.alerts import Alerts
-from tina_core.evaluate.commands import _child_env, _gpu_env, _python
+from tina_core.evaluate.commands import child_env, gpu_env, python_executable
 from tina_core.evaluate.tasks import log_tail
 from tina_core.events import EVAL_RESULTS, Kind, is_kind
 from tina_core.rundir import RunDir, tina_home
@@ -50,9 +50,9 @@ def ensure_worker(home: str | os.PathLike | None = None) -> bool:
     if os.environ.get(NO_WORKER_ENV) or worker_running(h):
         return False
     with open(h / WORKER_LOG, "ab") as log:
-        subprocess.Popen([_python(), "-m", "tina_core.evaluate", "worker", str(h)], stdin=subprocess.DEVNULL,
+        subprocess.Popen([python_executable(), "-m", "tina_core.evaluate", "worker", str(h)], stdin=subprocess.DEVNULL,
                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True, close_fds=True,
-                         cwd=str(h), env=_child_env())
+                         cwd=str(h), env=child_env())
     return True
 
 
@@ -78,9 +78,9 @@ def _run_one(home: Path, rd: RunDir, ev: dict[str, Any]) -> None:
     eid = ev["eval_id"]
     log = rd.eval_log(eid)
     log.parent.mkdir(parents=True, exist_ok=True)
-    env = _child_env(**_gpu_env(ev["gpus"]), PYTHONUNBUFFERED="1")
+    env = child_env(**gpu_env(ev["gpus"]), PYTHONUNBUFFERED="1")
     with open(log, "ab") as f:
-        proc = subprocess.Popen([_python(), "-m", "tina_core.evaluate", "job", str(home), rd.run_id, eid],
+        proc = subprocess.Popen([python_executable(), "-m", "tina_core.evaluate", "job", str(home), rd.run_id, eid],
                                 stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True, cwd=str(rd.path))
     common = dict(eval_id=eid, checkpoint=ev["checkpoint"], task=ev["task"], gpus=ev["gpus"], pid=proc.pid)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tina_core.credentials import is_secret_name
-from tina_core.recipe.loader import Recipe, RecipeError, _looks_local, _suggest, accelerate_config_path, shown_value
+from tina_core.recipe.loader import Recipe, RecipeError, looks_local, suggest, accelerate_config_path, shown_value
 from tina_core.rundir import TinaError
 
 
@@ -67,7 +67,7 @@ def _check_fields(values: dict, cls: type, section: str, where: str) -> None:
     names = [f.name for f in dataclasses.fields(cls) if f.init]
     for key, value in values.items():
         if key not in names:
-            raise RecipeError(f"{where}: {section}.{key}: unknown {cls.__name__} field{_suggest(key, names)}")
+            raise RecipeError(f"{where}: {section}.{key}: unknown {cls.__name__} field{suggest(key, names)}")
         if not _type_ok(value, hints.get(key, Any)):
             hint = _hint_name(hints.get(key))
             raise RecipeError(f"{where}: {section}.{key}: expected {hint}, got {shown_value(key, value)}")
@@ -315,7 +315,7 @@ def validate_recipe(recipe: Recipe) -> None:
     model = recipe.get("model.name_or_path")
     if not model:
         raise RecipeError(f"{where}: model.name_or_path: missing (a hub id, a local path or 'tiny')")
-    if _looks_local(model) and not Path(model).exists():
+    if looks_local(model) and not Path(model).exists():
         raise RecipeError(f"{where}: model.name_or_path: no such local model {model}")
     check_model_loading(recipe)
     if recipe.is_tiny:
@@ -329,7 +329,7 @@ def validate_recipe(recipe: Recipe) -> None:
     ds = recipe.get("dataset.name")
     if not ds:
         raise RecipeError(f"{where}: dataset.name: missing (a hub id or a local path)")
-    if _looks_local(ds) and not Path(ds).exists():
+    if looks_local(ds) and not Path(ds).exists():
         raise RecipeError(f"{where}: dataset.name: no such local dataset {ds}")
     from tina_core.recipe.datasets import check_local_data
 

@@ -122,7 +122,7 @@ def _isinstance(value: Any, t: Any) -> bool:
     return isinstance(value, ts)
 
 
-def _suggest(key: str, options: Sequence[str]) -> str:
+def suggest(key: str, options: Sequence[str]) -> str:
     close = difflib.get_close_matches(key, list(options), n=1, cutoff=0.6)
     return f" (did you mean {close[0]}?)" if close else ""
 
@@ -131,7 +131,7 @@ def _check_section(data: dict, schema: dict, where: str, prefix: str = "") -> No
     for key, value in data.items():
         path = f"{prefix}{key}"
         if key not in schema:
-            raise RecipeError(f"{where}: {path}: unknown key{_suggest(str(key), list(schema))}; "
+            raise RecipeError(f"{where}: {path}: unknown key{suggest(str(key), list(schema))}; "
                               f"expected one of: {', '.join(schema)}")
         expected = schema[key]
         if isinstance(expected, dict):
@@ -239,7 +239,7 @@ def apply_override(data: dict, override: str, where: str = "--set") -> None:
     node[parts[-1]] = value
 
 
-def _looks_local(ref: str) -> bool:
+def looks_local(ref: str) -> bool:
     return ref.startswith(("/", "./", "../", "~"))
 
 
@@ -249,7 +249,7 @@ def _absolutise(data: dict, base: Path) -> None:
     same files."""
     for section, key in (("dataset", "name"), ("model", "name_or_path"), ("launch", "accelerate_config")):
         sec = data.get(section)
-        if isinstance(sec, dict) and isinstance(sec.get(key), str) and _looks_local(sec[key]):
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and looks_local(sec[key]):
             sec[key] = str((base / os.path.expanduser(sec[key])).resolve())
 
 

@@ -36,11 +36,11 @@ def _is_lock_error(e: Exception) -> bool:
     return "lock" in msg or "different configuration" in msg or "file handle conflict" in msg
 
 
-def _sql_str(s: str) -> str:
+def sql_str(s: str) -> str:
     return "'" + s.replace("'", "''") + "'"
 
 
-def _ident(s: str) -> str:
+def sql_ident(s: str) -> str:
     return '"' + s.replace('"', '""') + '"'
 
 
@@ -86,7 +86,7 @@ class _Attachments:
             if self._instance is None:
                 self._instance = duckdb.connect(":memory:")
             if not self._users.get(path):
-                self._instance.execute(f"ATTACH {_sql_str(str(path))} AS {alias}")
+                self._instance.execute(f"ATTACH {sql_str(str(path))} AS {alias}")
             self._users[path] = self._users.get(path, 0) + 1
             con = self._instance.cursor()
         con.execute(f"USE {alias}")

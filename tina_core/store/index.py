@@ -12,16 +12,69 @@ import copy
 import json
 import time
 from pathlib import Path
-from typing import Any, Callable, Hashable, Iterable
+from typing import Any, Callable, Hashable, Iterable, TypedDict, cast
 
 from tina_core.analysis import metric_keys
 from tina_core.analysis.pick import CheckpointPick, choose
+from tina_core.analysis.transition import PhaseTransition
 from tina_core.caches import Cache
 from tina_core.events import Kind, of_kind
 from tina_core.rundir import RunFiles, runs_root
 from tina_core.store.ingest import Ingestion
-from tina_core.store.database import _sql_str
+from tina_core.store.database import sql_str
 from tina_core.store.schema import METRICS
+
+class IndexedCheckpoint(TypedDict):
+    """An evaluable checkpoint as the index holds it (``Store.checkpoints``)."""
+
+    step: int
+    evals: dict[str, float]        # task -> latest score
+    avg: float | None              # mean over the tasks evaluated, None when none were
+    resumable: bool                # False: an adapter snapshot pinned at the transition
+
+
+class IndexedEval(TypedDict):
+    """One evaluation's score (``Store.evals``)."""
+
+    eval_id: str
+    checkpoint: int | str          # a step, or "base"
+    task: str
+    score: float | None
+    details: str | None
+    ts: float | None
+
+
+class EvalSample(TypedDict):
+    """One sample of an evaluation, in lighteval's order (``Store.eval_samples``)."""
+
+    sample: int
+    doc_id: Any
+    prompt: str | None
+    gold: str | None
+    prediction: str | None
+    score: float | None
+
+
+class GpuSample(TypedDict):
+    """One GPU in the run's latest system sample (``Store.system_latest``)."""
+
+    index: int
+    util: float | None
+    mem_used: float | None
+    mem_total: float | None
+    power_w: float | None
+    ts: float
+
+
+class QuarantinedLine(TypedDict):
+    """A line the index refused, and why (``Store.quarantine``)."""
+
+    run_id: str
+    file: str
+    offset: int
+    text: str
+    reason: str
+
 
 PHASE_SHARE = 0.005  # of a live run's time, at most, spent detecting its phase again (see Store.phase)
 # Answers kept by Store._by_files, the most recently used: a live run's few, a cockpit's view of a
@@ -103,7 +156,7 @@ class Store(Ingestion):
             attempts = self._attempts(run_id)
             # The same rows as metrics_latest, written out so DuckDB filters before it groups.
             base = ("SELECT key, step, arg_max(value, attempt * 1e12 + coalesce(ts, 0)) AS value FROM metrics m "
-                    f"WHERE run_id = $1 AND key IN ({', '.join(map(_sql_str, canonical))}){_current(attempts)} "
+                    f"WHERE run_id = $1 AND key IN ({', '.join(map(sql_str, canonical))}){_current(attempts)} "
                     "GROUP BY key, step HAVING isfinite(value)")
             if not max_points:
                 rows = self._query(base + " ORDER BY key, step", [run_id])
@@ -158,7 +211,7 @@ class Store(Ingestion):
     def last_step(self, run_id: str) -> int | None:
         return self._query("SELECT max(step) FROM metrics WHERE run_id = ?", [run_id])[0][0]
 
-    def phase(self, run_id: str, params: Any = None, *, max_age_s: float = 0.0) -> dict | None:
+    def phase(self, run_id: str, params: Any = None, *, max_age_s: float = 0.0) -> PhaseTransition | None:
         """The phase-transition object (see tina_core.phase), recomputed only when new metrics
         arrived: kept in the database (for every process, keyed by the metrics file's ingested
         offset) and in this one's answers. With ``max_age_s``, this process's last result for the
@@ -176,9 +229,9 @@ class Store(Ingestion):
             result = recent.value
         else:
             result = self._by_files(run_id, question, _metrics, lambda: self._detect(run_id, params), lambda r: r)
-        return None if result is None else dict(result)
+        return None if result is None else cast(PhaseTransition, dict(result))
 
-    def _detect(self, run_id: str, params: Any) -> dict | None:
+    def _detect(self, run_id: str, params: Any) -> dict[str, Any] | None:
         """The phase of the run as indexed: from the database's phase_cache when another process
         (or an earlier one) detected it at the same metrics offset, else detected and stored there."""
         from tina_core.analysis import phase as phase_mod
@@ -198,11 +251,11 @@ class Store(Ingestion):
                         [run_id, question, version, json.dumps(result)])
             return result
 
-    def checkpoints(self, run_id: str) -> list[dict]:
+    def checkpoints(self, run_id: str) -> list[IndexedCheckpoint]:
         """Evaluable checkpoints, ascending: [{step, evals: {task: score}, avg, resumable}] (latest
         score of each task; avg is the mean over the tasks evaluated, None when none were;
         resumable False for a pinned adapter snapshot)."""
-        def query() -> list[dict]:
+        def query() -> list[IndexedCheckpoint]:
             with self.session():
                 kinds = dict(self._query(
                     "SELECT step, resumable FROM checkpoints WHERE run_id = ? AND complete ORDER BY step", [run_id]))
@@ -216,8 +269,8 @@ class Store(Ingestion):
             out = []
             for s in sorted(set(steps) | set(evals)):
                 e = dict(sorted(evals.get(s, {}).items()))
-                out.append({"step": s, "evals": e, "avg": sum(e.values()) / len(e) if e else None,
-                            "resumable": bool(kinds.get(s, False))})
+                out.append(IndexedCheckpoint(step=s, evals=e, avg=sum(e.values()) / len(e) if e else None,
+                                             resumable=bool(kinds.get(s, False))))
             return out
         return self._by_files(run_id, "checkpoints", lambda f: (f.events, f.checkpoints), query)
 
@@ -227,19 +280,19 @@ class Store(Ingestion):
             "SELECT task, arg_max(score, coalesce(ts, 0)) FROM evaluations WHERE run_id = ? "
             "AND checkpoint IS NULL AND isfinite(score) GROUP BY task ORDER BY task", [run_id])))
 
-    def eval_samples(self, run_id: str, eval_id: str) -> list[dict]:
+    def eval_samples(self, run_id: str, eval_id: str) -> list[EvalSample]:
         """One evaluation's samples in lighteval's order: {sample, doc_id, prompt, gold, prediction, score}."""
         cols = ("sample", "doc_id", "prompt", "gold", "prediction", "score")
-        return [dict(zip(cols, r)) for r in self._query(
+        return [cast(EvalSample, dict(zip(cols, r))) for r in self._query(
             f"SELECT {', '.join(cols)} FROM eval_samples WHERE run_id = ? AND eval_id = ? ORDER BY sample",
             [run_id, eval_id])]
 
-    def evals(self, run_id: str) -> list[dict]:
+    def evals(self, run_id: str) -> list[IndexedEval]:
         rows = self._query(
             "SELECT eval_id, checkpoint, task, score, details, ts FROM evaluations WHERE run_id = ? "
             "ORDER BY ts NULLS FIRST, checkpoint, task", [run_id])
-        return [{"eval_id": e, "checkpoint": "base" if c is None else c, "task": t, "score": s,
-                 "details": d, "ts": ts} for e, c, t, s, d, ts in rows]
+        return [IndexedEval(eval_id=e, checkpoint="base" if c is None else c, task=t, score=s, details=d, ts=ts)
+                for e, c, t, s, d, ts in rows]
 
     def recommendation(self, run_id: str, *, max_age_s: float = 0.0) -> CheckpointPick:
         """Which checkpoint (``analysis.pick``), from the index's phase and scores."""
@@ -250,19 +303,20 @@ class Store(Ingestion):
             cks = self.checkpoints(run_id)
         return choose(ph, cks, ended=phase_mod.params_for_run(runs_root(self.home) / run_id).ended)
 
-    def system_latest(self, run_id: str) -> list[dict]:
+    def system_latest(self, run_id: str) -> list[GpuSample]:
         rows = self._by_files(run_id, "system_latest", lambda f: f.system, lambda: self._query(
             "SELECT gpu, util, mem_used, mem_total, power_w, ts FROM system WHERE run_id = $1 "
             "AND ts = (SELECT max(ts) FROM system WHERE run_id = $1) ORDER BY gpu", [run_id]))
-        return [dict(zip(("index", "util", "mem_used", "mem_total", "power_w", "ts"), r)) for r in rows]
+        return [GpuSample(index=g, util=u, mem_used=used, mem_total=total, power_w=w, ts=ts)
+                for g, u, used, total, w, ts in rows]
 
     def events(self, run_id: str, kinds: Iterable[Kind] | None = None) -> list[dict]:
         rows = self._query('SELECT data FROM events WHERE run_id = ? ORDER BY "offset"', [run_id])
         out = [json.loads(d) for (d,) in rows]
         return out if kinds is None else of_kind(out, *kinds)
 
-    def quarantine(self, run_id: str | None = None) -> list[dict]:
+    def quarantine(self, run_id: str | None = None) -> list[QuarantinedLine]:
         sql = 'SELECT run_id, file, "offset", text, reason FROM quarantine'
         rows = self._query(sql + (" WHERE run_id = ?" if run_id else "") + ' ORDER BY run_id, file, "offset"',
                            [run_id] if run_id else [])
-        return [dict(zip(("run_id", "file", "offset", "text", "reason"), r)) for r in rows]
+        return [QuarantinedLine(run_id=r, file=f, offset=o, text=t, reason=why) for r, f, o, t, why in rows]

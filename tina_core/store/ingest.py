@@ -22,11 +22,11 @@ from tina_core.analysis import metric_keys
 from tina_core.caches import Cache
 from tina_core.events import Kind, is_kind
 from tina_core.rundir import RunDir, RunFiles, TinaError, list_run_dirs, parse_json, runs_root
-from tina_core.store.database import Database, _ident, _sql_str, transaction
+from tina_core.store.database import Database, sql_ident, sql_str, transaction
 from tina_core.store.records import MAX_INT, MAX_STEP, events_problem, metrics_problem, system_problem
 from tina_core.store.records import number as _num
 from tina_core.store.records import step_of as _step_of
-from tina_core.store.schema import _FILE_TABLES, EVENTS, METRICS, SCHEMA, SYSTEM, TABLES
+from tina_core.store.schema import FILE_TABLES, EVENTS, METRICS, SCHEMA, SYSTEM, TABLES
 
 SMALL_CHUNK_LINES = 64  # metrics lines parsed in Python rather than staged for DuckDB's JSON reader
 
@@ -210,7 +210,7 @@ class Ingestion(Database):
         if size < offset:
             # Rewritten from scratch (append-only files never shrink): start that file over.
             with transaction(con):
-                for t in _FILE_TABLES[name]:
+                for t in FILE_TABLES[name]:
                     con.execute(f"DELETE FROM {t} WHERE run_id = ?", [rd.run_id])
                 con.execute("DELETE FROM quarantine WHERE run_id = ? AND file = ?", [rd.run_id, name])
                 con.execute("DELETE FROM ingest_state WHERE run_id = ? AND file = ?", [rd.run_id, name])
@@ -275,7 +275,7 @@ class Ingestion(Database):
                 counts = con.execute(
                     f"SELECT count(*) FILTER (step IS NULL OR step <> floor(step) OR step < 0 OR step > {MAX_STEP} "
                     f"OR attempt <> floor(attempt) OR attempt < 1 OR attempt > {MAX_INT}{ts_bad}), "
-                    + ", ".join(f"count({_ident(k)})" for k in kinds) + " FROM _chunk").fetchone()
+                    + ", ".join(f"count({sql_ident(k)})" for k in kinds) + " FROM _chunk").fetchone()
                 if counts[0] or sum(counts[1:]) != chunk.count(b'":'):
                     raise _SlowPath
             else:
@@ -321,9 +321,9 @@ class Ingestion(Database):
     @staticmethod
     def _stage(con, path: Path, kinds: dict[str, str]) -> None:
         cols = {"step": "DOUBLE", "attempt": "DOUBLE", **kinds}
-        spec = "{" + ", ".join(f"{_sql_str(k)}: {_sql_str(t)}" for k, t in cols.items()) + "}"
+        spec = "{" + ", ".join(f"{sql_str(k)}: {sql_str(t)}" for k, t in cols.items()) + "}"
         con.execute(f"CREATE OR REPLACE TEMP TABLE _chunk AS SELECT * FROM read_json("
-                    f"{_sql_str(str(path))}, format='newline_delimited', columns={spec})")
+                    f"{sql_str(str(path))}, format='newline_delimited', columns={spec})")
 
     @staticmethod
     def _insert_staged(con, run_id: str, keys: list[str]) -> int:
@@ -332,7 +332,7 @@ class Ingestion(Database):
         # Legacy names go in under canonical ones; a line carrying both keeps the canonical value.
         sources: dict[str, list[str]] = {}
         for k in sorted(values, key=lambda k: metric_keys.normalise_key(k) != k):
-            sources.setdefault(metric_keys.normalise_key(k), []).append(_ident(k))
+            sources.setdefault(metric_keys.normalise_key(k), []).append(sql_ident(k))
         pairs = [(f"coalesce({', '.join(src)})" if len(src) > 1 else src[0], c) for c, src in sources.items()]
         con.execute(
             "INSERT INTO attempts SELECT $1, coalesce(attempt, 1), min(step) FROM _chunk GROUP BY ALL "
@@ -344,7 +344,7 @@ class Ingestion(Database):
             return 0
         # One SELECT per key, so the rows of a key land together: a series query then reads a
         # few row groups instead of every one of the run's (and this is cheaper than sorting).
-        parts = [f"SELECT step::BIGINT, coalesce(attempt, 1)::INTEGER, {_sql_str(c)}, {expr}, {ts} "
+        parts = [f"SELECT step::BIGINT, coalesce(attempt, 1)::INTEGER, {sql_str(c)}, {expr}, {ts} "
                  f"FROM _chunk WHERE {expr} IS NOT NULL" for expr, c in pairs]
         return con.execute(f"INSERT INTO metrics SELECT $1, * FROM ({' UNION ALL '.join(parts)})",
                            [run_id]).fetchone()[0]

@@ -54,4 +54,5 @@ TABLES = ("runs", "metrics", "attempts", "checkpoints", "evaluations", "eval_sam
           "quarantine", "ingest_state", "steps", "phase_cache")
 SCHEMA_VERSION = 4  # a file written with another version is dropped and read again
 # Rows that came from each tailed file, dropped when that file is found rewritten from scratch.
-_FILE_TABLES = {METRICS: ("metrics", "attempts", "steps", "phase_cache"), EVENTS: ("events", "evaluations", "eval_samples"), SYSTEM: ("system",)}
+FILE_TABLES = {METRICS: ("metrics", "attempts", "steps", "phase_cache"),
+               EVENTS: ("events", "evaluations", "eval_samples"), SYSTEM: ("system",)}

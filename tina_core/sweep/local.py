@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from tina_core import runstate
 from tina_core.events import Kind, last_of
@@ -41,7 +41,7 @@ def ensure_queue(home: Path, name: str, *, env: dict[str, str] | None = None) ->
     return True
 
 
-def revive_queues(home: Path, runs: list[dict[str, Any]]) -> str | None:
+def revive_queues(home: Path, runs: Sequence[Mapping[str, Any]]) -> str | None:
     """Local sweeps with queued runs and no queue alive (it was killed, or the machine rebooted):
     start their queues, and say so. None when nothing needed it."""
     names = sorted({r["sweep"] for r in runs if r.get("state") == "queued" and (r.get("queue") or {}).get("engine")

@@ -13,7 +13,7 @@ Light: `tina ls` and the cockpit call ``overlay`` for every run of a sweep.
 from __future__ import annotations
 
 import time
-from typing import Any, TypedDict
+from typing import Any, Mapping, TypedDict
 
 from tina_core.events import Kind, last_of
 from tina_core.rundir import RunDir
@@ -34,7 +34,7 @@ class Queue(TypedDict):
     killed: str | None          # what Slurm ended it by, when it was ended from outside (time limit...)
 
 
-def engine_may_change(run: dict[str, Any]) -> bool:
+def engine_may_change(run: Mapping[str, Any]) -> bool:
     """Whether the run's engine may change what it shows without touching its files: a queued run
     (why it waits), a Slurm run until it finished or was cancelled (Slurm may requeue a stopped or
     killed one, or cancel a queued one). Such an object is never kept as it is."""

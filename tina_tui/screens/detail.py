@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import cast
 
 from rich.text import Text
 from textual.app import ComposeResult
@@ -11,9 +11,10 @@ from textual.screen import Screen
 from textual.widget import Widget
 from textual.widgets import Footer, Static
 
+from tina_core.analysis.transition import PhaseTransition
 from tina_core.events import CONFIRMED, MARKED
 from tina_tui.actions import bindings
-from tina_tui.view import CHARTS, Overlay, RunView
+from tina_tui.view import CHARTS, Cockpit, Overlay, RunView
 from tina_tui.plot import MARK_CONFIRMED, MARK_TENTATIVE, braille_plot, ema, fmt_value, value_at
 from tina_tui.widgets.cost_bar import CostBar
 from tina_tui.widgets.overlay import drawn_series, overlay_lines, x_range
@@ -29,7 +30,7 @@ class PlotView(Widget):
         super().__init__()
         self.points: list[tuple[float, float]] = []
         self.smoothed: list[tuple[float, float]] | None = None
-        self.phase: dict[str, Any] | None = None
+        self.phase: PhaseTransition | None = None
         self.x_range = (0.0, 1.0)
 
     def render(self) -> Text:
@@ -62,7 +63,7 @@ class PlotView(Widget):
             out.append("\n")
         marker = [" "] * w
         status = (self.phase or {}).get("status")
-        if status in MARKED:
+        if self.phase and status in MARKED:
             marker[_col(self.phase["step"], x0, x1, w)] = MARK_CONFIRMED if status == CONFIRMED else MARK_TENTATIVE
         out.append(" " * self.AXIS)
         out.append("".join(marker), style="bold magenta" if status == CONFIRMED else "magenta")
@@ -140,7 +141,8 @@ class DetailScreen(Screen[None]):
     def refresh_plot(self) -> None:
         plot, over = self.query_one(PlotView), self.query_one(OverlayPlot)
         if self.overlay is None:
-            self.overlay = getattr(self.app, "snapshot", None) and self.app.snapshot.overlay
+            snap = getattr(self.app, "snapshot", None)
+            self.overlay = snap.overlay if snap else None
         plot.display, over.display = self.overlay is None, self.overlay is not None
         if self.overlay is not None:
             self._refresh_overlay(over)
@@ -163,6 +165,7 @@ class DetailScreen(Screen[None]):
         plot.refresh()
 
     def _refresh_overlay(self, over: OverlayPlot) -> None:
+        assert self.overlay is not None  # only while runs are overlaid
         over.overlay, over.align = self.overlay, getattr(self.app, "align", "step")
         over.key, over.label = CHARTS[self.metric]
         drawn = drawn_series(self.overlay, over.key, over.align, detail=True)
@@ -200,7 +203,7 @@ class DetailScreen(Screen[None]):
         self.dismiss(None)
 
     def action_align(self) -> None:
-        self.app.toggle_align()
+        cast(Cockpit, self.app).toggle_align()
 
     def action_move(self, delta: int) -> None:
         if self.overlay is not None:
@@ -236,6 +239,6 @@ class DetailScreen(Screen[None]):
     def show_metric(self, index: int) -> None:
         self.metric = index
         self.refresh_plot()
-        self.app.refresh_data()  # every step of the new metric
+        cast(Cockpit, self.app).refresh_data()  # every step of the new metric
 
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import cast
 
 from textual import on
 from textual.app import ComposeResult
 from textual.screen import Screen
+from textual.widget import Widget
 from textual.widgets import DataTable, Footer, TabbedContent, TabPane
 
 from tina_tui.actions import bindings
-from tina_tui.view import RunView, Snapshot
+from tina_tui.view import Cockpit, Snapshot
 from tina_tui.widgets.charts import ChartsPanel
 from tina_tui.widgets.checkpoints import CheckpointsTable
 from tina_tui.widgets.cost_bar import CostBar
@@ -20,33 +21,8 @@ from tina_tui.widgets.panel import Panel
 from tina_tui.widgets.runs_list import RunsTable
 from tina_tui.widgets.text import recommendation_line
 
-
-
-class Cockpit(Protocol):
-    """What the main screen asks of the app (tina_tui.app.TinaApp)."""
-
-    selected: str | None
-    marks: dict[str, int]
-    align: str
-
-    @property
-    def view(self) -> RunView | None: ...
-    def start_refreshing(self) -> None: ...
-    def refresh_data(self) -> None: ...
-    def open_detail(self, metric: int) -> None: ...
-    def pick_recipe(self) -> None: ...
-    def confirm_stop(self) -> None: ...
-    def resume(self) -> None: ...
-    def choose_policy(self) -> None: ...
-    def choose_eval(self, checkpoint: int | str) -> None: ...
-    def toggle_mark(self, run_id: str | None) -> None: ...
-    def clear_marks(self) -> None: ...
-    def toggle_align(self) -> None: ...
-    def show_diff(self) -> None: ...
-    def show_ablation(self) -> None: ...
-    def choose_watch(self) -> None: ...
-
-TABS = {"charts": ChartsPanel, "checkpoints": CheckpointsTable, "log": LogView, "system": GpuPanel}
+TABS: dict[str, type[Widget]] = {"charts": ChartsPanel, "checkpoints": CheckpointsTable, "log": LogView,
+                                 "system": GpuPanel}
 
 
 class MainScreen(Screen[None]):
@@ -74,7 +50,7 @@ class MainScreen(Screen[None]):
 
     @property
     def app_(self) -> Cockpit:
-        return self.app  # type: ignore[return-value]
+        return cast(Cockpit, self.app)
 
     def apply(self, snap: Snapshot) -> None:
         view = snap.view

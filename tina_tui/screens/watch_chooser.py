@@ -27,11 +27,11 @@ class WatchChooser(ModalScreen["list[str] | str | None"]):
 
     def __init__(self, run_name: str, watch: dict[str, Any], why: list[str]) -> None:
         super().__init__()
-        self.run_name, self.watch, self.why = run_name, watch, why
+        self.run_name, self.watched, self.why = run_name, watch, why
 
     def compose(self) -> ComposeResult:
-        cands = self.watch.get("candidates") or []
-        primary = set(self.watch.get("signals") or [])
+        cands = self.watched.get("candidates") or []
+        primary = set(self.watched.get("signals") or [])
         width = max([len(short(c["signal"])) for c in cands] + [10])
         with Vertical(classes="dialog", id="watch-box"):
             # names and reasons come from the run's files: text, never markup

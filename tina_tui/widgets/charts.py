@@ -10,7 +10,7 @@ from textual.strip import Strip
 from textual.widget import Widget
 
 from tina_core.events import CONFIRMED, MARKED
-from tina_tui.view import CHARTS, Overlay, RunView
+from tina_tui.view import CHARTS, Overlay, RunView, described
 from tina_tui.plot import (MARK_CONFIRMED, MARK_TENTATIVE, bucket_mean, column_of, fmt_value, marker_line,
                            spark_rows)
 from tina_tui.widgets.overlay import chooser, overlay_lines
@@ -43,9 +43,10 @@ class ChartsPanel(Widget, can_focus=True):
         if overlay is not None:
             drawn: tuple | None = ("overlay", overlay.version, align)
         else:
+            run = view.run if view is not None and described(view.run) else None
             drawn = None if view is None else (
                 view.run_id, view.version, view.step_range,
-                view.run.get("seconds_per_step"), eta_text(view.run.get("eta_s")))
+                run and run["seconds_per_step"], eta_text(run["eta_s"] if run else None))
         if drawn != self._drawn:
             self._drawn = drawn
             self._strips = None
@@ -101,9 +102,10 @@ class ChartsPanel(Widget, can_focus=True):
                 out.append([head, (line, "cyan" if sel else "green")])
             out.append([(pad, ""), (marker_line(sw, mcol, status), mstyle)])
         axis, end = f"step {int(x0)}", f"{int(x1)}"
-        pace = " ".join(p for p in (
-            f"{view.run['seconds_per_step']:.2f} s/step" if view.run.get("seconds_per_step") else "",
-            f"eta {eta_text(view.run['eta_s'])}" if view.run.get("eta_s") is not None else "") if p)
+        run = view.run if described(view.run) else None
+        per_step, eta = (run["seconds_per_step"], run["eta_s"]) if run else (None, None)
+        pace = " ".join(p for p in (f"{per_step:.2f} s/step" if per_step else "",
+                                    f"eta {eta_text(eta)}" if eta is not None else "") if p)
         gap = sw - len(axis) - len(end)
         if pace and gap >= len(pace) + 2:
             left = (gap - len(pace)) // 2

@@ -20,6 +20,8 @@ from tina_tui.widgets.text import (MARK_STYLES, STATE_STYLE, countdown_cell, usd
                                    looks)
 
 if TYPE_CHECKING:
+    from rich.align import AlignMethod
+
     from tina_tui.view import RunRow
 
 
@@ -31,10 +33,11 @@ class RunsTable(Widget, can_focus=True):
 
     # (label, justify) of each column; the header and the cells below it align alike. The first is
     # a marked run's glyph in the overlay (space marks, x clears).
-    COLUMNS = (("", "left"), ("run", "left"), ("state", "left"), ("step/stop", "right"), ("eta", "right"), ("$", "right"),
-               ("marker", "left"), ("rec", "right"), ("stop", "right"))
+    COLUMNS: tuple[tuple[str, AlignMethod], ...] = (
+        ("", "left"), ("run", "left"), ("state", "left"), ("step/stop", "right"), ("eta", "right"), ("$", "right"),
+        ("marker", "left"), ("rec", "right"), ("stop", "right"))
     # once a run belongs to a sweep, its sweep's name shows after the run's
-    SWEEP_COLUMN = ("sweep", "left")
+    SWEEP_COLUMN: tuple[str, AlignMethod] = ("sweep", "left")
     BINDINGS = [Binding("up", "move(-1)", show=False), Binding("down", "move(1)", show=False),
                 Binding("pageup", "move(-5)", show=False), Binding("pagedown", "move(5)", show=False),
                 Binding("home", "move(-1000000)", show=False), Binding("end", "move(1000000)", show=False),
