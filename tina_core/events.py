@@ -404,7 +404,8 @@ def since_start(events: Sequence[Mapping[str, Any]], *, launched: bool = False,
 
 def open_attempts(events: Iterable[Mapping[str, Any]]) -> list[int]:
     """Trainer attempts started and never recorded as exited."""
-    started, exited = [], set()
+    started: list[Any] = []  # attempt numbers as recorded (an int each)
+    exited: set[Any] = set()
     for e in events:
         if e.get("event") == Kind.ATTEMPT_STARTED:
             started.append(e.get("attempt"))

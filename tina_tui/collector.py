@@ -30,6 +30,7 @@ from tina_tui.view import (CHARTS, Notice, Overlay, OverlayRun, RunView, Snapsho
 
 if TYPE_CHECKING:
     from tina_core.analysis.transition import PhaseTransition
+    from tina_core.store.index import GpuSample, IndexedCheckpoint
     from tina_tui.view import RunRow
 
 REFRESH_BUDGET_S = 0.2    # per refresh, for ingesting and describing runs beyond the selected one
@@ -79,8 +80,8 @@ class _Queried:
     series: dict[str, list[tuple[float, float]]]
     epoch: list[tuple[float, float]]
     phase: PhaseTransition | None
-    checkpoints: list[dict[str, Any]]
-    system: list[dict[str, Any]]
+    checkpoints: list[IndexedCheckpoint]
+    system: list[GpuSample]
     detail: dict[str, list[tuple[float, float]]]
     chart_keys: dict[str, str]
 

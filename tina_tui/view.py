@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol, Sequence
 
 from tina_core import runstate
 from tina_core.analysis.metric_keys import ACCURACY_REWARD, COMPLETION_LENGTH, FORMAT_REWARD
@@ -97,7 +97,7 @@ class RunView:
     series: dict[str, list[tuple[float, float]]]
     phase: PhaseTransition | None
     checkpoints: list[dict[str, Any]]
-    system: list[dict[str, Any]]
+    system: Sequence[Mapping[str, Any]]  # the latest GPU sample (store.index.GpuSample)
     log_lines: list[str]
     log_reset: bool            # True: replace the log widget's content, else append
     # Every logged step of the metric the detail view shows (the charts get a summary).
@@ -200,7 +200,7 @@ def _nearest_at_or_before(points: list[tuple[float, float]], step: float) -> flo
     return best if best is not None else (points[0][1] if points else None)
 
 
-def checkpoint_rows(run: Mapping[str, Any], store_ckpts: list[dict[str, Any]],
+def checkpoint_rows(run: Mapping[str, Any], store_ckpts: Sequence[Mapping[str, Any]],
                     series: dict[str, list[tuple[float, float]]], epoch_series: list[tuple[float, float]],
                     phase: PhaseTransition | None, recommended: int | None,
                     best: int | None = None) -> list[dict[str, Any]]:

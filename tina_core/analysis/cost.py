@@ -16,7 +16,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Sequence, TypedDict
 
 from tina_core import runstate
 from tina_core.events import EVAL_ENDED, Kind, gpu_count, kind_of
@@ -147,15 +147,23 @@ def intervals(events: Iterable[dict[str, Any]]) -> list[Interval]:
             out.append(iv)
         elif kind is Kind.ATTEMPT_EXITED or kind in EVAL_ENDED:
             k = ("train", ev.get("attempt")) if kind is Kind.ATTEMPT_EXITED else ("eval", ev.get("eval_id"))
-            iv = open_.pop(k, None)
-            if iv is not None:  # end_ts: when a dead supervisor's attempt really ended
+            ended = open_.pop(k, None)
+            if ended is not None:  # end_ts: when a dead supervisor's attempt really ended
                 end = ev.get("end_ts", ts)
-                iv.end = float(end if isinstance(end, (int, float)) else ts)
+                ended.end = float(end if isinstance(end, (int, float)) else ts)
     return out
 
 
 STALE_STEPS = 5       # a live run's latest step older than this many steps of its pace...
 STALE_MIN_S = 60.0    # ...and than this: its ETA is unknown, the run shown stalled (Meter.stalled_s)
+
+
+class CostUsd(TypedDict):
+    """A run's dollars so far: training, evaluation and both."""
+
+    train: float
+    eval: float
+    total: float
 
 
 class Meter:
@@ -208,9 +216,9 @@ class Meter:
         return sum(max(0.0, self._end(iv) - iv.start) * iv.gpus for iv in self.intervals
                    if iv.kind == kind) / 3600
 
-    def cost_usd(self) -> dict[str, float]:
+    def cost_usd(self) -> CostUsd:
         train, ev = self.spent("train"), self.spent("eval")
-        return {"train": round(train, 6), "eval": round(ev, 6), "total": round(train + ev, 6)}
+        return CostUsd(train=round(train, 6), eval=round(ev, 6), total=round(train + ev, 6))
 
     def cost_at_step(self, step: int) -> float | None:
         """Training cost when ``step`` was logged (None if it never was)."""
@@ -279,7 +287,7 @@ class EvalPrice:
     source: str
 
 
-def median(values: list[float]) -> float:
+def median(values: Sequence[float]) -> float:
     v = sorted(values)
     return v[len(v) // 2] if len(v) % 2 else (v[len(v) // 2 - 1] + v[len(v) // 2]) / 2
 

@@ -261,7 +261,7 @@ class PhaseWatch:
                 w.extend(self.series.get(key, [])[:-1] if self._logged_now(key) else self.series.get(key, []))
 
     def _logged_now(self, key: str) -> bool:
-        pts = self.series.get(key)
+        pts = self.series.get(key) or []
         return bool(pts) and pts[-1][0] == self.step
 
     # --- what is watched ---------------------------------------------------------------------------
@@ -369,11 +369,11 @@ class PhaseWatch:
         ignored = [{"signal": s.key, "why": s.reason} for s in watch.signals if not s.watched]
         ignored += [{"signal": s.key, "why": s.reason} for s in watch.signals if s.watched and s.key not in self.series]
         for k, w in judged.items():
-            for c in [c for c in w.verdicts if c.status == REJECTED][:3]:
-                why = (f"a move at step {c.step} (confirmed at {c.decided_at}) fell back at step {c.withdrawn_at}"
-                       if c.withdrawn_at is not None else
-                       f"a move at step {c.step} (alarm at {c.detected_at}) did not last")
-                ignored.append({"signal": k, "why": why})
+            for r in [v for v in w.verdicts if v.status == REJECTED][:3]:
+                fell = (f"a move at step {r.step} (confirmed at {r.decided_at}) fell back at step {r.withdrawn_at}"
+                        if r.withdrawn_at is not None else
+                        f"a move at step {r.step} (alarm at {r.detected_at}) did not last")
+                ignored.append({"signal": k, "why": fell})
         c = self.chosen()
         unjudged = c if c is not None and c.status == TENTATIVE and p.ended else None
         if unjudged is not None:  # the log ended before the alarm could be judged: no marker
@@ -390,7 +390,7 @@ class PhaseWatch:
         if c is None:
             lw = judged.get(length) if length else None
             lc = _main_change(lw, None) if lw is not None else None
-            if isinstance(lc, Change):
+            if isinstance(lc, Change) and length:
                 pinned = _pinned(self.series, length, lc.step, p)
                 if pinned:
                     ignored.append({"signal": length, "why": pinned})
@@ -576,7 +576,7 @@ def watch_summary(watch: Mapping | None) -> str:
     """One line: what is watched and who chose it."""
     watch = watch or {}
     src = {"auto": "chosen from the run's reward names and behaviour", "recipe": "from the run's recipe",
-           "user": f"chosen by the user ({watch.get('by') or 'tina watch'})"}.get(watch.get("source"), "")
+           "user": f"chosen by the user ({watch.get('by') or 'tina watch'})"}.get(str(watch.get("source")), "")
     signals = ", ".join(sig.short(k) for k in watch.get("signals") or []) or "nothing yet"
     corr = f"; {sig.short(watch['corroborating'])} corroborates" if watch.get("corroborating") else ""
     return f"watching {signals}{corr}" + (f" ({src})" if src else "")

@@ -111,7 +111,8 @@ def parse_value(key: str, raw: str | int | float | None) -> int | float | None:
     lo, hi, what = RANGES[f"stop.{key}"]
     try:
         value: int | float = int(str(raw).strip()) if key == "after_transition" else float(str(raw).strip().lstrip("$"))
-        if math.isfinite(value) and lo <= value <= hi and (key == "after_transition" or value > 0):
+        if math.isfinite(value) and (lo is None or lo <= value) and (hi is None or value <= hi) \
+                and (key == "after_transition" or value > 0):
             return value
     except ValueError:
         pass
@@ -220,7 +221,8 @@ def countdown(policy: StopPolicy, events: Sequence[dict[str, Any]], step: int | 
     waiting = next((c for c in options if c.waiting), None)
     if waiting is not None and (first is None or first.by == "stop_at_step"):
         # the policy's own state: it waits for the marker, stop_at_step the most it can take
-        return dataclasses.replace(waiting, stop_step=first and first.stop_step, steps_left=first and first.steps_left)
+        return dataclasses.replace(waiting, stop_step=first.stop_step if first else None,
+                                   steps_left=first.steps_left if first else None)
     # a budget without a pace yet still says what it waits for
     return first or options[-1]
 

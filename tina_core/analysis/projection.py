@@ -63,7 +63,7 @@ class LaunchCost:
         """The dry run's ``# cost`` section."""
         def money(step: int | None) -> str:
             usd, h = self.usd_to(step), self.hours_to(step)
-            return "unknown (no pace for this model and device yet)" if usd is None else \
+            return "unknown (no pace for this model and device yet)" if usd is None or h is None else \
                 f"{usd_text(usd)} ({h * 60:,.1f} min)" if h < 1 else f"{usd_text(usd)} ({h:,.1f} h)"
         if self.seconds_per_step is None:
             pace = f"unknown: {self.pace_source}"

@@ -57,8 +57,9 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], right: Iterable[
           stream: TextIO = sys.stdout) -> str:
     """Columns padded to their widest cell, two spaces apart, the header bold; a cell is its text
     or ``(text, style)``; the columns named in ``right`` align right."""
-    cells = [[(printable(c[0]), c[1]) if isinstance(c, tuple) else (printable(c), None) for c in row] for row in rows]
-    lines = [[(h, "bold") for h in header], *cells]
+    cells: list[list[tuple[str, str | None]]] = [
+        [(printable(c[0]), c[1]) if isinstance(c, tuple) else (printable(c), None) for c in row] for row in rows]
+    lines: list[list[tuple[str, str | None]]] = [[(h, "bold") for h in header], *cells]
     widths = [max(len(line[i][0]) for line in lines) for i in range(len(header))]
     right = set(right)
     out = []

@@ -7,7 +7,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Mapping, Sequence
 
 from tina_core import runstate
 from tina_core.analysis.metric_keys import RECORD_FIELDS, normalise_record
@@ -255,7 +255,7 @@ def state_text(r: dict) -> str:
     return r["state"]
 
 
-def _revive_daemons(home: Path, runs: list[dict]) -> None:
+def _revive_daemons(home: Path, runs: Sequence[Mapping[str, Any]]) -> None:
     """A run whose evaluations have no worker alive (killed): start one, and say so; the same for a
     local sweep whose queue is gone with runs still queued."""
     if any(r.get("state") == "queued" for r in runs):
@@ -343,7 +343,8 @@ def cli_status(home: Path, run_ref: str, *, as_json: bool = False) -> int:
         from tina_core.alerts import event_text
 
         for r in run["evals_refused"]:
-            print(styled(event_text(run["name"], {**r, "event": Kind.EVAL_REFUSED})[1], "yellow"))
+            if said := event_text(run["name"], {**r, "event": Kind.EVAL_REFUSED}):
+                print(styled(said[1], "yellow"))
     for ev in run["evaluations"]:
         if ev["state"] in ("queued", "running", "failed"):
             why = (f": {(ev['reason'] or '').splitlines()[0]}" if ev["state"] == "failed"

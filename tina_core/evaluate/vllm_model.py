@@ -176,7 +176,7 @@ def build_model(model: str, devices: list[str], *, work: Path, cache_dir: Path, 
 
 
 @functools.cache
-def _classes():
+def _classes() -> tuple[Any, Any]:
     """The config and model classes, defined on first use: they subclass lighteval's."""
     from lighteval.models.abstract_model import LightevalModel, ModelConfig
     from lighteval.models.model_output import ModelResponse

@@ -21,12 +21,12 @@ def read(path: Path) -> Read:
     if not isinstance(history, list):
         raise TinaError(f"{path}: expected a trainer_state.json with a 'log_history' list")
     rows, bad = [], 0
-    for i, e in enumerate(history):
-        step = checked_step(path, f"log_history[{i}]", e) if isinstance(e, dict) else None
+    for i, entry in enumerate(history):
+        step = checked_step(path, f"log_history[{i}]", entry) if isinstance(entry, dict) else None
         if step is None:
             bad += 1
             continue
-        rows.append((step, values(e, ("step",))))
+        rows.append((step, values(entry, ("step",))))
     extra = {k: state[k] for k in RUN_FIELDS if step_of(state.get(k)) is not None or
              isinstance(state.get(k), float) and k == "num_train_epochs"}
     every = f", logged every {state['logging_steps']} steps" if step_of(state.get("logging_steps")) else ""

@@ -39,7 +39,7 @@ CPU_RANKS_ACCELERATE_CONFIG = "cpu_ranks.yaml"  # launch.processes > 1 on a CPU 
 # PyYAML follows YAML 1.1, where `1e-6` (no dot) is a string: learning rates would silently become
 # text. This loader reads any float literal as a float. libyaml's parser where PyYAML has it: every
 # `tina ls` reads each run's recipe snapshot, ~10x faster so.
-class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]  # a base chosen at import
     pass
 
 

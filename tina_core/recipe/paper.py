@@ -8,6 +8,8 @@ percentage of one epoch (one epoch = dataset rows / 8 prompts per step on 2 GPUs
 
 from __future__ import annotations
 
+from typing import Any
+
 # Unique prompts per optimizer step in every Tina recipe: 2 GPUs x 4 accumulation steps x G
 # completions / G. One epoch is the dataset's rows / this.
 PROMPTS_PER_STEP = 8
@@ -15,7 +17,7 @@ PROMPTS_PER_STEP = 8
 BENCHMARKS = ("aime24", "aime25", "amc23", "math_500", "gpqa:diamond", "minerva")
 
 # recipe file stem (recipes/tina/<stem>.yaml) -> paper rows
-MAIN_RESULTS = [
+MAIN_RESULTS: list[dict[str, Any]] = [
     {"model": "Tina-STILL-3-1.5B-preview", "recipe": "still", "best_pct_epoch": 53, "aime24": 36.67,
      "avg": 48.16, "full_sota_avg": 44.86},
     {"model": "Tina-DeepScaleR-1.5B-Preview", "recipe": "deepscaler", "best_pct_epoch": 19, "aime24": 43.33,
@@ -28,7 +30,7 @@ MAIN_RESULTS = [
      "avg": 49.45, "full_sota_avg": 46.06},
 ]
 
-ABLATIONS = [
+ABLATIONS: list[dict[str, Any]] = [
     {"configuration": "Open-RS data (7k)", "avg": 50.60, "note": "beats OpenR1 93.7k (49.26)"},
     {"configuration": "OpenR1 data (93.7k)", "recipe": "open_r1", "avg": 49.26, "best_pct_epoch": 13},
     {"configuration": "OpenThoughts data", "recipe": "thoughts", "best_pct_epoch": 30},
@@ -48,7 +50,7 @@ ABLATIONS = [
 ]
 
 # USD: training / evaluation / total (2x L40S at about $1 per GPU-hour)
-COSTS = [
+COSTS: list[dict[str, Any]] = [
     {"experiment": "Baseline re-evaluation", "train": None, "eval": 6, "total": 6},
     {"experiment": "STILL-3", "recipe": "still", "train": 59, "eval": 7, "total": 66},
     {"experiment": "DeepScaleR", "recipe": "deepscaler", "train": 84, "eval": 10, "total": 94},
@@ -71,7 +73,7 @@ COSTS = [
 
 def rows_for(recipe_stem: str | None) -> dict:
     """The paper's rows for one recipe (by its file stem): main result, ablation, cost."""
-    def pick(rows: list[dict]) -> dict | None:
+    def pick(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         return next((r for r in rows if recipe_stem and r.get("recipe") == recipe_stem), None)
 
     return {"main": pick(MAIN_RESULTS), "ablation": pick(ABLATIONS), "cost": pick(COSTS)}

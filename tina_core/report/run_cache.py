@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from tina_core import runstate
 from tina_core.rundir import FileStamp, RunDir, RunFiles, parse_json, write_json_atomic
@@ -58,7 +58,7 @@ def files_key(rd: RunDir) -> dict[str, Any]:
             "recipe": dataclasses.asdict(s) if (s := FileStamp.of(rd.recipe)) else None}
 
 
-def cacheable(run: dict[str, Any]) -> bool:
+def cacheable(run: Mapping[str, Any]) -> bool:
     """An object that stays true while the run's files stay as they are. Slurm may still requeue a
     stopped or killed run of a sweep (it then shows queued): only its end is final."""
     return run.get("state") in runstate.ENDED_STATES and not run.get("evals_pending") and not engine_may_change(run)
@@ -84,7 +84,7 @@ class RunObjects:
             return entry.get("run")
         return None
 
-    def put(self, rd: RunDir, key: dict[str, Any], run: dict[str, Any]) -> None:
+    def put(self, rd: RunDir, key: dict[str, Any], run: Mapping[str, Any]) -> None:
         """Keep ``run`` if it is ``cacheable``; ``key``: ``files_key(rd)`` taken before it was described
         (a file that moved meanwhile then misses next time rather than hiding the change)."""
         if cacheable(run):

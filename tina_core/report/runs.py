@@ -9,10 +9,11 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NotRequired, TypedDict
+from typing import TYPE_CHECKING, Any, NotRequired, TypedDict, cast
 
 from tina_core import runstate
 from tina_core.analysis import cost, policy
+from tina_core.analysis.cost import CostUsd
 from tina_core.analysis.pick import BracketPick, CheckpointPick, choose
 from tina_core.analysis.transition import PhaseTransition, Watch
 from tina_core.events import Kind, last_of, marker, of_kind, since_start
@@ -23,12 +24,6 @@ from tina_core.sweep.state import Queue, Sweeps, overlay
 
 if TYPE_CHECKING:
     from tina_core.store.index import Store
-
-class CostUsd(TypedDict):
-    train: float
-    eval: float
-    total: float
-
 
 class CheckpointEntry(TypedDict):
     step: int
@@ -164,14 +159,19 @@ class RunStub(TypedDict):
     error: NotRequired[str]
 
 
-def stub(run_dir: RunDir, state: str, **extra: Any) -> RunStub:
-    return RunStub(run_id=run_dir.run_id, name=RunInfo.read(run_dir).name or run_dir.run_id, state=state,
-                   **extra)
+def stub(run_dir: RunDir, state: str, *, pending: bool = False, error: str | None = None) -> RunStub:
+    out = RunStub(run_id=run_dir.run_id, name=RunInfo.read(run_dir).name or run_dir.run_id, state=state)
+    if pending:
+        out["pending"] = True
+    if error is not None:
+        out["error"] = error
+    return out
 
 
 LIVE_PHASE_MAX_AGE_S = 5.0  # a live run gains a step a second; detection reads all of them
 _SUMMARY_KEYS = ("train_runtime", "train_loss")  # the trainer's final summary log, not a step
 _EVAL_FIELDS = ("eval_id", "checkpoint", "task", "state", "score", "metric", "reason", "gpus", "why")
+_REFUSED_FIELDS = ("checkpoint", "task", "projected_usd", "left_usd", "budget_usd")
 
 
 def _normalise(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -248,10 +248,11 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
     event_scores = _scores_by_checkpoint(evals)
     listed = index.ask(Store.checkpoints, rid)
     if listed is None:
-        listed = [{"step": s, "evals": event_scores.get(s, {}), "resumable": run_dir.checkpoint_kind(s) == "complete"}
+        listed = [{"step": s, "evals": event_scores.get(s, {}), "avg": None,
+                   "resumable": run_dir.checkpoint_kind(s) == "complete"}
                   for s in run_dir.checkpoint_steps(evaluable=True)]
-    checkpoints = [{"step": c["step"], "cost_usd_at": meter.cost_at_step(c["step"]), "evals": c.get("evals") or {},
-                    "resumable": c.get("resumable", True)} for c in listed]
+    checkpoints = [CheckpointEntry(step=c["step"], cost_usd_at=meter.cost_at_step(c["step"]), evals=c["evals"] or {},
+                                   resumable=c["resumable"]) for c in listed]
     # which checkpoint: around the marker the supervisor acted on (and pinned, and evaluated), else the index's
     chosen = choose(phase, listed, marker=marker(events), ended=_ended(run_dir))
     stop = _stop_figures(run_dir, events, state, step, meter)
@@ -302,11 +303,12 @@ def _describe(home: Path, run_dir: RunDir, index: Guarded, now: float) -> RunObj
         # "gone": evaluations wait or run with no worker alive (it was killed): nothing will end them
         # until one is started (`tina eval`, `tina status` and the cockpit start one)
         "eval_worker": None if not pending else "alive" if runstate.eval_worker_pid(home) else "gone",
-        "evaluations": [{k: e.get(k) for k in _EVAL_FIELDS} for e in evals.values()],
-        "evals_refused": [{k: e.get(k) for k in ("checkpoint", "task", "projected_usd", "left_usd", "budget_usd")}
+        "evaluations": [cast(Evaluation, {k: e.get(k) for k in _EVAL_FIELDS}) for e in evals.values()],
+        "evals_refused": [cast(RefusedEvaluation, {k: e.get(k) for k in _REFUSED_FIELDS})
                           for e in of_kind(events, Kind.EVAL_REFUSED)],
         "last_metrics": last_metrics,
-        "failure": (failed[-1].get("reason") if failed else (queue or {}).get("reason")) if state == "failed" else None,
+        "failure": (failed[-1].get("reason") if failed else queue["reason"] if queue else None) if state == "failed"
+        else None,
         # writes a full disk refused (the supervisor's own: what the trainer could not write ends it)
         "write_errors": [{"file": e.get("file"), "error": e.get("error"), "attempt": e.get("attempt"),
                           "lost_bytes": lost.get(e.get("attempt")) if e.get("file") == "train.log" else None}
@@ -331,8 +333,19 @@ def _ended(run_dir: RunDir) -> bool:
     return params_for_run(run_dir.path).ended
 
 
+class StopFigures(TypedDict):
+    """The run object's stop-policy fields (``_stop_figures``)."""
+
+    stop_policy: StopPolicyFields
+    countdown: Countdown | None
+    stopped_by: StoppedBy | None
+    cost_to_stop_at_step_usd: float | None
+    saved_usd: float | None
+    saved_minutes: float | None
+
+
 def _stop_figures(run_dir: RunDir, events: list[dict[str, Any]], state: str, step: int | None,
-                  meter: cost.Meter) -> dict[str, Any]:
+                  meter: cost.Meter) -> StopFigures:
     """The stop policy, its countdown, why the run stopped, the dollars it saved against running on
     to stop_at_step."""
     pol = policy.for_run(run_dir, events)
@@ -345,14 +358,17 @@ def _stop_figures(run_dir: RunDir, events: list[dict[str, Any]], state: str, ste
     # what ending early saves: done (a policy stop), or to come (the policy's countdown)
     end = step if by_policy else clock.stop_step if clock and clock.by != "stop_at_step" else None
     saved_usd, saved_min = policy.saved(pol.stop_at_step, end, pace, rate)
-    return {
-        "stop_policy": pol.as_dict(),
-        "countdown": None if clock is None else {**clock.as_dict(), "text": clock.text()},
-        "stopped_by": None if stopped is None else {"by": stopped.get("by"), "reason": stopped.get("reason")},
-        "cost_to_stop_at_step_usd": meter.projected_usd(step, finished=state == "finished"),
-        "saved_usd": saved_usd,
-        "saved_minutes": saved_min,
-    }
+    return StopFigures(
+        stop_policy=StopPolicyFields(stop_at_step=pol.stop_at_step, after_transition=pol.after_transition,
+                                     budget_usd=pol.budget_usd, evaluate=pol.evaluate),
+        countdown=None if clock is None else Countdown(by=clock.by, stop_step=clock.stop_step,
+                                                       steps_left=clock.steps_left, usd_left=clock.usd_left,
+                                                       waiting=clock.waiting, text=clock.text()),
+        stopped_by=None if stopped is None else StoppedBy(by=stopped.get("by"), reason=stopped.get("reason")),
+        cost_to_stop_at_step_usd=meter.projected_usd(step, finished=state == "finished"),
+        saved_usd=saved_usd,
+        saved_minutes=saved_min,
+    )
 
 
 def open_store(home: Path, run_ids: list[str] | None = None) -> Any:
@@ -377,7 +393,7 @@ def list_runs(home: Path, store: "Store | None" = None, run_dirs: list[RunDir] |
     as they were is answered from the run-object cache (``run_cache``), without the index; the
     others are described, the index opened and brought up to date for them alone."""
     every = list_run_dirs(home) if run_dirs is None else None
-    dirs = every if every is not None else run_dirs
+    dirs = every if every is not None else run_dirs or []
     kept = run_cache.RunObjects(home)
     keys = {rd.run_id: run_cache.files_key(rd) for rd in dirs}
     runs: dict[str, Any] = {rd.run_id: kept.get(rd, keys[rd.run_id]) for rd in dirs}

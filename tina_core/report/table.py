@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import io
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from tina_core.analysis import metric_keys
 from tina_core.analysis.phase import explain
@@ -79,7 +79,7 @@ def run_row(store: Store, rd: RunDir) -> dict[str, Any]:
     def ck(step: int | None) -> dict | None:
         if step is None:
             return None
-        c = cks.get(step, {"evals": {}, "avg": None})
+        c: Mapping[str, Any] = cks.get(step) or {"evals": {}, "avg": None}
         return {"step": step, "pct_epoch": _pct(step, per_epoch), "scores": c["evals"], "avg": c["avg"],
                 "vs_base": gain_over_base(c["evals"], base)}
 
@@ -87,7 +87,7 @@ def run_row(store: Store, rd: RunDir) -> dict[str, Any]:
         "run_id": rd.run_id, "name": info.name, "recipe": info.recipe,
         "recipe_stem": stem, "imported": info.imported,
         "last_step": store.last_step(rd.run_id), "steps_per_epoch": per_epoch, "state": run["state"],
-        "phase_transition": ph, "phase_pct_epoch": _pct(ph and ph.get("step"), per_epoch),
+        "phase_transition": ph, "phase_pct_epoch": _pct(ph.get("step") if ph else None, per_epoch),
         "base": {"scores": base, "avg": _avg(base)} if base else None,
         "recommended": ck(rec["recommended"]), "best_evaluated": ck(rec["best_evaluated"]),
         "disagree": rec["disagree"], "reason": rec["reason"],
@@ -98,7 +98,7 @@ def run_row(store: Store, rd: RunDir) -> dict[str, Any]:
     }
 
 
-def _per_machine_hour(cost_usd: dict, gpus: Any) -> dict | None:
+def _per_machine_hour(cost_usd: Mapping[str, Any], gpus: Any) -> dict | None:
     """The run's dollars if its price bought an hour of the whole GPU machine rather than of one GPU:
     how Tina's "14 h / $14" on 2 GPUs reads. None for a CPU run."""
     n = int(gpus or 0)

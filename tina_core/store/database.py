@@ -97,7 +97,7 @@ class _Attachments:
         con.close()
         with self._lock:
             self._users[path] -= 1
-            if not self._users[path]:
+            if not self._users[path] and self._instance is not None:
                 del self._users[path]
                 self._instance.execute(f"DETACH {self.alias(path)}")
 
@@ -293,7 +293,8 @@ class Database:
 
     def _let_go(self) -> None:
         con, self._con = self._con, None
-        _ATTACHED.release(self.path, con)
+        if con is not None:
+            _ATTACHED.release(self.path, con)
 
     def _query(self, sql: str, params: list | tuple = ()) -> list[tuple]:
         with self.session() as con:

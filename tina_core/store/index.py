@@ -237,9 +237,8 @@ class Store(Ingestion):
         from tina_core.analysis import phase as phase_mod
 
         with self.session() as con:
-            version = self._query('SELECT "offset" FROM ingest_state WHERE run_id = ? AND file = ?',
-                                  [run_id, METRICS])
-            version = version[0][0] if version else -1
+            row = self._query('SELECT "offset" FROM ingest_state WHERE run_id = ? AND file = ?', [run_id, METRICS])
+            version = row[0][0] if row else -1
             question = f"{phase_mod.detector_version()} {params!r}"  # an upgraded detector judges again
             stored = self._query("SELECT result FROM phase_cache WHERE run_id = ? AND params = ? "
                                  "AND version = ?", [run_id, question, version])

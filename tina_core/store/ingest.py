@@ -74,7 +74,9 @@ def _metrics_values(rec: dict) -> tuple[int, int, float | None, dict[str, float]
     ``records.metrics_problem``); keys without a number are left out."""
     values = {k: x for k, v in metric_keys.normalise_record(rec).items()
               if k not in metric_keys.RECORD_FIELDS and (x := _num(v)) is not None}
-    return _step_of(rec["step"]), _step_of(rec.get("attempt", 1)), _num(rec.get("ts")), values
+    step, attempt = _step_of(rec["step"]), _step_of(rec.get("attempt", 1))
+    assert step is not None and attempt is not None  # a checked line: records.metrics_problem said so
+    return step, attempt, _num(rec.get("ts")), values
 
 
 class Ingestion(Database):
@@ -299,7 +301,9 @@ class Ingestion(Database):
     @staticmethod
     def _insert_parsed(con, run_id: str, parsed: list[tuple[int, dict]]) -> int:
         """Parsed metrics records as steps, attempts and long metrics rows (canonical names)."""
-        steps, first, long = [], {}, []
+        steps: list[tuple[Any, ...]] = []
+        first: dict[Any, Any] = {}
+        long: list[tuple[Any, ...]] = []
         for _, rec in parsed:
             step, attempt, ts, values = _metrics_values(rec)
             steps.append((step, attempt, ts))

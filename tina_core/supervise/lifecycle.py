@@ -103,8 +103,8 @@ def create_run(home: Path, recipe_path: Path, *, name: str | None = None, overri
     if sweep is not None:
         info = dataclasses.replace(info, sweep=sweep[0], sweep_index=sweep[1])
     run_dir.write_info(info)
-    fields = dict(recipe=str(recipe_path), command=command, gpus=info.gpu_count, gpu_hour_usd=price.gpu_hour_usd,
-                  device=device)
+    fields: dict[str, Any] = dict(recipe=str(recipe_path), command=command, gpus=info.gpu_count,
+                                  gpu_hour_usd=price.gpu_hour_usd, device=device)
     if sweep is not None:
         run_dir.event(Kind.QUEUED, **fields, sweep=sweep[0], engine=sweep[2])
     else:

@@ -7,9 +7,12 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tina_core.rundir import JsonlTail, RunDir, RunInfo
+
+if TYPE_CHECKING:
+    from rich.live import Live
 
 
 class Display:
@@ -29,7 +32,7 @@ class Display:
         self._last: dict[str, Any] | None = None
         self._shown_step = None
         self._last_draw = 0.0
-        self._live = None
+        self._live: Live | None = None
 
     def silence(self) -> None:
         self.quiet = True

@@ -31,7 +31,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from tina_core import locks, runstate
 from tina_core.alerts import Alerts, StallWatch, budgets_passed
@@ -45,6 +45,9 @@ from tina_core.supervise.logpump import LogPump, output_to_log
 from tina_core.supervise.progress import Display
 from tina_core.supervise.watch import LiveWatch
 
+if TYPE_CHECKING:
+    from tina_core.gpu import Sampler
+
 GPU_SAMPLE_S = 5.0
 BUDGET_CHECK_S = 5.0  # how often the run's dollars are added up against the alert thresholds
 DEFAULT_STOP_TIMEOUT_S = 120.0
@@ -52,7 +55,8 @@ DEFAULT_MAX_RESTARTS = 3
 DEFAULT_BACKOFF_S = 5.0
 LOG_NAME = "supervisor.log"
 # Exit codes of `tina run` (foreground) and `tina resume`.
-EXIT_CODES = {Kind.FINISHED: EXIT_FINISHED, Kind.FAILED: 1, Kind.STOPPED: EXIT_STOPPED}
+EXIT_CODES: dict[str, int] = {Kind.FINISHED.value: EXIT_FINISHED, Kind.FAILED.value: 1,
+                              Kind.STOPPED.value: EXIT_STOPPED}
 
 
 def _env_float(name: str, default: float) -> float:
@@ -100,7 +104,7 @@ class Supervisor:
         self.attempt = 0
         self._lock_fd: int | None = None
         self._last_beat = 0.0
-        self._sampler = None
+        self._sampler: Sampler | None = None
         self._last_sample = 0.0
         self._env: dict[str, str] | None = None
         self._pump: threading.Thread | None = None
@@ -418,19 +422,21 @@ class Supervisor:
                 proc = self.start(attempt)
                 code = self.watch(proc)
                 kill_group(proc.pid)  # leftovers (vLLM workers) of a trainer that is gone
-                self._pump.join(timeout=5)
+                pump, output = self._pump, self.output
+                assert pump is not None and output is not None  # start() set up the copy of its output
+                pump.join(timeout=5)
                 sig = signal.Signals(-code).name if code < 0 else None
                 step = self.last_step(attempt)
-                lost = self.output.lost_bytes
-                if self.output.error:
-                    self._write_failed(self.run_dir.train_log, self.output.error)
+                lost = output.lost_bytes
+                if output.error:
+                    self._write_failed(self.run_dir.train_log, output.error)
                 self.event(Kind.ATTEMPT_EXITED, attempt=attempt, code=code, signal=sig, step=step,
                            cpu_s=round(_cpu_s(resource.RUSAGE_CHILDREN) - children_cpu, 2),
                            **({"lost_log_bytes": lost} if lost else {}))
                 self.proc = None
                 self.beat(force=True)
                 why = f"killed by {sig}" if sig else f"exit code {code}"
-                if code > 0 and (said := trainer_error(self.output.tail)):
+                if code > 0 and (said := trainer_error(output.tail)):
                     why += f": {said}"  # on a full disk train.log may not have it
                 self.log(f"attempt {attempt} ended: {why}")
                 if code == 0:
@@ -516,7 +522,7 @@ def recover_orphan(run_dir: RunDir, stop_timeout: float, hb: dict[str, Any]) -> 
     here = runstate.on_this_host(hb)
     pid = hb.get("trainer_pid")
     orphan = here and pid_alive(pid, started=hb.get("trainer_started"))  # still the trainer it started
-    if orphan:
+    if orphan and isinstance(pid, int):
         end_group(pid, stop_timeout, term_group=False)
     elif isinstance(pid, int) and here:
         kill_group(pid)  # leftovers of a group whose leader is gone

@@ -193,7 +193,7 @@ class LiveWatch:
 
     def _pin(self) -> None:
         m = self.marker
-        keep = {e.get("checkpoint") for e in self.events if is_kind(e, Kind.EVAL_QUEUED)}
+        keep = {c for e in self.events if is_kind(e, Kind.EVAL_QUEUED) and isinstance(c := e.get("checkpoint"), int)}
         why = {"marker": m.get("step"), "status": m.get("status")} if m else {}
         try:
             got = snapshots.reconcile(self.rd, m.get("step") if m else None, why, keep=keep)
@@ -203,7 +203,8 @@ class LiveWatch:
         self._brackets_whole = m is None or (got["before"] is not None and got["after"] is not None)
         for step in got["pinned"]:
             side = "before" if step == got["before"] else "after"
-            self._event(Kind.CHECKPOINT_PINNED, step=step, side=side, marker=m.get("step"), status=m.get("status"))
+            self._event(Kind.CHECKPOINT_PINNED, step=step, side=side, marker=(m or {}).get("step"),
+                        status=(m or {}).get("status"))
         for step in got["unpinned"]:
             self._event(Kind.CHECKPOINT_UNPINNED, step=step)
 

@@ -75,7 +75,7 @@ def start_queued(rd: RunDir, gpu_ids: list[int]) -> bool:
 
 def step(home: Path, sweep: record.Sweep) -> bool:
     """Start what fits now; whether runs still wait."""
-    active, queued, used = 0, [], set()
+    active, queued, used = 0, [], set[int]()
     for rd in record.sweep_runs(home, sweep):
         events = rd.read_events()
         state = runstate.liveness(rd, events).state

@@ -79,7 +79,8 @@ def expand(name: str, recipes: Sequence[Path], grids: Sequence[str], sets: Seque
     if len(set(keys)) != len(keys):
         raise TinaError(f"--grid: a key is given twice ({', '.join(k for k in keys if keys.count(k) > 1)})")
     stems = [Path(r).stem for r in recipes]
-    specs, seen = [], set()
+    specs: list[RunSpec] = []
+    seen: set[str] = set()
     for recipe, stem in zip(recipes, stems):
         for combo in itertools.product(*[vals for _, vals in axes]):
             label = ([stem] if len(set(recipes)) > 1 else []) + \

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Any, Mapping, TypedDict
 
-from tina_core.events import Kind, last_of
+from tina_core.events import Kind, is_kind, last_of
 from tina_core.rundir import RunDir
 from tina_core.sweep import record, slurm
 
@@ -100,7 +100,7 @@ def _requeueing(events: list[dict[str, Any]]) -> bool:
     """The run stopped because its task is being requeued (by Slurm, or by itself before its time
     limit): it runs again."""
     last = last_of(events, Kind.STOPPED, Kind.REQUEUED, Kind.SLURM_TASK)
-    return bool(last) and (last.get("event") == Kind.REQUEUED or last.get("by") == REQUEUE_STOP)
+    return last is not None and (is_kind(last, Kind.REQUEUED) or last.get("by") == REQUEUE_STOP)
 
 
 def _slurm(sweep: record.Sweep, index: int | None, state: str, events: list[dict[str, Any]],

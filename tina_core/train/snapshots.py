@@ -258,7 +258,7 @@ def rotate(rd: RunDir, limit: int) -> list[int]:
     m = marker(events)
     if m is not None and isinstance(m.get("step"), int):
         keep.update(s for s in brackets(m["step"], complete) if s is not None)
-    keep.update(e.get("checkpoint") for e in events if is_kind(e, Kind.EVAL_QUEUED))
+    keep.update(c for e in events if is_kind(e, Kind.EVAL_QUEUED) and isinstance(c := e.get("checkpoint"), int))
     judged = (read_json(rd.path / WATCH_FILE, {}) or {}).get("judged_through")
     if isinstance(judged, int):
         keep.update(s for s in complete if s > judged)

@@ -19,6 +19,7 @@ import signal
 import sys
 import traceback
 from pathlib import Path
+from typing import Any, Sequence
 
 from tina_core.events import EXIT_DISK_FULL, EXIT_ERROR, EXIT_FINISHED, EXIT_STOPPED, Kind, kind_of
 from tina_core.recipe.configs import build_grpo_config, build_lora_config
@@ -228,7 +229,7 @@ def save_adapter(model, folder: Path) -> None:
 def set_aside_partial_checkpoints(run_dir: RunDir) -> list[Path]:
     """Move checkpoints without the completion marker out of Trainer's sight (its resume and
     rotation glob ``checkpoint-*``): they were cut off mid-save. Kept under ``.partial/``."""
-    moved = []
+    moved: list[Path] = []
     if not run_dir.checkpoints.is_dir():
         return moved
     complete = set(run_dir.checkpoint_steps(evaluable=True))  # pinned snapshots are whole too
@@ -281,7 +282,7 @@ def report_to_trackers(run_dir: RunDir, config) -> None:
         os.environ.setdefault("WANDB_RESUME", "allow")
 
 
-def build_trainer(run_dir: RunDir, recipe: Recipe, callbacks: list = ()):
+def build_trainer(run_dir: RunDir, recipe: Recipe, callbacks: Sequence[Any] = ()):
     """TRL's GRPOTrainer for a recipe, saving into ``run_dir/checkpoints`` (heavy imports here)."""
     import torch
 
@@ -381,7 +382,8 @@ def disk_full(run_dir: RunDir, exc: BaseException) -> str | None:
     An OSError in the exception's chain says so with its errno, safetensors in its message only
     ("I/O error: No space left on device (os error 28)"); torch.save does not at all ("unexpected
     pos 576 vs 534"), so then a small probe write into the run directory asks the disk itself."""
-    cause, seen = None, exc
+    cause: OSError | None = None
+    seen: BaseException | None = exc
     for _ in range(16):
         if seen is None:
             break

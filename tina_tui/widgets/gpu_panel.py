@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from rich.text import Text
 
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 class GpuPanel(Panel):
     """Utilisation and memory per GPU from the run's latest system sample (nvitop-style bars)."""
 
-    def show(self, run: RunRow | None, system: list[dict[str, Any]]) -> None:
+    def show(self, run: RunRow | None, system: Sequence[Mapping[str, Any]]) -> None:
         t = Text(no_wrap=True, overflow="ellipsis")
         if not run:
             self.set_text(t)

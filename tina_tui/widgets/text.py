@@ -33,7 +33,8 @@ STATE_CELL_MAX = 28
 def state_cell(run: RunRow) -> str:
     """The runs list's state: a sweep's run adds Slurm's reason while queued, its node while it
     runs, and what Slurm killed it by."""
-    state, q = run["state"], (run["queue"] if described(run) else None) or {}
+    state = run["state"]
+    q: Mapping[str, Any] = (run["queue"] if described(run) else None) or {}
     if q.get("engine") != "slurm":
         return state
     extra = q.get("reason") if state == "queued" else f"@{q['node']}" if runstate.is_live(state) and \
@@ -123,7 +124,7 @@ def cost_line(run: RunRow | None, checkpoints: list[dict[str, Any]]) -> Text:
     if not run:
         return Text("no run selected: press n to start one", style="dim")
     d = run if described(run) else None  # a run not described yet shows its money as unknown
-    cost: dict[str, float] = dict(d["cost_usd"]) if d else {}
+    cost: Mapping[str, Any] = d["cost_usd"] if d else {}
     per_hour = d["usd_per_hour_now"] if d else None
     if per_hour is None:
         live = runstate.is_live(run["state"])
