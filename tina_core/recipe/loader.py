@@ -303,9 +303,26 @@ class Recipe:
         return self.gpus if self.gpus > 0 else max(1, int(self.get("launch.processes") or 1))
 
     @property
+    def num_machines(self) -> int:
+        """``launch.num_machines``: machines one run trains on (1 unless a multi-node launch)."""
+        return int(self.get("launch.num_machines") or 1)
+
+    @property
+    def max_restarts(self) -> int | None:
+        """``launch.max_restarts``: crashes the supervisor restarts (None: its default)."""
+        v = self.get("launch.max_restarts")
+        return None if v is None else int(v)
+
+    @property
+    def stop_timeout_s(self) -> float | None:
+        """``launch.stop_timeout_s``: how long a stop waits for the checkpoint (None: the default)."""
+        v = self.get("launch.stop_timeout_s")
+        return None if v is None else float(v)
+
+    @property
     def distributed(self) -> bool:
         """Whether the trainer runs under ``accelerate launch`` (GPUs, or more than one CPU rank)."""
-        return self.gpus > 0 or self.processes > 1 or int(self.get("launch.num_machines") or 1) > 1
+        return self.gpus > 0 or self.processes > 1 or self.num_machines > 1
 
     @property
     def gpu_hour_usd(self) -> float | None:
@@ -343,7 +360,7 @@ class Recipe:
         """Unique prompts per optimizer step (TRL counts completions per device)."""
         g = self.grpo
         return (int(g.get("per_device_train_batch_size", 8)) * int(g.get("gradient_accumulation_steps", 1))
-                * self.processes * int(self.get("launch.num_machines") or 1)) / int(g.get("num_generations", 8))
+                * self.processes * self.num_machines) / int(g.get("num_generations", 8))
 
     @property
     def steps_per_epoch(self) -> float | None:

@@ -142,8 +142,8 @@ def run_info(run_dir: RunDir, recipe: Any, recipe_path: str | Path, *, name: str
         max_steps=getattr(recipe, "max_steps", None),
         save_steps=getattr(recipe, "save_steps", None),
         dataset_size=dataset_size,
-        max_restarts=int(recipe.get("launch.max_restarts", DEFAULT_MAX_RESTARTS)),
-        stop_timeout_s=float(recipe.get("launch.stop_timeout_s", DEFAULT_STOP_TIMEOUT_S)),
+        max_restarts=DEFAULT_MAX_RESTARTS if recipe.max_restarts is None else recipe.max_restarts,
+        stop_timeout_s=DEFAULT_STOP_TIMEOUT_S if recipe.stop_timeout_s is None else recipe.stop_timeout_s,
         imported=False,
     )
 

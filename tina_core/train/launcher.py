@@ -37,7 +37,7 @@ def launch_command(run_dir: RunDir, recipe: Recipe) -> list[str]:
     entry = ["-m", "tina_core.train", str(run_dir.path)]
     if not recipe.distributed:
         return [sys.executable, *entry]
-    machines = int(recipe.get("launch.num_machines") or 1)
+    machines = recipe.num_machines
     cmd = [sys.executable, "-m", "tina_core.train.launcher", "accelerate", "launch",
            "--config_file", str(accelerate_config_path(recipe)),
            # accelerate counts processes over all machines; launch.gpus (or .processes) is per machine

@@ -223,7 +223,7 @@ def estimate(recipe, grpo: Mapping[str, Any], gpu_bytes: int) -> Estimate | None
     arch = Architecture.from_config(cfg)
     notes: list[str] = []
     a = DTYPE_BYTES.get(str(recipe.get("model.dtype", "auto")), 2)
-    world = max(1, recipe.gpus) * int(recipe.get("launch.num_machines") or 1)
+    world = max(1, recipe.gpus) * recipe.num_machines
     zero = _zero_stage(recipe)
 
     prompt = int(recipe.get("dataset.max_prompt_tokens") or 512)
