@@ -330,9 +330,10 @@ class Collector:
         if tail is None:
             self._events[rd.run_id] = JsonlTail(rd.events, from_end=True)
             return []
-        out = []
-        name = RunInfo.read(rd).name or rd.run_id
-        for ev in tail.read()[0]:
+        out: list[Notice] = []
+        new = tail.read()[0]
+        name = (RunInfo.read(rd).name or rd.run_id) if new else rd.run_id  # run.json read only when needed
+        for ev in new:
             said = event_text(name, ev)
             if said:
                 out.append(Notice(*said, bell=is_kind(ev, *ALERT_EVENTS),
