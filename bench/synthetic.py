@@ -27,6 +27,8 @@ class Scenario:
     cv: float = 0.1              # length noise, as a fraction of the level
     n: int = 300
     gaps: float = 0.0            # fraction of steps missing and of values NaN
+    early: bool = False          # the change comes at the 4th to 6th logged point (a log every 10
+                                 # steps of a format learned fast): judged by the watch's head
 
 
 def scenarios() -> list[Scenario]:
@@ -35,6 +37,7 @@ def scenarios() -> list[Scenario]:
         Scenario("tiny format 0->0.9, ramp 40, G16", "format", 0.01, 0.9, ramp=40, group=16),
         Scenario("format jump up 0.3->0.6", "format", 0.3, 0.6),
         Scenario("format jump down 0.9->0.5", "format", 0.9, 0.5),
+        Scenario("format early ramp 5 up 0.1->0.7, G8", "format", 0.1, 0.7, ramp=5, group=8, n=60, early=True),
         Scenario("format ramp 10 up 0.2->0.8", "format", 0.2, 0.8, ramp=10),
         Scenario("format ramp 40 up 0.2->0.8", "format", 0.2, 0.8, ramp=40),
         Scenario("format ramp 20 down, gaps+NaN", "format", 0.85, 0.4, ramp=20, gaps=0.03),
@@ -66,7 +69,8 @@ def level(sc: Scenario, t: np.ndarray, change_at: int) -> np.ndarray:
 def generate(sc: Scenario, seed: int) -> tuple[list[tuple[int, float]], int | None]:
     """(series of (step, value), true change step or None)."""
     rng = np.random.default_rng(seed)
-    change_at = int(rng.integers(sc.n // 4, sc.n * 3 // 4)) if sc.change else None
+    lo, hi = (3, 6) if sc.early else (sc.n // 4, sc.n * 3 // 4)
+    change_at = int(rng.integers(lo, hi)) if sc.change else None
     t = np.arange(sc.n)
     mu = level(sc, t, change_at if change_at is not None else 0)
     if sc.signal == "format":

@@ -49,9 +49,10 @@ def test_changes_are_found_quickly_and_confirmed(sc: Scenario):
     for seed in range(SEEDS):
         series, truth = generate(sc, seed)
         _, c = first_change(series)
-        if c is None and noise_sigmas(sc) < 2.5:
+        if c is None and (noise_sigmas(sc) < 2.5 or sc.early):
             # a move this close to PhaseParams.min_shift (2 sigma) lasts but is found only sometimes:
-            # the price of confirming nothing smaller (bench/detector.py prints how often)
+            # the price of confirming nothing smaller; a change at the 4th to 6th point has three to
+            # five points of its first level to be told from (bench/detector.py prints how often)
             missed += 1
             continue
         assert c is not None and c.status == "confirmed", (seed, truth)
@@ -62,7 +63,7 @@ def test_changes_are_found_quickly_and_confirmed(sc: Scenario):
         delays.append(c.detected_at - truth)
     # a ramp has to rise part of the way before it shows: the slower and noisier, the later
     limit = 10 if sc.ramp <= 10 else 15 if sc.ramp <= 20 else 40
-    assert statistics.median(delays) <= limit and missed <= SEEDS * 2 // 3
+    assert statistics.median(delays) <= limit and missed <= (1 if sc.early else SEEDS * 2 // 3)
 
 
 @pytest.mark.parametrize("sc", [s for s in scenarios() if not s.change], ids=lambda s: s.name)

@@ -10,8 +10,9 @@ at the same steps, because each is made at a fixed point of the series and never
    ramp cannot drag it along). Its scale never falls below the signal's *noise floor*: the
    smallest gap between the values it has logged, once it has logged three (a reward that is the
    mean over G completions moves by 1/G of its range at a time: one completion is one sigma, never
-   many), besides small absolute and relative floors. The marker sits where the evidence began to accumulate. A change
-   among the first points, before a reference exists, is looked for once when the watch starts.
+   many), besides small absolute and relative floors. The marker sits where the evidence began to
+   accumulate. A change among the first points, before a reference exists, is looked for at each
+   point of the watch's first ``2 * head`` points, until one is found.
 2. **Verdict, once.** When ``confirm_points`` points have followed the marker, the move is judged
    on them: confirmed when its new level lasts (the mean of the last ``confirm_points``), moved by
    at least ``min_shift`` reference sigmas and at least ``min_rel`` of the signal's range so far
@@ -196,8 +197,12 @@ class SignalWatch:
         self._note_value(float(value))
         out = self._fall_back(t)
         if self._alarm is None:
-            alarm = self._head(t) if not self._head_done and t == self._base + self.p.head else None
-            self._head_done = self._head_done or t >= self.p.head
+            alarm = None
+            if not self._head_done and t >= self.p.head:
+                alarm = self._head(t)
+                # looked for over the first 2 x head points (a CUSUM reference spanning both
+                # levels is too wide to see the move), until an alarm or a verdict came
+                self._head_done = alarm is not None or bool(self.verdicts) or t >= 2 * self.p.head
             if alarm is None:
                 alarm = self._cusum(t)
             if alarm is not None:
@@ -303,8 +308,8 @@ class SignalWatch:
 
     def _head(self, t: int) -> _Alarm | None:
         """A change among the first points, which the CUSUM never tests (its reference needs
-        them; a log every 10 steps spends 110 steps there). Looked for once, at the first testable
-        point: the level of the last ``min_ref`` points is the new regime, and the head's points
+        them; a log every 10 steps spends 110 steps there). Looked for at each point from the first
+        testable one: the level of the last ``min_ref`` points is the new regime, and the head's points
         before it that sit outside its band (3 of its sigmas; at least ``min_size`` in a row) the
         old one, if the level moved by ``h / 2`` sigmas; the marker where the points on the way up
         (each nearer the new level) left the first ones' level."""
@@ -316,7 +321,10 @@ class SignalWatch:
         while b > 0 and abs(self.x[b - 1] - level) <= 3 * sd:
             b -= 1
         if b < p.min_size or any(abs(v - level) <= 3 * sd for v in self.x[b - p.min_size: b]):
-            return None
+            prefix = self._head_prefix(t, level, sd)
+            if prefix is None:
+                return None
+            b = prefix
         before = sum(self.x[:b]) / b
         if abs(level - before) < max(p.h / 2, p.min_shift) * sd:
             return None
@@ -332,6 +340,20 @@ class SignalWatch:
             onset = b  # not a ramp from the first level: a level of its own before the move
         before = sum(self.x[:onset]) / onset
         return _Alarm(onset, t, "up" if level > before else "down", before, sd, head=True)
+
+    def _head_prefix(self, t: int, level: float, sd: float) -> int | None:
+        """The first level as the head's opening points, when the points between it and the new
+        level wander (a fast turn logged every 10 steps dips once on its way up): at least
+        ``min_size`` first points all outside the new level's band on one side, and no point after
+        them beyond the band on the other side. Returns where the first level ends."""
+        p = self.p
+        side = 1.0 if self.x[0] > level else -1.0
+        m = 0
+        while m < t - p.min_ref + 1 and side * (self.x[m] - level) > 3 * sd:
+            m += 1
+        if m < p.min_size or any(-side * (v - level) > 3 * sd for v in self.x[m: t + 1]):
+            return None
+        return m
 
     def _verdict(self, t: int) -> list[Change]:
         """Judge the pending alarm on the points up to ``t`` (its onset + confirm_points), once."""
