@@ -171,10 +171,6 @@ def weight(c: Change, p: PhaseParams) -> float:
     return c.rel * min(1.0, c.sigmas / p.high_sigmas) * (LENIENT_WEIGHT if lenient(c.signal) else 1.0)
 
 
-def _clean(series: Iterable[tuple[int, float]]) -> list[tuple[int, float]]:
-    return [(int(s), float(v)) for s, v in series if v is not None and math.isfinite(v)]
-
-
 @dataclass(frozen=True)
 class Marker:
     """The marker in force after a step, as a ``transition`` event records it."""
