@@ -287,7 +287,14 @@ class _Hub(http.server.BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def hub():
+def hub(monkeypatch):
+    # huggingface_hub reads HF_HUB_OFFLINE once, when it is first imported: in this test process
+    # that may have been under a test that sets it (the `home` fixture does), so the hub here is
+    # asked as on a box without it
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hub)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

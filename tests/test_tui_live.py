@@ -130,14 +130,18 @@ def test_real_app_in_tmux_from_recipe_to_marker_to_evaluation(home, tiny_model, 
         coloured = _tmux(sock, "capture-pane", "-e", "-p", "-t", "tui")
         assert "\x1b[" in coloured and not re.search(r"\x1b\[[0-9;]*[34]8;[25];", coloured), coloured[:2000]
         _tmux(sock, "send-keys", "-t", "tui", "2")
-        _wait_pane(sock, lambda t: "$ at" in t and "recommended" in t, 20, "the checkpoints tab")
+        # E asks for the recommended checkpoint: wait until there is one (a tentative marker may
+        # have none yet, "none recommended yet"), however far training got under this machine's load
+        _wait_pane(sock, lambda t: "$ at" in t and re.search(r"\* \d+ recommended", t), 240,
+                   "the checkpoints tab with a recommended checkpoint")
         _tmux(sock, "send-keys", "-t", "tui", "E")
         _wait_pane(sock, lambda t: "arith" in t and "enter queues" in t, 30, "the task chooser")
         _tmux(sock, "send-keys", "-t", "tui", "Enter")
         # what the key did is in the run's events (its notice comes and goes: never waited for)
         deadline = time.monotonic() + 60
         while not (queued := [e for e in run.read_events() if e["event"] == "eval_queued"]):
-            assert time.monotonic() < deadline, "the evaluation was never queued"
+            assert time.monotonic() < deadline, "the evaluation was never queued; screen:\n" + _tmux(
+                sock, "capture-pane", "-p", "-t", "tui")
             time.sleep(0.2)
         assert queued[0]["task"] == "arith"
     finally:

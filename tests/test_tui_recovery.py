@@ -9,6 +9,7 @@ import random
 import shutil
 
 import pytest
+from textual.worker import WorkerFailed
 
 import tina_tui.collector
 from tina_core.rundir import find_run, iter_jsonl
@@ -129,3 +130,22 @@ async def test_the_cockpit_recovers_from_a_deleted_or_replaced_index(tmp_path, w
         app.selected = tiny.run_id
         await refreshed(app, pilot)
         assert app.view.series["rewards/format_reward/mean"][-1][0] == 63
+
+
+@pytest.mark.anyio
+async def test_an_action_that_fails_unforeseen_is_said(tmp_path):
+    """An action's worker that raises something its handler did not foresee (here an OSError: the
+    run's events.jsonl became a directory) used to end silently; the cockpit says it."""
+    home = workspace(tmp_path / "home")
+    run = find_run(home, "tiny")
+    app = make_app(home, run=run.run_id, clock=lambda: FROZEN)
+    async with app.run_test(size=(160, 48)) as pilot:
+        await settle(app, pilot)
+        run.events.unlink()
+        run.events.mkdir()
+        worker = app.queue_eval(run.run_id, "base", ["arith"])
+        with pytest.raises(WorkerFailed):
+            await worker.wait()
+        await pilot.pause()
+        said = [n.message for n in app._notifications if n.severity == "error"]
+        assert any(m.startswith("queue eval failed: IsADirectoryError") and "events.jsonl" in m for m in said), said

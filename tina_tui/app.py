@@ -21,6 +21,7 @@ from textual.app import App
 from textual.message import Message
 from textual.notifications import Notification, Notify
 from textual.screen import Screen
+from textual.worker import Worker, WorkerState
 
 from tina_core import runstate
 from tina_core.rundir import TinaError, find_run, tina_home
@@ -198,6 +199,15 @@ class TinaApp(App[None]):
         self.notify(message.text, severity="information" if message.ok else "error",
                     timeout=6 if message.ok else 12)
         self.refresh_data()
+
+    def on_worker_state_changed(self, event: Worker.StateChanged) -> None:
+        """An action that failed in a way its own handler did not foresee (a database or file
+        error) is said like any other, never dropped with its worker."""
+        worker = event.worker
+        if event.state is WorkerState.ERROR and worker.group == "actions":
+            error = worker.error
+            self.notify(f"{worker.name.strip('_').replace('_', ' ')} failed: {type(error).__name__}: {error}",
+                        severity="error", timeout=12)
 
     # --- comparing runs --------------------------------------------------------------------------
     def toggle_mark(self, run_id: str | None) -> None:
