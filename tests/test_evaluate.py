@@ -421,6 +421,8 @@ def _tina(home: Path, *args: str) -> subprocess.CompletedProcess:
     return out
 
 
+# The tests on this trained run are CI's second lane (make test-extended): training it and evaluating
+# it for real take about a minute of the 5 that make test may use on 2 cores.
 @pytest.fixture(scope="module")
 def transition_run(tmp_path_factory, tiny_model, tiny_cache) -> RunDir:
     """A finished headless `tina run recipes/tiny.yaml`, trained once for this module. Read-only:
@@ -463,6 +465,7 @@ def _wait_log(rd: RunDir, eid: str, text: str, timeout: float = 60) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_recommended_checkpoint_and_base_for_real(home, transition_run):
     """After a headless `tina run`, `tina eval RUN` evaluates the recommended checkpoint (the latest
@@ -608,6 +611,7 @@ def test_a_lighteval_crash_and_an_oom_kill_fail_only_their_evaluation(home, tran
     assert done[retries[0]]["score"] == done[retries[1]]["score"]  # the same base model, greedy
 
 
+@pytest.mark.extended
 @pytest.mark.slow
 def test_a_dead_worker_is_noticed_restarted_and_its_orphan_closed(home, transition_run):
     """Attack 6: worker and job both die (kill -9) mid-evaluation, with another evaluation queued.
