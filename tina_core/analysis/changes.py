@@ -175,7 +175,6 @@ class SignalWatch:
         self._span = (math.inf, -math.inf)  # lowest and highest running mean of confirm_points
         self._base = 0               # the reference never reaches before this index
         self._alarm: _Alarm | None = None
-        self._head_done = False
         self._reset_cusum()
 
     # --- feeding -----------------------------------------------------------------------------
@@ -197,12 +196,10 @@ class SignalWatch:
         self._note_value(float(value))
         out = self._fall_back(t)
         if self._alarm is None:
-            alarm = None
-            if not self._head_done and t >= self.p.head:
-                alarm = self._head(t)
-                # looked for over the first 2 x head points (a CUSUM reference spanning both
-                # levels is too wide to see the move), until an alarm or a verdict came
-                self._head_done = alarm is not None or bool(self.verdicts) or t >= 2 * self.p.head
+            # the head is looked for over the first 2 x head points (a CUSUM reference spanning
+            # both levels is too wide to see the move), until the first alarm (it is recorded)
+            head = self.p.head <= t < 2 * self.p.head and not self.verdicts
+            alarm = self._head(t) if head else None
             if alarm is None:
                 alarm = self._cusum(t)
             if alarm is not None:
